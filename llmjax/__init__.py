@@ -1,0 +1,3 @@
+"""llmjax: scaled language-model pretraining in JAX/Flax."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,189 @@
+"""The one schema of an llmjax run: every field, its default and its meaning, plus validation.
+
+Presets under `configs/` start from `default_config()` and change values; they never add keys.
+The returned ConfigDict is locked, so a misspelt override (`--config.model.num_layer=4`) fails
+instead of being silently ignored. `validate` runs before anything is compiled or written, so a
+bad run dies in a second with a message that names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+SCHEDULES = ("cosine", "linear", "constant")
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value and the fix."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # Seeds init, data order and any randomness; the run is a function of it.
+
+    c.model = m = ml_collections.ConfigDict()
+    m.vocab_size = 8192  # Embedding rows; the tokenizer is trained to exactly this size.
+    m.d_model = 256  # Residual stream width; must equal num_heads * head_dim.
+    m.num_layers = 4  # Decoder blocks.
+    m.num_heads = 4  # Query heads.
+    m.num_kv_heads = 2  # Key/value heads (grouped-query attention); divides num_heads.
+    m.head_dim = 64  # Width of one attention head.
+    m.mlp_dim = 768  # SwiGLU hidden width.
+    m.max_seq_len = 256  # Longest sequence the model is trained or evaluated on.
+    m.rope_theta = 10_000.0  # RoPE base; larger values stretch the longest wavelength.
+    m.norm_eps = 1e-5  # RMSNorm epsilon.
+    m.init_scale = 0.02  # Std of normal weight init; residual outputs get 1/sqrt(2*num_layers) more.
+    m.dtype = "bfloat16"  # Compute dtype of matmuls and activations (float32 or bfloat16).
+    m.param_dtype = "float32"  # Storage dtype of parameters and optimizer state.
+    m.tie_embeddings = True  # Output projection reuses the token embedding.
+    m.scan_layers = True  # jax.lax.scan over blocks: compile time independent of depth.
+    m.remat = "none"  # Rematerialisation: none | full | save_dots | save_dots_no_batch.
+    m.attention_impl = "auto"  # auto (cuDNN on GPU, XLA elsewhere) | xla | cudnn.
+
+    c.data = d = ml_collections.ConfigDict()
+    d.source = "stdlib"  # "stdlib" (this interpreter's standard library source) or a directory.
+    d.glob = "**/*.py"  # Files of `source` to read, relative glob.
+    d.max_files = 0  # Use only the first N files in sorted order (0 = all); for quick tests.
+    d.seq_len = 256  # Tokens per training sequence (<= model.max_seq_len).
+    d.val_percent = 2  # Percent of files held out for validation, chosen by a hash of the path.
+    d.cache_dir = ""  # Tokenizer and token cache; "" means $LLMJAX_CACHE or ~/.cache/llmjax.
+
+    c.train = t = ml_collections.ConfigDict()
+    t.steps = 1000  # Optimizer steps.
+    t.global_batch_size = 16  # Sequences per optimizer step, over all devices and microbatches.
+    t.microbatches = 1  # Gradient accumulation: the global batch is split into this many parts.
+    t.z_loss = 0.0  # Weight of the log(Z)^2 auxiliary loss that keeps logits from drifting.
+    t.log_every = 25  # Steps between progress lines and metric records.
+    t.eval_every = 250  # Steps between validation passes (0 = only at the end).
+    t.eval_batches = 8  # Validation batches per pass.
+
+    c.optimizer = o = ml_collections.ConfigDict()
+    o.learning_rate = 3e-3  # Peak learning rate after warmup.
+    o.schedule = "cosine"  # Decay after warmup: cosine | linear | constant.
+    o.warmup_steps = 100  # Linear warmup from 0 to the peak.
+    o.min_lr_ratio = 0.1  # Final learning rate as a fraction of the peak (cosine, linear).
+    o.b1 = 0.9
+    o.b2 = 0.95
+    o.eps = 1e-8
+    o.weight_decay = 0.1  # Decoupled (AdamW); never applied to norms and embeddings.
+    o.grad_clip = 1.0  # Global-norm clipping threshold (0 = off).
+
+    c.mesh = ms = ml_collections.ConfigDict()
+    ms.data = -1  # Data-parallel size; -1 fills the devices the other axes leave.
+    ms.fsdp = 1  # Parameter/optimizer-state sharding size.
+    ms.tensor = 1  # Tensor (heads, MLP hidden) parallel size.
+
+    c.lock()
+    return c
+
+
+def _fail(key: str, value, fix: str):
+    raise ConfigError(f"config.{key}={value!r}: {fix}")
+
+
+def _choice(config, key: str, allowed) -> None:
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    if value not in allowed:
+        _fail(key, value, f"must be one of {', '.join(allowed)}.")
+
+
+def _positive(config, keys) -> None:
+    for key in keys:
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        if not isinstance(value, int) or value < 1:
+            _fail(key, value, "must be a positive integer.")
+
+
+def mesh_shape(config, num_devices: int) -> dict[str, int]:
+    """The mesh axis sizes with the one -1 axis filled, checked against the device count."""
+    sizes = {axis: config.mesh[axis] for axis in MESH_AXES}
+    free = [axis for axis, size in sizes.items() if size == -1]
+    for axis, size in sizes.items():
+        if size != -1 and (not isinstance(size, int) or size < 1):
+            _fail(f"mesh.{axis}", size, "must be a positive integer or -1 (fill the rest).")
+    if len(free) > 1:
+        _fail(f"mesh.{free[1]}", -1, f"only one mesh axis may be -1; {free} all are.")
+    fixed = 1
+    for axis, size in sizes.items():
+        if size != -1:
+            fixed *= size
+    if free:
+        if num_devices % fixed:
+            _fail(f"mesh.{free[0]}", -1,
+                  f"the other axes use {fixed} devices, which does not divide the "
+                  f"{num_devices} devices present; change the fixed axis sizes.")
+        sizes[free[0]] = num_devices // fixed
+    elif fixed != num_devices:
+        shown = " x ".join(f"{a}={s}" for a, s in sizes.items())
+        _fail("mesh", shown,
+              f"uses {fixed} devices but {num_devices} are present; make the product "
+              f"{num_devices} or set one axis to -1.")
+    return sizes
+
+
+def validate(config, num_devices: int) -> dict[str, int]:
+    """Checks every cross-field constraint; returns the resolved mesh shape."""
+    m, t, d, o = config.model, config.train, config.data, config.optimizer
+    _positive(config, ["model.vocab_size", "model.d_model", "model.num_layers",
+                       "model.num_heads", "model.num_kv_heads", "model.head_dim",
+                       "model.mlp_dim", "model.max_seq_len", "data.seq_len", "train.steps",
+                       "train.global_batch_size", "train.microbatches", "train.log_every",
+                       "train.eval_batches"])
+    for key in ("model.dtype", "model.param_dtype"):
+        _choice(config, key, DTYPES)
+    _choice(config, "model.remat", REMAT_POLICIES)
+    _choice(config, "model.attention_impl", ATTENTION_IMPLS)
+    _choice(config, "optimizer.schedule", SCHEDULES)
+    if m.num_heads % m.num_kv_heads:
+        _fail("model.num_kv_heads", m.num_kv_heads,
+              f"must divide model.num_heads={m.num_heads} (grouped-query attention shares "
+              f"each key/value head among num_heads/num_kv_heads query heads).")
+    if m.d_model != m.num_heads * m.head_dim:
+        _fail("model.d_model", m.d_model,
+              f"must equal model.num_heads * model.head_dim = {m.num_heads} * {m.head_dim} "
+              f"= {m.num_heads * m.head_dim}; change one of the three.")
+    if m.head_dim % 2:
+        _fail("model.head_dim", m.head_dim, "must be even (RoPE rotates pairs of channels).")
+    if d.seq_len > m.max_seq_len:
+        _fail("data.seq_len", d.seq_len,
+              f"exceeds model.max_seq_len={m.max_seq_len}; lower it or raise max_seq_len.")
+    if not 0 <= d.val_percent < 100:
+        _fail("data.val_percent", d.val_percent, "must be in [0, 100).")
+    if t.eval_every < 0:
+        _fail("train.eval_every", t.eval_every, "must be >= 0 (0 = evaluate only at the end).")
+    if o.learning_rate <= 0:
+        _fail("optimizer.learning_rate", o.learning_rate, "must be positive.")
+    if not 0 <= o.min_lr_ratio <= 1:
+        _fail("optimizer.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1].")
+    if o.warmup_steps < 0 or o.warmup_steps >= t.steps:
+        _fail("optimizer.warmup_steps", o.warmup_steps,
+              f"must be in [0, train.steps={t.steps}).")
+    if o.grad_clip < 0:
+        _fail("optimizer.grad_clip", o.grad_clip, "must be >= 0 (0 disables clipping).")
+
+    shape = mesh_shape(config, num_devices)
+    batch_shards = shape["data"] * shape["fsdp"]
+    if t.global_batch_size % t.microbatches:
+        _fail("train.global_batch_size", t.global_batch_size,
+              f"must be divisible by train.microbatches={t.microbatches}.")
+    micro = t.global_batch_size // t.microbatches
+    if micro % batch_shards:
+        _fail("train.global_batch_size", t.global_batch_size,
+              f"each microbatch of {micro} sequences must split evenly over the "
+              f"{batch_shards} data-parallel shards (mesh.data * mesh.fsdp); use a multiple "
+              f"of {batch_shards * t.microbatches}.")
+    for axis_size, key, what in ((shape["tensor"], "model.num_kv_heads", m.num_kv_heads),
+                                 (shape["tensor"], "model.mlp_dim", m.mlp_dim),
+                                 (shape["tensor"], "model.vocab_size", m.vocab_size),
+                                 (shape["fsdp"], "model.d_model", m.d_model)):
+        if what % axis_size:
+            _fail(key, what, f"must be divisible by its mesh axis size {axis_size}.")
+    return shape

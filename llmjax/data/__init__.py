@@ -1,0 +1,1 @@
+"""Corpus discovery, tokenizer, token caches and the Grain batch pipeline."""

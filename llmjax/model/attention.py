@@ -1,0 +1,66 @@
+"""Causal grouped-query self-attention with RoPE and document (segment) masking."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from llmjax.model.rope import apply_rope
+from llmjax.model.spec import ModelSpec
+
+HEADS_ACT = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
+KV_ACT = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")
+
+
+def select_attention_impl(requested: str, platform: str, dtype) -> str:
+    """`auto` takes cuDNN's fused flash attention where it exists (GPU, 16-bit inputs) and XLA's
+    reference path everywhere else; an explicit choice is honoured as given."""
+    if requested != "auto":
+        return requested
+    if platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return "xla"
+
+
+def weight_init(spec: ModelSpec, axes: tuple[str, ...], scale: float = 1.0):
+    return nn.with_logical_partitioning(nn.initializers.normal(spec.init_scale * scale), axes)
+
+
+def residual_scale(spec: ModelSpec) -> float:
+    """Output projections into the residual stream start smaller, so the stream's variance does
+    not grow with depth (GPT-2 / OLMo practice)."""
+    return (2 * spec.num_layers) ** -0.5
+
+
+class Attention(nn.Module):
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+        s = self.spec
+
+        def projection(heads, axes, name, **kw):
+            return nn.DenseGeneral(features=(heads, s.head_dim), use_bias=False, dtype=s.compute_dtype,
+                                   param_dtype=s.storage_dtype, kernel_init=weight_init(s, axes),
+                                   name=name, **kw)
+
+        q_BTNH = projection(s.num_heads, ("embed", "heads", "head_dim"), "query")(x_BTD)
+        k_BTKH = projection(s.num_kv_heads, ("embed", "kv_heads", "head_dim"), "key")(x_BTD)
+        v_BTKH = projection(s.num_kv_heads, ("embed", "kv_heads", "head_dim"), "value")(x_BTD)
+        q_BTNH = nn.with_logical_constraint(apply_rope(q_BTNH, positions_BT, s.rope_theta), HEADS_ACT)
+        k_BTKH = nn.with_logical_constraint(apply_rope(k_BTKH, positions_BT, s.rope_theta), KV_ACT)
+        v_BTKH = nn.with_logical_constraint(v_BTKH, KV_ACT)
+
+        mask_B1TT = None
+        if segment_ids_BT is not None:
+            mask_B1TT = (segment_ids_BT[:, None, :, None] == segment_ids_BT[:, None, None, :])
+        impl = select_attention_impl(s.attention_impl, jax.default_backend(), s.compute_dtype)
+        out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_B1TT,
+                                                is_causal=True, implementation=impl)
+        out_BTNH = nn.with_logical_constraint(out_BTNH, HEADS_ACT)
+        return nn.DenseGeneral(features=s.d_model, axis=(-2, -1), use_bias=False,
+                               dtype=s.compute_dtype, param_dtype=s.storage_dtype,
+                               kernel_init=weight_init(s, ("heads", "head_dim", "embed"),
+                                                       residual_scale(s)),
+                               name="out")(out_BTNH)

@@ -1,0 +1,115 @@
+"""Llama-architecture decoder: embed -> N x (pre-norm attention, pre-norm SwiGLU) -> norm -> logits.
+
+The public surface is two pure functions. `init(rng, config)` returns parameters whose leaves
+are `nn.LogicallyPartitioned` boxes naming their logical axes (the rules table in
+`llmjax.parallel.rules` turns those into shardings); `apply(params, tokens, ...)` accepts boxed
+or plain arrays and returns fp32 logits.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from llmjax.model.attention import Attention, residual_scale, weight_init
+from llmjax.model.spec import ModelSpec
+from llmjax.parallel.rules import AXIS_RULES
+
+EMBED_ACT = ("activation_batch", "activation_length", "activation_embed")
+MLP_ACT = ("activation_batch", "activation_length", "activation_mlp")
+LOGITS_ACT = ("activation_batch", "activation_length", "activation_vocab")
+
+REMAT_POLICIES = {
+    "full": None,  # Save nothing: recompute the whole block in the backward pass.
+    "save_dots": jax.checkpoint_policies.checkpoint_dots,
+    "save_dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def rms_norm(spec: ModelSpec, name: str) -> nn.RMSNorm:
+    return nn.RMSNorm(epsilon=spec.norm_eps, dtype=spec.compute_dtype, param_dtype=spec.storage_dtype,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                      name=name)
+
+
+class Mlp(nn.Module):
+    """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        s = self.spec
+        dense = lambda features, axes, name, scale=1.0: nn.Dense(  # noqa: E731
+            features, use_bias=False, dtype=s.compute_dtype, param_dtype=s.storage_dtype,
+            kernel_init=weight_init(s, axes, scale), name=name)
+        gate_BTF = dense(s.mlp_dim, ("embed", "mlp"), "gate")(x_BTD)
+        up_BTF = dense(s.mlp_dim, ("embed", "mlp"), "up")(x_BTD)
+        h_BTF = nn.with_logical_constraint(nn.silu(gate_BTF) * up_BTF, MLP_ACT)
+        return dense(s.d_model, ("mlp", "embed"), "down", residual_scale(s))(h_BTF)
+
+
+class Block(nn.Module):
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+        s = self.spec
+        h_BTD = rms_norm(s, "attention_norm")(x_BTD)
+        x_BTD = x_BTD + Attention(s, name="attention")(h_BTD, positions_BT, segment_ids_BT)
+        h_BTD = rms_norm(s, "mlp_norm")(x_BTD)
+        x_BTD = x_BTD + Mlp(s, name="mlp")(h_BTD)
+        return nn.with_logical_constraint(x_BTD, EMBED_ACT), None
+
+
+class Transformer(nn.Module):
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, tokens_BT, positions_BT, segment_ids_BT):
+        s = self.spec
+        if positions_BT is None:
+            positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
+        embed = nn.Embed(s.vocab_size, s.d_model, dtype=s.compute_dtype, param_dtype=s.storage_dtype,
+                         embedding_init=weight_init(s, ("vocab", "embed")), name="embed")
+        x_BTD = nn.with_logical_constraint(embed(tokens_BT), EMBED_ACT)
+
+        block = Block
+        if s.remat != "none":
+            block = nn.remat(Block, policy=REMAT_POLICIES[s.remat], prevent_cse=not s.scan_layers)
+        if s.scan_layers:
+            stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=(nn.broadcast, nn.broadcast), length=s.num_layers,
+                            metadata_params={nn.PARTITION_NAME: "layers"})
+            x_BTD, _ = stack(s, name="layers")(x_BTD, positions_BT, segment_ids_BT)
+        else:
+            for i in range(s.num_layers):
+                x_BTD, _ = block(s, name=f"layers_{i}")(x_BTD, positions_BT, segment_ids_BT)
+
+        x_BTD = rms_norm(s, "final_norm")(x_BTD)
+        if s.tie_embeddings:
+            w_VD = embed.embedding
+        else:
+            w_VD = self.param("lm_head", weight_init(s, ("vocab", "embed")),
+                              (s.vocab_size, s.d_model), s.storage_dtype)
+        # Accumulate the output projection in fp32: bf16 logits would quantise the loss.
+        logits_BTV = jnp.einsum("btd,vd->btv", x_BTD.astype(s.compute_dtype),
+                                jnp.asarray(w_VD, s.compute_dtype),
+                                preferred_element_type=jnp.float32)
+        return nn.with_logical_constraint(logits_BTV, LOGITS_ACT)
+
+
+def init(rng, config):
+    """Parameters as a nested dict of `nn.LogicallyPartitioned` leaves (arrays + axis names)."""
+    spec = ModelSpec.from_config(config.model)
+    tokens = jnp.zeros((1, min(8, spec.max_seq_len)), jnp.int32)
+    with nn.logical_axis_rules(AXIS_RULES):
+        return Transformer(spec).init(rng, tokens, None, None)["params"]
+
+
+def apply(params, tokens_BT, positions_BT=None, segment_ids_BT=None, *, config):
+    """Logits [batch, length, vocab] in fp32. Positions default to 0..T-1; segment ids, when
+    given, stop attention between different documents packed into one row."""
+    spec = ModelSpec.from_config(config.model)
+    with nn.logical_axis_rules(AXIS_RULES):
+        return Transformer(spec).apply({"params": params}, tokens_BT, positions_BT, segment_ids_BT)

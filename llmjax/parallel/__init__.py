@@ -1,0 +1,1 @@
+"""Device mesh and the logical-axis rules that map model axes onto it."""

@@ -1,0 +1,44 @@
+"""The single table that decides where every parameter and activation axis lives on the mesh.
+
+Model code names logical axes only ("embed", "heads", "activation_batch", ...). Changing a
+parallelism strategy means editing this table, never the model. An axis mapped to a tuple of
+mesh axes is split over their product; None means replicated.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # Parameters.
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("norm", None),
+    ("layers", None),
+    # Activations.
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_head_dim", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+)
+
+
+def logical_to_sharding(logical_specs, mesh: jax.sharding.Mesh):
+    """Maps a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, AXIS_RULES)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 2) -> NamedSharding:
+    """Sharding of a [batch, length, ...] input array: batch split over data-parallel axes."""
+    logical = PartitionSpec("activation_batch", *([None] * (ndim - 1)))
+    return nn.logical_to_mesh_sharding(logical, mesh, AXIS_RULES)
