@@ -53,18 +53,18 @@ def default_config() -> ml_collections.ConfigDict:
     d.cache_dir = ""  # Tokenizer and token cache; "" means $LLMJAX_CACHE or ~/.cache/llmjax.
 
     c.train = t = ml_collections.ConfigDict()
-    t.steps = 1000  # Optimizer steps.
+    t.steps = 400  # Optimizer steps.
     t.global_batch_size = 16  # Sequences per optimizer step, over all devices and microbatches.
     t.microbatches = 1  # Gradient accumulation: the global batch is split into this many parts.
     t.z_loss = 0.0  # Weight of the log(Z)^2 auxiliary loss that keeps logits from drifting.
-    t.log_every = 25  # Steps between progress lines and metric records.
-    t.eval_every = 250  # Steps between validation passes (0 = only at the end).
+    t.log_every = 20  # Steps between progress lines and metric records.
+    t.eval_every = 100  # Steps between validation passes (0 = only at the end).
     t.eval_batches = 8  # Validation batches per pass.
 
     c.optimizer = o = ml_collections.ConfigDict()
     o.learning_rate = 3e-3  # Peak learning rate after warmup.
     o.schedule = "cosine"  # Decay after warmup: cosine | linear | constant.
-    o.warmup_steps = 100  # Linear warmup from 0 to the peak.
+    o.warmup_steps = 40  # Linear warmup from 0 to the peak.
     o.min_lr_ratio = 0.1  # Final learning rate as a fraction of the peak (cosine, linear).
     o.b1 = 0.9
     o.b2 = 0.95

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llmjax.model.layers import Projection, residual_scale
 from llmjax.model.rope import apply_rope
 from llmjax.model.spec import ModelSpec
 
@@ -23,31 +24,16 @@ def select_attention_impl(requested: str, platform: str, dtype) -> str:
     return "xla"
 
 
-def weight_init(spec: ModelSpec, axes: tuple[str, ...], scale: float = 1.0):
-    return nn.with_logical_partitioning(nn.initializers.normal(spec.init_scale * scale), axes)
-
-
-def residual_scale(spec: ModelSpec) -> float:
-    """Output projections into the residual stream start smaller, so the stream's variance does
-    not grow with depth (GPT-2 / OLMo practice)."""
-    return (2 * spec.num_layers) ** -0.5
-
-
 class Attention(nn.Module):
     spec: ModelSpec
 
     @nn.compact
     def __call__(self, x_BTD, positions_BT, segment_ids_BT):
         s = self.spec
-
-        def projection(heads, axes, name, **kw):
-            return nn.DenseGeneral(features=(heads, s.head_dim), use_bias=False, dtype=s.compute_dtype,
-                                   param_dtype=s.storage_dtype, kernel_init=weight_init(s, axes),
-                                   name=name, **kw)
-
-        q_BTNH = projection(s.num_heads, ("embed", "heads", "head_dim"), "query")(x_BTD)
-        k_BTKH = projection(s.num_kv_heads, ("embed", "kv_heads", "head_dim"), "key")(x_BTD)
-        v_BTKH = projection(s.num_kv_heads, ("embed", "kv_heads", "head_dim"), "value")(x_BTD)
+        d, n, k, h = s.d_model, s.num_heads, s.num_kv_heads, s.head_dim
+        q_BTNH = Projection(s, (d, n, h), ("embed", "heads", "head_dim"), name="query")(x_BTD)
+        k_BTKH = Projection(s, (d, k, h), ("embed", "kv_heads", "head_dim"), name="key")(x_BTD)
+        v_BTKH = Projection(s, (d, k, h), ("embed", "kv_heads", "head_dim"), name="value")(x_BTD)
         q_BTNH = nn.with_logical_constraint(apply_rope(q_BTNH, positions_BT, s.rope_theta), HEADS_ACT)
         k_BTKH = nn.with_logical_constraint(apply_rope(k_BTKH, positions_BT, s.rope_theta), KV_ACT)
         v_BTKH = nn.with_logical_constraint(v_BTKH, KV_ACT)
@@ -59,8 +45,5 @@ class Attention(nn.Module):
         out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_B1TT,
                                                 is_causal=True, implementation=impl)
         out_BTNH = nn.with_logical_constraint(out_BTNH, HEADS_ACT)
-        return nn.DenseGeneral(features=s.d_model, axis=(-2, -1), use_bias=False,
-                               dtype=s.compute_dtype, param_dtype=s.storage_dtype,
-                               kernel_init=weight_init(s, ("heads", "head_dim", "embed"),
-                                                       residual_scale(s)),
-                               name="out")(out_BTNH)
+        return Projection(s, (n, h, d), ("heads", "head_dim", "embed"), in_ndim=2,
+                          scale=residual_scale(s), name="out")(out_BTNH)

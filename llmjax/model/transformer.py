@@ -12,7 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from llmjax.model.attention import Attention, residual_scale, weight_init
+from llmjax.model.attention import Attention
+from llmjax.model.layers import Projection, residual_scale, rms_norm, weight_init
 from llmjax.model.spec import ModelSpec
 from llmjax.parallel.rules import AXIS_RULES
 
@@ -27,12 +28,6 @@ REMAT_POLICIES = {
 }
 
 
-def rms_norm(spec: ModelSpec, name: str) -> nn.RMSNorm:
-    return nn.RMSNorm(epsilon=spec.norm_eps, dtype=spec.compute_dtype, param_dtype=spec.storage_dtype,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                      name=name)
-
-
 class Mlp(nn.Module):
     """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x))."""
     spec: ModelSpec
@@ -40,13 +35,11 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x_BTD):
         s = self.spec
-        dense = lambda features, axes, name, scale=1.0: nn.Dense(  # noqa: E731
-            features, use_bias=False, dtype=s.compute_dtype, param_dtype=s.storage_dtype,
-            kernel_init=weight_init(s, axes, scale), name=name)
-        gate_BTF = dense(s.mlp_dim, ("embed", "mlp"), "gate")(x_BTD)
-        up_BTF = dense(s.mlp_dim, ("embed", "mlp"), "up")(x_BTD)
+        d, f = s.d_model, s.mlp_dim
+        gate_BTF = Projection(s, (d, f), ("embed", "mlp"), name="gate")(x_BTD)
+        up_BTF = Projection(s, (d, f), ("embed", "mlp"), name="up")(x_BTD)
         h_BTF = nn.with_logical_constraint(nn.silu(gate_BTF) * up_BTF, MLP_ACT)
-        return dense(s.d_model, ("mlp", "embed"), "down", residual_scale(s))(h_BTF)
+        return Projection(s, (f, d), ("mlp", "embed"), scale=residual_scale(s), name="down")(h_BTF)
 
 
 class Block(nn.Module):
@@ -92,10 +85,12 @@ class Transformer(nn.Module):
         else:
             w_VD = self.param("lm_head", weight_init(s, ("vocab", "embed")),
                               (s.vocab_size, s.d_model), s.storage_dtype)
-        # Accumulate the output projection in fp32: bf16 logits would quantise the loss.
-        logits_BTV = jnp.einsum("btd,vd->btv", x_BTD.astype(s.compute_dtype),
-                                jnp.asarray(w_VD, s.compute_dtype),
-                                preferred_element_type=jnp.float32)
+        # Accumulate the output projection in fp32 (bf16 logits would quantise the loss), as one
+        # 2-D matmul over flattened tokens (see `Projection` for why).
+        b, t, d = x_BTD.shape
+        logits_BTV = jnp.dot(x_BTD.reshape(b * t, d).astype(s.compute_dtype),
+                             jnp.asarray(w_VD, s.compute_dtype).T,
+                             preferred_element_type=jnp.float32).reshape(b, t, s.vocab_size)
         return nn.with_logical_constraint(logits_BTV, LOGITS_ACT)
 
 

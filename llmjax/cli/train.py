@@ -1,0 +1,37 @@
+"""`llmjax-train --config configs/default.py --workdir runs/demo [--config.a.b=value ...]`."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from llmjax.config import ConfigError
+from llmjax.data.corpus import CorpusError
+from llmjax.workdir import WorkdirError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's outputs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news to a user.
+    from llmjax.train.loop import train  # Imports JAX; flags are parsed first so --help is quick.
+
+    try:
+        train(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, CorpusError, WorkdirError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,76 @@
+"""Model FLOPs and the hardware peak they are compared with (MFU).
+
+FLOPs per token (training, forward + backward), the standard accounting of Kaplan et al. and
+PaLM's appendix B:
+    6 * N_nonembed                  every matmul weight: 2 FLOPs forward, 4 backward
+  + 6 * d_model * vocab             the output projection (counted whether tied or not)
+  + 12 * layers * d_model * seq / 2 attention scores and weighted values; causal halves it
+Embedding lookups, norms and elementwise ops are not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peak FLOP/s per chip from the vendors' data sheets (no sparsity).
+PEAK_BF16_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "A100": 312e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+}
+
+
+def non_embedding_params(model_config) -> int:
+    m = model_config
+    attention = m.d_model * m.head_dim * (2 * m.num_heads + 2 * m.num_kv_heads)
+    mlp = 3 * m.d_model * m.mlp_dim
+    return m.num_layers * (attention + mlp + 2 * m.d_model) + m.d_model
+
+
+def param_count(model_config) -> int:
+    m = model_config
+    embeddings = m.vocab_size * m.d_model * (1 if m.tie_embeddings else 2)
+    return non_embedding_params(m) + embeddings
+
+
+def flops_per_token(model_config, seq_len: int) -> float:
+    m = model_config
+    return (6 * non_embedding_params(m) + 6 * m.d_model * m.vocab_size
+            + 12 * m.num_layers * m.d_model * seq_len / 2)
+
+
+def measure_matmul_peak(dtype=jnp.bfloat16, size: int = 2048, repeats: int = 10) -> float:
+    """Best FLOP/s of a square matmul on the default device: what this host can do at best."""
+    a = jnp.ones((size, size), dtype)
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def host_peak_flops(cache_dir, dtype: str) -> tuple[float, str]:
+    """(peak FLOP/s of the whole host, where the figure came from). Accelerators: the data-sheet
+    peak per chip times the local chips. CPU: a matmul benchmark, measured once and cached."""
+    devices = jax.local_devices()
+    kind = devices[0].device_kind
+    if devices[0].platform != "cpu":
+        for name, peak in PEAK_BF16_FLOPS.items():
+            if name.lower() in kind.lower():
+                return peak * len(devices), f"data sheet ({name} bf16)"
+        return float("nan"), f"unknown device kind {kind!r}"
+    path = cache_dir / "peak_flops.json"
+    key = f"{kind}|{jax.__version__}|{dtype}"
+    cached = json.loads(path.read_text()) if path.exists() else {}
+    if key not in cached:
+        cached[key] = measure_matmul_peak(jnp.dtype(dtype))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(cached, indent=1))
+    return cached[key], f"measured {dtype} matmul, cached in {path}"

@@ -1,0 +1,52 @@
+"""Building blocks shared by attention and MLP: initialisers, a multi-axis projection, RMSNorm."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from llmjax.model.spec import ModelSpec
+
+
+def weight_init(spec: ModelSpec, axes: tuple[str, ...], scale: float = 1.0):
+    return nn.with_logical_partitioning(nn.initializers.normal(spec.init_scale * scale), axes)
+
+
+def residual_scale(spec: ModelSpec) -> float:
+    """Output projections into the residual stream start smaller, so the stream's variance does
+    not grow with depth (GPT-2 / OLMo practice)."""
+    return (2 * spec.num_layers) ** -0.5
+
+
+class Projection(nn.Module):
+    """A bias-free linear map whose kernel keeps its true multi-axis shape (e.g. [embed, heads,
+    head_dim]) with a logical name per axis, so each axis can be sharded on its own. The last
+    `in_ndim` axes of the input are contracted with the first `in_ndim` axes of the kernel.
+
+    The product itself runs as one 2-D matmul over flattened tokens: XLA:CPU's bf16 backward
+    pass for a [batch, length, ...] einsum is about 3.5x slower than for the same 2-D matmul
+    (measured 76 vs 22 ms at 16x256x256x768), and the reshapes are free on every backend."""
+    spec: ModelSpec
+    shape: tuple[int, ...]
+    axes: tuple[str, ...]
+    in_ndim: int = 1
+    scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x):
+        s = self.spec
+        kernel = self.param("kernel", weight_init(s, self.axes, self.scale), self.shape,
+                            s.storage_dtype)
+        in_shape, out_shape = self.shape[:self.in_ndim], self.shape[self.in_ndim:]
+        lead = x.shape[:x.ndim - self.in_ndim]
+        x_2d = x.reshape(math.prod(lead), math.prod(in_shape)).astype(s.compute_dtype)
+        w_2d = kernel.reshape(math.prod(in_shape), math.prod(out_shape)).astype(s.compute_dtype)
+        return (x_2d @ w_2d).reshape(*lead, *out_shape)
+
+
+def rms_norm(spec: ModelSpec, name: str) -> nn.RMSNorm:
+    return nn.RMSNorm(epsilon=spec.norm_eps, dtype=spec.compute_dtype, param_dtype=spec.storage_dtype,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                      name=name)

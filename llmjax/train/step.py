@@ -1,0 +1,76 @@
+"""The pure train and eval steps. They know nothing of devices: the caller jits them with
+explicit shardings (see `loop.compile_steps`), and XLA inserts the collectives."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from llmjax import model
+from llmjax.train.loss import cross_entropy_sums
+from llmjax.train.optimizer import learning_rate_schedule
+from llmjax.train.state import TrainState
+
+
+def _objective(params, batch, config, total_weight):
+    logits = model.apply(params, batch["inputs"], batch["positions"], batch["segment_ids"],
+                         config=config)
+    nll, z, _ = cross_entropy_sums(logits, batch["targets"], batch["weights"], config.train.z_loss)
+    return (nll + z) / total_weight, (nll, z)
+
+
+def _split_microbatches(x, count: int):
+    """[B, ...] -> [count, B/count, ...], microbatch m = rows m, m+count, ...: every device keeps
+    an equal share of every microbatch, so accumulation needs no data movement."""
+    return jnp.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1)
+
+
+def _gradients(params, batch, config, total_weight):
+    grad_fn = jax.value_and_grad(_objective, has_aux=True)
+    count = config.train.microbatches
+    if count == 1:
+        (_, (nll, z)), grads = grad_fn(params, batch, config, total_weight)
+        return grads, nll, z
+
+    def accumulate(carry, micro):
+        grads_acc, nll_acc, z_acc = carry
+        (_, (nll, z)), grads = grad_fn(params, micro, config, total_weight)
+        return (jax.tree.map(jnp.add, grads_acc, grads), nll_acc + nll, z_acc + z), None
+
+    zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    micro = jax.tree.map(lambda x: _split_microbatches(x, count), batch)
+    (grads, nll, z), _ = jax.lax.scan(accumulate, zeros, micro)
+    return grads, nll, z
+
+
+def train_step(state: TrainState, batch, *, config, tx: optax.GradientTransformation):
+    """One optimizer step over the global batch; returns the new state and scalar metrics.
+
+    The loss is normalised by the batch's total token weight (not per microbatch), so
+    accumulating M microbatches gives exactly the gradient of the whole batch. A step whose loss
+    or gradient is not finite leaves params and optimizer state untouched and is counted."""
+    total_weight = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
+    grads, nll, z = _gradients(state.params, batch, config, total_weight)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(nll) & jnp.isfinite(z) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    optimizer_steps = state.step - state.skipped_steps
+    new_state = TrainState(step=state.step + 1,
+                           params=keep_if_finite(params, state.params),
+                           opt_state=keep_if_finite(opt_state, state.opt_state),
+                           skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+    metrics = {"loss": nll / total_weight, "z_loss": z / total_weight, "grad_norm": grad_norm,
+               "learning_rate": learning_rate_schedule(config)(optimizer_steps),
+               "skipped": (~finite).astype(jnp.int32), "tokens": total_weight}
+    return new_state, metrics
+
+
+def eval_step(params, batch, *, config):
+    """(sum of NLL, number of scored tokens) of one batch; sums so batches add exactly."""
+    logits = model.apply(params, batch["inputs"], batch["positions"], batch["segment_ids"],
+                         config=config)
+    nll, _, count = cross_entropy_sums(logits, batch["targets"], batch["weights"])
+    return nll, count

@@ -1,0 +1,34 @@
+"""Every test process sees 8 fake CPU devices, so sharded code runs for real in unit tests.
+The flag must be set before JAX is imported, which is why it lives here."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from llmjax.config import default_config  # noqa: E402
+
+
+def make_tiny_config(**model_overrides):
+    """A 2-layer fp32 model small enough that a step costs milliseconds."""
+    c = default_config()
+    c.model.update(vocab_size=128, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                   head_dim=8, mlp_dim=64, max_seq_len=32, dtype="float32")
+    c.model.update(**model_overrides)
+    c.data.update(seq_len=16)
+    c.train.update(steps=10, global_batch_size=8, log_every=5, eval_every=0, eval_batches=1)
+    c.optimizer.update(warmup_steps=2, learning_rate=1e-2)
+    return c
+
+
+@pytest.fixture
+def tiny_config():
+    return make_tiny_config()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _eight_devices():
+    assert jax.device_count() == 8, "tests expect 8 fake CPU devices (see conftest.py)"

@@ -1,0 +1,187 @@
+"""Properties of the model that hold for any correct Llama: checked against independent
+reference computations, not against the model's own earlier output."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+import pytest
+
+from llmjax import model
+from llmjax.model.attention import Attention, select_attention_impl
+from llmjax.model.rope import apply_rope
+from llmjax.model.spec import ModelSpec
+
+from conftest import make_tiny_config
+
+
+def _tokens(config, batch=2, length=16, seed=1):
+    return jax.random.randint(jax.random.key(seed), (batch, length), 0, config.model.vocab_size)
+
+
+def _params(config, seed=0):
+    return nn.unbox(model.init(jax.random.key(seed), config))
+
+
+def test_logits_shape_and_dtype(tiny_config):
+    logits = model.apply(_params(tiny_config), _tokens(tiny_config), config=tiny_config)
+    assert logits.shape == (2, 16, tiny_config.model.vocab_size)
+    assert logits.dtype == jnp.float32
+
+
+def test_params_carry_logical_axes(tiny_config):
+    boxed = model.init(jax.random.key(0), tiny_config)
+    specs = nn.get_partition_spec(boxed)
+    assert specs["embed"]["embedding"] == jax.sharding.PartitionSpec("vocab", "embed")
+    assert specs["layers"]["attention"]["query"]["kernel"] == jax.sharding.PartitionSpec(
+        "layers", "embed", "heads", "head_dim")
+    assert specs["layers"]["mlp"]["down"]["kernel"] == jax.sharding.PartitionSpec("layers", "mlp", "embed")
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert all(isinstance(leaf, nn.LogicallyPartitioned) for leaf in leaves)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_causality(dtype):
+    config = make_tiny_config(dtype=dtype)
+    params = _params(config)
+    tokens = _tokens(config)
+    t = 9
+    changed = tokens.at[:, t].set((tokens[:, t] + 1) % config.model.vocab_size)
+    before = model.apply(params, tokens, config=config)
+    after = model.apply(params, changed, config=config)
+    np.testing.assert_array_equal(before[:, :t], after[:, :t])
+    assert not np.allclose(before[:, t:], after[:, t:])
+
+
+def test_segment_ids_block_attention_across_documents(tiny_config):
+    params = _params(tiny_config)
+    tokens = _tokens(tiny_config, batch=1)
+    segments = jnp.array([[0] * 6 + [1] * 10])
+    positions = jnp.array([list(range(6)) + list(range(10))])
+    packed = model.apply(params, tokens, positions, segments, config=tiny_config)
+    # The second document alone, as if it were its own sequence, gives the same logits.
+    alone = model.apply(params, tokens[:, 6:], config=tiny_config)
+    np.testing.assert_allclose(packed[:, 6:], alone, rtol=1e-5, atol=1e-5)
+    # Changing the first document leaves the second untouched, although it comes earlier.
+    other_first = tokens.at[:, :6].set((tokens[:, :6] + 3) % tiny_config.model.vocab_size)
+    repacked = model.apply(params, other_first, positions, segments, config=tiny_config)
+    np.testing.assert_array_equal(packed[:, 6:], repacked[:, 6:])
+    unmasked = model.apply(params, other_first, positions, None, config=tiny_config)
+    assert not np.allclose(unmasked[:, 6:], packed[:, 6:])
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    key_q, key_k = jax.random.split(jax.random.key(3))
+    q = jax.random.normal(key_q, (1, 1, 1, 16))
+    k = jax.random.normal(key_k, (1, 1, 1, 16))
+
+    def score(m, n):
+        rq = apply_rope(q, jnp.array([[m]]), 10_000.0)
+        rk = apply_rope(k, jnp.array([[n]]), 10_000.0)
+        return float(jnp.sum(rq * rk))
+
+    assert score(5, 2) == pytest.approx(score(105, 102), rel=1e-4)
+    assert score(7, 7) == pytest.approx(score(0, 0), rel=1e-4)
+    assert score(5, 2) != pytest.approx(score(5, 4), rel=1e-3)
+    # A rotation keeps the norm.
+    np.testing.assert_allclose(jnp.linalg.norm(apply_rope(q, jnp.array([[37]]), 1e4)),
+                               jnp.linalg.norm(q), rtol=1e-5)
+
+
+def _reference_attention(params, x, positions, spec):
+    """Plain multi-head attention written out by hand: softmax(q k^T / sqrt(h)) v with a causal
+    mask, each query head using key/value head (head // group)."""
+    q = jnp.einsum("btd,dnh->btnh", x, params["query"]["kernel"])
+    k = jnp.einsum("btd,dkh->btkh", x, params["key"]["kernel"])
+    v = jnp.einsum("btd,dkh->btkh", x, params["value"]["kernel"])
+    q, k = apply_rope(q, positions, spec.rope_theta), apply_rope(k, positions, spec.rope_theta)
+    group = spec.num_heads // spec.num_kv_heads
+    k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+    scores = jnp.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(spec.head_dim)
+    length = x.shape[1]
+    scores = jnp.where(jnp.tril(jnp.ones((length, length), bool)), scores, -jnp.inf)
+    out = jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(scores, axis=-1), v)
+    return jnp.einsum("btnh,nhd->btd", out, params["out"]["kernel"])
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_attention_matches_hand_written_reference(kv_heads):
+    config = make_tiny_config(num_kv_heads=kv_heads)
+    spec = ModelSpec.from_config(config.model)
+    x = jax.random.normal(jax.random.key(0), (2, 12, spec.d_model))
+    positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
+    module = Attention(spec)
+    params = nn.unbox(module.init(jax.random.key(1), x, positions, None))["params"]
+    ours = module.apply({"params": params}, x, positions, None)
+    np.testing.assert_allclose(ours, _reference_attention(params, x, positions, spec), rtol=1e-5, atol=1e-5)
+
+
+def test_gqa_with_all_kv_heads_is_multi_head_attention():
+    """With num_kv_heads == num_heads no head is shared: it is exactly multi-head attention,
+    so the same weights give the same output as the reference with no repetition."""
+    config = make_tiny_config(num_kv_heads=4)
+    spec = ModelSpec.from_config(config.model)
+    assert spec.num_kv_heads == spec.num_heads
+    x = jax.random.normal(jax.random.key(2), (1, 8, spec.d_model))
+    positions = jnp.arange(8)[None]
+    module = Attention(spec)
+    params = nn.unbox(module.init(jax.random.key(3), x, positions, None))["params"]
+    assert params["key"]["kernel"].shape == params["query"]["kernel"].shape
+    np.testing.assert_allclose(module.apply({"params": params}, x, positions, None),
+                               _reference_attention(params, x, positions, spec), rtol=1e-5, atol=1e-5)
+
+
+def test_loss_at_init_is_close_to_log_vocab():
+    config = make_tiny_config(vocab_size=1024)
+    logits = model.apply(_params(config), _tokens(config, batch=4), config=config)
+    targets = _tokens(config, batch=4, seed=7)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1).mean()
+    assert abs(float(nll) - np.log(1024)) < 0.05 * np.log(1024)
+
+
+def _unstack_layers(params, num_layers):
+    """Scanned params [layers, ...] -> per-layer subtrees layers_0, layers_1, ..."""
+    unrolled = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(num_layers):
+        unrolled[f"layers_{i}"] = jax.tree.map(lambda x: x[i], params["layers"])
+    return unrolled
+
+
+@pytest.mark.parametrize("remat", ["none", "full", "save_dots"])
+def test_scanned_and_unrolled_layers_agree(remat):
+    scanned = make_tiny_config(scan_layers=True, remat=remat)
+    unrolled = make_tiny_config(scan_layers=False, remat=remat)
+    params = _params(scanned)
+    tokens = _tokens(scanned)
+    unrolled_params = _unstack_layers(params, scanned.model.num_layers)
+    assert jax.tree.structure(unrolled_params) == jax.tree.structure(_params(unrolled))
+    np.testing.assert_allclose(model.apply(params, tokens, config=scanned),
+                               model.apply(unrolled_params, tokens, config=unrolled), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("remat", ["full", "save_dots", "save_dots_no_batch"])
+def test_remat_policies_leave_gradients_unchanged(remat):
+    base, rematted = make_tiny_config(), make_tiny_config(remat=remat)
+    params, tokens = _params(base), _tokens(base)
+
+    def grads(config):
+        return jax.grad(lambda p: model.apply(p, tokens, config=config).mean())(params)
+
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 grads(base), grads(rematted))
+
+
+def test_untied_embeddings_have_their_own_output_projection():
+    config = make_tiny_config(tie_embeddings=False)
+    params = _params(config)
+    assert params["lm_head"].shape == (config.model.vocab_size, config.model.d_model)
+    zeroed = dict(params, lm_head=jnp.zeros_like(params["lm_head"]))
+    np.testing.assert_array_equal(model.apply(zeroed, _tokens(config), config=config), 0.0)
+
+
+def test_attention_implementation_selection():
+    assert select_attention_impl("auto", "gpu", jnp.bfloat16) == "cudnn"
+    assert select_attention_impl("auto", "gpu", jnp.float32) == "xla"
+    assert select_attention_impl("auto", "cpu", jnp.bfloat16) == "xla"
+    assert select_attention_impl("auto", "tpu", jnp.bfloat16) == "xla"
+    assert select_attention_impl("xla", "gpu", jnp.bfloat16) == "xla"
