@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -15,8 +16,8 @@ RUN_FILES = ("metrics.jsonl", "config.json")
 
 
 def check_workdir(path: str) -> Path:
-    """Fails unless `path` can hold a new run. Creates nothing: the first file is written only
-    after every other check has passed."""
+    """Fails unless `path` can hold a new run. Leaves nothing behind: the run's first file is
+    written only after every other check has passed and the steps have compiled."""
     workdir = Path(path).expanduser().resolve()
     if workdir.exists() and not workdir.is_dir():
         raise WorkdirError(f"--workdir {path}: exists and is not a directory; choose another path.")
@@ -27,9 +28,14 @@ def check_workdir(path: str) -> Path:
     probe = workdir
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise WorkdirError(f"--workdir {path}: {probe} is not writable; choose a directory you "
-                           f"can write to.")
+    if not probe.is_dir():
+        raise WorkdirError(f"--workdir {path}: {probe} is a file, not a directory; choose "
+                           f"another path.")
+    try:  # A real write, not os.access: root passes access checks on read-only filesystems.
+        os.rmdir(tempfile.mkdtemp(prefix=".llmjax-probe-", dir=probe))
+    except OSError as error:
+        raise WorkdirError(f"--workdir {path}: cannot write in {probe} ({error.strerror}); "
+                           f"choose a directory you can write to.") from None
     return workdir
 
 

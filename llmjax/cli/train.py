@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from llmjax.cli.app import load_config, run as run_app
 from llmjax.config import ConfigError
 from llmjax.data.corpus import CorpusError
 from llmjax.workdir import WorkdirError
@@ -19,18 +20,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news to a user.
+    config = load_config(_CONFIG)
     from llmjax.train.loop import train  # Imports JAX; flags are parsed first so --help is quick.
 
     try:
-        train(_CONFIG.value, _WORKDIR.value)
+        train(config, _WORKDIR.value)
     except (ConfigError, CorpusError, WorkdirError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
 
 def run() -> None:
-    app.run(main)
+    run_app(main)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def _duration(seconds: float) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def train(config, workdir: str, log=print) -> dict:
+def train(config, workdir: str, log=functools.partial(print, flush=True)) -> dict:
     """Trains from scratch as `config` says; returns the final figures (also in summary.json)."""
     config_lib.validate(config, jax.device_count())
     run_dir = check_workdir(workdir)

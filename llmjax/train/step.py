@@ -52,7 +52,7 @@ def train_step(state: TrainState, batch, *, config, tx: optax.GradientTransforma
     or gradient is not finite leaves params and optimizer state untouched and is counted."""
     total_weight = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
     grads, nll, z = _gradients(state.params, batch, config, total_weight)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(nll) & jnp.isfinite(z) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -1,0 +1,75 @@
+"""`llmjax-train` end to end, as a user runs it: real subprocesses, real files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train(workdir, *overrides, cache, config="configs/tiny.py", devices=1):
+    env = dict(os.environ, LLMJAX_CACHE=str(cache), JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return subprocess.run([sys.executable, "-m", "llmjax.cli.train", f"--config={config}",
+                           f"--workdir={workdir}", *overrides],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_train_command_end_to_end(tmp_path):
+    workdir = tmp_path / "run"
+    result = run_train(workdir, "--config.train.steps=30", "--config.train.eval_every=15",
+                       cache=tmp_path / "cache", devices=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "parameters: " in out and "vocab_size: 512" in out and "steps: 30" in out
+    progress = [line for line in out.splitlines() if line.startswith("step") and "| loss" in line]
+    assert len(progress) == 6
+    for field in ("loss", "lr", "grad_norm", "tok/s", "MFU", "ETA"):
+        assert field in progress[0]
+    assert "mesh: {'data': 2, 'fsdp': 1, 'tensor': 1}" in out
+    assert "val loss" in out and "unigram entropy" in out
+
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    val = [r for r in records if r["split"] == "val"]
+    assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30]
+    assert [r["step"] for r in val] == [15, 30]
+    assert train[-1]["loss"] < train[0]["loss"] - 0.5
+    assert all(r["tokens_per_sec"] > 0 and 0 < r["mfu"] < 1 for r in train)
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["train"]["steps"] == 30 and config["model"]["vocab_size"] == 512
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["final_val_loss"] == pytest.approx(val[-1]["loss"])
+
+    again = run_train(workdir, cache=tmp_path / "cache")
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.model.num_kv_heads=3"], "config.model.num_kv_heads=3: must divide model.num_heads=4"),
+    (["--config.mesh.data=2"], "uses 2 devices but 1 are present"),
+    (["--config.train.global_batch_size=6", "--config.train.microbatches=4"], "microbatches=4"),
+    (["--config.model.num_layer=3"], "num_layer"),
+    (["--config.model.num_layers=abc"], "num_layers"),
+])
+def test_bad_config_fails_before_anything_is_written(tmp_path, overrides, message):
+    workdir = tmp_path / "run"
+    result = run_train(workdir, *overrides, cache=tmp_path / "cache")
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not workdir.exists()
+    assert not (tmp_path / "cache").exists(), "no data preparation before validation"
+
+
+@pytest.mark.slow
+def test_unwritable_workdir_is_refused(tmp_path):
+    result = run_train("/proc/llmjax-run", cache=tmp_path / "cache")
+    assert result.returncode == 2 and "cannot write in /proc" in result.stderr

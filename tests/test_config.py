@@ -1,0 +1,68 @@
+"""Every bad config is refused by `validate` with a message that names the key and the fix."""
+
+import pytest
+
+from llmjax.config import ConfigError, default_config, mesh_shape, validate
+from llmjax.workdir import WorkdirError, check_workdir
+
+from conftest import make_tiny_config
+
+
+def test_default_config_is_valid_on_one_and_eight_devices():
+    assert validate(default_config(), 1) == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert validate(default_config(), 8) == {"data": 8, "fsdp": 1, "tensor": 1}
+
+
+def test_config_is_locked_against_unknown_keys():
+    config = default_config()
+    with pytest.raises(AttributeError):
+        config.model.num_layer = 3
+    with pytest.raises(AttributeError):
+        config.training = {}
+
+
+@pytest.mark.parametrize("change, key, hint", [
+    (lambda c: c.model.update(num_kv_heads=3), "config.model.num_kv_heads=3", "must divide"),
+    (lambda c: c.model.update(d_model=48), "config.model.d_model=48", "num_heads * model.head_dim"),
+    (lambda c: c.model.update(dtype="float16"), "config.model.dtype='float16'", "one of"),
+    (lambda c: c.model.update(remat="everything"), "config.model.remat", "one of"),
+    (lambda c: c.model.update(num_layers=0), "config.model.num_layers=0", "positive integer"),
+    (lambda c: c.data.update(seq_len=64), "config.data.seq_len=64", "max_seq_len"),
+    (lambda c: c.train.update(global_batch_size=12), "config.train.global_batch_size=12", "multiple of 8"),
+    (lambda c: c.train.update(microbatches=3), "config.train.global_batch_size", "microbatches=3"),
+    (lambda c: c.optimizer.update(warmup_steps=10), "config.optimizer.warmup_steps=10", "train.steps"),
+    (lambda c: c.optimizer.update(schedule="step"), "config.optimizer.schedule", "cosine"),
+    (lambda c: c.mesh.update(data=3), "config.mesh", "8 are present"),
+    (lambda c: c.mesh.update(data=-1, fsdp=-1), "config.mesh.fsdp=-1", "only one mesh axis"),
+    (lambda c: c.mesh.update(data=-1, fsdp=3), "config.mesh.data=-1", "does not divide"),
+    (lambda c: c.mesh.update(data=1, tensor=8), "config.model.num_kv_heads=2", "mesh axis size 8"),
+])
+def test_bad_config_is_refused_with_key_and_fix(change, key, hint):
+    config = make_tiny_config()
+    change(config)
+    with pytest.raises(ConfigError) as error:
+        validate(config, 8)
+    assert key in str(error.value) and hint in str(error.value), str(error.value)
+
+
+def test_mesh_fill_axis():
+    config = make_tiny_config()
+    config.mesh.update(data=-1, fsdp=2, tensor=2)
+    assert mesh_shape(config, 8) == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def test_workdir_checks(tmp_path):
+    assert check_workdir(str(tmp_path / "new" / "run")) == tmp_path / "new" / "run"
+    assert not (tmp_path / "new").exists(), "checking must create nothing"
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(WorkdirError, match="already holds a run"):
+        check_workdir(str(tmp_path / "old"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WorkdirError, match="not a directory"):
+        check_workdir(str(tmp_path / "file"))
+    with pytest.raises(WorkdirError, match="is a file"):
+        check_workdir(str(tmp_path / "file" / "run"))
+    with pytest.raises(WorkdirError, match="cannot write"):
+        check_workdir("/proc/llmjax-test-run")
+    assert list(tmp_path.glob("**/.llmjax-probe-*")) == []

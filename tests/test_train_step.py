@@ -1,0 +1,144 @@
+"""The pure train step: it learns, it is invariant to the mesh and to gradient accumulation,
+and it refuses non-finite updates."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llmjax.data import pipeline
+from llmjax.parallel.mesh import build_mesh
+from llmjax.parallel.rules import batch_sharding
+from llmjax.train.loop import compile_steps
+from llmjax.train.loss import cross_entropy_sums
+from llmjax.train.optimizer import build_optimizer, learning_rate_schedule, weight_decay_mask
+from llmjax.train.state import create_train_state, state_shardings
+
+from conftest import make_tiny_config
+
+
+def random_batch(config, seed=0):
+    rng = np.random.default_rng(seed)
+    b, t = config.train.global_batch_size, config.data.seq_len
+    tokens = rng.integers(0, config.model.vocab_size, (b, t + 1)).astype(np.int32)
+    segment_ids = np.repeat(np.arange(2, dtype=np.int32), t // 2)[None].repeat(b, 0)
+    positions = np.tile(np.concatenate([np.arange(t // 2), np.arange(t - t // 2)]), (b, 1))
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "positions": positions.astype(np.int32),
+            "segment_ids": segment_ids, "weights": np.ones((b, t), np.float32)}
+
+
+def run_steps(config, batches, devices=None):
+    """Trains on `batches` over the given devices; returns (losses, final state)."""
+    mesh = build_mesh(config, devices)
+    tx = build_optimizer(config)
+    state = create_train_state(config, tx, state_shardings(config, tx, mesh))
+    train_fn, _ = compile_steps(config, tx, mesh, state)
+    losses = []
+    for batch in batches:
+        state, metrics = train_fn(state, pipeline.to_device(batch, batch_sharding(mesh)))
+        losses.append(float(metrics["loss"]))
+    return np.array(losses), state
+
+
+def test_overfits_one_batch():
+    config = make_tiny_config()
+    config.optimizer.update(schedule="constant", warmup_steps=0, weight_decay=0.0)
+    batch = random_batch(config)
+    losses, _ = run_steps(config, [batch] * 80, jax.devices()[:1])
+    assert losses[0] > 0.9 * np.log(config.model.vocab_size)
+    assert losses[-1] < 0.1 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize("mesh", [dict(data=8), dict(data=2, fsdp=2, tensor=2), dict(fsdp=4, tensor=2)])
+def test_sharded_step_matches_single_device(mesh):
+    single = make_tiny_config()
+    single.mesh.update(data=1, fsdp=1, tensor=1)
+    sharded = make_tiny_config()
+    sharded.mesh.update(data=1, fsdp=1, tensor=1)
+    sharded.mesh.update(**mesh)
+    batches = [random_batch(single, seed) for seed in range(4)]
+    losses_1, state_1 = run_steps(single, batches, jax.devices()[:1])
+    losses_8, state_8 = run_steps(sharded, batches, jax.devices())
+    np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 jax.device_get(state_8.params), jax.device_get(state_1.params))
+    # The layout follows the rules table: [layers, embed -> fsdp, mlp -> tensor].
+    gate = state_8.params["layers"]["mlp"]["gate"]["kernel"]
+    assert gate.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    layers, d_model, mlp_dim = gate.shape
+    assert gate.addressable_shards[0].data.shape == (
+        layers, d_model // mesh.get("fsdp", 1), mlp_dim // mesh.get("tensor", 1))
+
+
+def test_gradient_accumulation_equals_full_batch():
+    whole, accumulated = make_tiny_config(), make_tiny_config()
+    accumulated.train.microbatches = 4
+    batches = [random_batch(whole, seed) for seed in range(3)]
+    for batch in batches:  # Unequal token counts per microbatch: normalisation must be global.
+        batch["weights"][:3, 5:] = 0.0
+    losses_whole, state_whole = run_steps(whole, batches)
+    losses_acc, state_acc = run_steps(accumulated, batches)
+    np.testing.assert_allclose(losses_acc, losses_whole, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 jax.device_get(state_acc.params), jax.device_get(state_whole.params))
+
+
+def test_non_finite_update_is_skipped_and_counted(tiny_config):
+    mesh = build_mesh(tiny_config)
+    tx = build_optimizer(tiny_config)
+    state = create_train_state(tiny_config, tx, state_shardings(tiny_config, tx, mesh))
+    train_fn, _ = compile_steps(tiny_config, tx, mesh, state)
+    rows = batch_sharding(mesh)
+    state, _ = train_fn(state, pipeline.to_device(random_batch(tiny_config, 0), rows))
+    before = jax.device_get(state)
+    poisoned = random_batch(tiny_config, 1)
+    poisoned["weights"][0, 0] = np.nan
+    state, metrics = train_fn(state, pipeline.to_device(poisoned, rows))
+    after = jax.device_get(state)
+    assert int(metrics["skipped"]) == 1 and int(after.skipped_steps) == 1
+    assert int(after.step) == 2
+    jax.tree.map(np.testing.assert_array_equal, after.params, before.params)
+    jax.tree.map(np.testing.assert_array_equal, after.opt_state, before.opt_state)
+    state, metrics = train_fn(state, pipeline.to_device(random_batch(tiny_config, 2), rows))
+    assert int(metrics["skipped"]) == 0 and np.isfinite(float(metrics["loss"]))
+    changed = jax.device_get(state.params)
+    assert not np.array_equal(changed["embed"]["embedding"], before.params["embed"]["embedding"])
+
+
+def test_loss_masks_weights_and_adds_z_loss():
+    logits = jax.random.normal(jax.random.key(0), (2, 3, 5)) * 3
+    targets = jnp.array([[1, 2, 3], [4, 0, 1]])
+    weights = jnp.array([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    nll, z, count = cross_entropy_sums(logits, targets, weights, z_loss=1e-2)
+    log_probs = np.asarray(jax.nn.log_softmax(logits))
+    expected = -sum(log_probs[b, t, targets[b, t]] for b, t in [(0, 0), (0, 2), (1, 0), (1, 1)])
+    log_z = np.log(np.exp(np.asarray(logits)).sum(-1))
+    assert float(count) == 4
+    assert float(nll) == pytest.approx(expected, rel=1e-5)
+    assert float(z) == pytest.approx(1e-2 * (log_z ** 2 * np.asarray(weights)).sum(), rel=1e-5)
+
+
+def test_weight_decay_skips_norms_and_embeddings(tiny_config):
+    from llmjax.train.state import _fresh_state  # noqa: PLC0415
+    state = jax.eval_shape(lambda: _fresh_state(jax.random.key(0), tiny_config, build_optimizer(tiny_config)))
+    mask = weight_decay_mask(state.params)
+    assert mask["embed"]["embedding"] is False
+    assert mask["final_norm"]["scale"] is False
+    assert mask["layers"]["attention_norm"]["scale"] is False
+    assert mask["layers"]["mlp"]["gate"]["kernel"] is True
+    assert mask["layers"]["attention"]["query"]["kernel"] is True
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_learning_rate_schedules(schedule):
+    config = make_tiny_config()
+    config.train.steps = 100
+    config.optimizer.update(schedule=schedule, warmup_steps=10, learning_rate=1.0, min_lr_ratio=0.1)
+    lr = learning_rate_schedule(config)
+    assert float(lr(0)) == 0.0
+    assert float(lr(5)) == pytest.approx(0.5)
+    assert float(lr(10)) == pytest.approx(1.0)
+    final = {"cosine": 0.1, "linear": 0.1, "constant": 1.0}[schedule]
+    assert float(lr(100)) == pytest.approx(final, abs=1e-6)
+    if schedule == "cosine":
+        assert float(lr(55)) == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-6)
