@@ -14,6 +14,7 @@ DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 SCHEDULES = ("cosine", "linear", "constant")
+INIT_MODES = ("params", "full")
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -61,6 +62,21 @@ def default_config() -> ml_collections.ConfigDict:
     t.eval_every = 100  # Steps between validation passes (0 = only at the end).
     t.eval_batches = 8  # Validation batches per pass.
 
+    t.guard_spike_factor = 3.0  # A step is bad if its loss exceeds this x the running mean (0 = only non-finite).
+    t.guard_patience = 3  # After this many bad steps in a row, roll back to the last checkpoint.
+    t.guard_max_rollbacks = 3  # Then give up: the run is diverging for good.
+    t.inject_nan_at = ""  # Fault injection for tests: comma-separated data steps whose loss is NaN.
+
+    c.checkpoint = ck = ml_collections.ConfigDict()
+    ck.every_steps = 100  # Save every N steps (0 = no step schedule).
+    ck.every_minutes = 0.0  # Also save when this much time has passed since the last save (0 = off).
+    ck.keep_last = 3  # Keep the newest K checkpoints ...
+    ck.keep_every = 0  # ... plus every step divisible by M, forever (0 = none).
+    ck.async_save = True  # Write in the background; the loop blocks only for the host copy.
+    ck.required = True  # A failed save stops the run (False: warn and train on without it).
+    ck.init_from = ""  # Start from another run: "WORKDIR" or "WORKDIR@STEP" (latest if no step).
+    ck.init_mode = "params"  # What init_from takes: params (new optimizer) | full (also its state).
+
     c.optimizer = o = ml_collections.ConfigDict()
     o.learning_rate = 3e-3  # Peak learning rate after warmup.
     o.schedule = "cosine"  # Decay after warmup: cosine | linear | constant.
@@ -85,21 +101,27 @@ def _fail(key: str, value, fix: str):
     raise ConfigError(f"config.{key}={value!r}: {fix}")
 
 
-def _choice(config, key: str, allowed) -> None:
-    value = config
+def _value(config, key: str):
     for part in key.split("."):
-        value = value[part]
+        config = config[part]
+    return config
+
+
+def _choice(config, key: str, allowed) -> None:
+    value = _value(config, key)
     if value not in allowed:
         _fail(key, value, f"must be one of {', '.join(allowed)}.")
 
 
 def _positive(config, keys) -> None:
     for key in keys:
-        value = config
-        for part in key.split("."):
-            value = value[part]
+        value = _value(config, key)
         if not isinstance(value, int) or value < 1:
             _fail(key, value, "must be a positive integer.")
+
+
+def inject_nan_steps(config) -> frozenset[int]:
+    return frozenset(int(x) for x in config.train.inject_nan_at.split(",") if x.strip())
 
 
 def mesh_shape(config, num_devices: int) -> dict[str, int]:
@@ -142,6 +164,18 @@ def validate(config, num_devices: int) -> dict[str, int]:
     _choice(config, "model.remat", REMAT_POLICIES)
     _choice(config, "model.attention_impl", ATTENTION_IMPLS)
     _choice(config, "optimizer.schedule", SCHEDULES)
+    _choice(config, "checkpoint.init_mode", INIT_MODES)
+    _positive(config, ["checkpoint.keep_last", "train.guard_patience"])
+    for key in ("checkpoint.every_steps", "checkpoint.keep_every", "train.guard_max_rollbacks"):
+        value = _value(config, key)
+        if not isinstance(value, int) or value < 0:
+            _fail(key, value, "must be an integer >= 0.")
+    if config.checkpoint.every_minutes < 0:
+        _fail("checkpoint.every_minutes", config.checkpoint.every_minutes, "must be >= 0.")
+    try:
+        inject_nan_steps(config)
+    except ValueError:
+        _fail("train.inject_nan_at", t.inject_nan_at, "must be comma-separated integers.")
     if m.num_heads % m.num_kv_heads:
         _fail("model.num_kv_heads", m.num_kv_heads,
               f"must divide model.num_heads={m.num_heads} (grouped-query attention shares "

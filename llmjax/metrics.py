@@ -8,13 +8,32 @@ from pathlib import Path
 from tensorboardX import SummaryWriter
 
 
+def _drop_records_after(path: Path, step: int) -> None:
+    """A resumed run recomputes the steps after its checkpoint exactly; their records from the
+    interrupted attempt are dropped so every step appears once."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except (json.JSONDecodeError, KeyError):  # A line cut short by a crash.
+            continue
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+
+
 class MetricsWriter:
     """Only one process of a multi-host run writes; the others get a writer that drops."""
 
-    def __init__(self, workdir: Path, enabled: bool = True):
+    def __init__(self, workdir: Path, enabled: bool = True, resume_step: int = 0):
         self.enabled = enabled
         if enabled:
-            self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
+            path = workdir / "metrics.jsonl"
+            _drop_records_after(path, resume_step)
+            self._jsonl = open(path, "a", buffering=1)
             self._tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:

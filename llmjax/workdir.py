@@ -1,4 +1,9 @@
-"""The run directory: checked before any expensive work, and never clobbered."""
+"""The run directory: checked before any expensive work, reused only by the same run.
+
+Rerunning a command on its own workdir resumes it, so a workdir is accepted again when its
+saved config describes the same model, data and seed; training-length, optimizer and
+checkpoint settings may change between restarts (e.g. to extend a run).
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,45 @@ import os
 import tempfile
 from pathlib import Path
 
+IDENTITY_SECTIONS = ("model", "data", "seed")  # What makes two configs the same run.
+
 
 class WorkdirError(ValueError):
     """The workdir cannot be used; the message says why and what to do instead."""
 
 
-RUN_FILES = ("metrics.jsonl", "config.json")
+def _flatten(tree, prefix=""):
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out
 
 
-def check_workdir(path: str) -> Path:
-    """Fails unless `path` can hold a new run. Leaves nothing behind: the run's first file is
-    written only after every other check has passed and the steps have compiled."""
+def config_changes(saved: dict, config) -> dict[str, tuple]:
+    """{dotted key: (saved value, new value)} for every field that differs."""
+    old, new = _flatten(saved), _flatten(config.to_dict())
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)}
+
+
+def check_workdir(path: str, config) -> tuple[Path, dict[str, tuple]]:
+    """(resolved workdir, config changes against a previous run in it). Fails unless `path`
+    can hold this run; leaves nothing behind."""
     workdir = Path(path).expanduser().resolve()
     if workdir.exists() and not workdir.is_dir():
         raise WorkdirError(f"--workdir {path}: exists and is not a directory; choose another path.")
-    existing = [name for name in RUN_FILES if (workdir / name).exists()]
-    if existing:
-        raise WorkdirError(f"--workdir {path}: already holds a run ({', '.join(existing)}); "
-                           f"choose a new --workdir or move the old run away.")
+    changes = {}
+    saved = workdir / "config.json"
+    if saved.exists():
+        changes = config_changes(json.loads(saved.read_text()), config)
+        conflicts = {k: v for k, v in changes.items() if k.split(".")[0] in IDENTITY_SECTIONS}
+        if conflicts:
+            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(conflicts.items())[:5])
+            raise WorkdirError(f"--workdir {path}: holds a run with a different model/data/seed "
+                               f"({shown}); choose a new --workdir, or start from that run with "
+                               f"--config.checkpoint.init_from={workdir}.")
     probe = workdir
     while not probe.exists():
         probe = probe.parent
@@ -36,9 +62,11 @@ def check_workdir(path: str) -> Path:
     except OSError as error:
         raise WorkdirError(f"--workdir {path}: cannot write in {probe} ({error.strerror}); "
                            f"choose a directory you can write to.") from None
-    return workdir
+    return workdir, changes
 
 
 def write_config(workdir: Path, config) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+    tmp = workdir / "config.json.tmp"
+    tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+    tmp.replace(workdir / "config.json")

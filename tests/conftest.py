@@ -2,6 +2,10 @@
 The flag must be set before JAX is imported, which is why it lives here."""
 
 import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -32,3 +36,25 @@ def tiny_config():
 @pytest.fixture(scope="session", autouse=True)
 def _eight_devices():
     assert jax.device_count() == 8, "tests expect 8 fake CPU devices (see conftest.py)"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# Shared by every training subprocess of the session: each distinct step compiles once.
+XLA_CACHE = Path(tempfile.gettempdir()) / f"llmjax-test-xla-{os.getuid()}"
+
+
+def train_command(workdir, *overrides, config="configs/tiny.py"):
+    return [sys.executable, "-m", "llmjax.cli.train", f"--config={config}", f"--workdir={workdir}",
+            *overrides]
+
+
+def train_env(cache, devices=1):
+    return dict(os.environ, LLMJAX_CACHE=str(cache), JAX_PLATFORMS="cpu",
+                JAX_COMPILATION_CACHE_DIR=str(XLA_CACHE),
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def run_train(workdir, *overrides, cache, config="configs/tiny.py", devices=1):
+    """Runs `llmjax-train` to completion in a subprocess, as a user would."""
+    return subprocess.run(train_command(workdir, *overrides, config=config), cwd=ROOT,
+                          env=train_env(cache, devices), capture_output=True, text=True, timeout=600)

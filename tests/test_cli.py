@@ -1,23 +1,10 @@
 """`llmjax-train` end to end, as a user runs it: real subprocesses, real files."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_train(workdir, *overrides, cache, config="configs/tiny.py", devices=1):
-    env = dict(os.environ, LLMJAX_CACHE=str(cache), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    return subprocess.run([sys.executable, "-m", "llmjax.cli.train", f"--config={config}",
-                           f"--workdir={workdir}", *overrides],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
+from conftest import run_train
 
 @pytest.mark.slow
 def test_train_command_end_to_end(tmp_path):
@@ -47,8 +34,9 @@ def test_train_command_end_to_end(tmp_path):
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["final_val_loss"] == pytest.approx(val[-1]["loss"])
 
-    again = run_train(workdir, cache=tmp_path / "cache")
-    assert again.returncode == 2 and "already holds a run" in again.stderr
+    other_model = run_train(workdir, "--config.model.num_layers=3", cache=tmp_path / "cache")
+    assert other_model.returncode == 2
+    assert "holds a run with a different model/data/seed (model.num_layers: 2 -> 3)" in other_model.stderr
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 import pytest
 
 from llmjax.config import ConfigError, default_config, mesh_shape, validate
-from llmjax.workdir import WorkdirError, check_workdir
+from llmjax.workdir import WorkdirError, check_workdir, write_config
 
 from conftest import make_tiny_config
 
@@ -52,17 +52,25 @@ def test_mesh_fill_axis():
 
 
 def test_workdir_checks(tmp_path):
-    assert check_workdir(str(tmp_path / "new" / "run")) == tmp_path / "new" / "run"
+    config = make_tiny_config()
+    assert check_workdir(str(tmp_path / "new" / "run"), config) == (tmp_path / "new" / "run", {})
     assert not (tmp_path / "new").exists(), "checking must create nothing"
-    (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "metrics.jsonl").write_text("{}\n")
-    with pytest.raises(WorkdirError, match="already holds a run"):
-        check_workdir(str(tmp_path / "old"))
     (tmp_path / "file").write_text("x")
     with pytest.raises(WorkdirError, match="not a directory"):
-        check_workdir(str(tmp_path / "file"))
+        check_workdir(str(tmp_path / "file"), config)
     with pytest.raises(WorkdirError, match="is a file"):
-        check_workdir(str(tmp_path / "file" / "run"))
+        check_workdir(str(tmp_path / "file" / "run"), config)
     with pytest.raises(WorkdirError, match="cannot write"):
-        check_workdir("/proc/llmjax-test-run")
+        check_workdir("/proc/llmjax-test-run", config)
     assert list(tmp_path.glob("**/.llmjax-probe-*")) == []
+
+
+def test_workdir_of_the_same_run_is_reused_and_another_refused(tmp_path):
+    config = make_tiny_config()
+    write_config(tmp_path, config)
+    longer = make_tiny_config()
+    longer.train.steps = 50
+    assert check_workdir(str(tmp_path), longer)[1] == {"train.steps": (10, 50)}
+    wider = make_tiny_config(d_model=64, head_dim=16)
+    with pytest.raises(WorkdirError, match=r"model.d_model: 32 -> 64.*init_from"):
+        check_workdir(str(tmp_path), wider)

@@ -119,8 +119,8 @@ def test_loss_masks_weights_and_adds_z_loss():
 
 
 def test_weight_decay_skips_norms_and_embeddings(tiny_config):
-    from llmjax.train.state import _fresh_state  # noqa: PLC0415
-    state = jax.eval_shape(lambda: _fresh_state(jax.random.key(0), tiny_config, build_optimizer(tiny_config)))
+    from llmjax.train.state import fresh_state  # noqa: PLC0415
+    state = jax.eval_shape(lambda: fresh_state(jax.random.key(0), tiny_config, build_optimizer(tiny_config)))
     mask = weight_decay_mask(state.params)
     assert mask["embed"]["embedding"] is False
     assert mask["final_norm"]["scale"] is False

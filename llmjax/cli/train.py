@@ -8,8 +8,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from llmjax.cli.app import load_config, run as run_app
+from llmjax.checkpoint import CheckpointError
 from llmjax.config import ConfigError
 from llmjax.data.corpus import CorpusError
+from llmjax.train.guard import DivergenceError
 from llmjax.workdir import WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module).")
@@ -21,11 +23,18 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = load_config(_CONFIG)
-    from llmjax.train.loop import train  # Imports JAX; flags are parsed first so --help is quick.
+    import jax  # noqa: PLC0415 - flags are parsed first so that --help is quick.
+
+    from llmjax.data.prepare import default_cache_dir  # noqa: PLC0415
+    from llmjax.train.loop import train  # noqa: PLC0415
+
+    # A restarted or resumed run loads its compiled steps instead of compiling them again.
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "xla"))
 
     try:
         train(config, _WORKDIR.value)
-    except (ConfigError, CorpusError, WorkdirError) as error:
+    except (ConfigError, CorpusError, WorkdirError, CheckpointError, DivergenceError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

@@ -1,7 +1,8 @@
-"""The effectful shell around the pure step: data in, compiled steps, progress, metrics.
+"""The effectful shell around the pure step: data in, compiled steps, checkpoints, metrics.
 
-Order matters for failing fast: the config and workdir are checked first, then the corpus is
-prepared and the steps are compiled; only then is the first file written to the workdir.
+Order matters for failing fast: the config, workdir and `init_from` are checked first, then
+the corpus is prepared and the steps are compiled against abstract shapes; only then is the
+first file written to the workdir and any state allocated.
 """
 
 from __future__ import annotations
@@ -19,17 +20,28 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from llmjax import config as config_lib
 from llmjax import flops
+from llmjax.checkpoint import CheckpointError, Checkpointer, metadata
 from llmjax.data import pipeline
 from llmjax.data.prepare import default_cache_dir, prepare_corpus
 from llmjax.metrics import MetricsWriter
 from llmjax.parallel.mesh import build_mesh
 from llmjax.parallel.rules import batch_sharding
+from llmjax.train.guard import DivergenceGuard
 from llmjax.train.optimizer import build_optimizer
-from llmjax.train.state import create_train_state, state_shardings
+from llmjax.train.preemption import EXIT_PREEMPTED, PreemptionFlag
+from llmjax.train.resume import abstract_state, initial_state, parse_init_from, state_from_checkpoint
+from llmjax.train.state import state_shardings
 from llmjax.train.step import eval_step, train_step
 from llmjax.workdir import check_workdir, write_config
 
 BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "weights")
+
+
+class Preempted(SystemExit):
+    """Raised after the preemption checkpoint is on disk; its code tells the scheduler to retry."""
+
+    def __init__(self):
+        super().__init__(EXIT_PREEMPTED)
 
 
 def batch_spec(config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
@@ -41,7 +53,8 @@ def batch_spec(config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
 
 def compile_steps(config, tx, mesh, state):
     """AOT-compiles the train step (state donated) and the eval step with explicit shardings,
-    so the run never recompiles and the compile time is measured on its own."""
+    so the run never recompiles and the compile time is measured on its own. `state` may be
+    concrete or abstract (ShapeDtypeStructs with shardings)."""
     shardings = jax.tree.map(lambda x: x.sharding, state)
     batch = batch_spec(config, mesh)
     rows = batch_sharding(mesh)
@@ -68,11 +81,16 @@ def _duration(seconds: float) -> str:
 
 
 def train(config, workdir: str, log=functools.partial(print, flush=True)) -> dict:
-    """Trains from scratch as `config` says; returns the final figures (also in summary.json)."""
+    """Trains as `config` says, resuming from the workdir's checkpoints if it has any; returns
+    the final figures (also written to summary.json)."""
     config_lib.validate(config, jax.device_count())
-    run_dir = check_workdir(workdir)
+    run_dir, changes = check_workdir(workdir, config)
+    parse_init_from(config.checkpoint.init_from)
     t, seq = config.train, config.data.seq_len
     log(f"config:\n{config}")
+    if changes:
+        log("config changes since this workdir's last start: " +
+            "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
     log(f"parameters: {flops.param_count(config.model):,} "
         f"({flops.non_embedding_params(config.model):,} non-embedding)")
 
@@ -80,9 +98,9 @@ def train(config, workdir: str, log=functools.partial(print, flush=True)) -> dic
     mesh = build_mesh(config)
     log(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].platform} devices")
     tx = build_optimizer(config)
-    state = create_train_state(config, tx, state_shardings(config, tx, mesh))
+    target = abstract_state(config, tx, state_shardings(config, tx, mesh))
     start = time.perf_counter()
-    train_fn, eval_fn = compile_steps(config, tx, mesh, state)
+    train_fn, eval_fn = compile_steps(config, tx, mesh, target)
     log(f"compiled train and eval steps in {time.perf_counter() - start:.1f}s")
 
     rows = batch_sharding(mesh)
@@ -95,44 +113,88 @@ def train(config, workdir: str, log=functools.partial(print, flush=True)) -> dic
     log(f"peak: {peak / 1e12:.3f} TFLOP/s ({peak_source})")
     model_flops_per_token = flops.flops_per_token(config.model, seq)
     tokens_per_step = t.global_batch_size * seq
+    nan_steps = config_lib.inject_nan_steps(config)
 
     write_config(run_dir, config)
-    writer = MetricsWriter(run_dir, enabled=jax.process_index() == 0)
-    pending, interval_start, run_start = [], time.perf_counter(), time.perf_counter()
+    checkpointer = Checkpointer(run_dir / "checkpoints", config, log)
+    state, data_step = initial_state(config, tx, target, checkpointer, log)
+    step = int(state.step)
+    writer = MetricsWriter(run_dir, enabled=jax.process_index() == 0, resume_step=step)
+    guard = DivergenceGuard(t.guard_spike_factor, t.guard_patience, t.guard_max_rollbacks)
+    run_start = time.perf_counter()
+    pending, interval_start = [], time.perf_counter()
     train_loss = val_loss = float("nan")
-    for step in range(1, t.steps + 1):
-        state, metrics = train_fn(state, pipeline.to_device(train_data[step - 1], rows))
-        pending.append(metrics)
-        if step % t.log_every == 0 or step == t.steps:
-            fetched = jax.device_get(pending)
-            values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-            elapsed = time.perf_counter() - interval_start
-            tokens_per_sec = len(pending) * tokens_per_step / elapsed
-            values.update(tokens_per_sec=tokens_per_sec,
-                          tflops_per_device=tokens_per_sec * model_flops_per_token / mesh.devices.size / 1e12,
-                          mfu=tokens_per_sec * model_flops_per_token / peak,
-                          skipped=sum(int(m["skipped"]) for m in fetched))
-            train_loss = values["loss"]
-            writer.write(step, "train", values)
-            eta = (t.steps - step) * elapsed / len(pending)
-            log(f"step {step:>6}/{t.steps} | loss {values['loss']:.4f} | lr {values['learning_rate']:.2e} "
-                f"| grad_norm {values['grad_norm']:.3f} | {tokens_per_sec:,.0f} tok/s "
-                f"| MFU {100 * values['mfu']:.1f}% | ETA {_duration(eta)}"
-                + (f" | skipped {values['skipped']}" if values["skipped"] else ""))
-            pending, interval_start = [], time.perf_counter()
-        if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
-            val_loss = evaluate(eval_fn, state.params, val_batches)
-            writer.write(step, "val", {"loss": val_loss, "perplexity": math.exp(min(val_loss, 50))})
-            log(f"step {step:>6}/{t.steps} | val loss {val_loss:.4f} | val ppl {math.exp(min(val_loss, 50)):.2f}")
-            if not pending:  # Keep evaluation time out of the next throughput figure.
-                interval_start = time.perf_counter()
+
+    def meta():
+        return metadata(step, data_step, train_loss, config, run_start) | {
+            "skipped_steps": int(state.skipped_steps)}
+
+    with PreemptionFlag() as preemption:
+        while step < t.steps:
+            host_batch = train_data[data_step]
+            if data_step in nan_steps:
+                host_batch["weights"] = np.full_like(host_batch["weights"], np.nan)
+            state, metrics = train_fn(state, pipeline.to_device(host_batch, rows))
+            step, data_step = step + 1, data_step + 1
+            pending.append(metrics | {"data_step": data_step - 1})
+            if guard.observe(float(metrics["loss"])):
+                restored = checkpointer.restore_latest(target.params, target.opt_state)
+                if restored is None:
+                    raise CheckpointError("the loss diverged and there is no checkpoint to roll "
+                                          "back to; lower optimizer.learning_rate or save earlier "
+                                          "(checkpoint.every_steps).")
+                guard.rolled_back()
+                log(f"step {step:>6}/{t.steps} | {guard.patience} bad steps in a row: rolled back "
+                    f"to checkpoint step {restored.step} and skipped data steps "
+                    f"{restored.meta['data_step']}..{data_step - 1} (rollback {guard.rollbacks} of "
+                    f"at most {guard.max_rollbacks})")
+                state = state_from_checkpoint(restored, target, True)
+                step, pending, interval_start = restored.step, [], time.perf_counter()
+                continue
+            if step % t.log_every == 0 or step == t.steps:
+                fetched = jax.device_get(pending)
+                values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                elapsed = time.perf_counter() - interval_start
+                tokens_per_sec = len(pending) * tokens_per_step / elapsed
+                values.update(tokens_per_sec=tokens_per_sec, data_step=fetched[-1]["data_step"],
+                              tflops_per_device=tokens_per_sec * model_flops_per_token / mesh.devices.size / 1e12,
+                              mfu=tokens_per_sec * model_flops_per_token / peak,
+                              skipped=sum(int(m["skipped"]) for m in fetched))
+                train_loss = values["loss"]
+                writer.write(step, "train", values)
+                eta = (t.steps - step) * elapsed / len(pending)
+                log(f"step {step:>6}/{t.steps} | loss {values['loss']:.4f} | lr {values['learning_rate']:.2e} "
+                    f"| grad_norm {values['grad_norm']:.3f} | {tokens_per_sec:,.0f} tok/s "
+                    f"| MFU {100 * values['mfu']:.1f}% | ETA {_duration(eta)}"
+                    + (f" | skipped {values['skipped']}" if values["skipped"] else ""))
+                pending, interval_start = [], time.perf_counter()
+            if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
+                val_loss = evaluate(eval_fn, state.params, val_batches)
+                writer.write(step, "val", {"loss": val_loss, "perplexity": math.exp(min(val_loss, 50))})
+                log(f"step {step:>6}/{t.steps} | val loss {val_loss:.4f} | val ppl {math.exp(min(val_loss, 50)):.2f}")
+                if not pending:  # Keep evaluation time out of the next throughput figure.
+                    interval_start = time.perf_counter()
+            if preemption.requested:
+                checkpointer.save(step, state, meta(), force=True)
+                checkpointer.close()
+                writer.close()
+                log(f"step {step:>6}/{t.steps} | {preemption.signal_name}: checkpoint written, "
+                    f"exiting with code {EXIT_PREEMPTED}; rerun the same command to resume")
+                raise Preempted()
+            if guard.healthy:
+                checkpointer.save(step, state, meta(), force=step == t.steps)
+        checkpointer.close()
     writer.close()
     summary = {"steps": t.steps, "final_train_loss": train_loss, "final_val_loss": val_loss,
                "unigram_entropy": corpus.manifest["unigram_entropy_nats"],
-               "skipped_steps": int(state.skipped_steps),
+               "skipped_steps": int(state.skipped_steps), "rollbacks": guard.rollbacks,
+               "checkpoint_saves": checkpointer.saves,
+               "checkpoint_blocked_seconds": checkpointer.blocked_seconds,
                "wall_seconds": time.perf_counter() - run_start}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if jax.process_index() == 0:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log(f"done in {_duration(summary['wall_seconds'])}: train loss {train_loss:.4f}, "
         f"val loss {val_loss:.4f} (unigram entropy of the corpus: "
-        f"{summary['unigram_entropy']:.4f} nats/token)")
+        f"{summary['unigram_entropy']:.4f} nats/token); checkpoint saves blocked training for "
+        f"{summary['checkpoint_blocked_seconds']:.2f}s in all")
     return summary

@@ -28,7 +28,7 @@ class TrainState:
     skipped_steps: jax.Array  # Updates refused because the loss or a gradient was not finite.
 
 
-def _fresh_state(rng, config, tx) -> TrainState:
+def fresh_state(rng, config, tx) -> TrainState:
     params = nn.unbox(model.init(rng, config))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       skipped_steps=jnp.zeros((), jnp.int32))
@@ -43,7 +43,7 @@ def param_logical_axes(config):
 def state_shardings(config, tx, mesh) -> TrainState:
     """Optimizer moments are sharded like their parameters; scalars are replicated."""
     params = logical_to_sharding(param_logical_axes(config), mesh)
-    abstract = jax.eval_shape(functools.partial(_fresh_state, config=config, tx=tx), jax.random.key(0))
+    abstract = jax.eval_shape(functools.partial(fresh_state, config=config, tx=tx), jax.random.key(0))
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_state = optax.tree_map_params(tx, lambda _, sharding: sharding, abstract.opt_state, params,
                                       transform_non_params=lambda _: replicated)
@@ -54,5 +54,5 @@ def create_train_state(config, tx, shardings: TrainState) -> TrainState:
     rng = jax.random.key(config.seed)
     # No mesh context here: the out_shardings place the result, and Flax's DenseGeneral would
     # otherwise constrain its kernel by the logical names before reshaping it to their rank.
-    init_fn = jax.jit(functools.partial(_fresh_state, config=config, tx=tx), out_shardings=shardings)
+    init_fn = jax.jit(functools.partial(fresh_state, config=config, tx=tx), out_shardings=shardings)
     return init_fn(rng)

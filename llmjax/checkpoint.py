@@ -1,0 +1,207 @@
+"""Orbax checkpoints of a run: when to save, what to keep, and restoring the newest intact one.
+
+A checkpoint has three items: `params`, `opt_state` (sharded arrays, restorable onto any mesh
+because the caller gives the target shardings) and `meta` (JSON: step, data position, loss,
+wall time, llmjax version and commit, the resolved config). The data order is a function of
+(seed, data_step), so the JSON holds everything needed to continue the stream exactly.
+
+Orbax writes each checkpoint under a temporary name and renames it when complete, so a save
+killed midway is never mistaken for a checkpoint. Once a checkpoint is complete, llmjax
+records the size of each of its files in `checkpoints/integrity/STEP.json`, so that a file
+truncated or deleted later is named when the checkpoint is read. A checkpoint that fails to
+load is moved aside to `checkpoints/damaged/`, never deleted, and the previous one is tried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as keep
+from orbax.checkpoint.checkpoint_managers import save_decision_policy as when
+
+import llmjax
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint, or checkpoints cannot be written; says which and what to do."""
+
+
+@dataclasses.dataclass
+class Restored:
+    step: int
+    params: dict
+    opt_state: object | None
+    meta: dict
+
+
+def source_commit() -> str:
+    """The git commit of the llmjax source tree, or "unknown" outside a checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(llmjax.__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _options(config, read_only: bool) -> ocp.CheckpointManagerOptions:
+    c = config.checkpoint
+    save_policies = [when.PreemptionCheckpointingPolicy()]
+    if c.every_steps:
+        save_policies.append(when.FixedIntervalPolicy(c.every_steps))
+    if c.every_minutes:
+        save_policies.append(when.ContinuousCheckpointingPolicy(
+            minimum_interval_secs=int(c.every_minutes * 60)))
+    keep_policies = [keep.LatestN(c.keep_last)]
+    if c.keep_every:
+        keep_policies.append(keep.EveryNSteps(c.keep_every))
+    return ocp.CheckpointManagerOptions(
+        save_decision_policy=when.AnySavePolicy(save_policies),
+        preservation_policy=keep.AnyPreservationPolicy(keep_policies),
+        enable_async_checkpointing=c.async_save, read_only=read_only,
+        cleanup_tmp_directories=not read_only, create=not read_only)
+
+
+class Checkpointer:
+    """Saves on the configured schedule and restores the newest checkpoint that loads."""
+
+    def __init__(self, directory: Path, config, log=print, read_only: bool = False):
+        self.directory, self.config, self.log = Path(directory), config, log
+        self.read_only = read_only
+        self.blocked_seconds = 0.0  # Time the training loop spent inside save() calls.
+        self.saves = 0
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=_options(config, read_only))
+        except OSError as error:
+            raise CheckpointError(f"cannot create checkpoint directory {self.directory}: {error}; "
+                                  f"choose a writable --workdir.") from None
+
+    def _integrity_path(self, step: int) -> Path:
+        return self.directory / "integrity" / f"{step}.json"
+
+    def _record_integrity(self) -> None:
+        """Writes the file-size manifest of every completed checkpoint that lacks one."""
+        if self.read_only or jax.process_index() != 0 or self.manager.is_saving_in_progress():
+            return
+        steps = self.steps()
+        for stale in (self.directory / "integrity").glob("*.json"):  # Deleted by keep_last.
+            if int(stale.stem) not in steps:
+                stale.unlink()
+        for step in steps:
+            path = self._integrity_path(step)
+            if path.exists():
+                continue
+            root = self.directory / str(step)
+            sizes = {str(f.relative_to(root)): f.stat().st_size for f in sorted(root.rglob("*"))
+                     if f.is_file()}
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(sizes))
+            tmp.replace(path)
+
+    def _verify(self, step: int) -> None:
+        """Raises naming the first missing or truncated file of a checkpoint."""
+        path = self._integrity_path(step)
+        if not path.exists():
+            return
+        root = self.directory / str(step)
+        for name, size in json.loads(path.read_text()).items():
+            file = root / name
+            if not file.exists():
+                raise CheckpointError(f"file {file} is missing")
+            if file.stat().st_size != size:
+                raise CheckpointError(f"file {file} has {file.stat().st_size} bytes, {size} were written")
+
+    def save(self, step: int, state, meta: dict, force: bool = False) -> bool:
+        """Starts a save if the policy (or `force`) says so; returns whether it did. With async
+        saving this blocks only for the device-to-host copy."""
+        self._record_integrity()
+        start = time.perf_counter()
+        try:
+            saved = self.manager.save(step, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(state.params),
+                opt_state=ocp.args.StandardSave(state.opt_state),
+                meta=ocp.args.JsonSave(meta)), force=force)
+        except (OSError, ValueError) as error:
+            self._failed(step, error)
+            return False
+        if saved:
+            self.blocked_seconds += time.perf_counter() - start
+            self.saves += 1
+        return saved
+
+    def _failed(self, step: int, error: Exception) -> None:
+        message = (f"checkpoint of step {step} could not be written to {self.directory}: {error}")
+        if self.config.checkpoint.required:
+            raise CheckpointError(message + "; free space or fix permissions, or set "
+                                            "--config.checkpoint.required=False to train on "
+                                            "without checkpoints.") from None
+        self.log(f"warning: {message}; continuing without it (checkpoint.required=False)")
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are on disk; surfaces their errors."""
+        try:
+            self.manager.wait_until_finished()
+        except (OSError, ValueError) as error:
+            self._failed(self.manager.latest_step() or -1, error)
+        self._record_integrity()
+
+    def close(self) -> None:
+        self.wait()
+        self.manager.close()
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore_latest(self, params_target, opt_state_target) -> Restored | None:
+        """The newest checkpoint that loads completely, or None when there are none at all."""
+        self.wait()
+        steps = self.steps()
+        for step in reversed(steps):
+            try:
+                return self.restore(step, params_target, opt_state_target)
+            except Exception as error:  # noqa: BLE001 - any failure to read means "damaged".
+                self._set_aside(step, error)
+        if steps:
+            raise CheckpointError(f"none of the checkpoints {steps} in {self.directory} could be "
+                                  f"read (moved to {self.directory / 'damaged'}); nothing was "
+                                  f"overwritten. Restore them from a backup or start a new workdir.")
+        return None
+
+    def restore(self, step: int, params_target, opt_state_target=None) -> Restored:
+        """Restores onto the shardings of the targets (ShapeDtypeStructs): any mesh works.
+        Without `opt_state_target` only params and meta are read (for branching a run)."""
+        self._verify(step)
+        items = {"params": ocp.args.StandardRestore(params_target), "meta": ocp.args.JsonRestore()}
+        if opt_state_target is not None:
+            items["opt_state"] = ocp.args.StandardRestore(opt_state_target)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return Restored(step=step, params=restored["params"], meta=restored["meta"],
+                        opt_state=restored.get("opt_state") if opt_state_target is not None else None)
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        source = self.directory / str(step)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        target = self.directory / "damaged" / f"{step}-{stamp}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, target)
+            if self._integrity_path(step).exists():
+                shutil.move(self._integrity_path(step), target / "integrity.json")
+        self.log(f"warning: checkpoint of step {step} is damaged ({first_line}); moved it to "
+                 f"{target} and trying the previous one")
+        self.manager.reload()
+
+
+def metadata(step: int, data_step: int, loss: float, config, started: float) -> dict:
+    return {"step": step, "data_step": data_step, "loss": loss, "time": time.time(),
+            "wall_seconds": time.time() - started, "llmjax_version": llmjax.__version__,
+            "llmjax_commit": source_commit(), "config": config.to_dict()}

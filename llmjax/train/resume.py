@@ -1,0 +1,76 @@
+"""Where a run's first state comes from: its own latest checkpoint, another run's checkpoint
+(`checkpoint.init_from`), or a fresh initialisation, in that order of precedence."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from llmjax.checkpoint import CheckpointError, Checkpointer
+from llmjax.train.state import TrainState, fresh_state, create_train_state
+
+
+@dataclasses.dataclass(frozen=True)
+class InitSource:
+    workdir: Path
+    step: int | None  # None: the latest.
+
+
+def parse_init_from(value: str) -> InitSource | None:
+    """`WORKDIR` or `WORKDIR@STEP`, checked before any work starts."""
+    if not value:
+        return None
+    path, _, step = value.partition("@")
+    if step and not step.isdigit():
+        raise CheckpointError(f"config.checkpoint.init_from={value!r}: the part after @ must be a "
+                              f"step number, e.g. {path}@1000.")
+    directory = Path(path).expanduser().resolve() / "checkpoints"
+    if not directory.is_dir():
+        raise CheckpointError(f"config.checkpoint.init_from={value!r}: {directory} does not exist; "
+                              f"give the workdir of a run that has saved checkpoints.")
+    return InitSource(Path(path).expanduser().resolve(), int(step) if step else None)
+
+
+def abstract_state(config, tx, shardings: TrainState) -> TrainState:
+    """Shapes, dtypes and target shardings of the state, with nothing allocated."""
+    shapes = jax.eval_shape(functools.partial(fresh_state, config=config, tx=tx), jax.random.key(0))
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+
+
+def state_from_checkpoint(restored, target: TrainState, keep_optimizer: bool) -> TrainState:
+    scalar = lambda value, like: jax.device_put(jnp.asarray(value, like.dtype), like.sharding)  # noqa: E731
+    meta = restored.meta
+    return TrainState(step=scalar(meta["step"] if keep_optimizer else 0, target.step),
+                      params=restored.params,
+                      opt_state=restored.opt_state,
+                      skipped_steps=scalar(meta.get("skipped_steps", 0) if keep_optimizer else 0,
+                                           target.skipped_steps))
+
+
+def initial_state(config, tx, target: TrainState, checkpointer: Checkpointer, log):
+    """(state, data_step) to start training from."""
+    restored = checkpointer.restore_latest(target.params, target.opt_state)
+    if restored is not None:
+        log(f"resuming from checkpoint step {restored.step} (data step {restored.meta['data_step']})")
+        return state_from_checkpoint(restored, target, True), restored.meta["data_step"]
+    state = create_train_state(config, tx, jax.tree.map(lambda x: x.sharding, target))
+    source = parse_init_from(config.checkpoint.init_from)
+    if source is None:
+        return state, 0
+    full = config.checkpoint.init_mode == "full"
+    other = Checkpointer(source.workdir / "checkpoints", config, log, read_only=True)
+    steps = other.steps()
+    step = source.step if source.step is not None else (steps[-1] if steps else None)
+    if step not in steps:
+        raise CheckpointError(f"config.checkpoint.init_from: {source.workdir} has no checkpoint of "
+                              f"step {step}; it has {steps}.")
+    restored = other.restore(step, target.params, target.opt_state if full else None)
+    other.close()
+    log(f"initialised from {source.workdir} step {step} ({'full state' if full else 'params only'})")
+    if full:
+        return state_from_checkpoint(restored, target, True), restored.meta["data_step"]
+    return dataclasses.replace(state, params=restored.params), 0

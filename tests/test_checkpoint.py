@@ -1,0 +1,243 @@
+"""Checkpoints, exact resume, preemption, crashes, damage and divergence: real training
+subprocesses, real signals, real files."""
+
+import json
+import random
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import ROOT, run_train, train_command, train_env
+
+pytestmark = pytest.mark.slow
+
+FP32 = ("--config.model.dtype=float32",)
+EXIT_PREEMPTED = 75
+
+
+def records(workdir, split="train"):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def final_params(workdir):
+    directory = workdir / "checkpoints"
+    step = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    restored = ocp.StandardCheckpointer().restore(directory / str(step) / "params")
+    return step, jax.tree.map(np.asarray, restored)
+
+
+def start_train(workdir, *overrides, cache, devices=1):
+    return subprocess.Popen(train_command(workdir, *overrides), cwd=ROOT, env=train_env(cache, devices),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(workdir, step, process, timeout=300):
+    """Blocks until the run has logged `step` (metrics are flushed per record)."""
+    deadline = time.time() + timeout
+    path = workdir / "metrics.jsonl"
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"run ended early: {process.communicate()[1][-2000:]}")
+        if path.exists():
+            steps = [json.loads(line)["step"] for line in path.read_text().splitlines()
+                     if line.endswith("}")]
+            if steps and max(steps) >= step:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def preempt(workdir, at_step, overrides, cache, devices=1, sig=signal.SIGTERM):
+    process = start_train(workdir, *overrides, cache=cache, devices=devices)
+    wait_for_step(workdir, at_step, process)
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == EXIT_PREEMPTED, err[-3000:]
+    assert f"{sig.name}: checkpoint written, exiting with code 75" in out
+    return out
+
+
+def assert_same_run(resumed, reference, rtol=0.0):
+    a, b = records(resumed), records(reference)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    # Every step consumed exactly the next data step: nothing skipped, nothing repeated.
+    assert [r["data_step"] for r in a] == [r["step"] - 1 for r in a]
+    np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=rtol)
+
+
+@pytest.mark.parametrize("microbatches", [1, 2])
+def test_preempted_run_continues_bit_identically(tmp_path, microbatches):
+    overrides = ("--config.train.steps=60", "--config.train.log_every=1",
+                 "--config.checkpoint.every_steps=10", f"--config.train.microbatches={microbatches}")
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert run_train(reference, *overrides, cache=tmp_path / "cache").returncode == 0
+    out = preempt(resumed, 13, overrides, tmp_path / "cache")  # Mid-epoch: 26 steps per epoch.
+    stopped_at = int(out.split("SIGTERM: checkpoint written")[0].split("step")[-1].split("/")[0])
+    assert 13 <= stopped_at < 60
+    finished = run_train(resumed, *overrides, cache=tmp_path / "cache")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert f"resuming from checkpoint step {stopped_at} (data step {stopped_at})" in finished.stdout
+    assert_same_run(resumed, reference)
+    step_a, params_a = final_params(resumed)
+    step_b, params_b = final_params(reference)
+    assert step_a == step_b == 60
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+
+def test_resume_on_other_meshes_and_device_counts(tmp_path):
+    overrides = (*FP32, "--config.model.num_kv_heads=4", "--config.train.steps=45",
+                 "--config.train.log_every=1", "--config.checkpoint.every_steps=100")
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    data8 = ("--config.mesh.data=8",)
+    assert run_train(reference, *overrides, *data8, cache=tmp_path / "cache", devices=8).returncode == 0
+    preempt(resumed, 10, (*overrides, *data8), tmp_path / "cache", devices=8)
+    out = preempt(resumed, 25, (*overrides, "--config.mesh.data=1", "--config.mesh.fsdp=2",
+                                "--config.mesh.tensor=4"), tmp_path / "cache", devices=8)
+    assert "mesh: {'data': 1, 'fsdp': 2, 'tensor': 4}" in out and "resuming from checkpoint" in out
+    finished = run_train(resumed, *overrides, cache=tmp_path / "cache", devices=1)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "over 1 cpu devices" in finished.stdout
+    assert_same_run(resumed, reference, rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
+                 final_params(resumed)[1], final_params(reference)[1])
+
+
+def test_kill_9_at_random_moments_loses_nothing(tmp_path):
+    overrides = ("--config.train.steps=120", "--config.train.log_every=1",
+                 "--config.checkpoint.every_steps=3", "--config.checkpoint.keep_last=2")
+    reference, crashed = tmp_path / "reference", tmp_path / "crashed"
+    assert run_train(reference, *overrides, cache=tmp_path / "cache").returncode == 0
+    rng = random.Random(0)
+    reached = 0
+    for _ in range(5):
+        process = start_train(crashed, *overrides, cache=tmp_path / "cache")
+        wait_for_step(crashed, reached + 1, process)
+        time.sleep(rng.uniform(0.0, 0.4))  # Lands in steps and in asynchronous saves alike.
+        process.kill()
+        process.communicate()
+        reached = max([r["step"] for r in records(crashed)] or [0])
+    finished = run_train(crashed, *overrides, cache=tmp_path / "cache")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert_same_run(crashed, reference)
+    jax.tree.map(np.testing.assert_array_equal, final_params(crashed)[1], final_params(reference)[1])
+
+
+def _largest_file(directory):
+    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    overrides = ("--config.train.steps=30", "--config.checkpoint.every_steps=10")
+    workdir = tmp_path / "run"
+    assert run_train(workdir, *overrides, cache=tmp_path / "cache").returncode == 0
+    victim = _largest_file(workdir / "checkpoints" / "30" / "params")
+    original = victim.read_bytes()
+    victim.write_bytes(original[:10])
+    result = run_train(workdir, "--config.train.steps=40", "--config.checkpoint.every_steps=10",
+                       cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (f"warning: checkpoint of step 30 is damaged (file {victim} has 10 bytes, "
+            f"{len(original)} were written)") in result.stdout
+    assert "resuming from checkpoint step 20" in result.stdout
+    aside = list((workdir / "checkpoints" / "damaged").iterdir())
+    assert [p.name.split("-")[0] for p in aside] == ["30"] and (aside[0] / "params").is_dir()
+    assert (aside[0] / "integrity.json").exists()
+    assert final_params(workdir)[0] == 40
+
+    for step in (20, 30, 40):  # Now every checkpoint is damaged: a clear error, nothing lost.
+        if (workdir / "checkpoints" / str(step)).exists():
+            _largest_file(workdir / "checkpoints" / str(step) / "params").unlink()
+    before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file())
+    result = run_train(workdir, "--config.train.steps=50", cache=tmp_path / "cache")
+    assert result.returncode == 2
+    assert "none of the checkpoints" in result.stderr and "nothing was overwritten" in result.stderr
+    after = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file())
+    assert len(after) == len(before), "checkpoints are moved aside, never deleted"
+
+
+def test_divergence_guard_rolls_back_and_skips_the_bad_batches(tmp_path):
+    workdir = tmp_path / "run"
+    result = run_train(workdir, "--config.train.steps=40", "--config.train.log_every=1",
+                       "--config.checkpoint.every_steps=10", "--config.train.inject_nan_at=22,23,24",
+                       cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("3 bad steps in a row: rolled back to checkpoint step 20 and skipped data steps "
+            "20..24 (rollback 1 of at most 3)") in result.stdout
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["rollbacks"] == 1 and np.isfinite(summary["final_train_loss"])
+    train = {r["step"]: r for r in records(workdir)}  # The last record of each step wins.
+    assert train[21]["data_step"] == 25 and train[40]["data_step"] == 44
+
+    hopeless = run_train(tmp_path / "hopeless", "--config.train.steps=40",
+                         "--config.checkpoint.every_steps=5", "--config.train.guard_max_rollbacks=2",
+                         "--config.train.inject_nan_at=" + ",".join(map(str, range(6, 40))),
+                         cache=tmp_path / "cache")
+    assert hopeless.returncode == 2
+    assert "diverged again after 2 rollbacks" in hopeless.stderr
+
+
+def test_init_from_another_run(tmp_path):
+    parent = tmp_path / "parent"
+    assert run_train(parent, "--config.train.steps=20", "--config.checkpoint.every_steps=10",
+                     cache=tmp_path / "cache").returncode == 0
+    params_child = tmp_path / "params_child"
+    result = run_train(params_child, "--config.train.steps=8", "--config.train.log_every=1",
+                       f"--config.checkpoint.init_from={parent}@10", cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"initialised from {parent} step 10 (params only)" in result.stdout
+    first = records(params_child)[0]
+    assert first["data_step"] == 0 and first["learning_rate"] == 0.0  # Fresh optimizer and data.
+    assert first["loss"] < records(parent)[0]["loss"] - 0.3  # But trained weights.
+
+    full_child = tmp_path / "full_child"
+    result = run_train(full_child, "--config.train.steps=25", "--config.train.log_every=5",
+                       f"--config.checkpoint.init_from={parent}", "--config.checkpoint.init_mode=full",
+                       cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"initialised from {parent} step 20 (full state)" in result.stdout
+    assert [r["step"] for r in records(full_child)] == [25]
+
+    missing = run_train(tmp_path / "x", f"--config.checkpoint.init_from={tmp_path}/nowhere",
+                        cache=tmp_path / "cache")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert not (tmp_path / "x").exists()
+    wrong_step = run_train(tmp_path / "y", f"--config.checkpoint.init_from={parent}@7",
+                           cache=tmp_path / "cache")
+    assert wrong_step.returncode == 2 and "has no checkpoint of step 7; it has [10, 20]" in wrong_step.stderr
+
+
+def test_unwritable_checkpoint_directory_is_an_error(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "checkpoints").write_text("not a directory")
+    result = run_train(workdir, cache=tmp_path / "cache")
+    assert result.returncode == 2
+    assert "checkpoint" in result.stderr and "checkpoints" in result.stderr
+
+
+def test_ckpt_command_lists_and_inspects(tmp_path):
+    workdir = tmp_path / "run"
+    trained = run_train(workdir, "--config.train.steps=20", "--config.checkpoint.every_steps=10",
+                        cache=tmp_path / "cache")
+    assert trained.returncode == 0
+    env = train_env(tmp_path / "cache")
+    listed = subprocess.run([*train_command(workdir)[:1], "-m", "llmjax.cli.ckpt", "list", str(workdir)],
+                            env=env, capture_output=True, text=True, cwd=ROOT)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:4] == ["step", "data_step", "loss", "size"]
+    assert [line.split()[0] for line in lines[1:]] == ["10", "20"]
+    loss_20 = json.loads((workdir / "summary.json").read_text())["final_train_loss"]
+    assert float(lines[2].split()[2]) == pytest.approx(loss_20, abs=1e-4)
+    inspected = subprocess.run([*train_command(workdir)[:1], "-m", "llmjax.cli.ckpt", "inspect",
+                                str(workdir), "--step=10"], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "layers/mlp/gate/kernel" in inspected.stdout and "(2, 64, 128)" in inspected.stdout
+    count = trained.stdout.split("parameters: ")[1].split()[0]  # The trainer's own formula.
+    assert f"total parameters: {count}" in inspected.stdout
