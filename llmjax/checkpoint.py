@@ -22,12 +22,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as keep
 from orbax.checkpoint.checkpoint_managers import save_decision_policy as when
 
 import llmjax
+from llmjax.parallel import distributed
 
 
 class CheckpointError(RuntimeError):
@@ -88,7 +88,7 @@ class Checkpointer:
 
     def _record_integrity(self) -> None:
         """Writes the file-size manifest of every completed checkpoint that lacks one."""
-        if self.read_only or jax.process_index() != 0 or self.manager.is_saving_in_progress():
+        if self.read_only or not distributed.is_primary() or self.manager.is_saving_in_progress():
             return
         steps = self.steps()
         for stale in (self.directory / "integrity").glob("*.json"):  # Deleted by keep_last.
@@ -191,11 +191,12 @@ class Checkpointer:
         source = self.directory / str(step)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         target = self.directory / "damaged" / f"{step}-{stamp}"
-        if jax.process_index() == 0:
+        if distributed.is_primary():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(source, target)
             if self._integrity_path(step).exists():
                 shutil.move(self._integrity_path(step), target / "integrity.json")
+        distributed.barrier(f"set_aside_{step}")
         self.log(f"warning: checkpoint of step {step} is damaged ({first_line}); moved it to "
                  f"{target} and trying the previous one")
         self.manager.reload()

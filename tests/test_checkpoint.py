@@ -241,3 +241,43 @@ def test_ckpt_command_lists_and_inspects(tmp_path):
     assert "layers/mlp/gate/kernel" in inspected.stdout and "(2, 64, 128)" in inspected.stdout
     count = trained.stdout.split("parameters: ")[1].split()[0]  # The trainer's own formula.
     assert f"total parameters: {count}" in inspected.stdout
+
+
+def _free_port():
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_preemption_resumes_on_one_process(tmp_path):
+    """2 processes x 4 devices get SIGTERM, agree on one step and write one checkpoint
+    together; a single process with 8 devices continues it exactly where it stopped."""
+    overrides = (*FP32, "--config.train.steps=40", "--config.train.log_every=1",
+                 "--config.checkpoint.every_steps=100")
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert run_train(reference, *overrides, cache=tmp_path / "cache", devices=8).returncode == 0
+    port = _free_port()
+    processes = [subprocess.Popen(
+        train_command(resumed, *overrides, "--num_processes=2", f"--process_id={i}",
+                      f"--coordinator_address=localhost:{port}"),
+        cwd=ROOT, env=train_env(tmp_path / "cache", devices=4), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for i in range(2)]
+    wait_for_step(resumed, 10, processes[0])
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [p.returncode for p in processes] == [EXIT_PREEMPTED] * 2, outputs[1][1][-3000:]
+    assert "mesh: {'data': 8, 'fsdp': 1, 'tensor': 1} over 8 cpu devices" in outputs[0][0]
+    assert "SIGTERM: checkpoint written" in outputs[0][0]
+    assert "step " not in outputs[1][0] and "config:" not in outputs[1][0]  # One voice per job.
+    stopped_at = [int(p.name) for p in (resumed / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(stopped_at) == 1 and 10 <= stopped_at[0] < 40
+    assert {p.name for p in (resumed / "checkpoints" / str(stopped_at[0]) / "params").iterdir()} >= {
+        "ocdbt.process_0", "ocdbt.process_1"}  # Both processes wrote their shards.
+
+    finished = run_train(resumed, *overrides, cache=tmp_path / "cache", devices=8)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert f"resuming from checkpoint step {stopped_at[0]}" in finished.stdout
+    assert_same_run(resumed, reference, rtol=1e-5)

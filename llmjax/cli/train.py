@@ -16,6 +16,9 @@ from llmjax.workdir import WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's outputs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (0 coordinates).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -26,7 +29,13 @@ def main(argv) -> None:
     import jax  # noqa: PLC0415 - flags are parsed first so that --help is quick.
 
     from llmjax.data.prepare import default_cache_dir  # noqa: PLC0415
+    from llmjax.parallel import distributed  # noqa: PLC0415
     from llmjax.train.loop import train  # noqa: PLC0415
+
+    try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
 
     # A restarted or resumed run loads its compiled steps instead of compiling them again.
     if not jax.config.jax_compilation_cache_dir:

@@ -24,6 +24,7 @@ from llmjax.checkpoint import CheckpointError, Checkpointer, metadata
 from llmjax.data import pipeline
 from llmjax.data.prepare import default_cache_dir, prepare_corpus
 from llmjax.metrics import MetricsWriter
+from llmjax.parallel import distributed
 from llmjax.parallel.mesh import build_mesh
 from llmjax.parallel.rules import batch_sharding
 from llmjax.train.guard import DivergenceGuard
@@ -84,6 +85,8 @@ def train(config, workdir: str, log=functools.partial(print, flush=True)) -> dic
     """Trains as `config` says, resuming from the workdir's checkpoints if it has any; returns
     the final figures (also written to summary.json)."""
     config_lib.validate(config, jax.device_count())
+    if not distributed.is_primary():
+        log = lambda *_, **__: None  # noqa: E731 - one process speaks for the job.
     run_dir, changes = check_workdir(workdir, config)
     parse_init_from(config.checkpoint.init_from)
     t, seq = config.train, config.data.seq_len
@@ -94,7 +97,11 @@ def train(config, workdir: str, log=functools.partial(print, flush=True)) -> dic
     log(f"parameters: {flops.param_count(config.model):,} "
         f"({flops.non_embedding_params(config.model):,} non-embedding)")
 
-    corpus = prepare_corpus(config.data, config.model.vocab_size, log)
+    if distributed.is_primary():  # The others then read the cache it built.
+        corpus = prepare_corpus(config.data, config.model.vocab_size, log)
+    distributed.barrier("corpus")
+    if not distributed.is_primary():
+        corpus = prepare_corpus(config.data, config.model.vocab_size, log)
     mesh = build_mesh(config)
     log(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].platform} devices")
     tx = build_optimizer(config)
@@ -115,11 +122,12 @@ def train(config, workdir: str, log=functools.partial(print, flush=True)) -> dic
     tokens_per_step = t.global_batch_size * seq
     nan_steps = config_lib.inject_nan_steps(config)
 
-    write_config(run_dir, config)
+    if distributed.is_primary():
+        write_config(run_dir, config)
     checkpointer = Checkpointer(run_dir / "checkpoints", config, log)
     state, data_step = initial_state(config, tx, target, checkpointer, log)
     step = int(state.step)
-    writer = MetricsWriter(run_dir, enabled=jax.process_index() == 0, resume_step=step)
+    writer = MetricsWriter(run_dir, enabled=distributed.is_primary(), resume_step=step)
     guard = DivergenceGuard(t.guard_spike_factor, t.guard_patience, t.guard_max_rollbacks)
     run_start = time.perf_counter()
     pending, interval_start = [], time.perf_counter()
@@ -174,7 +182,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True)) -> dic
                 log(f"step {step:>6}/{t.steps} | val loss {val_loss:.4f} | val ppl {math.exp(min(val_loss, 50)):.2f}")
                 if not pending:  # Keep evaluation time out of the next throughput figure.
                     interval_start = time.perf_counter()
-            if preemption.requested:
+            if preemption.requested(step):
                 checkpointer.save(step, state, meta(), force=True)
                 checkpointer.close()
                 writer.close()
@@ -191,7 +199,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True)) -> dic
                "checkpoint_saves": checkpointer.saves,
                "checkpoint_blocked_seconds": checkpointer.blocked_seconds,
                "wall_seconds": time.perf_counter() - run_start}
-    if jax.process_index() == 0:
+    if distributed.is_primary():
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log(f"done in {_duration(summary['wall_seconds'])}: train loss {train_loss:.4f}, "
         f"val loss {val_loss:.4f} (unigram entropy of the corpus: "

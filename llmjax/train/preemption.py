@@ -3,11 +3,17 @@
 Schedulers (SLURM, Kubernetes, TPU maintenance) send SIGTERM some time before killing a job;
 dying mid-step would lose everything since the last checkpoint. A second signal while the
 checkpoint is being written is ignored, so an impatient Ctrl-C cannot corrupt it.
+
+In a multi-process job every process must stop at the same step, or the others would wait
+forever in the next step's collectives. There JAX's own preemption service (which handles
+SIGTERM once `jax.distributed` is initialised) tells all processes the same agreed step.
 """
 
 from __future__ import annotations
 
 import signal
+
+import jax
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later". Rerunning the same command resumes.
 
@@ -16,9 +22,12 @@ class PreemptionFlag:
     def __init__(self):
         self.signal_name: str | None = None
         self._previous = {}
+        self._multi_process = jax.process_count() > 1
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # With several processes SIGTERM belongs to JAX's preemption service.
+        signals = (signal.SIGINT,) if self._multi_process else (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -29,6 +38,11 @@ class PreemptionFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    @property
-    def requested(self) -> bool:
+    def requested(self, step: int) -> bool:
+        """Whether to stop after `step`; collective in multi-process jobs (call every step)."""
+        if self._multi_process:
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signal_name = self.signal_name or "SIGTERM"
         return self.signal_name is not None

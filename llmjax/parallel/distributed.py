@@ -1,0 +1,36 @@
+"""Joining a multi-process (multi-host) job: one JAX process per host, all devices in one mesh.
+
+Every process runs the same program on its own devices; `jax.distributed` connects them so
+that jitted steps run as one SPMD program over the global mesh. On CPU the collectives go
+through gloo, which is how multi-host code is exercised on a single machine.
+"""
+
+from __future__ import annotations
+
+import jax
+
+
+def initialize(coordinator_address: str | None, num_processes: int, process_id: int | None) -> None:
+    """Connects this process to the others; a no-op for a single process. Must run before any
+    other JAX call touches the devices."""
+    if num_processes <= 1:
+        return
+    if process_id is None or not coordinator_address:
+        raise ValueError("--num_processes > 1 needs --coordinator_address=HOST:PORT and "
+                         "--process_id (0 for the coordinator) on every process.")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id, initialization_timeout=120,
+                               heartbeat_timeout_seconds=20)
+
+
+def is_primary() -> bool:
+    """Process 0 writes logs, metrics and run files; the others only compute."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices(name)
