@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import shutil
 import subprocess
@@ -42,6 +43,7 @@ class Restored:
     meta: dict
 
 
+@functools.cache
 def source_commit() -> str:
     """The git commit of the llmjax source tree, or "unknown" outside a checkout."""
     try:
@@ -119,16 +121,19 @@ class Checkpointer:
             if file.stat().st_size != size:
                 raise CheckpointError(f"file {file} has {file.stat().st_size} bytes, {size} were written")
 
-    def save(self, step: int, state, meta: dict, force: bool = False) -> bool:
+    def save(self, step: int, state, meta, force: bool = False) -> bool:
         """Starts a save if the policy (or `force`) says so; returns whether it did. With async
-        saving this blocks only for the device-to-host copy."""
+        saving this blocks only for the device-to-host copy. `meta` is a callable, evaluated
+        only when a save happens."""
+        if not force and not self.manager.should_save(step):
+            return False
         self._record_integrity()
         start = time.perf_counter()
         try:
             saved = self.manager.save(step, args=ocp.args.Composite(
                 params=ocp.args.StandardSave(state.params),
                 opt_state=ocp.args.StandardSave(state.opt_state),
-                meta=ocp.args.JsonSave(meta)), force=force)
+                meta=ocp.args.JsonSave(meta())), force=force)
         except (OSError, ValueError) as error:
             self._failed(step, error)
             return False
@@ -138,7 +143,10 @@ class Checkpointer:
         return saved
 
     def _failed(self, step: int, error: Exception) -> None:
-        message = (f"checkpoint of step {step} could not be written to {self.directory}: {error}")
+        detail = " ".join(str(error).split())
+        if len(detail) > 400:  # Orbax nests causes: keep the start (what) and the end (why).
+            detail = f"{detail[:150]} ... {detail[-220:]}"
+        message = f"a checkpoint save to {self.directory} failed (noticed at step {step}): {detail}"
         if self.config.checkpoint.required:
             raise CheckpointError(message + "; free space or fix permissions, or set "
                                             "--config.checkpoint.required=False to train on "

@@ -281,3 +281,52 @@ def test_two_process_preemption_resumes_on_one_process(tmp_path):
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert f"resuming from checkpoint step {stopped_at[0]}" in finished.stdout
     assert_same_run(resumed, reference, rtol=1e-5)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A workdir whose checkpoints directory is a 2 MB filesystem: room for one tiny-model
+    checkpoint (1.2 MB), not two."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(checkpoints)], check=True)
+    yield tmp_path / "run"
+    subprocess.run(["umount", str(checkpoints)], check=True)
+
+
+def test_full_disk_stops_the_run_unless_told_otherwise(full_disk, tmp_path):
+    result = run_train(full_disk, "--config.checkpoint.every_steps=5", cache=tmp_path / "cache")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]  # (Orbax also logs its own traceback.)
+    message = errors[0]
+    assert message.startswith("error: a checkpoint save to") and "No space left on device" in message
+    assert "--config.checkpoint.required=False" in message
+    assert (full_disk / "checkpoints" / "5" / "commit_success.txt").exists()  # The good one stays.
+
+    tolerant = run_train(full_disk, "--config.checkpoint.every_steps=5", "--config.checkpoint.required=False",
+                         cache=tmp_path / "cache")
+    assert tolerant.returncode == 0, tolerant.stderr[-2000:]
+    assert "resuming from checkpoint step 5" in tolerant.stdout
+    assert "continuing without it (checkpoint.required=False)" in tolerant.stdout
+
+
+def test_retention_keeps_the_last_k_and_every_mth(tmp_path):
+    workdir = tmp_path / "run"
+    result = run_train(workdir, "--config.train.steps=40", "--config.checkpoint.every_steps=5",
+                       "--config.checkpoint.keep_last=2", "--config.checkpoint.keep_every=15",
+                       cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-2000:]
+    kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == [15, 30, 35, 40]
+    assert sorted(int(p.stem) for p in (workdir / "checkpoints" / "integrity").glob("*.json")) == kept
+
+
+def test_time_based_saves(tmp_path):
+    workdir = tmp_path / "run"
+    result = run_train(workdir, "--config.train.steps=60", "--config.checkpoint.every_steps=0",
+                       "--config.checkpoint.every_minutes=0.01", "--config.checkpoint.keep_last=100",
+                       cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-2000:]
+    kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(kept) >= 3 and kept[-1] == 60 and kept != list(range(kept[0], 61, 5))

@@ -183,14 +183,14 @@ def train(config, workdir: str, log=functools.partial(print, flush=True)) -> dic
                 if not pending:  # Keep evaluation time out of the next throughput figure.
                     interval_start = time.perf_counter()
             if preemption.requested(step):
-                checkpointer.save(step, state, meta(), force=True)
+                checkpointer.save(step, state, meta, force=True)
                 checkpointer.close()
                 writer.close()
                 log(f"step {step:>6}/{t.steps} | {preemption.signal_name}: checkpoint written, "
                     f"exiting with code {EXIT_PREEMPTED}; rerun the same command to resume")
                 raise Preempted()
             if guard.healthy:
-                checkpointer.save(step, state, meta(), force=step == t.steps)
+                checkpointer.save(step, state, meta, force=step == t.steps)
         checkpointer.close()
     writer.close()
     summary = {"steps": t.steps, "final_train_loss": train_loss, "final_val_loss": val_loss,

@@ -1,0 +1,75 @@
+"""How long an asynchronous checkpoint save blocks the training loop, against a step's time.
+
+    .venv/bin/python scripts/bench_checkpoint.py [--config configs/default.py] [--saves 5]
+
+Prints the median train-step time, the median time the loop spends inside `save()` (the
+device-to-host copy; the write itself continues in the background), and their ratio.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from llmjax.checkpoint import Checkpointer, metadata
+from llmjax.data import pipeline
+from llmjax.parallel.mesh import build_mesh
+from llmjax.parallel.rules import batch_sharding
+from llmjax.train.loop import compile_steps
+from llmjax.train.optimizer import build_optimizer
+from llmjax.train.resume import abstract_state
+from llmjax.train.state import create_train_state, state_shardings
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config to measure.")
+_SAVES = flags.DEFINE_integer("saves", 5, "Saves to time.")
+
+
+def synthetic_batch(config, seed=0):
+    rng = np.random.default_rng(seed)
+    b, t = config.train.global_batch_size, config.data.seq_len
+    tokens = rng.integers(0, config.model.vocab_size, (b, t + 1)).astype(np.int32)
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+            "positions": np.tile(np.arange(t, dtype=np.int32), (b, 1)),
+            "segment_ids": np.zeros((b, t), np.int32), "weights": np.ones((b, t), np.float32)}
+
+
+def main(_):
+    config = _CONFIG.value
+    mesh = build_mesh(config)
+    tx = build_optimizer(config)
+    shardings = state_shardings(config, tx, mesh)
+    train_fn, _ = compile_steps(config, tx, mesh, abstract_state(config, tx, shardings))
+    state = create_train_state(config, tx, shardings)
+    batch = pipeline.to_device(synthetic_batch(config), batch_sharding(mesh))
+    step_times, blocked = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpointer = Checkpointer(Path(tmp) / "checkpoints", config, log=lambda *_: None)
+        for step in range(1, 3 * _SAVES.value + 3):
+            start = time.perf_counter()
+            state, metrics = train_fn(state, batch)
+            jax.block_until_ready(metrics)
+            if step > 2:
+                step_times.append(time.perf_counter() - start)
+            if step > 2 and step % 3 == 0:  # Save every third step, while training goes on.
+                start = time.perf_counter()
+                checkpointer.save(step, state, lambda: metadata(step, step, 0.0, config, 0.0), force=True)
+                blocked.append(time.perf_counter() - start)
+        checkpointer.close()
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves((state.params, state.opt_state)))
+    step_s, blocked_s = statistics.median(step_times), statistics.median(blocked)
+    print(f"state size:             {state_bytes / 2**20:.1f} MiB (params + optimizer state)")
+    print(f"train step (median):    {step_s * 1000:.1f} ms over {len(step_times)} steps")
+    print(f"save blocks loop for:   {blocked_s * 1000:.1f} ms median over {len(blocked)} saves "
+          f"(max {max(blocked) * 1000:.1f} ms)")
+    print(f"blocked / step:         {100 * blocked_s / step_s:.1f}%")
+
+
+if __name__ == "__main__":
+    app.run(main)
