@@ -71,14 +71,14 @@ def assert_same_run(resumed, reference, rtol=0.0):
     np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=rtol)
 
 
-@pytest.mark.parametrize("microbatches", [1, 2])
-def test_preempted_run_continues_bit_identically(tmp_path, microbatches):
+@pytest.mark.parametrize("microbatches, sig", [(1, signal.SIGTERM), (2, signal.SIGINT)])
+def test_preempted_run_continues_bit_identically(tmp_path, microbatches, sig):
     overrides = ("--config.train.steps=60", "--config.train.log_every=1",
                  "--config.checkpoint.every_steps=10", f"--config.train.microbatches={microbatches}")
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     assert run_train(reference, *overrides, cache=tmp_path / "cache").returncode == 0
-    out = preempt(resumed, 13, overrides, tmp_path / "cache")  # Mid-epoch: 26 steps per epoch.
-    stopped_at = int(out.split("SIGTERM: checkpoint written")[0].split("step")[-1].split("/")[0])
+    out = preempt(resumed, 13, overrides, tmp_path / "cache", sig=sig)  # Mid-epoch: 26 steps/epoch.
+    stopped_at = int(out.split(f"{sig.name}: checkpoint written")[0].split("step")[-1].split("/")[0])
     assert 13 <= stopped_at < 60
     finished = run_train(resumed, *overrides, cache=tmp_path / "cache")
     assert finished.returncode == 0, finished.stderr[-3000:]
