@@ -1,11 +1,9 @@
-"""The default experiment: the default config on the built-in stdlib corpus, no sweep.
+"""The default experiment: the default config (configs/default.py) on the built-in stdlib
+corpus, no sweep. `llmjax-train --config experiments/default.py --workdir runs/x` runs it;
+so does `llmjax-sweep experiments/default.py --workdir runs/x`."""
 
-An experiment file is a config file like those under `configs/` (it defines `get_config()`),
-so `llmjax-train --config experiments/default.py --workdir runs/x` runs it.
-"""
-
-from llmjax.config import default_config
+from llmjax.presets import compose
 
 
 def get_config():
-    return default_config()
+    return compose("5m")

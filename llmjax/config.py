@@ -120,6 +120,26 @@ def _positive(config, keys) -> None:
             _fail(key, value, "must be a positive integer.")
 
 
+def apply_overrides(config, overrides: dict):
+    """A copy of `config` with dotted keys set ({"optimizer.learning_rate": 1e-3}); a key the
+    schema lacks or a value of the wrong type is refused with the key named."""
+    config = config.copy_and_resolve_references()
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        try:
+            for part in parents:
+                node = node[part]
+            if leaf not in node:
+                raise KeyError(leaf)
+            node[leaf] = value
+        except (KeyError, AttributeError, TypeError) as error:
+            if isinstance(error, TypeError):
+                _fail(key, value, f"has the wrong type: {error}")
+            _fail(key, value, "no such config key; see llmjax/config.py for the schema.")
+    return config
+
+
 def inject_nan_steps(config) -> frozenset[int]:
     return frozenset(int(x) for x in config.train.inject_nan_at.split(",") if x.strip())
 

@@ -44,6 +44,7 @@ class MetricsWriter:
             self._tensorboard.add_scalar(f"{split}/{name}", value, step)
 
     def close(self) -> None:
-        if self.enabled:
+        """Idempotent, so error paths can always call it."""
+        if self.enabled and not self._jsonl.closed:
             self._jsonl.close()
             self._tensorboard.close()

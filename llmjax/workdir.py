@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 IDENTITY_SECTIONS = ("model", "data", "seed")  # What makes two configs the same run.
@@ -70,3 +71,19 @@ def write_config(workdir: Path, config) -> None:
     tmp = workdir / "config.json.tmp"
     tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
     tmp.replace(workdir / "config.json")
+
+
+def write_status(workdir: Path, state: str, step: int, error: str | None = None) -> None:
+    """status.json: running | done | failed | preempted, the last step, and for a failure its
+    last error line; what sweeps and reports read to know a run's fate without parsing logs."""
+    status = {"state": state, "step": step, "time": time.time()}
+    if error:
+        status["error"] = error
+    tmp = workdir / "status.json.tmp"
+    tmp.write_text(json.dumps(status))
+    tmp.replace(workdir / "status.json")
+
+
+def read_status(workdir: Path) -> dict:
+    path = Path(workdir) / "status.json"
+    return json.loads(path.read_text()) if path.exists() else {"state": "new", "step": 0}

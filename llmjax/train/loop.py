@@ -33,7 +33,7 @@ from llmjax.train.preemption import EXIT_PREEMPTED, PreemptionFlag
 from llmjax.train.resume import abstract_state, initial_state, parse_init_from, state_from_checkpoint
 from llmjax.train.state import state_shardings
 from llmjax.train.step import eval_step, train_step
-from llmjax.workdir import check_workdir, write_config
+from llmjax.workdir import check_workdir, write_config, write_status
 
 BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "weights")
 
@@ -137,62 +137,76 @@ def train(config, workdir: str, log=functools.partial(print, flush=True)) -> dic
         return metadata(step, data_step, train_loss, config, run_start) | {
             "skipped_steps": int(state.skipped_steps)}
 
-    with PreemptionFlag() as preemption:
-        while step < t.steps:
-            host_batch = train_data[data_step]
-            if data_step in nan_steps:
-                host_batch["weights"] = np.full_like(host_batch["weights"], np.nan)
-            state, metrics = train_fn(state, pipeline.to_device(host_batch, rows))
-            step, data_step = step + 1, data_step + 1
-            pending.append(metrics | {"data_step": data_step - 1})
-            if guard.observe(float(metrics["loss"])):
-                restored = checkpointer.restore_latest(target.params, target.opt_state)
-                if restored is None:
-                    raise CheckpointError("the loss diverged and there is no checkpoint to roll "
-                                          "back to; lower optimizer.learning_rate or save earlier "
-                                          "(checkpoint.every_steps).")
-                guard.rolled_back()
-                log(f"step {step:>6}/{t.steps} | {guard.patience} bad steps in a row: rolled back "
-                    f"to checkpoint step {restored.step} and skipped data steps "
-                    f"{restored.meta['data_step']}..{data_step - 1} (rollback {guard.rollbacks} of "
-                    f"at most {guard.max_rollbacks})")
-                state = state_from_checkpoint(restored, target, True)
-                step, pending, interval_start = restored.step, [], time.perf_counter()
-                continue
-            if step % t.log_every == 0 or step == t.steps:
-                fetched = jax.device_get(pending)
-                values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-                elapsed = time.perf_counter() - interval_start
-                tokens_per_sec = len(pending) * tokens_per_step / elapsed
-                values.update(tokens_per_sec=tokens_per_sec, data_step=fetched[-1]["data_step"],
-                              tflops_per_device=tokens_per_sec * model_flops_per_token / mesh.devices.size / 1e12,
-                              mfu=tokens_per_sec * model_flops_per_token / peak,
-                              skipped=sum(int(m["skipped"]) for m in fetched))
-                train_loss = values["loss"]
-                writer.write(step, "train", values)
-                eta = (t.steps - step) * elapsed / len(pending)
-                log(f"step {step:>6}/{t.steps} | loss {values['loss']:.4f} | lr {values['learning_rate']:.2e} "
-                    f"| grad_norm {values['grad_norm']:.3f} | {tokens_per_sec:,.0f} tok/s "
-                    f"| MFU {100 * values['mfu']:.1f}% | ETA {_duration(eta)}"
-                    + (f" | skipped {values['skipped']}" if values["skipped"] else ""))
-                pending, interval_start = [], time.perf_counter()
-            if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
-                val_loss = evaluate(eval_fn, state.params, val_batches)
-                writer.write(step, "val", {"loss": val_loss, "perplexity": math.exp(min(val_loss, 50))})
-                log(f"step {step:>6}/{t.steps} | val loss {val_loss:.4f} | val ppl {math.exp(min(val_loss, 50)):.2f}")
-                if not pending:  # Keep evaluation time out of the next throughput figure.
-                    interval_start = time.perf_counter()
-            if preemption.requested(step):
-                checkpointer.save(step, state, meta, force=True)
-                checkpointer.close()
-                writer.close()
-                log(f"step {step:>6}/{t.steps} | {preemption.signal_name}: checkpoint written, "
-                    f"exiting with code {EXIT_PREEMPTED}; rerun the same command to resume")
-                raise Preempted()
-            if guard.healthy:
-                checkpointer.save(step, state, meta, force=step == t.steps)
-        checkpointer.close()
-    writer.close()
+    def set_status(phase, error=None):
+        if distributed.is_primary():
+            write_status(run_dir, phase, step, error)
+
+    set_status("running")
+    try:
+        with PreemptionFlag() as preemption:
+            while step < t.steps:
+                host_batch = train_data[data_step]
+                if data_step in nan_steps:
+                    host_batch["weights"] = np.full_like(host_batch["weights"], np.nan)
+                state, metrics = train_fn(state, pipeline.to_device(host_batch, rows))
+                step, data_step = step + 1, data_step + 1
+                pending.append(metrics | {"data_step": data_step - 1})
+                if guard.observe(float(metrics["loss"])):
+                    restored = checkpointer.restore_latest(target.params, target.opt_state)
+                    if restored is None:
+                        raise CheckpointError("the loss diverged and there is no checkpoint to roll "
+                                              "back to; lower optimizer.learning_rate or save earlier "
+                                              "(checkpoint.every_steps).")
+                    guard.rolled_back()
+                    log(f"step {step:>6}/{t.steps} | {guard.patience} bad steps in a row: rolled back "
+                        f"to checkpoint step {restored.step} and skipped data steps "
+                        f"{restored.meta['data_step']}..{data_step - 1} (rollback {guard.rollbacks} of "
+                        f"at most {guard.max_rollbacks})")
+                    state = state_from_checkpoint(restored, target, True)
+                    step, pending, interval_start = restored.step, [], time.perf_counter()
+                    continue
+                if step % t.log_every == 0 or step == t.steps:
+                    fetched = jax.device_get(pending)
+                    values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                    elapsed = time.perf_counter() - interval_start
+                    tokens_per_sec = len(pending) * tokens_per_step / elapsed
+                    values.update(tokens_per_sec=tokens_per_sec, data_step=fetched[-1]["data_step"],
+                                  tflops_per_device=tokens_per_sec * model_flops_per_token / mesh.devices.size / 1e12,
+                                  mfu=tokens_per_sec * model_flops_per_token / peak,
+                                  skipped=sum(int(m["skipped"]) for m in fetched))
+                    train_loss = values["loss"]
+                    writer.write(step, "train", values)
+                    set_status("running")
+                    eta = (t.steps - step) * elapsed / len(pending)
+                    log(f"step {step:>6}/{t.steps} | loss {values['loss']:.4f} | lr {values['learning_rate']:.2e} "
+                        f"| grad_norm {values['grad_norm']:.3f} | {tokens_per_sec:,.0f} tok/s "
+                        f"| MFU {100 * values['mfu']:.1f}% | ETA {_duration(eta)}"
+                        + (f" | skipped {values['skipped']}" if values["skipped"] else ""))
+                    pending, interval_start = [], time.perf_counter()
+                if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
+                    val_loss = evaluate(eval_fn, state.params, val_batches)
+                    writer.write(step, "val", {"loss": val_loss, "perplexity": math.exp(min(val_loss, 50))})
+                    log(f"step {step:>6}/{t.steps} | val loss {val_loss:.4f} | val ppl {math.exp(min(val_loss, 50)):.2f}")
+                    if not pending:  # Keep evaluation time out of the next throughput figure.
+                        interval_start = time.perf_counter()
+                if preemption.requested(step):
+                    checkpointer.save(step, state, meta, force=True)
+                    checkpointer.close()
+                    log(f"step {step:>6}/{t.steps} | {preemption.signal_name}: checkpoint written, "
+                        f"exiting with code {EXIT_PREEMPTED}; rerun the same command to resume")
+                    raise Preempted()
+                if guard.healthy:
+                    checkpointer.save(step, state, meta, force=step == t.steps)
+            checkpointer.close()
+    except Preempted:
+        set_status("preempted")
+        raise
+    except BaseException as error:
+        set_status("failed", (f"{type(error).__name__}: {error}".strip().splitlines() or ["?"])[-1])
+        raise
+    finally:
+        writer.close()
+    set_status("done")
     summary = {"steps": t.steps, "final_train_loss": train_loss, "final_val_loss": val_loss,
                "unigram_entropy": corpus.manifest["unigram_entropy_nats"],
                "skipped_steps": int(state.skipped_steps), "rollbacks": guard.rollbacks,

@@ -1,0 +1,7 @@
+"""The `20m` model preset (llmjax/presets.py) with the default optimizer and data."""
+
+from llmjax.presets import compose
+
+
+def get_config():
+    return compose("20m")

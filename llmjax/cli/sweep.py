@@ -1,0 +1,78 @@
+"""`llmjax-sweep EXPERIMENT --workdir DIR [--dry_run] [--parallel N] [--cluster local|slurm]`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+from llmjax.cli.app import run as run_app
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; runs go to WORKDIR/runs/NAME.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the runs (and the SLURM script) only.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "Local runs at a time.")
+_CLUSTER = flags.DEFINE_enum("cluster", "local", ["local", "slurm"], "Where the runs execute.")
+_RUN_INDEX = flags.DEFINE_integer("run_index", None, "Run only this run (SLURM array tasks).")
+_PARTITION = flags.DEFINE_string("partition", None, "SLURM partition.")
+_ACCOUNT = flags.DEFINE_string("account", None, "SLURM account.")
+_TIME = flags.DEFINE_string("time", "24:00:00", "SLURM time limit per run.")
+_GPUS = flags.DEFINE_integer("gpus", 0, "GPUs per run (SLURM).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv) -> None:
+    if len(argv) != 2:
+        raise app.UsageError("usage: llmjax-sweep EXPERIMENT.py --workdir DIR [flags]")
+    import jax  # noqa: PLC0415 - only after flags, so --help is instant.
+
+    from llmjax.sweep import launch  # noqa: PLC0415
+    from llmjax.sweep.expand import SweepError, plan  # noqa: PLC0415
+
+    experiment, sweep_dir = argv[1], Path(_WORKDIR.value).expanduser().resolve()
+    try:
+        _, runs, sweep = plan(experiment, jax.device_count())
+    except SweepError as error:
+        sys.exit(f"error: {error}")
+    if _RUN_INDEX.value is not None:
+        if not 0 <= _RUN_INDEX.value < len(runs):
+            sys.exit(f"error: --run_index={_RUN_INDEX.value}: the sweep has {len(runs)} runs.")
+        runs = [runs[_RUN_INDEX.value]]
+    if _DRY_RUN.value or _CLUSTER.value == "local":
+        print(f"{len(runs)} runs of {experiment} in {sweep_dir}/runs:")
+        for run in runs:
+            print(f"  {run.name:40} {run.overrides}")
+    slurm = {"partition": _PARTITION.value, "account": _ACCOUNT.value, "time": _TIME.value,
+             "gpus": _GPUS.value}
+    if _CLUSTER.value == "slurm":
+        script = launch.slurm_script(experiment, sweep_dir, runs, slurm)
+        if _DRY_RUN.value:
+            print(script)
+            return
+        launch.write_manifest(sweep_dir, experiment, runs, sweep)
+        path = sweep_dir / "sweep.sbatch"
+        path.write_text(script)
+        if not shutil.which("sbatch"):
+            sys.exit(f"error: sbatch not found on this machine; the script is at {path}.")
+        print(subprocess.run(["sbatch", str(path)], check=True, capture_output=True, text=True).stdout)
+        return
+    if _DRY_RUN.value:
+        return
+    if _RUN_INDEX.value is None:
+        launch.write_manifest(sweep_dir, experiment, runs, sweep)
+    states = launch.run_local(experiment, sweep_dir, runs, _PARALLEL.value,
+                              log=lambda line: print(line, flush=True))
+    counts = {s: list(states.values()).count(s) for s in dict.fromkeys(states.values())}
+    print("sweep: " + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
+    if set(states.values()) - {"done"}:
+        sys.exit(1)
+
+
+def run() -> None:
+    run_app(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""Sweeps: expanding an experiment into runs, launching them, and reporting on them."""

@@ -1,0 +1,118 @@
+"""An experiment file and its sweep, expanded into named runs and checked before any starts.
+
+An experiment is a Python file with `get_config()` (the base config) and, optionally,
+`get_sweep()` returning a dict with any of:
+  grid:       {dotted key: [values]}            every combination
+  random:     {dotted key: (kind, low, high)}   `num_random` draws, kind "uniform" | "log_uniform"
+              or {dotted key: [choices]}         (seeded by `random_seed`)
+  runs:       [{dotted key: value, ...}]         explicit runs (e.g. a model-size ladder)
+  seeds:      [0, 1, ...]                       every run above, once per seed
+  scaling:    True                              the report fits loss against compute
+Runs combine as (grid x random draws, or explicit runs) x seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import math
+import random
+import re
+from pathlib import Path
+
+from llmjax.config import ConfigError, apply_overrides, validate
+
+
+class SweepError(ValueError):
+    """A sweep that cannot run as written; raised before any run starts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    name: str
+    overrides: dict
+
+
+def load_experiment(path: str):
+    """(module, base config, sweep dict or None) of an experiment file."""
+    file = Path(path)
+    if not file.is_file():
+        raise SweepError(f"experiment {path} does not exist; give a Python file with get_config().")
+    spec = importlib.util.spec_from_file_location(f"llmjax_experiment_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise SweepError(f"experiment {path} has no get_config().")
+    sweep = module.get_sweep() if hasattr(module, "get_sweep") else None
+    return module, module.get_config(), sweep
+
+
+def _draw(spec, rng: random.Random):
+    if isinstance(spec, list):
+        return rng.choice(spec)
+    kind, low, high = spec
+    if kind == "uniform":
+        return rng.uniform(low, high)
+    if kind == "log_uniform":
+        return math.exp(rng.uniform(math.log(low), math.log(high)))
+    raise SweepError(f"random spec {spec!r}: kind must be uniform or log_uniform.")
+
+
+def expand(sweep: dict | None) -> list[dict]:
+    """The override dicts of every run, in a stable order."""
+    if not sweep:
+        return [{}]
+    known = {"grid", "random", "num_random", "random_seed", "runs", "seeds", "scaling"}
+    if unknown := set(sweep) - known:
+        raise SweepError(f"sweep has unknown fields {sorted(unknown)}; allowed: {sorted(known)}.")
+    grid = sweep.get("grid", {})
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    if sweep.get("random"):
+        rng = random.Random(sweep.get("random_seed", 0))
+        draws = [{k: _draw(v, rng) for k, v in sweep["random"].items()}
+                 for _ in range(sweep.get("num_random", 1))]
+        combos = [c | d for c in combos for d in draws]
+    explicit = sweep.get("runs", [])
+    if explicit:
+        combos = [c | e for c in combos for e in explicit]
+    seeds = sweep.get("seeds")
+    if seeds:
+        combos = [c | {"seed": s} for c in combos for s in seeds]
+    return combos
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def run_name(overrides: dict, varying: list[str]) -> str:
+    """`learning_rate=0.001-seed=1`: the last part of each key whose value differs between
+    runs, so names stay short and say what distinguishes the run."""
+    if not varying:
+        return "run"
+    parts = [f"{key.split('.')[-1]}={_format(overrides[key])}" for key in varying]
+    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", "-".join(parts))
+
+
+def plan(path: str, device_count: int) -> tuple[object, list[Run], dict]:
+    """(base config, runs, sweep) with every run's config built and validated, so a bad key,
+    a wrong type or two runs sharing a directory stop the sweep before anything runs."""
+    _, base, sweep = load_experiment(path)
+    combos = expand(sweep)
+    keys = list(dict.fromkeys(k for c in combos for k in c))
+    varying = [k for k in keys if len({repr(c.get(k)) for c in combos}) > 1]
+    runs = []
+    for overrides in combos:
+        try:
+            validate(apply_overrides(base, overrides), device_count)
+        except ConfigError as error:
+            raise SweepError(f"run {overrides}: {error}") from None
+        runs.append(Run(run_name(overrides, varying), overrides))
+    names = [r.name for r in runs]
+    if duplicates := sorted({n for n in names if names.count(n) > 1}):
+        raise SweepError(f"runs would share the workdirs {duplicates}: two runs have the same "
+                         f"overrides; remove the repeated values from the sweep.")
+    return base, runs, sweep or {}

@@ -1,0 +1,123 @@
+"""Running a sweep's runs: here, N at a time, or as a SLURM array job.
+
+Each run is an ordinary `llmjax-train` in its own workdir `SWEEP_DIR/runs/NAME`, so
+everything a single run does (checkpoints, resume, status.json) works per run. Launching again
+skips runs whose status is done and reruns the others, which resume from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from llmjax.sweep.expand import Run
+from llmjax.workdir import read_status, write_status
+
+EXIT_PREEMPTED = 75
+
+
+def _value(value) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def train_command(experiment: str, workdir: Path, overrides: dict) -> list[str]:
+    return [sys.executable, "-m", "llmjax.cli.train", f"--config={experiment}",
+            f"--workdir={workdir}", *(f"--config.{k}={_value(v)}" for k, v in overrides.items())]
+
+
+def run_dir(sweep_dir: Path, run: Run) -> Path:
+    return sweep_dir / "runs" / run.name
+
+
+def write_manifest(sweep_dir: Path, experiment: str, runs: list[Run], sweep: dict) -> None:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"experiment": str(Path(experiment).resolve()), "sweep": sweep,
+                "runs": [{"name": r.name, "overrides": r.overrides} for r in runs]}
+    (sweep_dir / "sweep.json").write_text(json.dumps(manifest, indent=1, default=str))
+
+
+def _last_error_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:") or "Error" in line.split(":")[0]]
+    return (errors or lines or ["no output"])[-1].strip()
+
+
+def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, log=print) -> dict:
+    """Runs what is not done yet, `parallel` at a time; returns {name: final state}. SIGTERM
+    or Ctrl-C is passed on to the running trainings, which checkpoint and stop."""
+    states = {}
+    todo = []
+    for run in runs:
+        status = read_status(run_dir(sweep_dir, run))
+        if status["state"] == "done":
+            log(f"skip    {run.name} (done at step {status['step']})")
+            states[run.name] = "done"
+        else:
+            todo.append(run)
+    active: dict[str, tuple[subprocess.Popen, Path, object]] = {}
+    stopping = []
+
+    def forward(signum, _frame):
+        stopping.append(signum)
+        for process, _, _ in active.values():
+            process.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while todo or active:
+            while todo and len(active) < parallel and not stopping:
+                run = todo.pop(0)
+                workdir = run_dir(sweep_dir, run)
+                workdir.mkdir(parents=True, exist_ok=True)
+                resumed = (workdir / "checkpoints").is_dir()
+                log(f"{'resume' if resumed else 'start'}  {run.name}")
+                out = open(workdir / "train.log", "a")
+                process = subprocess.Popen(train_command(experiment, workdir, run.overrides),
+                                           stdout=out, stderr=subprocess.STDOUT)
+                active[run.name] = (process, workdir, out)
+            if stopping and not active:
+                break
+            for name, (process, workdir, out) in list(active.items()):
+                if process.poll() is None:
+                    continue
+                out.close()
+                del active[name]
+                if process.returncode == 0:
+                    states[name] = "done"
+                elif process.returncode == EXIT_PREEMPTED:
+                    states[name] = "preempted"
+                else:
+                    error = _last_error_line(workdir / "train.log")
+                    write_status(workdir, "failed", read_status(workdir)["step"], error)
+                    states[name] = "failed"
+                log(f"{states[name]:7} {name}" + (f": {error}" if states[name] == "failed" else ""))
+            time.sleep(0.2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for run in todo:
+        states.setdefault(run.name, "not started")
+    return states
+
+
+def slurm_script(experiment: str, sweep_dir: Path, runs: list[Run], slurm: dict) -> str:
+    """An sbatch array job: task i runs `llmjax-sweep ... --run_index=i` (which resumes or
+    skips like a local launch)."""
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={slurm.get('job_name', 'llmjax-sweep')}",
+             f"#SBATCH --array=0-{len(runs) - 1}%{slurm.get('max_parallel', len(runs))}",
+             f"#SBATCH --output={sweep_dir}/runs/slurm-%A_%a.out",
+             f"#SBATCH --time={slurm.get('time', '24:00:00')}", "#SBATCH --ntasks=1"]
+    for key in ("partition", "account"):
+        if slurm.get(key):
+            lines.append(f"#SBATCH --{key}={slurm[key]}")
+    if slurm.get("gpus"):
+        lines.append(f"#SBATCH --gpus={slurm['gpus']}")
+    lines += ["set -euo pipefail",
+              "srun " + shlex.join([sys.executable, "-m", "llmjax.cli.sweep", str(Path(experiment).resolve()),
+                                    f"--workdir={sweep_dir}"]) + " --run_index=$SLURM_ARRAY_TASK_ID"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,163 @@
+"""What a sweep found: a table of its runs and the plots a researcher looks at first.
+
+Everything is read from the run directories (config.json, metrics.jsonl, status.json), so a
+report works on a sweep that is still running, was interrupted, or ran on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from llmjax import flops
+from llmjax.workdir import read_status
+
+
+def _records(workdir: Path) -> list[dict]:
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
+    """(one row per run, the sweep spec) from `sweep.json` and the run directories."""
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    rows = []
+    for entry in manifest["runs"]:
+        workdir = sweep_dir / "runs" / entry["name"]
+        records = _records(workdir)
+        by_step = {}  # A resumed or rolled-back run may log a step twice: the last one counts.
+        for r in records:
+            by_step[(r["split"], r["step"])] = r
+        train = [by_step[k] for k in sorted(k for k in by_step if k[0] == "train")]
+        val = [by_step[k] for k in sorted(k for k in by_step if k[0] == "val")]
+        row = {"name": entry["name"], "overrides": entry["overrides"],
+               "status": read_status(workdir)["state"], "steps": train[-1]["step"] if train else 0,
+               "train_loss": train[-1]["loss"] if train else math.nan,
+               "val_loss": val[-1]["loss"] if val else math.nan,
+               "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in train) if train else math.nan,
+               "train_curve": [(r["step"], r["loss"]) for r in train],
+               "val_curve": [(r["step"], r["loss"]) for r in val]}
+        config_path = workdir / "config.json"
+        if config_path.exists():
+            config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+            tokens_per_step = config.train.global_batch_size * config.data.seq_len
+            row["tokens"] = row["steps"] * tokens_per_step
+            row["params"] = flops.param_count(config.model)
+            row["compute"] = flops.flops_per_token(config.model, config.data.seq_len) * row["tokens"]
+        rows.append(row)
+    return rows, manifest.get("sweep", {})
+
+
+def table(rows: list[dict]) -> str:
+    header = f"{'run':40} {'status':10} {'steps':>6} {'tokens':>12} {'train loss':>10} {'val loss':>9} {'tok/s':>8}  overrides"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['name']:40} {r['status']:10} {r['steps']:>6} {r.get('tokens', 0):>12,} "
+                     f"{r['train_loss']:>10.4f} {r['val_loss']:>9.4f} {r['tokens_per_sec']:>8,.0f}  "
+                     f"{json.dumps(r['overrides'])}")
+    return "\n".join(lines)
+
+
+def fit_power_law(compute, loss) -> tuple[float, float]:
+    """(a, b) of loss = a * compute^(-b), least squares in log-log space."""
+    slope, intercept = np.polyfit(np.log(compute), np.log(loss), 1)
+    return float(math.exp(intercept)), float(-slope)
+
+
+def _figure():
+    import matplotlib  # noqa: PLC0415 - plotting is optional at import time.
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt, *plt.subplots(figsize=(7, 4.5), dpi=110)
+
+
+def plot_curves(rows, path: Path) -> None:
+    plt, fig, ax = _figure()
+    for r in rows:
+        if r["train_curve"]:
+            steps, losses = zip(*r["train_curve"])
+            line, = ax.plot(steps, losses, label=r["name"], alpha=0.8)
+            if r["val_curve"]:
+                vsteps, vlosses = zip(*r["val_curve"])
+                ax.plot(vsteps, vlosses, "o--", color=line.get_color(), alpha=0.8, markersize=3)
+    ax.set(xlabel="step", ylabel="loss (nats/token)", title="Training (lines) and validation (dots) loss")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_final_vs(rows, key: str, path: Path) -> None:
+    plt, fig, ax = _figure()
+    points = [(r["overrides"][key], r["val_loss"] if math.isfinite(r["val_loss"]) else r["train_loss"])
+              for r in rows if key in r["overrides"]]
+    xs = sorted({x for x, _ in points})
+    ax.scatter(*zip(*points), alpha=0.6, label="runs")
+    ax.plot(xs, [statistics.mean(y for x2, y in points if x2 == x) for x in xs], "-", label="mean")
+    if min(xs) > 0 and max(xs) / min(xs) > 10:
+        ax.set_xscale("log")
+    ax.set(xlabel=key, ylabel="final val loss", title=f"Final loss against {key}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_scaling(rows, path: Path) -> float:
+    """Final val loss against training compute with the fitted power law; returns its exponent."""
+    done = [r for r in rows if r.get("compute") and math.isfinite(r["val_loss"])]
+    compute = np.array([r["compute"] for r in done])
+    loss = np.array([r["val_loss"] for r in done])
+    a, b = fit_power_law(compute, loss)
+    plt, fig, ax = _figure()
+    ax.scatter(compute, loss, label="runs")
+    for r in done:
+        ax.annotate(f"{r['params'] / 1e6:.2g}M", (r["compute"], r["val_loss"]), fontsize=7)
+    grid = np.geomspace(compute.min(), compute.max(), 50)
+    ax.plot(grid, a * grid ** -b, "--", label=f"L = {a:.3g} C^-{b:.3f}")
+    ax.set(xscale="log", yscale="log", xlabel="training compute (FLOPs)", ylabel="final val loss",
+           title=f"Scaling: loss ~ compute^-{b:.3f}")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return b
+
+
+def report(sweep_dir: Path) -> tuple[str, list[Path]]:
+    """The table text (also written to report.txt) and the PNGs written beside it."""
+    rows, sweep = collect(sweep_dir)
+    text = table(rows)
+    plots = [sweep_dir / "loss_curves.png"]
+    plot_curves(rows, plots[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r["overrides"]))
+    for key in keys:
+        values = {json.dumps(r["overrides"].get(key)) for r in rows}
+        numeric = all(isinstance(r["overrides"].get(key), (int, float)) for r in rows)
+        if key != "seed" and len(values) > 1 and numeric and not sweep.get("scaling"):
+            plots.append(sweep_dir / f"final_loss_vs_{key.split('.')[-1]}.png")
+            plot_final_vs(rows, key, plots[-1])
+    if sweep.get("scaling") and sum(1 for r in rows if math.isfinite(r["val_loss"])) >= 2:
+        plots.append(sweep_dir / "scaling.png")
+        exponent = plot_scaling(rows, plots[-1])
+        text += f"\n\nscaling: final val loss ~ compute^-{exponent:.3f} (fitted over {len(rows)} runs)"
+    (sweep_dir / "report.txt").write_text(text + "\n")
+    return text, plots
