@@ -57,4 +57,5 @@ def compose(model: str = "5m", optimizer: str = "adamw", data: str = "stdlib",
     c.model.update(**MODELS[model])
     c.optimizer.update(**OPTIMIZERS[optimizer])
     c.data.update(**DATA[data])
+    c.data.seq_len = min(c.data.seq_len, c.model.max_seq_len)  # Small models: shorter windows.
     return apply_overrides(c, overrides or {})

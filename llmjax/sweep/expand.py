@@ -97,20 +97,28 @@ def run_name(overrides: dict, varying: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", "-".join(parts))
 
 
+def _lookup(config, key: str):
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
 def plan(path: str, device_count: int) -> tuple[object, list[Run], dict]:
     """(base config, runs, sweep) with every run's config built and validated, so a bad key,
     a wrong type or two runs sharing a directory stop the sweep before anything runs."""
     _, base, sweep = load_experiment(path)
     combos = expand(sweep)
     keys = list(dict.fromkeys(k for c in combos for k in c))
-    varying = [k for k in keys if len({repr(c.get(k)) for c in combos}) > 1]
-    runs = []
+    resolved = []
     for overrides in combos:
         try:
-            validate(apply_overrides(base, overrides), device_count)
+            config = apply_overrides(base, overrides)
+            validate(config, device_count)
         except ConfigError as error:
             raise SweepError(f"run {overrides}: {error}") from None
-        runs.append(Run(run_name(overrides, varying), overrides))
+        resolved.append({k: _lookup(config, k) for k in keys})
+    varying = [k for k in keys if len({repr(r[k]) for r in resolved}) > 1]
+    runs = [Run(run_name(values, varying), overrides) for values, overrides in zip(resolved, combos)]
     names = [r.name for r in runs]
     if duplicates := sorted({n for n in names if names.count(n) > 1}):
         raise SweepError(f"runs would share the workdirs {duplicates}: two runs have the same "

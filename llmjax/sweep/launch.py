@@ -91,9 +91,12 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
                     states[name] = "done"
                 elif process.returncode == EXIT_PREEMPTED:
                     states[name] = "preempted"
-                else:
-                    error = _last_error_line(workdir / "train.log")
-                    write_status(workdir, "failed", read_status(workdir)["step"], error)
+                else:  # The trainer records its own failures; a crash may not have.
+                    status = read_status(workdir)
+                    if status["state"] != "failed":
+                        status["error"] = _last_error_line(workdir / "train.log")
+                        write_status(workdir, "failed", status["step"], status["error"])
+                    error = status["error"]
                     states[name] = "failed"
                 log(f"{states[name]:7} {name}" + (f": {error}" if states[name] == "failed" else ""))
             time.sleep(0.2)

@@ -1,0 +1,185 @@
+"""Presets, sweep expansion and validation, the local launcher (skip, resume, failure) and the
+report, with real training subprocesses of the tiny model."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from llmjax.config import ConfigError
+from llmjax.flops import param_count
+from llmjax.presets import MODELS, compose
+from llmjax.sweep.expand import SweepError, expand, plan, run_name
+from llmjax.sweep.report import fit_power_law
+
+from conftest import ROOT, XLA_CACHE
+
+
+@pytest.mark.parametrize("preset, published", [
+    ("llama2_7b", 6_738_415_616),  # Llama 2 7B, as counted by Hugging Face's num_parameters().
+    ("llama3_8b", 8_030_261_248),  # Llama 3 8B, likewise.
+])
+def test_llama_presets_have_the_published_parameter_counts(preset, published):
+    assert param_count(compose(preset).model) == published
+
+
+@pytest.mark.parametrize("preset, nominal", [("20m", 20e6), ("125m", 125e6), ("350m", 350e6),
+                                             ("1.3b", 1.3e9)])
+def test_ladder_presets_are_near_their_names(preset, nominal):
+    assert 0.8 < param_count(compose(preset).model) / nominal < 1.2
+
+
+def test_every_preset_is_a_valid_config():
+    from llmjax.config import validate  # noqa: PLC0415
+
+    for name in MODELS:
+        validate(compose(name), 1)
+
+
+def test_compose_refuses_unknown_presets_and_keys():
+    with pytest.raises(ConfigError, match="no model preset 'huge'"):
+        compose("huge")
+    with pytest.raises(ConfigError, match="config.train.stepz=3: no such config key"):
+        compose("tiny", overrides={"train.stepz": 3})
+
+
+def test_grid_random_runs_and_seeds_expand():
+    runs = expand({"grid": {"a.x": [1, 2], "a.y": ["p", "q"]}, "seeds": [0, 1]})
+    assert len(runs) == 8 and runs[0] == {"a.x": 1, "a.y": "p", "seed": 0}
+    assert len({json.dumps(r, sort_keys=True) for r in runs}) == 8
+    drawn = expand({"random": {"o.lr": ("log_uniform", 1e-4, 1e-2), "o.b": [1, 2]},
+                    "num_random": 20, "random_seed": 3})
+    assert drawn == expand({"random": {"o.lr": ("log_uniform", 1e-4, 1e-2), "o.b": [1, 2]},
+                            "num_random": 20, "random_seed": 3})
+    assert all(1e-4 <= r["o.lr"] <= 1e-2 and r["o.b"] in (1, 2) for r in drawn)
+    assert min(r["o.lr"] for r in drawn) < 1e-3 < max(r["o.lr"] for r in drawn)
+    assert expand({"runs": [{"m.d": 1}, {"m.d": 2}], "seeds": [5]}) == [
+        {"m.d": 1, "seed": 5}, {"m.d": 2, "seed": 5}]
+    assert expand(None) == [{}]
+    with pytest.raises(SweepError, match="unknown fields"):
+        expand({"gird": {}})
+
+
+def test_run_names_show_what_varies():
+    overrides = {"optimizer.learning_rate": 0.003, "train.steps": 10, "seed": 1}
+    assert run_name(overrides, ["optimizer.learning_rate", "seed"]) == "learning_rate=0.003-seed=1"
+    assert run_name({"data.glob": "a/*.py"}, ["data.glob"]) == "glob=a__.py"
+    assert run_name({}, []) == "run"
+
+
+def _experiment(tmp_path, sweep, name="exp.py"):
+    path = tmp_path / name
+    path.write_text(
+        "from llmjax.presets import compose\n"
+        "def get_config():\n"
+        "    return compose('tiny', data='stdlib_json', overrides={'data.seq_len': 64,\n"
+        "        'train.steps': 30, 'train.log_every': 5, 'train.eval_every': 15,\n"
+        "        'optimizer.warmup_steps': 5, 'checkpoint.every_steps': 10})\n"
+        f"def get_sweep():\n    return {sweep!r}\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"grid": {"optimizer.learnig_rate": [1e-3]}}, "optimizer.learnig_rate=0.001: no such config key"),
+    ({"grid": {"model.num_layers": ["deep"]}}, "config.model.num_layers='deep': has the wrong type"),
+    ({"grid": {"model.num_kv_heads": [3]}}, "must divide model.num_heads"),
+    ({"grid": {"optimizer.learning_rate": [1e-3, 1e-3]}}, "runs would share the workdirs"),
+    ({"grid": {"optimizer.learning_rate": [1.0001e-3, 1.0002e-3]}}, "runs would share the workdirs"),
+])
+def test_bad_sweeps_are_refused_before_any_run(tmp_path, sweep, message):
+    with pytest.raises(SweepError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan(_experiment(tmp_path, sweep), 1)
+
+
+def test_shipped_experiments_plan(tmp_path):
+    for name, count in (("default", 1), ("lr_sweep", 6), ("scaling_ladder", 4)):
+        _, runs, _ = plan(str(ROOT / "experiments" / f"{name}.py"), 1)
+        assert len(runs) == count
+    _, ladder, sweep = plan(str(ROOT / "experiments" / "scaling_ladder.py"), 1)
+    assert sweep["scaling"] is True
+    steps = [r.overrides["train.steps"] for r in ladder]
+    assert steps == sorted(steps) and steps[-1] > 4 * steps[0]  # Budgets grow with model size.
+
+
+def test_power_law_fit_recovers_known_exponent():
+    compute = np.geomspace(1e12, 1e16, 6)
+    a, b = fit_power_law(compute, 40.0 * compute ** -0.07)
+    assert a == pytest.approx(40.0, rel=1e-6) and b == pytest.approx(0.07, rel=1e-6)
+
+
+def _sweep_env(tmp_path):
+    import os  # noqa: PLC0415
+
+    return dict(os.environ, LLMJAX_CACHE=str(tmp_path / "cache"), JAX_PLATFORMS="cpu",
+                JAX_COMPILATION_CACHE_DIR=str(XLA_CACHE),
+                XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+def _sweep(tmp_path, experiment, *flags):
+    return [sys.executable, "-m", "llmjax.cli.sweep", experiment,
+            f"--workdir={tmp_path / 'sweep'}", *flags]
+
+
+@pytest.mark.slow
+def test_sweep_skips_finished_resumes_interrupted_and_marks_failures(tmp_path):
+    experiment = _experiment(tmp_path, {"runs": [
+        {"optimizer.learning_rate": 1e-3},
+        {"optimizer.learning_rate": 3e-3},
+        # Diverges from the start with no checkpoint to return to: fails for real.
+        {"optimizer.learning_rate": 1e-2, "train.inject_nan_at": "1,2,3,4,5,6",
+         "train.guard_max_rollbacks": 0}]})
+    env = _sweep_env(tmp_path)
+    sweep_dir = tmp_path / "sweep"
+    first = subprocess.Popen(_sweep(tmp_path, experiment), cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second_run = sweep_dir / "runs" / "learning_rate=0.003-inject_nan_at=-guard_max_rollbacks=3"
+    names = None
+    deadline = time.time() + 300
+    while time.time() < deadline:  # Interrupt while the second run is training.
+        manifest = sweep_dir / "sweep.json"
+        if manifest.exists():
+            names = [r["name"] for r in json.loads(manifest.read_text())["runs"]]
+            second_run = sweep_dir / "runs" / names[1]
+            metrics = second_run / "metrics.jsonl"
+            if metrics.exists() and any(json.loads(l)["step"] >= 15 for l in metrics.read_text().splitlines()
+                                        if l.endswith("}")):
+                break
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 1, err[-2000:]
+    assert f"done    {names[0]}" in out and f"preempted {names[1]}" in out
+    assert names == ["learning_rate=0.001-inject_nan_at=-guard_max_rollbacks=3",
+                     "learning_rate=0.003-inject_nan_at=-guard_max_rollbacks=3",
+                     "learning_rate=0.01-inject_nan_at=1,2,3,4,5,6-guard_max_rollbacks=0"]
+
+    again = subprocess.run(_sweep(tmp_path, experiment), cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 1, again.stderr[-2000:]
+    assert f"skip    {names[0]} (done at step 30)" in again.stdout
+    assert f"resume  {names[1]}" in again.stdout and f"done    {names[1]}" in again.stdout
+    assert "resuming from checkpoint" in (sweep_dir / "runs" / names[1] / "train.log").read_text()
+    assert f"failed  {names[2]}: CheckpointError: the loss diverged" in again.stdout
+    assert "sweep: 2 done, 1 failed" in again.stdout
+    status = json.loads((sweep_dir / "runs" / names[2] / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"].startswith("CheckpointError: the loss diverged")
+
+    report = subprocess.run([sys.executable, "-m", "llmjax.cli.report", str(sweep_dir)], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in report.stdout.splitlines()[2:5]}
+    for name in names[:2]:
+        summary = json.loads((sweep_dir / "runs" / name / "summary.json").read_text())
+        assert rows[name][1] == "done" and rows[name][2] == "30"
+        assert float(rows[name][4]) == pytest.approx(summary["final_train_loss"], abs=1e-4)
+        assert float(rows[name][5]) == pytest.approx(summary["final_val_loss"], abs=1e-4)
+    assert rows[names[2]][1] == "failed" and math.isnan(float(rows[names[2]][5]))
+    for png in ("loss_curves.png", "final_loss_vs_learning_rate.png"):
+        data = (sweep_dir / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert (sweep_dir / "report.txt").read_text().startswith("run")
