@@ -8,6 +8,8 @@ bad run dies in a second with a message that names the key and the fix.
 
 from __future__ import annotations
 
+import importlib.util
+
 import ml_collections
 
 DTYPES = ("float32", "bfloat16")
@@ -87,6 +89,10 @@ def default_config() -> ml_collections.ConfigDict:
     o.eps = 1e-8
     o.weight_decay = 0.1  # Decoupled (AdamW); never applied to norms and embeddings.
     o.grad_clip = 1.0  # Global-norm clipping threshold (0 = off).
+
+    c.tracking = tr = ml_collections.ConfigDict()
+    tr.wandb = False  # Also log to Weights & Biases (needs `pip install 'llmjax[wandb]'`).
+    tr.wandb_project = "llmjax"  # W&B project; the run is named after its workdir.
 
     c.mesh = ms = ml_collections.ConfigDict()
     ms.data = -1  # Data-parallel size; -1 fills the devices the other axes leave.
@@ -222,6 +228,10 @@ def validate(config, num_devices: int) -> dict[str, int]:
               f"must be in [0, train.steps={t.steps}).")
     if o.grad_clip < 0:
         _fail("optimizer.grad_clip", o.grad_clip, "must be >= 0 (0 disables clipping).")
+
+    if config.tracking.wandb and importlib.util.find_spec("wandb") is None:
+        _fail("tracking.wandb", True, "the wandb package is not installed; pip install "
+                                      "'llmjax[wandb]' or set --config.tracking.wandb=False.")
 
     shape = mesh_shape(config, num_devices)
     batch_shards = shape["data"] * shape["fsdp"]

@@ -110,7 +110,7 @@ def plot_final_vs(rows, key: str, path: Path) -> None:
     xs = sorted({x for x, _ in points})
     ax.scatter(*zip(*points), alpha=0.6, label="runs")
     ax.plot(xs, [statistics.mean(y for x2, y in points if x2 == x) for x in xs], "-", label="mean")
-    if min(xs) > 0 and max(xs) / min(xs) > 10:
+    if min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
     ax.set(xlabel=key, ylabel="final val loss", title=f"Final loss against {key}")
     ax.legend()

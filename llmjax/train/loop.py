@@ -127,7 +127,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True)) -> dic
     checkpointer = Checkpointer(run_dir / "checkpoints", config, log)
     state, data_step = initial_state(config, tx, target, checkpointer, log)
     step = int(state.step)
-    writer = MetricsWriter(run_dir, enabled=distributed.is_primary(), resume_step=step)
+    writer = MetricsWriter(run_dir, enabled=distributed.is_primary(), resume_step=step, config=config)
     guard = DivergenceGuard(t.guard_spike_factor, t.guard_patience, t.guard_max_rollbacks)
     run_start = time.perf_counter()
     pending, interval_start = [], time.perf_counter()
