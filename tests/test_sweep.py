@@ -183,3 +183,56 @@ def test_sweep_skips_finished_resumes_interrupted_and_marks_failures(tmp_path):
         data = (sweep_dir / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert (sweep_dir / "report.txt").read_text().startswith("run")
+
+
+def test_scaling_report_fits_the_ladder(tmp_path):
+    """Synthetic run directories whose final losses follow L = 30 C^-0.05 exactly: the report
+    must recover the exponent from the compute it derives from each run's config."""
+    from llmjax.flops import flops_per_token  # noqa: PLC0415
+    from llmjax.sweep.report import report  # noqa: PLC0415
+
+    runs = []
+    for d_model in (32, 64, 128):
+        config = compose("tiny", overrides={"model.d_model": d_model, "model.head_dim": d_model // 4,
+                                            "train.steps": 100})
+        workdir = tmp_path / "runs" / f"d{d_model}"
+        workdir.mkdir(parents=True)
+        (workdir / "config.json").write_text(json.dumps(config.to_dict()))
+        compute = flops_per_token(config.model, config.data.seq_len) * 100 * \
+            config.train.global_batch_size * config.data.seq_len
+        loss = 30.0 * compute ** -0.05
+        (workdir / "metrics.jsonl").write_text(
+            json.dumps({"step": 100, "split": "train", "loss": loss + 0.1, "tokens_per_sec": 1.0}) + "\n"
+            + json.dumps({"step": 100, "split": "val", "loss": loss}) + "\n")
+        (workdir / "status.json").write_text(json.dumps({"state": "done", "step": 100}))
+        runs.append({"name": f"d{d_model}", "overrides": {"model.d_model": d_model}})
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs, "sweep": {"scaling": True}}))
+    text, plots = report(tmp_path)
+    assert "scaling: final val loss ~ compute^-0.050 (fitted over 3 runs)" in text
+    assert [p.name for p in plots] == ["loss_curves.png", "scaling.png"]
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_slurm_array_script(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "llmjax.cli.sweep", str(ROOT / "experiments" / "lr_sweep.py"),
+         f"--workdir={tmp_path}", "--cluster=slurm", "--dry_run", "--partition=gpu",
+         "--account=lab", "--gpus=1", "--time=02:00:00"],
+        cwd=ROOT, env=_sweep_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    script = result.stdout[result.stdout.index("#!/bin/bash"):]
+    for line in ("#SBATCH --array=0-5%6", "#SBATCH --partition=gpu", "#SBATCH --account=lab",
+                 "#SBATCH --gpus=1", "#SBATCH --time=02:00:00"):
+        assert line in script
+    assert f"--workdir={tmp_path} --run_index=$SLURM_ARRAY_TASK_ID" in script
+    assert not (tmp_path / "sweep.json").exists(), "a dry run writes nothing"
+
+
+def test_config_command_prints_derived_figures(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "llmjax.cli.config", "--config=configs/llama3_8b.py",
+                             "--config.train.steps=10"], cwd=ROOT, env=_sweep_env(tmp_path),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "parameters:            8,030,261,248" in result.stdout
+    assert "tokens per step:       4,096" in result.stdout  # 16 sequences x 256 tokens.
+    assert "tokens in the run:     40,960" in result.stdout
