@@ -25,9 +25,13 @@ def records(workdir, split="train"):
     return [r for r in map(json.loads, lines) if r["split"] == split]
 
 
+def saved_steps(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
 def final_params(workdir):
     directory = workdir / "checkpoints"
-    step = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    step = saved_steps(workdir)[-1]
     restored = ocp.StandardCheckpointer().restore(directory / str(step) / "params")
     return step, jax.tree.map(np.asarray, restored)
 
@@ -272,7 +276,7 @@ def test_two_process_preemption_resumes_on_one_process(tmp_path):
     assert "mesh: {'data': 8, 'fsdp': 1, 'tensor': 1} over 8 cpu devices" in outputs[0][0]
     assert "SIGTERM: checkpoint written" in outputs[0][0]
     assert "step " not in outputs[1][0] and "config:" not in outputs[1][0]  # One voice per job.
-    stopped_at = [int(p.name) for p in (resumed / "checkpoints").iterdir() if p.name.isdigit()]
+    stopped_at = saved_steps(resumed)
     assert len(stopped_at) == 1 and 10 <= stopped_at[0] < 40
     assert {p.name for p in (resumed / "checkpoints" / str(stopped_at[0]) / "params").iterdir()} >= {
         "ocdbt.process_0", "ocdbt.process_1"}  # Both processes wrote their shards.
@@ -317,7 +321,7 @@ def test_retention_keeps_the_last_k_and_every_mth(tmp_path):
                        "--config.checkpoint.keep_last=2", "--config.checkpoint.keep_every=15",
                        cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-2000:]
-    kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    kept = saved_steps(workdir)
     assert kept == [15, 30, 35, 40]
     assert sorted(int(p.stem) for p in (workdir / "checkpoints" / "integrity").glob("*.json")) == kept
 
@@ -328,5 +332,5 @@ def test_time_based_saves(tmp_path):
                        "--config.checkpoint.every_minutes=0.01", "--config.checkpoint.keep_last=100",
                        cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-2000:]
-    kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    kept = saved_steps(workdir)
     assert len(kept) >= 3 and kept[-1] == 60 and kept != list(range(kept[0], 61, 5))
