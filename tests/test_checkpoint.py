@@ -214,6 +214,7 @@ def test_init_from_another_run(tmp_path):
     wrong_step = run_train(tmp_path / "y", f"--config.checkpoint.init_from={parent}@7",
                            cache=tmp_path / "cache")
     assert wrong_step.returncode == 2 and "has no checkpoint of step 7; it has [10, 20]" in wrong_step.stderr
+    assert not (tmp_path / "y").exists()
 
 
 def test_unwritable_checkpoint_directory_is_an_error(tmp_path):

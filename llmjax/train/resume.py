@@ -32,6 +32,10 @@ def parse_init_from(value: str) -> InitSource | None:
     if not directory.is_dir():
         raise CheckpointError(f"config.checkpoint.init_from={value!r}: {directory} does not exist; "
                               f"give the workdir of a run that has saved checkpoints.")
+    saved = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    if not saved or (step and int(step) not in saved):
+        raise CheckpointError(f"config.checkpoint.init_from: {directory.parent} has no checkpoint "
+                              f"of step {step or '(latest)'}; it has {saved}.")
     return InitSource(Path(path).expanduser().resolve(), int(step) if step else None)
 
 
@@ -57,20 +61,16 @@ def initial_state(config, tx, target: TrainState, checkpointer: Checkpointer, lo
     if restored is not None:
         log(f"resuming from checkpoint step {restored.step} (data step {restored.meta['data_step']})")
         return state_from_checkpoint(restored, target, True), restored.meta["data_step"]
-    state = create_train_state(config, tx, jax.tree.map(lambda x: x.sharding, target))
-    source = parse_init_from(config.checkpoint.init_from)
+    source = parse_init_from(config.checkpoint.init_from)  # Checked once already, at the start.
     if source is None:
-        return state, 0
+        return create_train_state(config, tx, jax.tree.map(lambda x: x.sharding, target)), 0
     full = config.checkpoint.init_mode == "full"
     other = Checkpointer(source.workdir / "checkpoints", config, log, read_only=True)
-    steps = other.steps()
-    step = source.step if source.step is not None else (steps[-1] if steps else None)
-    if step not in steps:
-        raise CheckpointError(f"config.checkpoint.init_from: {source.workdir} has no checkpoint of "
-                              f"step {step}; it has {steps}.")
+    step = source.step if source.step is not None else other.steps()[-1]
     restored = other.restore(step, target.params, target.opt_state if full else None)
     other.close()
     log(f"initialised from {source.workdir} step {step} ({'full state' if full else 'params only'})")
     if full:
         return state_from_checkpoint(restored, target, True), restored.meta["data_step"]
-    return dataclasses.replace(state, params=restored.params), 0
+    fresh = create_train_state(config, tx, jax.tree.map(lambda x: x.sharding, target))
+    return dataclasses.replace(fresh, params=restored.params), 0
