@@ -33,15 +33,17 @@ def main(argv) -> None:
 
     experiment, sweep_dir = argv[1], Path(_WORKDIR.value).expanduser().resolve()
     try:
-        _, runs, sweep = plan(experiment, jax.device_count())
+        base, runs, sweep = plan(experiment, jax.device_count())
     except SweepError as error:
         sys.exit(f"error: {error}")
     if _RUN_INDEX.value is not None:
         if not 0 <= _RUN_INDEX.value < len(runs):
             sys.exit(f"error: --run_index={_RUN_INDEX.value}: the sweep has {len(runs)} runs.")
         runs = [runs[_RUN_INDEX.value]]
+    if _DRY_RUN.value:
+        print(f"base config of {experiment}:\n{base}")
     if _DRY_RUN.value or _CLUSTER.value == "local":
-        print(f"{len(runs)} runs of {experiment} in {sweep_dir}/runs:")
+        print(f"{len(runs)} runs of {experiment} in {sweep_dir}/runs (each: the base config with):")
         for run in runs:
             print(f"  {run.name:40} {run.overrides}")
     slurm = {"partition": _PARTITION.value, "account": _ACCOUNT.value, "time": _TIME.value,
