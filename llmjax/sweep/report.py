@@ -62,10 +62,11 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
 
 
 def table(rows: list[dict]) -> str:
-    header = f"{'run':40} {'status':10} {'steps':>6} {'tokens':>12} {'train loss':>10} {'val loss':>9} {'tok/s':>8}  overrides"
+    width = max([40] + [len(r["name"]) for r in rows])
+    header = f"{'run':{width}} {'status':10} {'steps':>6} {'tokens':>12} {'train loss':>10} {'val loss':>9} {'tok/s':>8}  overrides"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['name']:40} {r['status']:10} {r['steps']:>6} {r.get('tokens', 0):>12,} "
+        lines.append(f"{r['name']:{width}} {r['status']:10} {r['steps']:>6} {r.get('tokens', 0):>12,} "
                      f"{r['train_loss']:>10.4f} {r['val_loss']:>9.4f} {r['tokens_per_sec']:>8,.0f}  "
                      f"{json.dumps(r['overrides'])}")
     return "\n".join(lines)
@@ -120,8 +121,9 @@ def plot_final_vs(rows, key: str, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_scaling(rows, path: Path) -> float:
-    """Final val loss against training compute with the fitted power law; returns its exponent."""
+def plot_scaling(rows, path: Path) -> tuple[float, int]:
+    """Final val loss against training compute with the fitted power law; returns its exponent
+    and the number of runs it was fitted to (those with a final val loss)."""
     done = [r for r in rows if r.get("compute") and math.isfinite(r["val_loss"])]
     compute = np.array([r["compute"] for r in done])
     loss = np.array([r["val_loss"] for r in done])
@@ -134,12 +136,16 @@ def plot_scaling(rows, path: Path) -> float:
     ax.plot(grid, a * grid ** -b, "--", label=f"L = {a:.3g} C^-{b:.3f}")
     ax.set(xscale="log", yscale="log", xlabel="training compute (FLOPs)", ylabel="final val loss",
            title=f"Scaling: loss ~ compute^-{b:.3f}")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: PLC0415
+
+    ax.yaxis.set_major_formatter(ScalarFormatter())  # Losses read better as plain numbers.
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return b
+    return b, len(done)
 
 
 def report(sweep_dir: Path) -> tuple[str, list[Path]]:
@@ -157,7 +163,7 @@ def report(sweep_dir: Path) -> tuple[str, list[Path]]:
             plot_final_vs(rows, key, plots[-1])
     if sweep.get("scaling") and sum(1 for r in rows if math.isfinite(r["val_loss"])) >= 2:
         plots.append(sweep_dir / "scaling.png")
-        exponent = plot_scaling(rows, plots[-1])
-        text += f"\n\nscaling: final val loss ~ compute^-{exponent:.3f} (fitted over {len(rows)} runs)"
+        exponent, fitted = plot_scaling(rows, plots[-1])
+        text += f"\n\nscaling: final val loss ~ compute^-{exponent:.3f} (fitted over {fitted} runs)"
     (sweep_dir / "report.txt").write_text(text + "\n")
     return text, plots
