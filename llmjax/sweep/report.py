@@ -136,10 +136,10 @@ def plot_scaling(rows, path: Path) -> tuple[float, int]:
     ax.plot(grid, a * grid ** -b, "--", label=f"L = {a:.3g} C^-{b:.3f}")
     ax.set(xscale="log", yscale="log", xlabel="training compute (FLOPs)", ylabel="final val loss",
            title=f"Scaling: loss ~ compute^-{b:.3f}")
-    from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: PLC0415
+    from matplotlib.ticker import FormatStrFormatter  # noqa: PLC0415
 
-    ax.yaxis.set_major_formatter(ScalarFormatter())  # Losses read better as plain numbers.
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis_formatter(FormatStrFormatter("%.1f"))  # Losses read better as plain numbers.
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
