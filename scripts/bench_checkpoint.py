@@ -22,7 +22,7 @@ from llmjax.checkpoint import Checkpointer, metadata
 from llmjax.data import pipeline
 from llmjax.parallel.mesh import build_mesh
 from llmjax.parallel.rules import batch_sharding
-from llmjax.train.loop import compile_steps
+from llmjax.train.compile import compile_steps
 from llmjax.train.optimizer import build_optimizer
 from llmjax.train.resume import abstract_state
 from llmjax.train.state import create_train_state, state_shardings

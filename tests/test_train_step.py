@@ -9,7 +9,7 @@ import pytest
 from llmjax.data import pipeline
 from llmjax.parallel.mesh import build_mesh
 from llmjax.parallel.rules import batch_sharding
-from llmjax.train.loop import compile_steps
+from llmjax.train.compile import compile_steps
 from llmjax.train.loss import cross_entropy_sums
 from llmjax.train.optimizer import build_optimizer, learning_rate_schedule, weight_decay_mask
 from llmjax.train.state import create_train_state, state_shardings
@@ -49,11 +49,13 @@ def test_overfits_one_batch():
     assert losses[-1] < 0.1 * losses[0], losses[::10]
 
 
-@pytest.mark.parametrize("mesh", [dict(data=8), dict(data=2, fsdp=2, tensor=2), dict(fsdp=4, tensor=2)])
+@pytest.mark.parametrize("mesh", [dict(data=8), dict(fsdp=8), dict(tensor=8),
+                                  dict(data=2, fsdp=2, tensor=2), dict(fsdp=4, tensor=2)])
 def test_sharded_step_matches_single_device(mesh):
-    single = make_tiny_config()
+    # 8 query and 8 key/value heads, so that tensor=8 splits every head axis.
+    single = make_tiny_config(num_heads=8, num_kv_heads=8, head_dim=4)
     single.mesh.update(data=1, fsdp=1, tensor=1)
-    sharded = make_tiny_config()
+    sharded = make_tiny_config(num_heads=8, num_kv_heads=8, head_dim=4)
     sharded.mesh.update(data=1, fsdp=1, tensor=1)
     sharded.mesh.update(**mesh)
     batches = [random_batch(single, seed) for seed in range(4)]

@@ -19,6 +19,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's output
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (0 coordinates).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
+_PRINT_SHARDING = flags.DEFINE_bool("print_sharding", False,
+                                    "Print each parameter's shape, logical axes, mesh sharding "
+                                    "and bytes per device, then exit.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -42,7 +45,7 @@ def main(argv) -> None:
         jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "xla"))
 
     try:
-        train(config, _WORKDIR.value)
+        train(config, _WORKDIR.value, print_sharding=_PRINT_SHARDING.value)
     except (ConfigError, CorpusError, WorkdirError, CheckpointError, DivergenceError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

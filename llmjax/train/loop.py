@@ -16,7 +16,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from llmjax import config as config_lib
 from llmjax import flops
@@ -31,42 +30,16 @@ from llmjax.train.guard import DivergenceGuard
 from llmjax.train.optimizer import build_optimizer
 from llmjax.train.preemption import EXIT_PREEMPTED, PreemptionFlag
 from llmjax.train.resume import abstract_state, initial_state, parse_init_from, state_from_checkpoint
-from llmjax.train.state import state_shardings
-from llmjax.train.step import eval_step, train_step
+from llmjax.parallel.describe import sharding_table
+from llmjax.train.state import param_logical_axes, state_shardings
+from llmjax.train.compile import compile_steps
 from llmjax.workdir import check_workdir, write_config, write_status
-
-BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "weights")
-
 
 class Preempted(SystemExit):
     """Raised after the preemption checkpoint is on disk; its code tells the scheduler to retry."""
 
     def __init__(self):
         super().__init__(EXIT_PREEMPTED)
-
-
-def batch_spec(config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    shape = (config.train.global_batch_size, config.data.seq_len)
-    rows = batch_sharding(mesh)
-    return {key: jax.ShapeDtypeStruct(shape, jnp.float32 if key == "weights" else jnp.int32,
-                                      sharding=rows) for key in BATCH_KEYS}
-
-
-def compile_steps(config, tx, mesh, state):
-    """AOT-compiles the train step (state donated) and the eval step with explicit shardings,
-    so the run never recompiles and the compile time is measured on its own. `state` may be
-    concrete or abstract (ShapeDtypeStructs with shardings)."""
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    batch = batch_spec(config, mesh)
-    rows = batch_sharding(mesh)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    train = jax.jit(functools.partial(train_step, config=config, tx=tx),
-                    in_shardings=(shardings, rows), out_shardings=(shardings, replicated),
-                    donate_argnums=0)
-    evaluate = jax.jit(functools.partial(eval_step, config=config),
-                       in_shardings=(shardings.params, rows), out_shardings=replicated)
-    with jax.set_mesh(mesh):
-        return train.lower(state, batch).compile(), evaluate.lower(state.params, batch).compile()
 
 
 def evaluate(eval_fn, params, batches) -> float:
@@ -81,9 +54,11 @@ def _duration(seconds: float) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def train(config, workdir: str, log=functools.partial(print, flush=True)) -> dict:
+def train(config, workdir: str, log=functools.partial(print, flush=True),
+          print_sharding: bool = False) -> dict | None:
     """Trains as `config` says, resuming from the workdir's checkpoints if it has any; returns
-    the final figures (also written to summary.json)."""
+    the final figures (also written to summary.json). With `print_sharding`, prints where each
+    parameter lives on the mesh and returns without training."""
     config_lib.validate(config, jax.device_count())
     if not distributed.is_primary():
         log = lambda *_, **__: None  # noqa: E731 - one process speaks for the job.
@@ -97,15 +72,18 @@ def train(config, workdir: str, log=functools.partial(print, flush=True)) -> dic
     log(f"parameters: {flops.param_count(config.model):,} "
         f"({flops.non_embedding_params(config.model):,} non-embedding)")
 
+    mesh = build_mesh(config)
+    log(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].platform} devices")
+    tx = build_optimizer(config)
+    target = abstract_state(config, tx, state_shardings(config, tx, mesh))
+    if print_sharding:  # Look, then stop: nothing is compiled or written.
+        log(sharding_table(param_logical_axes(config), target.params))
+        return None
     if distributed.is_primary():  # The others then read the cache it built.
         corpus = prepare_corpus(config.data, config.model.vocab_size, log)
     distributed.barrier("corpus")
     if not distributed.is_primary():
         corpus = prepare_corpus(config.data, config.model.vocab_size, log)
-    mesh = build_mesh(config)
-    log(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].platform} devices")
-    tx = build_optimizer(config)
-    target = abstract_state(config, tx, state_shardings(config, tx, mesh))
     start = time.perf_counter()
     train_fn, eval_fn = compile_steps(config, tx, mesh, target)
     log(f"compiled train and eval steps in {time.perf_counter() - start:.1f}s")
