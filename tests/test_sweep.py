@@ -78,7 +78,7 @@ def _experiment(tmp_path, sweep, name="exp.py"):
         "from llmjax.presets import compose\n"
         "def get_config():\n"
         "    return compose('tiny', data='stdlib_json', overrides={'data.seq_len': 64,\n"
-        "        'train.steps': 30, 'train.log_every': 5, 'train.eval_every': 15,\n"
+        "        'train.steps': 80, 'train.log_every': 5, 'train.eval_every': 40,\n"
         "        'optimizer.warmup_steps': 5, 'checkpoint.every_steps': 10})\n"
         f"def get_sweep():\n    return {sweep!r}\n")
     return str(path)
@@ -140,13 +140,13 @@ def test_sweep_skips_finished_resumes_interrupted_and_marks_failures(tmp_path):
     second_run = sweep_dir / "runs" / "learning_rate=0.003-inject_nan_at=-guard_max_rollbacks=3"
     names = None
     deadline = time.time() + 300
-    while time.time() < deadline:  # Interrupt while the second run is training.
+    while time.time() < deadline:  # Interrupt early in the second run (70 steps of margin).
         manifest = sweep_dir / "sweep.json"
         if manifest.exists():
             names = [r["name"] for r in json.loads(manifest.read_text())["runs"]]
             second_run = sweep_dir / "runs" / names[1]
             metrics = second_run / "metrics.jsonl"
-            if metrics.exists() and any(json.loads(l)["step"] >= 15 for l in metrics.read_text().splitlines()
+            if metrics.exists() and any(json.loads(l)["step"] >= 10 for l in metrics.read_text().splitlines()
                                         if l.endswith("}")):
                 break
         time.sleep(0.05)
@@ -161,7 +161,7 @@ def test_sweep_skips_finished_resumes_interrupted_and_marks_failures(tmp_path):
     again = subprocess.run(_sweep(tmp_path, experiment), cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 1, again.stderr[-2000:]
-    assert f"skip    {names[0]} (done at step 30)" in again.stdout
+    assert f"skip    {names[0]} (done at step 80)" in again.stdout
     assert f"resume  {names[1]}" in again.stdout and f"done    {names[1]}" in again.stdout
     assert "resuming from checkpoint" in (sweep_dir / "runs" / names[1] / "train.log").read_text()
     assert f"failed  {names[2]}: CheckpointError: the loss diverged" in again.stdout
@@ -175,7 +175,7 @@ def test_sweep_skips_finished_resumes_interrupted_and_marks_failures(tmp_path):
     rows = {line.split()[0]: line.split() for line in report.stdout.splitlines()[2:5]}
     for name in names[:2]:
         summary = json.loads((sweep_dir / "runs" / name / "summary.json").read_text())
-        assert rows[name][1] == "done" and rows[name][2] == "30"
+        assert rows[name][1] == "done" and rows[name][2] == "80"
         assert float(rows[name][4]) == pytest.approx(summary["final_train_loss"], abs=1e-4)
         assert float(rows[name][5]) == pytest.approx(summary["final_val_loss"], abs=1e-4)
     assert rows[names[2]][1] == "failed" and math.isnan(float(rows[names[2]][5]))
