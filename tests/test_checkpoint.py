@@ -277,6 +277,9 @@ def test_two_process_preemption_resumes_on_one_process(tmp_path):
     assert "mesh: {'data': 8, 'fsdp': 1, 'tensor': 1} over 8 cpu devices" in outputs[0][0]
     assert "SIGTERM: checkpoint written" in outputs[0][0]
     assert "step " not in outputs[1][0] and "config:" not in outputs[1][0]  # One voice per job.
+    # Each process loads only the rows of the global batch that its 4 devices hold.
+    assert "data: process 0 of 2 reads rows 0..3 of each global batch of 8" in outputs[0][0]
+    assert "data: process 1 of 2 reads rows 4..7 of each global batch of 8" in outputs[1][0]
     stopped_at = saved_steps(resumed)
     assert len(stopped_at) == 1 and 10 <= stopped_at[0] < 40
     assert {p.name for p in (resumed / "checkpoints" / str(stopped_at[0]) / "params").iterdir()} >= {

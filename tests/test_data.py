@@ -135,3 +135,23 @@ def test_stdlib_corpus_is_found():
     assert (root / "os.py").is_file()
     files = corpus.list_documents(root, "json/*.py", 0)
     assert "json/decoder.py" in files
+
+
+def test_device_batches_equal_the_host_global_batches():
+    import jax  # noqa: PLC0415
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: PLC0415
+
+    from llmjax.data.pipeline import GlobalBatches, train_rows  # noqa: PLC0415
+
+    tokens = _stream(seed=4, docs=200)
+    mesh = Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "tensor"))
+    batches = GlobalBatches(train_rows(tokens, 8, EOS, seed=0), 8, 8,
+                            NamedSharding(mesh, PartitionSpec("data", None)))
+    assert batches.local_rows == list(range(8))  # One process holds every device here.
+    reference = train_batches(tokens, 8, EOS, 8, seed=0)
+    for step in (0, 7, 40):
+        on_device = batches.device_batch(step)
+        for key, value in on_device.items():
+            np.testing.assert_array_equal(np.asarray(value), reference[step][key])
+        assert on_device["inputs"].sharding.spec == PartitionSpec("data", None)
+    assert np.isnan(np.asarray(batches.device_batch(3, poison=True)["weights"])).all()

@@ -51,10 +51,43 @@ def _stack(rows):
     return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 
 
-def train_batches(tokens, seq_len: int, eos_id: int, batch_size: int, seed: int) -> grain.MapDataset:
-    """`ds[step]` is the global batch of that step; epochs follow each other without a seam."""
+def train_rows(tokens, seq_len: int, eos_id: int, seed: int) -> grain.MapDataset:
+    """`ds[i]` is the i-th sequence of the endless, per-epoch reshuffled stream."""
     source = grain.MapDataset.source(PackedWindows(tokens, seq_len, eos_id))
-    return source.shuffle(seed=seed).repeat().batch(batch_size, drop_remainder=True, batch_fn=_stack)
+    return source.shuffle(seed=seed).repeat()
+
+
+def train_batches(tokens, seq_len: int, eos_id: int, batch_size: int, seed: int) -> grain.MapDataset:
+    """`ds[step]` is the whole global batch of that step; epochs follow each other without a seam."""
+    return train_rows(tokens, seq_len, eos_id, seed).batch(batch_size, drop_remainder=True,
+                                                           batch_fn=_stack)
+
+
+class GlobalBatches:
+    """The global batch of step s is rows s*B .. s*B+B-1 of `train_rows`, and each process reads
+    only the rows its own devices hold: on N hosts each reads 1/N of the data, and the result
+    does not depend on how many hosts there are."""
+
+    def __init__(self, rows: grain.MapDataset, batch_size: int, seq_len: int,
+                 sharding: jax.sharding.NamedSharding):
+        self.rows, self.batch_size, self.sharding = rows, batch_size, sharding
+        self.shape = (batch_size, seq_len)
+        slices = sharding.addressable_devices_indices_map(self.shape).values()
+        self.local_rows = sorted({r for index in slices for r in range(*index[0].indices(batch_size))})
+
+    def device_batch(self, step: int, poison: bool = False) -> dict:
+        """The step's batch as global jax.Arrays. `poison` makes every weight NaN (fault injection)."""
+        loaded = {r: self.rows[step * self.batch_size + r] for r in self.local_rows}
+        if poison:
+            loaded = {r: row | {"weights": np.full_like(row["weights"], np.nan)} for r, row in loaded.items()}
+
+        def part(key):
+            def callback(index):
+                rows = range(*index[0].indices(self.batch_size))
+                return np.stack([loaded[r][key] for r in rows])[(slice(None), *index[1:])]
+            return jax.make_array_from_callback(self.shape, self.sharding, callback)
+
+        return {key: part(key) for key in ("inputs", "targets", "positions", "segment_ids", "weights")}
 
 
 def eval_batches(tokens, seq_len: int, eos_id: int, batch_size: int, max_batches: int) -> list[dict]:

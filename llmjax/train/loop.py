@@ -89,8 +89,12 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     log(f"compiled train and eval steps in {time.perf_counter() - start:.1f}s")
 
     rows = batch_sharding(mesh)
-    train_data = pipeline.train_batches(corpus.train_tokens, seq, corpus.eos_id,
-                                        t.global_batch_size, config.seed)
+    train_data = pipeline.GlobalBatches(
+        pipeline.train_rows(corpus.train_tokens, seq, corpus.eos_id, config.seed),
+        t.global_batch_size, seq, rows)
+    print(f"data: process {jax.process_index()} of {jax.process_count()} reads rows "  # Every process.
+          f"{train_data.local_rows[0]}..{train_data.local_rows[-1]} of each global batch of "
+          f"{t.global_batch_size}", flush=True)
     val_batches = [pipeline.to_device(b, rows) for b in pipeline.eval_batches(
         corpus.val_tokens, seq, corpus.eos_id, t.global_batch_size, t.eval_batches)]
     cache = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()
@@ -123,10 +127,8 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     try:
         with PreemptionFlag() as preemption:
             while step < t.steps:
-                host_batch = train_data[data_step]
-                if data_step in nan_steps:
-                    host_batch["weights"] = np.full_like(host_batch["weights"], np.nan)
-                state, metrics = train_fn(state, pipeline.to_device(host_batch, rows))
+                batch = train_data.device_batch(data_step, poison=data_step in nan_steps)
+                state, metrics = train_fn(state, batch)
                 step, data_step = step + 1, data_step + 1
                 pending.append(metrics | {"data_step": data_step - 1})
                 if guard.observe(float(metrics["loss"])):
