@@ -338,3 +338,27 @@ def test_time_based_saves(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     kept = saved_steps(workdir)
     assert len(kept) >= 3 and kept[-1] == 60 and kept != list(range(kept[0], 61, 5))
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_dead_process_stops_the_others_in_bounded_time(tmp_path, victim):
+    """kill -9 one process of a 2-process job: the survivor must exit with an error naming the
+    cause within the heartbeat timeout (20 s), not wait forever in a collective."""
+    port = _free_port()
+    processes = [subprocess.Popen(
+        train_command(tmp_path / "run", "--config.train.steps=100000", "--config.train.log_every=1",
+                      "--num_processes=2", f"--process_id={i}", f"--coordinator_address=localhost:{port}"),
+        cwd=ROOT, env=train_env(tmp_path / "cache", devices=4), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for i in range(2)]
+    wait_for_step(tmp_path / "run", 5, processes[0])
+    processes[victim].kill()
+    survivor = processes[1 - victim]
+    start = time.time()
+    try:
+        _, err = survivor.communicate(timeout=90)
+    finally:
+        survivor.kill()
+        processes[victim].communicate()
+    assert survivor.returncode != 0
+    assert time.time() - start < 90
+    assert "task" in err.lower() and ("died" in err or "unhealthy" in err or "heartbeat" in err), err[-3000:]
