@@ -9,6 +9,7 @@ bad run dies in a second with a message that names the key and the fix.
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import ml_collections
 
@@ -17,7 +18,7 @@ REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 SCHEDULES = ("cosine", "linear", "constant")
 INIT_MODES = ("params", "full")
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
 
 class ConfigError(ValueError):
@@ -94,10 +95,19 @@ def default_config() -> ml_collections.ConfigDict:
     tr.wandb = False  # Also log to Weights & Biases (needs `pip install 'llmjax[wandb]'`).
     tr.wandb_project = "llmjax"  # W&B project; the run is named after its workdir.
 
+    # The mesh has two levels: `ici` within a host or slice (fast links), `dcn` across hosts or
+    # slices (slow network). An axis's size is ici x dcn. On CPU a process stands in for a host.
     c.mesh = ms = ml_collections.ConfigDict()
-    ms.data = -1  # Data-parallel size; -1 fills the devices the other axes leave.
-    ms.fsdp = 1  # Parameter/optimizer-state sharding size.
-    ms.tensor = 1  # Tensor (heads, MLP hidden) parallel size.
+    ms.ici = ici = ml_collections.ConfigDict()
+    ici.data = -1  # Data parallel: params replicated. -1 fills the devices the other axes leave.
+    ici.fsdp = 1  # Params, gradients and optimizer state sharded, gathered per layer.
+    ici.sequence = 1  # Activations sharded along the sequence (long contexts).
+    ici.tensor = 1  # Megatron-style: attention heads and MLP hidden split.
+    ms.dcn = dcn = ml_collections.ConfigDict()
+    dcn.data = 1  # Across hosts/slices: usually data parallelism only (least communication).
+    dcn.fsdp = 1
+    dcn.sequence = 1
+    dcn.tensor = 1
 
     c.lock()
     return c
@@ -150,34 +160,50 @@ def inject_nan_steps(config) -> frozenset[int]:
     return frozenset(int(x) for x in config.train.inject_nan_at.split(",") if x.strip())
 
 
-def mesh_shape(config, num_devices: int) -> dict[str, int]:
-    """The mesh axis sizes with the one -1 axis filled, checked against the device count."""
-    sizes = {axis: config.mesh[axis] for axis in MESH_AXES}
-    free = [axis for axis, size in sizes.items() if size == -1]
-    for axis, size in sizes.items():
+def mesh_shapes(config, num_devices: int, num_processes: int = 1) -> tuple[dict, dict]:
+    """(ici sizes, dcn sizes) with the one -1 ici axis filled, checked against the devices.
+    With every dcn size 1 the mesh is flat over all devices; otherwise the dcn sizes multiply
+    to the number of processes (hosts) and the ici sizes to the devices of one process."""
+    dcn = {axis: config.mesh.dcn[axis] for axis in MESH_AXES}
+    for axis, size in dcn.items():
+        if not isinstance(size, int) or size < 1:
+            _fail(f"mesh.dcn.{axis}", size, "must be a positive integer.")
+    slices = math.prod(dcn.values())
+    if slices > 1 and slices != num_processes:
+        _fail("mesh.dcn", " x ".join(f"{a}={s}" for a, s in dcn.items()),
+              f"spans {slices} hosts but the job has {num_processes} processes; make the dcn "
+              f"sizes multiply to {num_processes}.")
+    local = num_devices // slices
+    ici = {axis: config.mesh.ici[axis] for axis in MESH_AXES}
+    free = [axis for axis, size in ici.items() if size == -1]
+    for axis, size in ici.items():
         if size != -1 and (not isinstance(size, int) or size < 1):
-            _fail(f"mesh.{axis}", size, "must be a positive integer or -1 (fill the rest).")
+            _fail(f"mesh.ici.{axis}", size, "must be a positive integer or -1 (fill the rest).")
     if len(free) > 1:
-        _fail(f"mesh.{free[1]}", -1, f"only one mesh axis may be -1; {free} all are.")
-    fixed = 1
-    for axis, size in sizes.items():
-        if size != -1:
-            fixed *= size
+        _fail(f"mesh.ici.{free[1]}", -1, f"only one mesh axis may be -1; {free} all are.")
+    fixed = math.prod(size for size in ici.values() if size != -1)
     if free:
-        if num_devices % fixed:
-            _fail(f"mesh.{free[0]}", -1,
+        if local % fixed:
+            _fail(f"mesh.ici.{free[0]}", -1,
                   f"the other axes use {fixed} devices, which does not divide the "
-                  f"{num_devices} devices present; change the fixed axis sizes.")
-        sizes[free[0]] = num_devices // fixed
-    elif fixed != num_devices:
-        shown = " x ".join(f"{a}={s}" for a, s in sizes.items())
-        _fail("mesh", shown,
-              f"uses {fixed} devices but {num_devices} are present; make the product "
-              f"{num_devices} or set one axis to -1.")
-    return sizes
+                  f"{local} devices present; change the fixed axis sizes.")
+        ici[free[0]] = local // fixed
+    elif fixed != local:
+        shown = " x ".join(f"{a}={s}" for a, s in ici.items())
+        _fail("mesh.ici", shown,
+              f"uses {fixed} devices but {local} are present"
+              + (" per host" if slices > 1 else "") + f"; make the product {local} or set one "
+              f"axis to -1.")
+    return ici, dcn
 
 
-def validate(config, num_devices: int) -> dict[str, int]:
+def mesh_shape(config, num_devices: int, num_processes: int = 1) -> dict[str, int]:
+    """Total size of each mesh axis (ici x dcn)."""
+    ici, dcn = mesh_shapes(config, num_devices, num_processes)
+    return {axis: ici[axis] * dcn[axis] for axis in MESH_AXES}
+
+
+def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]:
     """Checks every cross-field constraint; returns the resolved mesh shape."""
     m, t, d, o = config.model, config.train, config.data, config.optimizer
     _positive(config, ["model.vocab_size", "model.d_model", "model.num_layers",
@@ -233,7 +259,10 @@ def validate(config, num_devices: int) -> dict[str, int]:
         _fail("tracking.wandb", True, "the wandb package is not installed; pip install "
                                       "'llmjax[wandb]' or set --config.tracking.wandb=False.")
 
-    shape = mesh_shape(config, num_devices)
+    shape = mesh_shape(config, num_devices, num_processes)
+    if d.seq_len % shape["sequence"]:
+        _fail("data.seq_len", d.seq_len, f"must be divisible by the sequence axis size "
+                                         f"{shape['sequence']}.")
     batch_shards = shape["data"] * shape["fsdp"]
     if t.global_batch_size % t.microbatches:
         _fail("train.global_batch_size", t.global_batch_size,
@@ -242,7 +271,7 @@ def validate(config, num_devices: int) -> dict[str, int]:
     if micro % batch_shards:
         _fail("train.global_batch_size", t.global_batch_size,
               f"each microbatch of {micro} sequences must split evenly over the "
-              f"{batch_shards} data-parallel shards (mesh.data * mesh.fsdp); use a multiple "
+              f"{batch_shards} data-parallel shards (data x fsdp mesh axes); use a multiple "
               f"of {batch_shards * t.microbatches}.")
     for axis_size, key, what in ((shape["tensor"], "model.num_kv_heads", m.num_kv_heads),
                                  (shape["tensor"], "model.mlp_dim", m.mlp_dim),

@@ -98,12 +98,12 @@ def test_resume_on_other_meshes_and_device_counts(tmp_path):
     overrides = (*FP32, "--config.model.num_kv_heads=4", "--config.train.steps=45",
                  "--config.train.log_every=1", "--config.checkpoint.every_steps=100")
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    data8 = ("--config.mesh.data=8",)
+    data8 = ("--config.mesh.ici.data=8",)
     assert run_train(reference, *overrides, *data8, cache=tmp_path / "cache", devices=8).returncode == 0
     preempt(resumed, 10, (*overrides, *data8), tmp_path / "cache", devices=8)
-    out = preempt(resumed, 25, (*overrides, "--config.mesh.data=1", "--config.mesh.fsdp=2",
-                                "--config.mesh.tensor=4"), tmp_path / "cache", devices=8)
-    assert "mesh: {'data': 1, 'fsdp': 2, 'tensor': 4}" in out and "resuming from checkpoint" in out
+    out = preempt(resumed, 25, (*overrides, "--config.mesh.ici.data=1", "--config.mesh.ici.fsdp=2",
+                                "--config.mesh.ici.tensor=4"), tmp_path / "cache", devices=8)
+    assert "mesh: {'data': 1, 'fsdp': 2, 'sequence': 1, 'tensor': 4}" in out and "resuming from checkpoint" in out
     finished = run_train(resumed, *overrides, cache=tmp_path / "cache", devices=1)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "over 1 cpu devices" in finished.stdout
@@ -274,7 +274,7 @@ def test_two_process_preemption_resumes_on_one_process(tmp_path):
         process.send_signal(signal.SIGTERM)
     outputs = [process.communicate(timeout=300) for process in processes]
     assert [p.returncode for p in processes] == [EXIT_PREEMPTED] * 2, outputs[1][1][-3000:]
-    assert "mesh: {'data': 8, 'fsdp': 1, 'tensor': 1} over 8 cpu devices" in outputs[0][0]
+    assert "mesh: {'data': 8, 'fsdp': 1, 'sequence': 1, 'tensor': 1} over 8 cpu devices" in outputs[0][0]
     assert "SIGTERM: checkpoint written" in outputs[0][0]
     assert "step " not in outputs[1][0] and "config:" not in outputs[1][0]  # One voice per job.
     # Each process loads only the rows of the global batch that its 4 devices hold.
@@ -362,3 +362,22 @@ def test_a_dead_process_stops_the_others_in_bounded_time(tmp_path, victim):
     assert survivor.returncode != 0
     assert time.time() - start < 90
     assert "task" in err.lower() and ("died" in err or "unhealthy" in err or "heartbeat" in err), err[-3000:]
+
+
+def test_hybrid_mesh_across_two_processes_matches_one_process(tmp_path):
+    """mesh.dcn.data=2 across 2 processes, mesh.ici.fsdp=4 within each: the same losses as
+    one process with 8 devices."""
+    overrides = (*FP32, "--config.train.steps=12", "--config.train.log_every=1")
+    reference = tmp_path / "reference"
+    assert run_train(reference, *overrides, cache=tmp_path / "cache", devices=8).returncode == 0
+    hybrid = ("--config.mesh.dcn.data=2", "--config.mesh.ici.data=1", "--config.mesh.ici.fsdp=4")
+    port = _free_port()
+    processes = [subprocess.Popen(
+        train_command(tmp_path / "hybrid", *overrides, *hybrid, "--num_processes=2",
+                      f"--process_id={i}", f"--coordinator_address=localhost:{port}"),
+        cwd=ROOT, env=train_env(tmp_path / "cache", devices=4), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][1][-3000:]
+    assert "mesh: {'data': 2, 'fsdp': 4, 'sequence': 1, 'tensor': 1} over 8 cpu devices" in outputs[0][0]
+    assert_same_run(tmp_path / "hybrid", reference, rtol=1e-5)

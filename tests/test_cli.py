@@ -18,7 +18,7 @@ def test_train_command_end_to_end(tmp_path):
     assert len(progress) == 6
     for field in ("loss", "lr", "grad_norm", "tok/s", "MFU", "ETA"):
         assert field in progress[0]
-    assert "mesh: {'data': 2, 'fsdp': 1, 'tensor': 1}" in out
+    assert "mesh: {'data': 2, 'fsdp': 1, 'sequence': 1, 'tensor': 1}" in out
     assert "val loss" in out and "unigram entropy" in out
 
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -42,7 +42,7 @@ def test_train_command_end_to_end(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides, message", [
     (["--config.model.num_kv_heads=3"], "config.model.num_kv_heads=3: must divide model.num_heads=4"),
-    (["--config.mesh.data=2"], "uses 2 devices but 1 are present"),
+    (["--config.mesh.ici.data=2"], "uses 2 devices but 1 are present"),
     (["--config.train.global_batch_size=6", "--config.train.microbatches=4"], "microbatches=4"),
     (["--config.model.num_layer=3"], "num_layer"),
     (["--config.model.num_layers=abc"], "num_layers"),

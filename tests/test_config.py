@@ -9,8 +9,8 @@ from conftest import make_tiny_config
 
 
 def test_default_config_is_valid_on_one_and_eight_devices():
-    assert validate(default_config(), 1) == {"data": 1, "fsdp": 1, "tensor": 1}
-    assert validate(default_config(), 8) == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert validate(default_config(), 1) == {"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1}
+    assert validate(default_config(), 8) == {"data": 8, "fsdp": 1, "sequence": 1, "tensor": 1}
 
 
 def test_config_is_locked_against_unknown_keys():
@@ -32,10 +32,15 @@ def test_config_is_locked_against_unknown_keys():
     (lambda c: c.train.update(microbatches=3), "config.train.global_batch_size", "microbatches=3"),
     (lambda c: c.optimizer.update(warmup_steps=10), "config.optimizer.warmup_steps=10", "train.steps"),
     (lambda c: c.optimizer.update(schedule="step"), "config.optimizer.schedule", "cosine"),
-    (lambda c: c.mesh.update(data=3), "config.mesh", "8 are present"),
-    (lambda c: c.mesh.update(data=-1, fsdp=-1), "config.mesh.fsdp=-1", "only one mesh axis"),
-    (lambda c: c.mesh.update(data=-1, fsdp=3), "config.mesh.data=-1", "does not divide"),
-    (lambda c: c.mesh.update(data=1, tensor=8), "config.model.num_kv_heads=2", "mesh axis size 8"),
+    (lambda c: c.mesh.ici.update(data=3), "config.mesh.ici", "8 are present"),
+    (lambda c: c.mesh.ici.update(data=-1, fsdp=-1), "config.mesh.ici.fsdp=-1", "only one mesh axis"),
+    (lambda c: c.mesh.ici.update(data=-1, fsdp=3), "config.mesh.ici.data=-1", "does not divide"),
+    (lambda c: c.mesh.ici.update(data=4, sequence=2) or c.train.update(global_batch_size=6),
+     "config.train.global_batch_size=6", "multiple of 4"),
+    (lambda c: c.mesh.ici.update(data=1, sequence=8) or c.data.update(seq_len=12),
+     "config.data.seq_len=12", "sequence axis size 8"),
+    (lambda c: c.mesh.dcn.update(data=2), "config.mesh.dcn", "the job has 1 processes"),
+    (lambda c: c.mesh.ici.update(data=1, tensor=8), "config.model.num_kv_heads=2", "mesh axis size 8"),
 ])
 def test_bad_config_is_refused_with_key_and_fix(change, key, hint):
     config = make_tiny_config()
@@ -47,8 +52,11 @@ def test_bad_config_is_refused_with_key_and_fix(change, key, hint):
 
 def test_mesh_fill_axis():
     config = make_tiny_config()
-    config.mesh.update(data=-1, fsdp=2, tensor=2)
-    assert mesh_shape(config, 8) == {"data": 2, "fsdp": 2, "tensor": 2}
+    config.mesh.ici.update(data=-1, fsdp=2, tensor=2)
+    assert mesh_shape(config, 8) == {"data": 2, "fsdp": 2, "sequence": 1, "tensor": 2}
+    config.mesh.ici.update(data=-1, fsdp=4, tensor=1)
+    config.mesh.dcn.update(data=2)
+    assert mesh_shape(config, 8, num_processes=2) == {"data": 2, "fsdp": 4, "sequence": 1, "tensor": 1}
 
 
 def test_workdir_checks(tmp_path):

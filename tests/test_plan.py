@@ -19,8 +19,8 @@ LLAMA2_7B_PARAMS = 6_738_415_616  # Published count (see test_sweep.py).
 
 def _state_bytes(**mesh):
     config = make_tiny_config(vocab_size=1024, d_model=256, head_dim=64, mlp_dim=512)
-    config.mesh.update(data=1, fsdp=1, tensor=1)
-    config.mesh.update(**mesh)
+    config.mesh.ici.update(data=1, fsdp=1, sequence=1, tensor=1)
+    config.mesh.ici.update(**mesh)
     mesh_ = build_mesh(config)
     tx = build_optimizer(config)
     state = abstract_state(config, tx, state_shardings(config, tx, mesh_))
@@ -43,15 +43,15 @@ def _plan(tmp_path, *overrides):
 
 @pytest.mark.slow
 def test_llama2_7b_fits_an_h100_with_fsdp_64_and_not_without(tmp_path):
-    fits = _plan(tmp_path, "--config.mesh.data=1", "--config.mesh.fsdp=64")
+    fits = _plan(tmp_path, "--config.mesh.ici.data=1", "--config.mesh.ici.fsdp=64")
     assert fits.returncode == 0, fits.stderr[-2000:]
-    assert "target h100: 64 devices, mesh {'data': 1, 'fsdp': 64, 'tensor': 1}" in fits.stdout
+    assert "target h100: 64 devices, mesh {'data': 1, 'fsdp': 64, 'sequence': 1, 'tensor': 1}" in fits.stdout
     params_gb = float(fits.stdout.split("params")[1].split("GB")[0])
     assert params_gb == pytest.approx(LLAMA2_7B_PARAMS * 4 / 64 / 1e9, abs=0.01)  # fp32, 1/64 each.
     assert ": fits" in fits.stdout
-    replicated = _plan(tmp_path, "--config.mesh.data=64", "--config.mesh.fsdp=1")
+    replicated = _plan(tmp_path, "--config.mesh.ici.data=64", "--config.mesh.ici.fsdp=1")
     assert replicated.returncode == 3
-    assert "DOES NOT FIT" in replicated.stdout and "raise mesh.fsdp" in replicated.stderr
+    assert "DOES NOT FIT" in replicated.stdout and "raise mesh.ici.fsdp" in replicated.stderr
     params_gb = float(replicated.stdout.split("params")[1].split("GB")[0])
     assert params_gb == pytest.approx(LLAMA2_7B_PARAMS * 4 / 1e9, abs=0.01)
 
@@ -60,7 +60,7 @@ def test_llama2_7b_fits_an_h100_with_fsdp_64_and_not_without(tmp_path):
 def test_print_sharding_shows_each_parameter_and_writes_nothing(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "llmjax.cli.train", "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}",
-         "--print_sharding", "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"],
+         "--print_sharding", "--config.mesh.ici.data=2", "--config.mesh.ici.fsdp=2", "--config.mesh.ici.tensor=2"],
         cwd=ROOT, env=train_env(tmp_path / "cache", devices=8), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if "/" in line.split(" ")[0]}

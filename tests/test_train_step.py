@@ -50,14 +50,15 @@ def test_overfits_one_batch():
 
 
 @pytest.mark.parametrize("mesh", [dict(data=8), dict(fsdp=8), dict(tensor=8),
-                                  dict(data=2, fsdp=2, tensor=2), dict(fsdp=4, tensor=2)])
+                                  dict(data=2, fsdp=2, tensor=2), dict(fsdp=4, tensor=2),
+                                  dict(data=2, sequence=4), dict(fsdp=2, sequence=2, tensor=2)])
 def test_sharded_step_matches_single_device(mesh):
     # 8 query and 8 key/value heads, so that tensor=8 splits every head axis.
     single = make_tiny_config(num_heads=8, num_kv_heads=8, head_dim=4)
-    single.mesh.update(data=1, fsdp=1, tensor=1)
+    single.mesh.ici.update(data=1, fsdp=1, sequence=1, tensor=1)
     sharded = make_tiny_config(num_heads=8, num_kv_heads=8, head_dim=4)
-    sharded.mesh.update(data=1, fsdp=1, tensor=1)
-    sharded.mesh.update(**mesh)
+    sharded.mesh.ici.update(data=1, fsdp=1, sequence=1, tensor=1)
+    sharded.mesh.ici.update(**mesh)
     batches = [random_batch(single, seed) for seed in range(4)]
     losses_1, state_1 = run_steps(single, batches, jax.devices()[:1])
     losses_8, state_8 = run_steps(sharded, batches, jax.devices())

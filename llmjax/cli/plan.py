@@ -1,4 +1,4 @@
-"""`llmjax-plan --config C --target h100 [--devices N] [--config.mesh.fsdp=64 ...]`.
+"""`llmjax-plan --config C --target h100 [--devices N] [--config.mesh.ici.fsdp=64 ...]`.
 
 Exits 0 when the run fits the target's memory, 3 when it does not, so a launch script can
 refuse to submit a job that would die of out-of-memory.
@@ -26,8 +26,10 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = load_config(_CONFIG)
-    sizes = [config.mesh[axis] for axis in ("data", "fsdp", "tensor")]
-    devices = _DEVICES.value or (math.prod(sizes) if -1 not in sizes else None)
+    from llmjax.config import MESH_AXES  # noqa: PLC0415 - imports no JAX.
+
+    sizes = [config.mesh.ici[a] * config.mesh.dcn[a] for a in MESH_AXES]
+    devices = _DEVICES.value or (math.prod(sizes) if min(sizes) > 0 else None)
     if devices is None:
         sys.exit("error: the mesh has a -1 axis; give the job's size with --devices=N.")
     # Fake CPU devices stand in for the target's; this must precede JAX's first import.
@@ -37,14 +39,14 @@ def main(argv) -> None:
     from llmjax.plan import plan  # noqa: PLC0415
 
     try:
-        validate(config, devices)
+        validate(config, devices, math.prod(config.mesh.dcn[a] for a in MESH_AXES))
     except ConfigError as error:
         sys.exit(f"error: {error}")
     result = plan(config, _TARGET.value)
     print(result.report())
     if not result.fits:
         print(f"error: needs {result.total_bytes / 1e9:.1f} GB per device, the {_TARGET.value} has "
-              f"{result.memory_bytes / 1e9:.0f} GB; raise mesh.fsdp, enable model.remat=full, or "
+              f"{result.memory_bytes / 1e9:.0f} GB; raise mesh.ici.fsdp, enable model.remat=full, or "
               f"lower train.global_batch_size / data.seq_len.", file=sys.stderr)
         sys.exit(EXIT_DOES_NOT_FIT)
 

@@ -23,7 +23,7 @@ AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("layers", None),
     # Activations.
     ("activation_batch", ("data", "fsdp")),
-    ("activation_length", None),
+    ("activation_length", "sequence"),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
     ("activation_kv_heads", "tensor"),
@@ -38,7 +38,8 @@ def logical_to_sharding(logical_specs, mesh: jax.sharding.Mesh):
     return nn.logical_to_mesh_sharding(logical_specs, mesh, AXIS_RULES)
 
 
-def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 2) -> NamedSharding:
-    """Sharding of a [batch, length, ...] input array: batch split over data-parallel axes."""
-    logical = PartitionSpec("activation_batch", *([None] * (ndim - 1)))
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Sharding of a [batch, length] input array: rows over the data-parallel axes, positions
+    over the sequence axis."""
+    logical = PartitionSpec("activation_batch", "activation_length")
     return nn.logical_to_mesh_sharding(logical, mesh, AXIS_RULES)

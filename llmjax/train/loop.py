@@ -59,7 +59,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     """Trains as `config` says, resuming from the workdir's checkpoints if it has any; returns
     the final figures (also written to summary.json). With `print_sharding`, prints where each
     parameter lives on the mesh and returns without training."""
-    config_lib.validate(config, jax.device_count())
+    config_lib.validate(config, jax.device_count(), jax.process_count())
     if not distributed.is_primary():
         log = lambda *_, **__: None  # noqa: E731 - one process speaks for the job.
     run_dir, changes = check_workdir(workdir, config)
