@@ -19,6 +19,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's output
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (0 coordinates).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
+_AUTO_DISTRIBUTED = flags.DEFINE_bool("auto_distributed", False,
+                                      "Join a multi-process job described by the environment "
+                                      "(SLURM under srun, TPU VM workers); set by llmjax-launch.")
 _PRINT_SHARDING = flags.DEFINE_bool("print_sharding", False,
                                     "Print each parameter's shape, logical axes, mesh sharding "
                                     "and bytes per device, then exit.")
@@ -36,7 +39,8 @@ def main(argv) -> None:
     from llmjax.train.loop import train  # noqa: PLC0415
 
     try:
-        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               auto=_AUTO_DISTRIBUTED.value)
     except ValueError as error:
         sys.exit(f"error: {error}")
 

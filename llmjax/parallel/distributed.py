@@ -10,15 +10,21 @@ from __future__ import annotations
 import jax
 
 
-def initialize(coordinator_address: str | None, num_processes: int, process_id: int | None) -> None:
+def initialize(coordinator_address: str | None, num_processes: int, process_id: int | None,
+               auto: bool = False) -> None:
     """Connects this process to the others; a no-op for a single process. Must run before any
-    other JAX call touches the devices."""
-    if num_processes <= 1:
+    other JAX call touches the devices. `auto` lets JAX read the job from its environment
+    (SLURM, TPU VMs, Kubernetes), as under `srun` or on every worker of a TPU slice."""
+    if not auto and num_processes <= 1:
+        return
+    # Cross-process collectives on CPU; accelerator backends ignore this and use their own.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if auto:
+        jax.distributed.initialize(initialization_timeout=300, heartbeat_timeout_seconds=60)
         return
     if process_id is None or not coordinator_address:
         raise ValueError("--num_processes > 1 needs --coordinator_address=HOST:PORT and "
                          "--process_id (0 for the coordinator) on every process.")
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id, initialization_timeout=120,
                                heartbeat_timeout_seconds=20)

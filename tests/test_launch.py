@@ -1,0 +1,57 @@
+"""llmjax-launch: a real local multi-process job, and the SLURM and TPU commands it writes."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_train, train_env
+
+
+def launch(tmp_path, *args, devices=1):
+    return subprocess.run([sys.executable, "-m", "llmjax.cli.launch", "--config=configs/tiny.py", *args],
+                          cwd=ROOT, env=train_env(tmp_path / "cache", devices), capture_output=True,
+                          text=True, timeout=600)
+
+
+def losses(workdir):
+    return [r["loss"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+            if r["split"] == "train"]
+
+
+@pytest.mark.slow
+def test_local_launch_of_two_processes_matches_one_process(tmp_path):
+    overrides = ("--config.model.dtype=float32", "--config.train.steps=10", "--config.train.log_every=1")
+    assert run_train(tmp_path / "one", *overrides, cache=tmp_path / "cache", devices=8).returncode == 0
+    result = launch(tmp_path, f"--workdir={tmp_path / 'two'}", "--cluster=local", "--num_processes=2",
+                    "--devices_per_process=4", *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data: process 1 of 2 reads rows 4..7" in result.stdout
+    np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
+
+
+def test_slurm_script(tmp_path):
+    result = launch(tmp_path, f"--workdir={tmp_path / 'run'}", "--cluster=slurm", "--dry_run", "--nodes=2",
+                    "--tasks_per_node=4", "--gpus_per_node=4", "--partition=gpu", "--account=lab",
+                    "--time=01:00:00", "--config.train.steps=50")
+    assert result.returncode == 0, result.stderr[-2000:]
+    script = result.stdout
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --time=01:00:00"):
+        assert line + "\n" in script
+    srun = [line for line in script.splitlines() if line.startswith("srun ")][0]
+    assert "-m llmjax.cli.train --config=configs/tiny.py --config.train.steps=50" in srun
+    assert srun.endswith(f"--workdir={tmp_path / 'run'} --auto_distributed")
+    assert not (tmp_path / "run").exists()
+
+
+def test_tpu_command(tmp_path):
+    result = launch(tmp_path, f"--workdir={tmp_path / 'run'}", "--cluster=tpu", "--dry_run",
+                    "--tpu_name=pod", "--zone=us-central2-b", "--project=p1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("gcloud compute tpus tpu-vm ssh pod --zone=us-central2-b --project=p1 --worker=all")
+    assert "--auto_distributed" in result.stdout
+    missing = launch(tmp_path, f"--workdir={tmp_path / 'run'}", "--cluster=tpu", "--dry_run")
+    assert missing.returncode == 1 and "needs --tpu_name and --zone" in missing.stderr
