@@ -59,7 +59,7 @@ def test_sharded_step_matches_single_device(mesh):
     sharded = make_tiny_config(num_heads=8, num_kv_heads=8, head_dim=4)
     sharded.mesh.ici.update(data=1, fsdp=1, sequence=1, tensor=1)
     sharded.mesh.ici.update(**mesh)
-    batches = [random_batch(single, seed) for seed in range(4)]
+    batches = [random_batch(single, seed) for seed in range(5)]  # 5 steps.
     losses_1, state_1 = run_steps(single, batches, jax.devices()[:1])
     losses_8, state_8 = run_steps(sharded, batches, jax.devices())
     np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
