@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-import jax
 import pytest
 
 from llmjax.parallel.mesh import build_mesh

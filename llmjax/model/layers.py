@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from llmjax.model.spec import ModelSpec
 
