@@ -43,6 +43,15 @@ class Restored:
     meta: dict
 
 
+def saved_steps(directory: Path) -> list[int]:
+    """Steps of the complete checkpoints in `directory`, read from the file system alone (no
+    manager), so commands can list another run's checkpoints without touching it."""
+    if not Path(directory).is_dir():
+        return []
+    return sorted(int(p.name) for p in Path(directory).iterdir()
+                  if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
+
+
 @functools.cache
 def source_commit() -> str:
     """The git commit of the llmjax source tree, or "unknown" outside a checkout."""

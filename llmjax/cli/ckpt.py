@@ -14,14 +14,10 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from llmjax.checkpoint import saved_steps
 from llmjax.cli.app import run as run_app
 
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for `inspect` (default: the latest).")
-
-
-def _steps(directory: Path) -> list[int]:
-    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()
-                  and (p / "_CHECKPOINT_METADATA").exists())
 
 
 def _meta(step_dir: Path) -> dict:
@@ -42,7 +38,7 @@ def _human(num_bytes: float) -> str:
 
 def list_checkpoints(directory: Path) -> str:
     rows = [f"{'step':>8}  {'data_step':>9}  {'loss':>8}  {'size':>9}  {'saved':19}  commit"]
-    for step in _steps(directory):
+    for step in saved_steps(directory):
         meta = _meta(directory / str(step))
         saved = datetime.datetime.fromtimestamp(meta["time"]).strftime("%Y-%m-%d %H:%M:%S") \
             if "time" in meta else "?"
@@ -82,7 +78,7 @@ def main(argv) -> None:
     directory = Path(argv[2]).expanduser() / "checkpoints"
     if not directory.is_dir():
         sys.exit(f"error: {directory} does not exist; give the --workdir of a training run.")
-    steps = _steps(directory)
+    steps = saved_steps(directory)
     if argv[1] == "list":
         print(list_checkpoints(directory))
         return

@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from llmjax.checkpoint import CheckpointError, Checkpointer
+from llmjax.checkpoint import CheckpointError, Checkpointer, saved_steps
 from llmjax.train.state import TrainState, fresh_state, create_train_state
 
 
@@ -32,7 +32,7 @@ def parse_init_from(value: str) -> InitSource | None:
     if not directory.is_dir():
         raise CheckpointError(f"config.checkpoint.init_from={value!r}: {directory} does not exist; "
                               f"give the workdir of a run that has saved checkpoints.")
-    saved = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    saved = saved_steps(directory)
     if not saved or (step and int(step) not in saved):
         raise CheckpointError(f"config.checkpoint.init_from: {directory.parent} has no checkpoint "
                               f"of step {step or '(latest)'}; it has {saved}.")
