@@ -49,7 +49,8 @@ def default_config() -> ml_collections.ConfigDict:
     m.attention_impl = "auto"  # auto (cuDNN on GPU, XLA elsewhere) | xla | cudnn.
 
     c.data = d = ml_collections.ConfigDict()
-    d.source = "stdlib"  # "stdlib" (this interpreter's standard library source) or a directory.
+    d.source = "stdlib"  # "stdlib" (this interpreter's stdlib source), a text directory or an llmjax-prepare output.
+    d.mixture = ""  # Several prepared datasets with weights, "DIR:0.7,DIR:0.3"; overrides `source`.
     d.glob = "**/*.py"  # Files of `source` to read, relative glob.
     d.max_files = 0  # Use only the first N files in sorted order (0 = all); for quick tests.
     d.seq_len = 256  # Tokens per training sequence (<= model.max_seq_len).
@@ -203,6 +204,21 @@ def mesh_shape(config, num_devices: int, num_processes: int = 1) -> dict[str, in
     return {axis: ici[axis] * dcn[axis] for axis in MESH_AXES}
 
 
+def parse_mixture(mixture: str) -> list[tuple[str, float]]:
+    """'a:0.7,b:0.3' -> [('a', 0.7), ('b', 0.3)]; a malformed entry raises ValueError(entry)."""
+    entries = []
+    for item in filter(None, (part.strip() for part in mixture.split(","))):
+        path, _, weight = item.rpartition(":")
+        try:
+            value = float(weight)
+        except ValueError:
+            raise ValueError(item) from None
+        if not path or not value > 0:
+            raise ValueError(item)
+        entries.append((path, value))
+    return entries
+
+
 def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]:
     """Checks every cross-field constraint; returns the resolved mesh shape."""
     m, t, d, o = config.model, config.train, config.data, config.optimizer
@@ -241,6 +257,11 @@ def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]
     if d.seq_len > m.max_seq_len:
         _fail("data.seq_len", d.seq_len,
               f"exceeds model.max_seq_len={m.max_seq_len}; lower it or raise max_seq_len.")
+    try:
+        parse_mixture(d.mixture)
+    except ValueError as error:
+        _fail("data.mixture", d.mixture, f"entry {error} is not PATH:WEIGHT with a positive weight "
+                                         f"(e.g. 'web:0.7,code:0.3').")
     if not 0 <= d.val_percent < 100:
         _fail("data.val_percent", d.val_percent, "must be in [0, 100).")
     if t.eval_every < 0:

@@ -10,7 +10,7 @@ from ml_collections import config_flags
 from llmjax.cli.app import load_config, run as run_app
 from llmjax.checkpoint import CheckpointError
 from llmjax.config import ConfigError
-from llmjax.data.corpus import CorpusError
+from llmjax.data.errors import DataError
 from llmjax.train.guard import DivergenceError
 from llmjax.workdir import WorkdirError
 
@@ -34,7 +34,7 @@ def main(argv) -> None:
     config = load_config(_CONFIG)
     import jax  # noqa: PLC0415 - flags are parsed first so that --help is quick.
 
-    from llmjax.data.prepare import default_cache_dir  # noqa: PLC0415
+    from llmjax.data.dataset import default_cache_dir  # noqa: PLC0415
     from llmjax.parallel import distributed  # noqa: PLC0415
     from llmjax.train.loop import train  # noqa: PLC0415
 
@@ -50,7 +50,7 @@ def main(argv) -> None:
 
     try:
         train(config, _WORKDIR.value, print_sharding=_PRINT_SHARDING.value)
-    except (ConfigError, CorpusError, WorkdirError, CheckpointError, DivergenceError) as error:
+    except (ConfigError, DataError, WorkdirError, CheckpointError, DivergenceError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

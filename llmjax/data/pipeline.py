@@ -3,11 +3,16 @@
 Window i is tokens[i*L : i*L + L + 1] (inputs and next-token targets). Documents were joined
 with EOS, so a window may hold pieces of several; its segment ids and per-document positions
 are derived from the EOS positions inside it, and the model never attends across them. The
-batch for step s is windows perm[s*B : (s+1)*B] of a seeded permutation that is redrawn each
-epoch: a pure function of (tokens, seed, step), so resuming needs nothing but the step.
+last window is padded (weight 0), so every token of the stream is an input exactly once per
+epoch. The batch for step s is windows perm[s*B : (s+1)*B] of a seeded permutation that is
+redrawn each epoch: a pure function of (tokens, seed, step), so resuming needs nothing but the
+step. A mixture draws global row g from dataset k by Grain's deterministic proportional
+interleave, each dataset keeping its own shuffled, repeating order.
 """
 
 from __future__ import annotations
+
+import functools
 
 import grain
 import jax
@@ -17,32 +22,38 @@ import numpy as np
 class PackedWindows:
     """A random-access source of packed windows (what `grain.MapDataset.source` wants)."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, eos_id: int):
-        if tokens.size < seq_len + 1:
-            raise ValueError(f"a token stream of {tokens.size} tokens is shorter than one "
-                             f"sequence of data.seq_len={seq_len} (+1 target); lower "
-                             f"data.seq_len or use a larger corpus.")
+    def __init__(self, tokens, seq_len: int, eos_id: int, pad_id: int | None = None):
+        if tokens.size < 2:
+            raise ValueError(f"a token stream of {tokens.size} tokens holds no (input, target) "
+                             f"pair; use a larger corpus.")
         self.tokens, self.seq_len, self.eos_id = tokens, seq_len, eos_id
+        self.pad_id = eos_id if pad_id is None else pad_id
 
     def __len__(self) -> int:
-        return (self.tokens.size - 1) // self.seq_len
+        return -(-(self.tokens.size - 1) // self.seq_len)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         start = index * self.seq_len
         window = np.asarray(self.tokens[start:start + self.seq_len + 1], np.int32)
+        real = window.size - 1  # Fewer than seq_len only in the last window.
+        window = np.pad(window, (0, self.seq_len + 1 - window.size), constant_values=self.pad_id)
         inputs, targets = window[:-1], window[1:]
-        is_eos = inputs == self.eos_id
-        # A token belongs to the document of the last EOS strictly before it.
-        segment_ids = np.concatenate([[0], np.cumsum(is_eos)[:-1]]).astype(np.int32)
+        has_target = np.arange(self.seq_len) < real
+        is_eos = (inputs == self.eos_id) & has_target
+        # A token belongs to the document of the last EOS strictly before it; the tail without
+        # targets (the last window's padding) is a segment of its own.
+        boundary = is_eos | (np.arange(self.seq_len) == real - 1)
+        segment_ids = np.concatenate([[0], np.cumsum(boundary)[:-1]]).astype(np.int32)
         starts = np.flatnonzero(np.diff(segment_ids, prepend=-1))
         positions = np.arange(self.seq_len) - np.repeat(starts, np.diff(np.append(starts, self.seq_len)))
+        # After an EOS the target opens the next document, which attention cannot see.
+        weights = ~is_eos & has_target
         return {
             "inputs": inputs,
             "targets": targets,
             "positions": positions.astype(np.int32),
             "segment_ids": segment_ids,
-            # After an EOS the target opens the next document, which attention cannot see.
-            "weights": (~is_eos).astype(np.float32),
+            "weights": weights.astype(np.float32),
             "index": np.int64(index),
         }
 
@@ -51,16 +62,27 @@ def _stack(rows):
     return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 
 
-def train_rows(tokens, seq_len: int, eos_id: int, seed: int) -> grain.MapDataset:
+def train_rows(tokens, seq_len: int, eos_id: int, seed: int, pad_id: int | None = None) -> grain.MapDataset:
     """`ds[i]` is the i-th sequence of the endless, per-epoch reshuffled stream."""
-    source = grain.MapDataset.source(PackedWindows(tokens, seq_len, eos_id))
+    source = grain.MapDataset.source(PackedWindows(tokens, seq_len, eos_id, pad_id))
     return source.shuffle(seed=seed).repeat()
 
 
-def train_batches(tokens, seq_len: int, eos_id: int, batch_size: int, seed: int) -> grain.MapDataset:
-    """`ds[step]` is the whole global batch of that step; epochs follow each other without a seam."""
-    return train_rows(tokens, seq_len, eos_id, seed).batch(batch_size, drop_remainder=True,
-                                                           batch_fn=_stack)
+def mixture_rows(datasets, seq_len: int, seed: int) -> grain.MapDataset:
+    """Rows of several (Dataset, weight) pairs; each row says which dataset it came from."""
+    if len(datasets) == 1:
+        dataset = datasets[0][0]
+        return train_rows(dataset.stream("train"), seq_len, dataset.eos_id, seed, dataset.pad_id)
+    parts = []
+    for k, (dataset, _) in enumerate(datasets):
+        component_seed = int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+        rows = train_rows(dataset.stream("train"), seq_len, dataset.eos_id, component_seed, dataset.pad_id)
+        parts.append(rows.map(functools.partial(_tag, source=k)))
+    return grain.MapDataset.mix(parts, [weight for _, weight in datasets])
+
+
+def _tag(row: dict, source: int) -> dict:
+    return row | {"source": np.int32(source)}
 
 
 class GlobalBatches:
@@ -90,10 +112,11 @@ class GlobalBatches:
         return {key: part(key) for key in ("inputs", "targets", "positions", "segment_ids", "weights")}
 
 
-def eval_batches(tokens, seq_len: int, eos_id: int, batch_size: int, max_batches: int) -> list[dict]:
+def eval_batches(tokens, seq_len: int, eos_id: int, batch_size: int, max_batches: int,
+                 pad_id: int | None = None) -> list[dict]:
     """The first `max_batches` in-order batches of held-out windows: the same ones every time, so
     validation losses of different steps and runs compare."""
-    source = grain.MapDataset.source(PackedWindows(tokens, seq_len, eos_id))
+    source = grain.MapDataset.source(PackedWindows(tokens, seq_len, eos_id, pad_id))
     batches = source.batch(batch_size, drop_remainder=True, batch_fn=_stack)
     count = min(max_batches, len(batches))
     if count == 0:

@@ -1,10 +1,10 @@
-"""Turns a corpus directory into a cached tokenizer and two flat token streams (train, val).
+"""Raw text in, a prepared dataset out: a tokenizer, token shards per split, and a manifest.
 
-Documents are concatenated with EOS after each, once, at preparation time; training then reads
-fixed windows of the stream by index (see `pipeline.py`). The cache is keyed by the corpus
-content and the tokenizer settings, and is written to a temporary directory that is renamed
-into place only when complete, so an interrupted preparation never leaves a usable-looking
-half cache.
+The inputs are cut into units of whole files; each unit is tokenized by a worker process and
+written as one train and one validation shard, then marked done. The manifest is written
+last, so a directory without one is an unfinished preparation: rerunning the same command
+skips the finished units and does the rest. The token stream of a split is its shards in unit
+order, i.e. the documents in sorted-path order, however the inputs were cut into units.
 """
 
 from __future__ import annotations
@@ -12,116 +12,272 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
-from llmjax.data import corpus
-from llmjax.data.tokenizer import EOS, special_id, train_tokenizer
+from llmjax.data.errors import DataError
+from llmjax.data import sources
+from llmjax.data.shards import ShardWriter, token_dtype
+from llmjax.data.tokenizer import HF_FILE, TextTokenizer, train_tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MANIFEST, PLAN = "manifest.json", "plan.json"
+SPLITS = ("train", "val")
+
+
+class PrepareError(DataError):
+    """Preparation cannot start or go on; the message names the problem and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
-class PreparedCorpus:
-    directory: Path
-    tokenizer: Tokenizer
-    train_tokens: np.ndarray
-    val_tokens: np.ndarray
-    manifest: dict
+class PrepareOptions:
+    inputs: tuple[str, ...]
+    pattern: str = "**/*"  # Files of an input directory to read (relative glob).
+    text_field: str = "text"  # JSONL key / Parquet column holding the text.
+    tokenizer: str = ""  # A tokenizer.json or SentencePiece .model; "" trains a byte-level BPE.
+    vocab_size: int = 8192  # Size of the trained tokenizer (ignored with `tokenizer`).
+    tokenizer_sample_mb: float = 256.0  # Training text the tokenizer is trained on, at most.
+    val_percent: float = 2.0  # Documents held out for validation, chosen by a hash of their id.
+    max_files: int = 0  # Only the first N input files (0 = all): for quick runs.
+    shard_mb: float = 64.0  # Input megabytes per unit (one train and one val shard each), at most.
+    workers: int = 0  # Tokenizing processes (0 = one per CPU core).
 
-    @property
-    def eos_id(self) -> int:
-        return self.manifest["eos_id"]
+    def identity(self, files: list[sources.InputFile]) -> dict:
+        """What makes two preparations the same dataset (not how many workers made it)."""
+        tokenizer = (TextTokenizer(Path(self.tokenizer)).fingerprint if self.tokenizer
+                     else {"train_vocab_size": self.vocab_size, "sample_mb": self.tokenizer_sample_mb})
+        return {"format_version": FORMAT_VERSION, "text_field": self.text_field,
+                "val_percent": self.val_percent, "tokenizer": tokenizer,
+                "files": [[f.relpath, f.size, f.path.stat().st_mtime_ns] for f in files]}
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("LLMJAX_CACHE", Path.home() / ".cache" / "llmjax"))
+def input_files(options: PrepareOptions) -> list[sources.InputFile]:
+    files = sources.find_inputs(list(options.inputs), options.pattern)
+    return files[:options.max_files] if options.max_files else files
 
 
-def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
-    """Entropy in nats of the token frequency distribution: the loss of the best model that
-    ignores context, i.e. the bar a trained model must beat to have learnt anything."""
-    counts = np.bincount(tokens, minlength=vocab_size).astype(np.float64)
+def dataset_key(options: PrepareOptions) -> str:
+    """A short name for the dataset `options` describe: the cache directory of on-the-fly preparations."""
+    text = json.dumps(options.identity(input_files(options)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _units(files: list[sources.InputFile], shard_bytes: float, workers: int) -> list[list[int]]:
+    """Consecutive files grouped up to `shard_bytes`, and into enough units to keep every worker
+    busy with a few each."""
+    target = min(shard_bytes, max(1, sum(f.size for f in files)) / (4 * workers))
+    units, current, size = [], [], 0
+    for index, file in enumerate(files):
+        if current and size + file.size > target:
+            units.append(current)
+            current, size = [], 0
+        current.append(index)
+        size += file.size
+    return units + [current] if current else units
+
+
+def _forced_validation(files: list[sources.InputFile], val_percent: float) -> list[str]:
+    """With one document per file and none hashed into validation, the file that hashes lowest
+    is held out instead, so a small corpus still has a validation split."""
+    texts = [f.relpath for f in files if f.kind == "text"]
+    if len(texts) < 2 or len(texts) != len(files) or val_percent <= 0:
+        return []
+    if any(sources.is_validation(t, val_percent) for t in texts):
+        return []
+    return [min(texts, key=lambda t: hashlib.sha1(t.encode()).hexdigest())]
+
+
+def _unit_name(split: str, unit: int) -> str:
+    return f"{split}-{unit:05d}.bin"
+
+
+def _tokenize_unit(args) -> dict:
+    """Worker: tokenizes one unit into its train and val shards, then writes its done-marker."""
+    out, unit, files, options, forced_val, dtype = args
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # The processes are the parallelism.
+    tokenizer = TextTokenizer(out / _tokenizer_file(out))
+    writers = {split: ShardWriter(out / _unit_name(split, unit), tokenizer.eos_id, dtype)
+               for split in SPLITS}
+    stats, split_bytes = sources.ReadStats(), dict.fromkeys(SPLITS, 0)
+    batch: dict[str, list[str]] = {split: [] for split in SPLITS}
+
+    def flush(split):
+        for ids in tokenizer.encode_batch(batch[split]):
+            writers[split].append(ids)
+        batch[split].clear()
+
+    for file in files:
+        for doc_id, text in sources.read_documents(file, options.text_field, stats):
+            split = "val" if doc_id in forced_val or sources.is_validation(doc_id, options.val_percent) else "train"
+            batch[split].append(text)
+            split_bytes[split] += len(text.encode("utf-8"))
+            if len(batch[split]) >= 256:
+                flush(split)
+    for split in SPLITS:
+        flush(split)
+    record = {"unit": unit, "files": [f.relpath for f in files], "input_bytes": sum(f.size for f in files),
+              "stats": dataclasses.asdict(stats),
+              "shards": {split: writers[split].close() | {"bytes": split_bytes[split]} for split in SPLITS}}
+    _write_json(out / f"unit-{unit:05d}.json", record)
+    return record
+
+
+def _tokenizer_file(out: Path) -> str | None:
+    return next((p.name for p in sorted(out.glob("tokenizer.*")) if not p.name.endswith(".tmp")), None)
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.rename(path)
+
+
+def _check_output(out: Path, identity: dict) -> dict | None:
+    """The existing plan when `out` holds this same dataset (finished or not); None when empty."""
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    if not (out / PLAN).is_file():
+        raise PrepareError(f"--out {out} is a non-empty directory that is not an llmjax dataset; "
+                           f"choose an empty or new directory.")
+    plan = json.loads((out / PLAN).read_text())
+    if plan["identity"] != identity:
+        changed = [k for k in identity if plan["identity"].get(k) != identity[k]]
+        raise PrepareError(f"--out {out} already holds a different dataset (differs in: "
+                           f"{', '.join(changed)}); choose another --out or delete that directory.")
+    return plan
+
+
+def prepare(options: PrepareOptions, out: Path, log=print, progress: bool = True) -> Path:
+    """Prepares (or finishes preparing) the dataset `options` describe in `out`."""
+    out = Path(out)
+    files = input_files(options)
+    identity = options.identity(files)
+    plan = _check_output(out, identity)
+    if plan is not None and (out / MANIFEST).is_file():
+        log(f"prepare: {out} already holds this dataset; nothing to do.")
+        return out
+    workers = options.workers or os.cpu_count() or 1
+    if plan is None:
+        out.mkdir(parents=True, exist_ok=True)
+        plan = {"identity": identity, "units": _units(files, options.shard_mb * 2**20, workers),
+                "forced_val": _forced_validation(files, options.val_percent)}
+        _write_json(out / PLAN, plan)
+    for leftover in out.glob("*.tmp"):  # An interrupted run's partial files; never read.
+        leftover.unlink()
+    start = time.perf_counter()
+    tokenizer = _tokenizer(options, files, plan, out, log)
+    done = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in out.glob("unit-*.json")}
+    todo = [u for u in range(len(plan["units"])) if u not in done]
+    if done:
+        log(f"prepare: resuming {out}: {len(done)} of {len(plan['units'])} units already done")
+    dtype = token_dtype(tokenizer.vocab_size)
+    jobs = [(out, u, [files[i] for i in plan["units"][u]], options, frozenset(plan["forced_val"]), dtype)
+            for u in todo]
+    meter = _Progress(sum(f.size for job in jobs for f in job[2]), enabled=progress)
+    for record in _run(jobs, workers):
+        done[record["unit"]] = record
+        meter.update(record)
+    meter.close()
+    manifest = _manifest(out, options, tokenizer, [done[u] for u in range(len(plan["units"]))], dtype)
+    _write_json(out / MANIFEST, manifest)
+    seconds = time.perf_counter() - start
+    stats = manifest["read_stats"]
+    log(f"prepare: {manifest['splits']['train']['tokens']:,} train / {manifest['splits']['val']['tokens']:,} "
+        f"val tokens from {stats['documents']:,} documents in {len(files):,} files -> {out} in "
+        f"{seconds:.1f}s ({meter.bytes / 2**20 / max(seconds, 1e-9):.2f} MB/s, "
+        f"{meter.tokens / max(seconds, 1e-9):,.0f} tokens/s over {len(todo)} units)")
+    if stats["empty_documents"] or stats["invalid_utf8_documents"]:
+        log(f"prepare: skipped {stats['empty_documents']} empty documents; replaced invalid UTF-8 "
+            f"(U+FFFD) in {stats['invalid_utf8_documents']} documents")
+    return out
+
+
+def _run(jobs, workers: int):
+    if workers == 1 or len(jobs) <= 1:
+        yield from map(_tokenize_unit, jobs)
+        return
+    # spawn, not fork: the caller may be a training process with JAX's threads running.
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+        yield from pool.imap_unordered(_tokenize_unit, jobs)
+
+
+def _tokenizer(options, files, plan, out: Path, log) -> TextTokenizer:
+    if _tokenizer_file(out):  # Trained or copied by the interrupted run this one resumes.
+        return TextTokenizer(out / _tokenizer_file(out))
+    if options.tokenizer:
+        return TextTokenizer(TextTokenizer(Path(options.tokenizer)).save(out))
+    budget = options.tokenizer_sample_mb * 2**20
+    log(f"prepare: training a {options.vocab_size}-token byte-level BPE on up to "
+        f"{options.tokenizer_sample_mb:g} MB of training text ...")
+
+    def sample():
+        seen, stats = 0, sources.ReadStats()
+        for file in files:
+            for doc_id, text in sources.read_documents(file, options.text_field, stats):
+                if doc_id in plan["forced_val"] or sources.is_validation(doc_id, options.val_percent):
+                    continue
+                yield text
+                seen += len(text)
+                if seen >= budget:
+                    return
+
+    return train_tokenizer(sample(), options.vocab_size, out / HF_FILE)
+
+
+def _manifest(out, options, tokenizer: TextTokenizer, records: list[dict], dtype) -> dict:
+    stats = sources.ReadStats()
+    for record in records:
+        stats.add(sources.ReadStats(**record["stats"]))
+    splits = {}
+    for split in SPLITS:
+        shards = [r["shards"][split] for r in records]
+        splits[split] = {"shards": shards, "tokens": sum(s["tokens"] for s in shards),
+                         "documents": sum(s["documents"] for s in shards),
+                         "bytes": sum(s["bytes"] for s in shards)}
+    if not splits["train"]["tokens"]:
+        raise PrepareError(f"no training text in {list(options.inputs)} (all documents empty or held "
+                           f"out); check the inputs or lower --val_percent.")
+    counts = np.zeros(tokenizer.vocab_size, np.int64)
+    for shard in splits["train"]["shards"]:
+        counts += np.bincount(np.memmap(out / shard["file"], dtype=dtype, mode="r"),
+                              minlength=tokenizer.vocab_size)[:tokenizer.vocab_size] if shard["tokens"] else 0
+    return {"format_version": FORMAT_VERSION, "inputs": list(options.inputs),
+            "tokenizer": {"file": tokenizer.path.name, "fingerprint": tokenizer.fingerprint,
+                          "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
+                          "pad_id": tokenizer.pad_id},
+            "token_dtype": np.dtype(dtype).name, "splits": splits,
+            "read_stats": dataclasses.asdict(stats), "sources": [f for r in records for f in r["files"]],
+            "unigram_entropy_nats": unigram_entropy(counts)}
+
+
+def unigram_entropy(counts: np.ndarray) -> float:
+    """Entropy in nats of the token frequencies: the loss of the best model that ignores
+    context, i.e. the bar a trained model must beat to have learnt anything."""
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
 
 
-def _fingerprint(root: Path, relpaths: list[str], data_config, vocab_size: int) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps([FORMAT_VERSION, vocab_size, data_config.val_percent]).encode())
-    for rel in relpaths:
-        h.update(rel.encode() + b"\0" + hashlib.sha256((root / rel).read_bytes()).digest())
-    return h.hexdigest()[:16]
+class _Progress:
+    """A tqdm bar over input file bytes that also shows text MB/s and tokens/s."""
 
+    def __init__(self, total_bytes: int, enabled: bool):
+        from tqdm import tqdm  # noqa: PLC0415
+        self.bytes = self.tokens = 0
+        self.start = time.perf_counter()
+        self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare",
+                        disable=not enabled or total_bytes == 0)
 
-def _token_stream(tokenizer: Tokenizer, texts: list[str], eos_id: int) -> np.ndarray:
-    ids = [np.asarray(e.ids + [eos_id], np.uint32) for e in tokenizer.encode_batch(texts)]
-    stream = np.concatenate(ids)
-    return stream.astype(np.uint16) if tokenizer.get_vocab_size() <= 1 << 16 else stream
+    def update(self, record: dict) -> None:
+        self.bytes += record["stats"]["bytes"]  # Text, after decompression.
+        self.tokens += sum(s["tokens"] for s in record["shards"].values())
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{self.bytes / 2**20 / elapsed:.1f} MB/s text, "
+                                 f"{self.tokens / elapsed:,.0f} tok/s")
+        self.bar.update(record["input_bytes"])
 
-
-def prepare_corpus(data_config, vocab_size: int, log=print) -> PreparedCorpus:
-    root = corpus.corpus_root(data_config.source)
-    relpaths = corpus.list_documents(root, data_config.glob, data_config.max_files)
-    cache = Path(data_config.cache_dir).expanduser() if data_config.cache_dir else default_cache_dir()
-    target = cache / f"corpus-{_fingerprint(root, relpaths, data_config, vocab_size)}"
-    if not (target / "manifest.json").exists():
-        _build(root, relpaths, data_config, vocab_size, target, log)
-    manifest = json.loads((target / "manifest.json").read_text())
-    log(f"corpus: {manifest['train_tokens']:,} train / {manifest['val_tokens']:,} val tokens "
-        f"from {manifest['train_files']} + {manifest['val_files']} files of {root} "
-        f"(cache {target})")
-    return PreparedCorpus(directory=target,
-                          tokenizer=Tokenizer.from_file(str(target / "tokenizer.json")),
-                          train_tokens=np.load(target / "train.npy", mmap_mode="r"),
-                          val_tokens=np.load(target / "val.npy", mmap_mode="r"),
-                          manifest=manifest)
-
-
-def _build(root, relpaths, data_config, vocab_size, target: Path, log) -> None:
-    start = time.time()
-    train_paths, val_paths = corpus.split_documents(relpaths, data_config.val_percent)
-    texts, invalid = {}, []
-    for rel in relpaths:
-        texts[rel], bad = corpus.read_document(root / rel)
-        if bad:
-            invalid.append(rel)
-    if invalid:
-        log(f"corpus: {len(invalid)} files held invalid UTF-8 (replaced with U+FFFD), "
-            f"e.g. {invalid[0]}")
-    log(f"corpus: training a {vocab_size}-token byte-level BPE on {len(train_paths)} files ...")
-    tokenizer = train_tokenizer((texts[p] for p in train_paths), vocab_size)
-    eos_id = special_id(tokenizer, EOS)
-    train = _token_stream(tokenizer, [texts[p] for p in train_paths], eos_id)
-    val = _token_stream(tokenizer, [texts[p] for p in val_paths], eos_id)
-    manifest = {
-        "format_version": FORMAT_VERSION, "root": str(root), "vocab_size": vocab_size,
-        "tokenizer_vocab_size": tokenizer.get_vocab_size(), "eos_id": eos_id,
-        "train_files": len(train_paths), "val_files": len(val_paths),
-        "train_tokens": int(train.size), "val_tokens": int(val.size),
-        "train_bytes": sum(len(texts[p].encode()) for p in train_paths),
-        "val_bytes": sum(len(texts[p].encode()) for p in val_paths),
-        "invalid_utf8_files": invalid, "val_paths": val_paths,
-        "unigram_entropy_nats": unigram_entropy(train, tokenizer.get_vocab_size()),
-    }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        tokenizer.save(str(tmp / "tokenizer.json"))
-        np.save(tmp / "train.npy", train)
-        np.save(tmp / "val.npy", val)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        try:
-            tmp.rename(target)
-        except OSError:  # Another process finished the same cache first; theirs is identical.
-            shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log(f"corpus: prepared in {time.time() - start:.1f}s")
+    def close(self) -> None:
+        self.bar.close()

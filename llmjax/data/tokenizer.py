@@ -1,19 +1,115 @@
-"""Byte-level BPE trained locally with Hugging Face `tokenizers` (nothing is downloaded).
+"""Tokenizers: a byte-level BPE trained here, or a local `tokenizer.json` / SentencePiece model.
 
-Byte-level means every input is representable: no unknown token, whatever the corpus holds.
+Nothing is downloaded. Byte-level BPE is the default because every input is representable (no
+unknown token, whatever the corpus holds). A tokenizer is identified by the fingerprint of its
+file, so a dataset, a checkpoint and a model can be checked to agree before training starts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from llmjax.data.errors import DataError
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
+# End-of-document tokens of common tokenizers, looked up in a tokenizer.json that llmjax did not train.
+EOS_NAMES = (EOS, "</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>")
+HF_FILE, SENTENCEPIECE_FILE = "tokenizer.json", "tokenizer.model"
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+class TokenizerError(DataError):
+    """A tokenizer file is missing or unusable; the message says which and what to do."""
+
+
+class TextTokenizer:
+    """The few things llmjax needs of a tokenizer, the same for HF `tokenizers` and SentencePiece."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise TokenizerError(f"tokenizer file {self.path} does not exist; give a tokenizer.json "
+                                 f"or a SentencePiece .model file, or train one with --vocab_size.")
+        self.fingerprint = hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+        if self.path.suffix == ".json":
+            self._hf = Tokenizer.from_file(str(self.path))
+            self._spm = None
+            self.vocab_size = self._hf.get_vocab_size()
+            self.eos_id = next((i for i in map(self._hf.token_to_id, EOS_NAMES) if i is not None), None)
+            self.pad_id = self._hf.token_to_id(PAD)
+        else:
+            import sentencepiece  # noqa: PLC0415 - only for SentencePiece models.
+            try:
+                self._spm = sentencepiece.SentencePieceProcessor(model_file=str(self.path))
+            except (RuntimeError, OSError) as error:
+                raise TokenizerError(f"{self.path} is not a SentencePiece model ({error}).") from None
+            self._hf = None
+            self.vocab_size = self._spm.get_piece_size()
+            self.eos_id = self._spm.eos_id() if self._spm.eos_id() >= 0 else None
+            self.pad_id = self._spm.pad_id() if self._spm.pad_id() >= 0 else None
+        if self.eos_id is None:
+            raise TokenizerError(f"tokenizer {self.path} has no end-of-document token (looked for "
+                                 f"{', '.join(EOS_NAMES)}); documents must be separated by one.")
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self._hf is not None:
+            return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
+        return self._spm.encode(texts)
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in ids]
+        return self._hf.decode(ids) if self._hf is not None else self._spm.decode(ids)
+
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes each token stands for (0 for special tokens): the denominator of bits per
+        byte, which compares models whatever their tokenizers."""
+        counts = np.zeros(self.vocab_size, np.int64)
+        if self._spm is not None:
+            for i in range(self.vocab_size):
+                if self._spm.is_byte(i):
+                    counts[i] = 1
+                elif not (self._spm.is_control(i) or self._spm.is_unknown(i)):
+                    counts[i] = len(self._spm.id_to_piece(i).replace("\u2581", " ").encode())
+            return counts
+        special = {i for i, t in self._hf.get_added_tokens_decoder().items() if t.special}
+        byte_level = isinstance(self._hf.decoder, decoders.ByteLevel)
+        for token, i in self._hf.get_vocab().items():
+            if i in special or i >= self.vocab_size:
+                continue
+            if byte_level:  # Each character of a byte-level token stands for exactly one byte.
+                counts[i] = len(token)
+            elif token.startswith("<0x") and token.endswith(">") and len(token) == 6:
+                counts[i] = 1  # SentencePiece-style byte fallback.
+            else:
+                counts[i] = len(token.replace("\u2581", " ").encode())
+        return counts
+
+    def save(self, directory: Path) -> Path:
+        """Copies the tokenizer file byte for byte, so its fingerprint travels with it."""
+        target = Path(directory) / (HF_FILE if self._hf is not None else SENTENCEPIECE_FILE)
+        if target.resolve() != self.path.resolve():
+            tmp = target.with_name(target.name + ".tmp")
+            shutil.copyfile(self.path, tmp)
+            tmp.rename(target)
+        return target
+
+
+def load_from_dir(directory: Path) -> TextTokenizer:
+    for name in (HF_FILE, SENTENCEPIECE_FILE):
+        if (Path(directory) / name).is_file():
+            return TextTokenizer(Path(directory) / name)
+    raise TokenizerError(f"{directory} holds neither {HF_FILE} nor {SENTENCEPIECE_FILE}.")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, path: Path) -> TextTokenizer:
+    """Trains a byte-level BPE of `vocab_size` tokens (specials included) and saves it to `path`
+    (whole or not at all)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -21,11 +117,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
-    return tokenizer
-
-
-def special_id(tokenizer: Tokenizer, token: str) -> int:
-    token_id = tokenizer.token_to_id(token)
-    if token_id is None:
-        raise ValueError(f"tokenizer has no {token} token; retrain it with llmjax.")
-    return token_id
+    tmp = Path(f"{path}.tmp")
+    tokenizer.save(str(tmp))
+    tmp.rename(path)
+    return TextTokenizer(path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from llmjax import config as config_lib
 from llmjax import flops
 from llmjax.checkpoint import CheckpointError, Checkpointer, metadata
 from llmjax.data import pipeline
-from llmjax.data.prepare import default_cache_dir, prepare_corpus
+from llmjax.data.dataset import check_tokenizer, default_cache_dir, resolve
 from llmjax.metrics import MetricsWriter
 from llmjax.parallel import distributed
 from llmjax.parallel.mesh import build_mesh
@@ -32,6 +31,7 @@ from llmjax.train.resume import abstract_state, initial_state, parse_init_from, 
 from llmjax.parallel.describe import sharding_table
 from llmjax.train.state import param_logical_axes, state_shardings
 from llmjax.train.compile import compile_steps
+from llmjax.train.evaluate import Evaluator
 from llmjax.workdir import check_workdir, write_config, write_status
 
 class Preempted(SystemExit):
@@ -39,12 +39,6 @@ class Preempted(SystemExit):
 
     def __init__(self):
         super().__init__(EXIT_PREEMPTED)
-
-
-def evaluate(eval_fn, params, batches) -> float:
-    sums = [eval_fn(params, batch) for batch in batches]
-    nll, count = np.sum(jax.device_get(sums), axis=0)
-    return float(nll / max(count, 1.0))
 
 
 def _duration(seconds: float) -> str:
@@ -62,7 +56,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     if not distributed.is_primary():
         log = lambda *_, **__: None  # noqa: E731 - one process speaks for the job.
     run_dir, changes = check_workdir(workdir, config)
-    parse_init_from(config.checkpoint.init_from)
+    init_source = parse_init_from(config.checkpoint.init_from)
     t, seq = config.train, config.data.seq_len
     log(f"config:\n{config}")
     if changes:
@@ -78,25 +72,27 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     if print_sharding:  # Look, then stop: nothing is compiled or written.
         log(sharding_table(param_logical_axes(config), target.params))
         return None
+    cache = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()
     if distributed.is_primary():  # The others then read the cache it built.
-        corpus = prepare_corpus(config.data, config.model.vocab_size, log)
-    distributed.barrier("corpus")
+        datasets = resolve(config.data, config.model.vocab_size, cache, log)
+    distributed.barrier("data")
     if not distributed.is_primary():
-        corpus = prepare_corpus(config.data, config.model.vocab_size, log)
+        datasets = resolve(config.data, config.model.vocab_size, cache, log)
+    tokenizer = datasets[0][0].tokenizer
+    for other in (run_dir, init_source and init_source.workdir):
+        if other:  # A model only makes sense of the tokens it was trained on.
+            check_tokenizer(other, tokenizer)
     start = time.perf_counter()
     train_fn, eval_fn = compile_steps(config, tx, mesh, target)
     log(f"compiled train and eval steps in {time.perf_counter() - start:.1f}s")
 
     rows = batch_sharding(mesh)
-    train_data = pipeline.GlobalBatches(
-        pipeline.train_rows(corpus.train_tokens, seq, corpus.eos_id, config.seed),
-        t.global_batch_size, seq, rows)
+    train_data = pipeline.GlobalBatches(pipeline.mixture_rows(datasets, seq, config.seed),
+                                        t.global_batch_size, seq, rows)
     print(f"data: process {jax.process_index()} of {jax.process_count()} reads rows "  # Every process.
           f"{train_data.local_rows[0]}..{train_data.local_rows[-1]} of each global batch of "
           f"{t.global_batch_size}", flush=True)
-    val_batches = [pipeline.to_device(b, rows) for b in pipeline.eval_batches(
-        corpus.val_tokens, seq, corpus.eos_id, t.global_batch_size, t.eval_batches)]
-    cache = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()
+    evaluator = Evaluator(datasets, seq, t.global_batch_size, t.eval_batches, rows)
     peak, peak_source = flops.host_peak_flops(cache, config.model.dtype)
     log(f"peak: {peak / 1e12:.3f} TFLOP/s ({peak_source})")
     model_flops_per_token = flops.flops_per_token(config.model, seq)
@@ -105,6 +101,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
 
     if distributed.is_primary():
         write_config(run_dir, config)
+        tokenizer.save(run_dir)
     checkpointer = Checkpointer(run_dir / "checkpoints", config, log)
     state, data_step = initial_state(config, tx, target, checkpointer, log)
     step = int(state.step)
@@ -112,7 +109,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     guard = DivergenceGuard(t.guard_spike_factor, t.guard_patience, t.guard_max_rollbacks)
     run_start = time.perf_counter()
     pending, interval_start = [], time.perf_counter()
-    train_loss = val_loss = float("nan")
+    train_loss, val = float("nan"), {"loss": float("nan"), "bits_per_byte": float("nan")}
 
     def meta():
         return metadata(step, data_step, train_loss, config, run_start) | {
@@ -163,9 +160,14 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
                         + (f" | skipped {values['skipped']}" if values["skipped"] else ""))
                     pending, interval_start = [], time.perf_counter()
                 if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
-                    val_loss = evaluate(eval_fn, state.params, val_batches)
-                    writer.write(step, "val", {"loss": val_loss, "perplexity": math.exp(min(val_loss, 50))})
-                    log(f"step {step:>6}/{t.steps} | val loss {val_loss:.4f} | val ppl {math.exp(min(val_loss, 50)):.2f}")
+                    results = evaluator(eval_fn, state.params)
+                    val = Evaluator.headline(results)
+                    writer.write(step, "val", val)
+                    for name, values in results.items() if len(results) > 1 else ():
+                        writer.write(step, f"val_{name}", values)
+                    log(f"step {step:>6}/{t.steps} | " + " | ".join(
+                        f"val{'' if len(results) == 1 else ' ' + name} loss {v['loss']:.4f} ppl "
+                        f"{v['perplexity']:.2f} bpb {v['bits_per_byte']:.4f}" for name, v in results.items()))
                     if not pending:  # Keep evaluation time out of the next throughput figure.
                         interval_start = time.perf_counter()
                 if preemption.requested(step):
@@ -186,8 +188,9 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     finally:
         writer.close()
     set_status("done")
-    summary = {"steps": t.steps, "final_train_loss": train_loss, "final_val_loss": val_loss,
-               "unigram_entropy": corpus.manifest["unigram_entropy_nats"],
+    summary = {"steps": t.steps, "final_train_loss": train_loss, "final_val_loss": val["loss"],
+               "final_val_bits_per_byte": val["bits_per_byte"],
+               "unigram_entropy": datasets[0][0].manifest["unigram_entropy_nats"],
                "skipped_steps": int(state.skipped_steps), "rollbacks": guard.rollbacks,
                "checkpoint_saves": checkpointer.saves,
                "checkpoint_blocked_seconds": checkpointer.blocked_seconds,
@@ -195,7 +198,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     if distributed.is_primary():
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log(f"done in {_duration(summary['wall_seconds'])}: train loss {train_loss:.4f}, "
-        f"val loss {val_loss:.4f} (unigram entropy of the corpus: "
+        f"val loss {val['loss']:.4f}, val bits/byte {val['bits_per_byte']:.4f} (unigram entropy of the corpus: "
         f"{summary['unigram_entropy']:.4f} nats/token); checkpoint saves blocked training for "
         f"{summary['checkpoint_blocked_seconds']:.2f}s in all")
     return summary

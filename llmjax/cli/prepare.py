@@ -1,0 +1,60 @@
+"""`llmjax-prepare --input PATH [--input PATH ...] --out DIR [...]`: raw text to token shards.
+
+Rerunning an interrupted command finishes it: finished units are kept and skipped.
+Train on the result with `--config.data.source=DIR` (or several with `--config.data.mixture`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+from llmjax.cli.app import run as run_app
+from llmjax.data.errors import DataError
+from llmjax.data.prepare import PrepareOptions, prepare
+
+_INPUT = flags.DEFINE_multi_string("input", None, "A file, directory or glob pattern of .txt / .jsonl / "
+                                   ".parquet inputs (optionally .gz or .zst); repeat for more.")
+_OUT = flags.DEFINE_string("out", None, "Directory of the prepared dataset.")
+_PATTERN = flags.DEFINE_string("pattern", "**/*", "Files to read inside an input directory (glob).")
+_TEXT_FIELD = flags.DEFINE_string("text_field", "text", "JSONL key / Parquet column holding the text.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", "", "A local tokenizer.json or SentencePiece .model "
+                                 "to use; empty trains a byte-level BPE of --vocab_size tokens.")
+_VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8192, "Size of the trained tokenizer.")
+_SAMPLE_MB = flags.DEFINE_float("tokenizer_sample_mb", 256.0, "Training text the tokenizer learns from, at most.")
+_VAL_PERCENT = flags.DEFINE_float("val_percent", 2.0, "Percent of documents held out for validation.")
+_WORKERS = flags.DEFINE_integer("workers", 0, "Tokenizing processes (0 = one per CPU core).")
+_SHARD_MB = flags.DEFINE_float("shard_mb", 64.0, "Input megabytes per shard, at most.")
+_MAX_FILES = flags.DEFINE_integer("max_files", 0, "Read only the first N input files (0 = all).")
+flags.mark_flags_as_required(["input", "out"])
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    for name, value in (("vocab_size", _VOCAB_SIZE.value), ("shard_mb", _SHARD_MB.value),
+                        ("tokenizer_sample_mb", _SAMPLE_MB.value)):
+        if value <= 0:
+            sys.exit(f"error: --{name}={value} must be positive.")
+    if not 0 <= _VAL_PERCENT.value < 100 or _WORKERS.value < 0 or _MAX_FILES.value < 0:
+        sys.exit("error: --val_percent must be in [0, 100); --workers and --max_files must be >= 0.")
+    options = PrepareOptions(
+        inputs=tuple(_INPUT.value), pattern=_PATTERN.value, text_field=_TEXT_FIELD.value,
+        tokenizer=_TOKENIZER.value, vocab_size=_VOCAB_SIZE.value, tokenizer_sample_mb=_SAMPLE_MB.value,
+        val_percent=_VAL_PERCENT.value, max_files=_MAX_FILES.value, shard_mb=_SHARD_MB.value,
+        workers=_WORKERS.value)
+    try:
+        prepare(options, Path(_OUT.value).expanduser(), log=lambda *a: print(*a, flush=True),
+                progress=True)
+    except DataError as error:
+        sys.exit(f"error: {error}")
+
+
+def run() -> None:
+    run_app(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,124 @@
+"""Prepared datasets opened for reading, and the datasets a data config names.
+
+`data.source` is "stdlib", a directory of raw text, or a prepared dataset (made by
+`llmjax-prepare`); `data.mixture` ("DIR:WEIGHT,DIR:WEIGHT") names several. Raw text is prepared
+on the fly into the cache, keyed by its contents' identity, under a file lock so that
+concurrent runs on one machine prepare it once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from llmjax.data.errors import DataError
+from llmjax.config import parse_mixture
+from llmjax.data import sources
+from llmjax.data.prepare import MANIFEST, PLAN, PrepareOptions, dataset_key, prepare
+from llmjax.data.shards import TokenStream
+from llmjax.data.tokenizer import HF_FILE, SENTENCEPIECE_FILE, TextTokenizer
+
+
+class DatasetError(DataError):
+    """The data a config names cannot be used; the message names the problem and the fix."""
+
+
+class Dataset:
+    """A prepared dataset: its manifest, tokenizer and one token stream per split."""
+
+    def __init__(self, directory: Path, manifest: dict, name: str):
+        self.directory, self.manifest, self.name = Path(directory), manifest, name
+        tokenizer = manifest["tokenizer"]
+        self.fingerprint, self.vocab_size = tokenizer["fingerprint"], tokenizer["vocab_size"]
+        self.eos_id, self.pad_id = tokenizer["eos_id"], tokenizer["pad_id"]
+
+    @functools.cached_property
+    def tokenizer(self) -> TextTokenizer:
+        return TextTokenizer(self.directory / self.manifest["tokenizer"]["file"])
+
+    def stream(self, split: str) -> TokenStream:
+        shards = self.manifest["splits"][split]["shards"]
+        return TokenStream([self.directory / s["file"] for s in shards], np.dtype(self.manifest["token_dtype"]))
+
+
+def open_dataset(path, name: str | None = None) -> Dataset:
+    directory = Path(path).expanduser()
+    if not (directory / MANIFEST).is_file():
+        if (directory / PLAN).is_file():
+            raise DatasetError(f"{directory} is an unfinished preparation; rerun the same "
+                               f"llmjax-prepare command to finish it.")
+        raise DatasetError(f"{directory} is not a prepared dataset (no {MANIFEST}); make one with "
+                           f"llmjax-prepare, or give a directory of raw text files.")
+    manifest = json.loads((directory / MANIFEST).read_text())
+    return Dataset(directory, manifest, name or directory.name)
+
+
+def is_prepared(spec: str) -> bool:
+    return spec != "stdlib" and any((Path(spec).expanduser() / f).is_file() for f in (MANIFEST, PLAN))
+
+
+def resolve(data_config, vocab_size: int, cache_dir: Path, log=print) -> list[tuple[Dataset, float]]:
+    """The (dataset, weight) pairs `data_config` names, preparing raw text if needed. All must
+    share one tokenizer, and the model's vocabulary must hold it."""
+    specs = parse_mixture(data_config.mixture) or [(data_config.source, 1.0)]
+    datasets = [(_open_or_prepare(spec, data_config, vocab_size, cache_dir, log), w) for spec, w in specs]
+    first = datasets[0][0]
+    for dataset, _ in datasets[1:]:
+        if dataset.fingerprint != first.fingerprint:
+            raise DatasetError(f"the datasets of data.mixture use different tokenizers ({first.name}: "
+                               f"{first.fingerprint}, {dataset.name}: {dataset.fingerprint}); prepare "
+                               f"them with one tokenizer (llmjax-prepare --tokenizer FILE).")
+    if first.vocab_size > vocab_size:
+        raise DatasetError(f"model.vocab_size={vocab_size} is smaller than the data's tokenizer "
+                           f"({first.vocab_size} tokens, fingerprint {first.fingerprint}); set "
+                           f"--config.model.vocab_size={first.vocab_size} or prepare the data with a "
+                           f"smaller tokenizer.")
+    for dataset, _ in datasets:
+        log(f"data: {dataset.name}: {dataset.manifest['splits']['train']['tokens']:,} train / "
+            f"{dataset.manifest['splits']['val']['tokens']:,} val tokens, tokenizer "
+            f"{dataset.fingerprint} ({dataset.vocab_size} tokens) in {dataset.directory}")
+    return datasets
+
+
+def _open_or_prepare(spec: str, data_config, vocab_size: int, cache_dir: Path, log) -> Dataset:
+    if is_prepared(spec):
+        return open_dataset(spec)
+    root = sources.stdlib_root() if spec == "stdlib" else Path(spec).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"data source {spec!r} is not a directory; give 'stdlib', a directory of "
+                           f"text files or a dataset prepared by llmjax-prepare.")
+    options = PrepareOptions(inputs=(str(root),), pattern=data_config.glob, vocab_size=vocab_size,
+                             val_percent=data_config.val_percent, max_files=data_config.max_files)
+    try:
+        out = cache_dir / f"dataset-{dataset_key(options)}"
+    except sources.SourceError as error:
+        raise DatasetError(str(error)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{out}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / MANIFEST).is_file():
+            prepare(options, out, log, progress=False)
+    return open_dataset(out, name="stdlib" if spec == "stdlib" else root.name)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LLMJAX_CACHE", Path.home() / ".cache" / "llmjax"))
+
+
+def check_tokenizer(workdir: Path, tokenizer: TextTokenizer) -> None:
+    """Refuses data tokenized differently from what the run in `workdir` was trained on: its
+    token ids would mean other strings to the model. A workdir without a tokenizer passes."""
+    for name in (HF_FILE, SENTENCEPIECE_FILE):
+        if (Path(workdir) / name).is_file():
+            saved = TextTokenizer(Path(workdir) / name)
+            if saved.fingerprint != tokenizer.fingerprint:
+                raise DatasetError(f"the data's tokenizer ({tokenizer.fingerprint}, {tokenizer.vocab_size} "
+                                   f"tokens) is not the one the run in {workdir} was trained with "
+                                   f"({saved.fingerprint}, {saved.vocab_size} tokens); prepare the data "
+                                   f"with it: llmjax-prepare --tokenizer {saved.path} ...")
+            return

@@ -1,0 +1,217 @@
+"""llmjax-prepare: input formats, tokenizers, parallel and resumed preparation, bad input."""
+
+import gzip
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from llmjax.data.dataset import open_dataset
+from llmjax.data.errors import DataError
+from llmjax.data.prepare import PrepareOptions, prepare
+from llmjax.data.tokenizer import TextTokenizer
+
+QUIET = dict(log=lambda *_: None, progress=False)
+
+
+def _documents(count=30, seed=0):
+    rng = np.random.default_rng(seed)
+    words = ["def", "return", "alpha", "beta", "(x):", "é", "日本", "\n", "  ", "+", "1"]
+    return [" ".join(rng.choice(words, rng.integers(5, 200))) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tok")
+    (base / "text").mkdir()
+    for i, doc in enumerate(_documents()):
+        (base / "text" / f"{i}.txt").write_text(doc)
+    out = prepare(PrepareOptions(inputs=(str(base / "text"),), vocab_size=280, workers=1), base / "ds", **QUIET)
+    return out / "tokenizer.json"
+
+
+def _stream(directory, split="train"):
+    return np.asarray(open_dataset(directory).stream(split))
+
+
+def test_every_format_gives_the_same_token_stream(tmp_path, tokenizer_file):
+    docs = _documents(25, seed=1)
+    lines = "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs))
+    (tmp_path / "a.jsonl").write_text(lines)
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    import zstandard  # noqa: PLC0415
+    (tmp_path / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+    pq.write_table(pa.table({"id": list(range(len(docs))), "body": docs}), tmp_path / "d.parquet")
+    (tmp_path / "text").mkdir()
+    for i, d in enumerate(docs):
+        (tmp_path / "text" / f"{i:02d}.txt").write_text(d)
+    streams = []
+    for name, inputs, field in (("jsonl", "a.jsonl", "text"), ("gz", "b.jsonl.gz", "text"),
+                                ("zst", "c.jsonl.zst", "text"), ("parquet", "d.parquet", "body"),
+                                ("txt", "text", "text")):
+        out = prepare(PrepareOptions(inputs=(str(tmp_path / inputs),), text_field=field, val_percent=0,
+                                     tokenizer=str(tokenizer_file), workers=1), tmp_path / name, **QUIET)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["splits"]["train"]["documents"] == len(docs), name
+        assert manifest["tokenizer"]["fingerprint"] == TextTokenizer(tokenizer_file).fingerprint
+        streams.append(_stream(out))
+    tokenizer = TextTokenizer(tokenizer_file)
+    expected = np.concatenate([ids + [tokenizer.eos_id] for ids in tokenizer.encode_batch(docs)])
+    for stream in streams:
+        np.testing.assert_array_equal(stream, expected)
+
+
+def test_manifest_counts_and_split(tmp_path):
+    (tmp_path / "in").mkdir()
+    docs = _documents(60, seed=2)
+    for i, d in enumerate(docs):
+        (tmp_path / "in" / f"{i:02d}.txt").write_text(d)
+    out = prepare(PrepareOptions(inputs=(str(tmp_path / "in"),), vocab_size=300, val_percent=20, workers=1),
+                  tmp_path / "ds", **QUIET)
+    manifest = json.loads((out / "manifest.json").read_text())
+    train, val = manifest["splits"]["train"], manifest["splits"]["val"]
+    assert train["documents"] + val["documents"] == 60 and 3 <= val["documents"] <= 25
+    for split in ("train", "val"):
+        stream = _stream(out, split)
+        eos = open_dataset(out).eos_id
+        assert stream.size == manifest["splits"][split]["tokens"]
+        assert int((stream == eos).sum()) == manifest["splits"][split]["documents"]
+        for shard in manifest["splits"][split]["shards"]:  # The index marks each document's end.
+            ends = np.load(out / (shard["file"] + ".idx.npy"))
+            tokens = np.fromfile(out / shard["file"], dtype=manifest["token_dtype"])
+            assert len(ends) == shard["documents"] and (tokens[ends - 1] == eos).all()
+    assert train["bytes"] + val["bytes"] == sum(len(d.encode()) for d in docs)
+    # The tokenizer round-trips text and its byte counts are the bytes the tokens stand for.
+    tokenizer = TextTokenizer(out / "tokenizer.json")
+    ids = tokenizer.encode_batch([docs[0]])[0]
+    assert tokenizer.decode(ids) == docs[0]
+    assert tokenizer.token_bytes()[ids].sum() == len(docs[0].encode())
+    assert manifest["unigram_entropy_nats"] > 0
+
+
+def test_parallel_preparation_equals_serial(tmp_path):
+    (tmp_path / "in").mkdir()
+    for i, d in enumerate(_documents(40, seed=3)):
+        (tmp_path / "in" / f"{i:02d}.txt").write_text(d)
+    options = dict(inputs=(str(tmp_path / "in"),), vocab_size=300, val_percent=10)
+    serial = prepare(PrepareOptions(**options, workers=1), tmp_path / "serial", **QUIET)
+    parallel = prepare(PrepareOptions(**options, workers=2), tmp_path / "parallel", **QUIET)
+    assert len(list(parallel.glob("train-*.bin"))) > 2  # It really was cut into several units.
+    for split in ("train", "val"):
+        np.testing.assert_array_equal(_stream(serial, split), _stream(parallel, split))
+
+
+def test_sentencepiece_tokenizer(tmp_path):
+    import sentencepiece  # noqa: PLC0415
+    docs = [d.replace("\n", " ") for d in _documents(40, seed=4)]  # SentencePiece reads lines.
+    (tmp_path / "train.txt").write_text("\n".join(docs))
+    sentencepiece.SentencePieceTrainer.train(  # Settings under which decode(encode(text)) == text.
+        input=str(tmp_path / "train.txt"), model_prefix=str(tmp_path / "sp"), vocab_size=290, byte_fallback=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+        minloglevel=2)
+    (tmp_path / "in").mkdir()
+    for i, d in enumerate(docs):
+        (tmp_path / "in" / f"{i:02d}.txt").write_text(d)
+    out = prepare(PrepareOptions(inputs=(str(tmp_path / "in"),), tokenizer=str(tmp_path / "sp.model"),
+                                 val_percent=0, workers=1), tmp_path / "ds", **QUIET)
+    dataset = open_dataset(out)
+    assert (out / "tokenizer.model").is_file() and dataset.vocab_size == 290
+    tokenizer = dataset.tokenizer
+    ids = tokenizer.encode_batch([docs[0]])[0]
+    assert tokenizer.decode(ids) == docs[0]
+    assert tokenizer.token_bytes()[ids].sum() == len(docs[0].encode())
+    assert _stream(out).size == sum(len(i) + 1 for i in tokenizer.encode_batch(docs))
+
+
+def test_interrupted_preparation_resumes_and_matches(tmp_path):
+    (tmp_path / "in").mkdir()
+    for i, d in enumerate(_documents(120, seed=5)):
+        (tmp_path / "in" / f"{i:03d}.txt").write_text(d)
+    args = [sys.executable, "-m", "llmjax.cli.prepare", f"--input={tmp_path / 'in'}", "--vocab_size=300",
+            "--workers=1", "--shard_mb=0.001"]
+    reference = subprocess.run(args + [f"--out={tmp_path / 'ref'}"], cwd=ROOT, capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+    job = subprocess.Popen(args + [f"--out={tmp_path / 'cut'}"], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while not list((tmp_path / "cut").glob("unit-0001*.json")) and time.time() < deadline:
+        time.sleep(0.01)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert not (tmp_path / "cut" / "manifest.json").exists(), "killed too late to test resuming"
+    with pytest.raises(DataError, match="unfinished preparation; rerun"):
+        open_dataset(tmp_path / "cut")
+    resumed = subprocess.run(args + [f"--out={tmp_path / 'cut'}"], cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "units already done" in resumed.stdout
+    assert not list((tmp_path / "cut").glob("*.tmp"))
+    ref, cut = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("ref", "cut"))
+    assert ref == cut
+    for shard in ref["splits"]["train"]["shards"] + ref["splits"]["val"]["shards"]:
+        assert (tmp_path / "ref" / shard["file"]).read_bytes() == (tmp_path / "cut" / shard["file"]).read_bytes()
+    again = subprocess.run(args + [f"--out={tmp_path / 'cut'}"], cwd=ROOT, capture_output=True, text=True)
+    assert "nothing to do" in again.stdout
+
+
+def test_empty_files_and_invalid_utf8_are_counted_not_fatal(tmp_path):
+    (tmp_path / "in").mkdir()
+    for i, d in enumerate(_documents(10, seed=6)):
+        (tmp_path / "in" / f"{i}.txt").write_text(d)
+    (tmp_path / "in" / "empty.txt").write_text("")
+    (tmp_path / "in" / "blank.txt").write_text("  \n\n")
+    (tmp_path / "in" / "bad.txt").write_bytes(b"ok \xff\xfe bytes")
+    logs = []
+    out = prepare(PrepareOptions(inputs=(str(tmp_path / "in"),), vocab_size=280, val_percent=0, workers=1),
+                  tmp_path / "ds", log=logs.append, progress=False)
+    stats = json.loads((out / "manifest.json").read_text())["read_stats"]
+    assert stats == {**stats, "documents": 13, "empty_documents": 2, "invalid_utf8_documents": 1}
+    assert any("skipped 2 empty documents" in line and "1 documents" in line for line in logs)
+    assert open_dataset(out).manifest["splits"]["train"]["documents"] == 11
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "llmjax.cli.prepare", *args], cwd=ROOT, capture_output=True,
+                          text=True)
+
+
+def test_bad_input_fails_with_one_clear_line(tmp_path, tokenizer_file):
+    (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n{"body": "no text here"}\n')
+    result = _cli(f"--input={tmp_path / 'a.jsonl'}", f"--out={tmp_path / 'o1'}",
+                  f"--tokenizer={tokenizer_file}")
+    assert result.returncode != 0
+    assert f"{tmp_path / 'a.jsonl'}:2: no text field 'text'" in result.stderr
+    assert "--text_field" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o1" / "manifest.json").exists()
+
+    result = _cli(f"--input={tmp_path / 'missing'}", f"--out={tmp_path / 'o2'}")
+    assert result.returncode != 0 and "neither a file, a directory nor a glob" in result.stderr
+    assert not (tmp_path / "o2").exists()
+
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    result = _cli(f"--input={tmp_path / 'a.jsonl'}", f"--out={tmp_path / 'busy'}")
+    assert result.returncode != 0 and "not an llmjax dataset" in result.stderr
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
+
+    result = _cli(f"--input={tmp_path / 'a.jsonl'}", f"--out={tmp_path / 'o3'}", "--tokenizer=/nope/tokenizer.json")
+    assert result.returncode != 0 and "tokenizer file /nope/tokenizer.json does not exist" in result.stderr
+
+
+def test_output_holding_another_dataset_is_refused(tmp_path, tokenizer_file):
+    for name, docs in (("x", _documents(5, seed=7)), ("y", _documents(5, seed=8))):
+        (tmp_path / name).mkdir()
+        for i, d in enumerate(docs):
+            (tmp_path / name / f"{i}.txt").write_text(d)
+    options = dict(tokenizer=str(tokenizer_file), val_percent=0, workers=1)
+    out = prepare(PrepareOptions(inputs=(str(tmp_path / "x"),), **options), tmp_path / "ds", **QUIET)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(DataError, match="already holds a different dataset .*files.*choose another --out"):
+        prepare(PrepareOptions(inputs=(str(tmp_path / "y"),), **options), out, **QUIET)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
