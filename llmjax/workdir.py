@@ -66,6 +66,16 @@ def check_workdir(path: str, config) -> tuple[Path, dict[str, tuple]]:
     return workdir, changes
 
 
+def read_config(workdir) -> "ml_collections.ConfigDict":
+    """The config a run was started with, on today's schema: keys added since take their defaults."""
+    from llmjax.config import apply_overrides, default_config  # noqa: PLC0415
+
+    path = Path(workdir).expanduser() / "config.json"
+    if not path.is_file():
+        raise WorkdirError(f"{path.parent} has no config.json; give the --workdir of a training run.")
+    return apply_overrides(default_config(), _flatten(json.loads(path.read_text())))
+
+
 def write_config(workdir: Path, config) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     tmp = workdir / "config.json.tmp"

@@ -37,13 +37,18 @@ def lower_train_step(config, tx, mesh, state):
         return train.lower(state, batch_spec(config, mesh))
 
 
+def compile_eval_step(config, mesh, params):
+    """The eval step compiled for `params` (concrete or abstract): (nll sum, token count)."""
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    evaluate = jax.jit(functools.partial(eval_step, config=config),
+                       in_shardings=(shardings, batch_sharding(mesh)),
+                       out_shardings=NamedSharding(mesh, PartitionSpec()))
+    with jax.set_mesh(mesh):
+        return evaluate.lower(params, batch_spec(config, mesh)).compile()
+
+
 def compile_steps(config, tx, mesh, state):
     """(train step, eval step), both compiled, so a run never recompiles and the compile time
     is measured on its own."""
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    evaluate = jax.jit(functools.partial(eval_step, config=config),
-                       in_shardings=(shardings.params, batch_sharding(mesh)),
-                       out_shardings=NamedSharding(mesh, PartitionSpec()))
     with jax.set_mesh(mesh):
-        eval_compiled = evaluate.lower(state.params, batch_spec(config, mesh)).compile()
-        return lower_train_step(config, tx, mesh, state).compile(), eval_compiled
+        return lower_train_step(config, tx, mesh, state).compile(), compile_eval_step(config, mesh, state.params)

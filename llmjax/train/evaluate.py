@@ -7,12 +7,22 @@ for, which makes models with different tokenizers comparable; loss per token doe
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import jax
 import numpy as np
 
+from llmjax.checkpoint import CheckpointError, Checkpointer, saved_steps
+from llmjax.config import apply_overrides
 from llmjax.data import pipeline
-from llmjax.data.dataset import DatasetError
+from llmjax.data.dataset import DatasetError, check_tokenizer, default_cache_dir, resolve
+from llmjax.parallel.mesh import build_mesh
+from llmjax.parallel.rules import batch_sharding
+from llmjax.train.compile import compile_eval_step
+from llmjax.train.optimizer import build_optimizer
+from llmjax.train.resume import abstract_state
+from llmjax.train.state import state_shardings
+from llmjax.workdir import read_config
 
 
 def metrics(nll: float, tokens: float, num_bytes: float) -> dict[str, float]:
@@ -52,3 +62,38 @@ class Evaluator:
     @staticmethod
     def headline(results: dict[str, dict[str, float]]) -> dict[str, float]:
         return results.get("all") or next(iter(results.values()))
+
+
+def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, log=print) -> dict:
+    """Evaluates a run's checkpoint (`step`, or the latest) on the held-out split of `data`
+    (comma-separated datasets; the run's own when empty): {"step": S, dataset name: metrics}.
+    Uses every device as one data-parallel mesh, whatever mesh the run trained on."""
+    config = read_config(workdir)
+    directory = Path(workdir).expanduser() / "checkpoints"
+    steps = saved_steps(directory) if directory.is_dir() else []
+    if not steps or (step is not None and step not in steps):
+        raise CheckpointError(f"{workdir} has no checkpoint of step {step if step is not None else '(any)'}; "
+                              f"it has {steps}.")
+    devices = jax.device_count()
+    batch_size = -(-config.train.global_batch_size // devices) * devices
+    overrides = {f"mesh.ici.{axis}": 1 for axis in ("fsdp", "sequence", "tensor")} | {
+        "mesh.ici.data": -1, "train.global_batch_size": batch_size}
+    if data:
+        specs = [spec.strip() for spec in data.split(",") if spec.strip()]
+        overrides |= {"data.source": specs[0].rpartition(":")[0] or specs[0], "data.mixture":
+                      ",".join(s if ":" in s else f"{s}:1" for s in specs) if len(specs) > 1 else ""}
+    config = apply_overrides(config, overrides)
+    cache = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()
+    datasets = resolve(config.data, config.model.vocab_size, cache, log)
+    check_tokenizer(Path(workdir).expanduser(), datasets[0][0].tokenizer)
+    mesh = build_mesh(config)
+    tx = build_optimizer(config)
+    params_target = abstract_state(config, tx, state_shardings(config, tx, mesh)).params
+    eval_fn = compile_eval_step(config, mesh, params_target)
+    evaluator = Evaluator(datasets, config.data.seq_len, batch_size, max_batches or config.train.eval_batches,
+                          batch_sharding(mesh))
+    step = steps[-1] if step is None else step
+    checkpointer = Checkpointer(directory, config, log, read_only=True)
+    params = checkpointer.restore(step, params_target).params
+    checkpointer.close()
+    return {"step": step, **evaluator(eval_fn, params)}

@@ -1,0 +1,107 @@
+"""Training on prepared datasets and mixtures, bits per byte, llmjax-eval, tokenizer refusals."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_train, train_env
+from llmjax.data.prepare import PrepareOptions, prepare
+from llmjax.train.evaluate import metrics
+
+QUIET = dict(log=lambda *_: None, progress=False)
+TINY = ("--config.data.seq_len=32", "--config.train.steps=12", "--config.train.eval_every=6",
+        "--config.checkpoint.every_steps=6")
+
+
+def _texts(root, count, seed, words):
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    for i in range(count):
+        (root / f"{i:03d}.txt").write_text(" ".join(rng.choice(words, rng.integers(30, 300))))
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """code and prose share one tokenizer; other has its own."""
+    base = tmp_path_factory.mktemp("eval-data")
+    _texts(base / "code-text", 40, 0, ["def", "f(x):", "return", "x", "+", "1", "\n", "    "])
+    _texts(base / "prose-text", 40, 1, ["the", "cat", "sat", "on", "a", "mat", ".", "\n"])
+    code = prepare(PrepareOptions(inputs=(str(base / "code-text"),), vocab_size=300, val_percent=20, workers=1),
+                   base / "code", **QUIET)
+    prose = prepare(PrepareOptions(inputs=(str(base / "prose-text"),), tokenizer=str(code / "tokenizer.json"),
+                                   val_percent=20, workers=1), base / "prose", **QUIET)
+    other = prepare(PrepareOptions(inputs=(str(base / "prose-text"),), vocab_size=290, val_percent=20, workers=1),
+                    base / "other", **QUIET)
+    return {"code": code, "prose": prose, "other": other}
+
+
+def _records(workdir, split):
+    return [r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+
+
+def _eval(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "llmjax.cli.eval", *args], cwd=ROOT, capture_output=True,
+                          text=True, env=train_env(tmp_path / "cache"), timeout=300)
+
+
+def test_bits_per_byte_definition():
+    values = metrics(nll=693.1471805599453, tokens=500, num_bytes=1000)
+    assert values["loss"] == pytest.approx(693.1471805599453 / 500)
+    assert values["bits_per_byte"] == pytest.approx(1.0)  # 693.1 nats = 1000 bits over 1000 bytes.
+    assert values["perplexity"] == pytest.approx(np.exp(values["loss"]))
+
+
+@pytest.mark.slow
+def test_mixture_training_then_standalone_eval_reproduces_the_run(tmp_path, datasets):
+    run = tmp_path / "run"
+    mixture = f"--config.data.mixture={datasets['code']}:0.7,{datasets['prose']}:0.3"
+    result = run_train(run, *TINY, mixture, cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val code loss" in result.stdout and "val prose loss" in result.stdout and "bpb" in result.stdout
+    final = {split: _records(run, split)[-1] for split in ("val", "val_code", "val_prose")}
+    assert all(np.isfinite(r["bits_per_byte"]) and 0 < r["bits_per_byte"] < 10 for r in final.values())
+    assert json.loads((run / "summary.json").read_text())["final_val_bits_per_byte"] == \
+        pytest.approx(final["val"]["bits_per_byte"])
+    assert (run / "tokenizer.json").read_bytes() == (datasets["code"] / "tokenizer.json").read_bytes()
+
+    result = _eval(tmp_path, f"--workdir={run}", f"--out={tmp_path / 'eval.json'}")
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["step"] == 12
+    for name in ("code", "prose", "all"):
+        expected = final["val" if name == "all" else f"val_{name}"]
+        for key in ("loss", "perplexity", "bits_per_byte"):
+            assert results["results"][name][key] == pytest.approx(expected[key], rel=1e-5), (name, key)
+
+    earlier = _eval(tmp_path, f"--workdir={run}", "--step=6", f"--data={datasets['prose']}", "--batches=2")
+    assert earlier.returncode == 0, earlier.stderr
+    line = next(x for x in earlier.stdout.splitlines() if x.startswith("step 6 | prose"))
+    assert float(line.split("loss ")[1].split()[0]) == pytest.approx(_records(run, "val_prose")[0]["loss"], abs=1e-4)
+
+    refused = _eval(tmp_path, f"--workdir={run}", f"--data={datasets['other']}")
+    assert refused.returncode != 0 and "is not the one the run" in refused.stderr
+    missing = _eval(tmp_path, f"--workdir={run}", "--step=7")
+    assert missing.returncode != 0 and "no checkpoint of step 7; it has [6, 12]" in missing.stderr
+
+
+@pytest.mark.slow
+def test_tokenizer_mismatches_are_refused_before_training(tmp_path, datasets):
+    small = run_train(tmp_path / "small", *TINY, f"--config.data.source={datasets['code']}",
+                      "--config.model.vocab_size=128", cache=tmp_path / "cache")
+    assert small.returncode == 2
+    assert "model.vocab_size=128 is smaller than the data's tokenizer (300 tokens" in small.stderr
+    assert "compiled" not in small.stdout and not (tmp_path / "small").exists()
+
+    mixed = run_train(tmp_path / "mixed", *TINY, f"--config.data.mixture={datasets['code']}:1,{datasets['other']}:1",
+                      cache=tmp_path / "cache")
+    assert mixed.returncode == 2 and "use different tokenizers" in mixed.stderr
+
+    first = run_train(tmp_path / "first", *TINY, f"--config.data.source={datasets['code']}", cache=tmp_path / "cache")
+    assert first.returncode == 0, first.stderr[-2000:]
+    branch = run_train(tmp_path / "branch", *TINY, f"--config.data.source={datasets['other']}",
+                       f"--config.checkpoint.init_from={tmp_path / 'first'}", cache=tmp_path / "cache")
+    assert branch.returncode == 2 and "is not the one the run in" in branch.stderr
+    assert "compiled" not in branch.stdout and not (tmp_path / "branch").exists()
