@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from llmjax.config import apply_overrides, default_config
+
 IDENTITY_SECTIONS = ("model", "data", "seed")  # What makes two configs the same run.
 
 
@@ -71,6 +73,15 @@ def write_config(workdir: Path, config) -> None:
     tmp = workdir / "config.json.tmp"
     tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
     tmp.replace(workdir / "config.json")
+
+
+def read_config(workdir: Path):
+    """The run's saved config.json as a full, locked ConfigDict (defaults for any key an older
+    run did not save)."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise WorkdirError(f"{workdir} has no config.json; give the --workdir of an llmjax run.")
+    return apply_overrides(default_config(), _flatten(json.loads(path.read_text())))
 
 
 def write_status(workdir: Path, state: str, step: int, error: str | None = None) -> None:

@@ -105,6 +105,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
 
     if distributed.is_primary():
         write_config(run_dir, config)
+        corpus.tokenizer.save(str(run_dir / "tokenizer.json"))  # For export and sampling.
     checkpointer = Checkpointer(run_dir / "checkpoints", config, log)
     state, data_step = initial_state(config, tx, target, checkpointer, log)
     step = int(state.step)
