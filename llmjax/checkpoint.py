@@ -244,3 +244,31 @@ def save_host_params(directory: Path, step: int, params: dict, meta: dict,
                                                meta=ocp.args.JsonSave(meta)))
     manager.wait_until_finished()
     manager.close()
+
+
+def resolve_step(workdir: Path, step: int | None) -> int:
+    """`step`, checked to exist, or the run's latest."""
+    steps = saved_steps(Path(workdir) / "checkpoints")
+    if not steps:
+        raise CheckpointError(f"{workdir} has no checkpoints; train it first or give another --workdir.")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise CheckpointError(f"--step {step}: {workdir} has no checkpoint of that step; it has {steps}.")
+    return step
+
+
+def restore_params(workdir: Path, config, step: int) -> dict:
+    """The step's parameters as host numpy arrays, for tools that read a run (export,
+    sampling) rather than train it: restored onto the first local device, whatever mesh wrote them."""
+    from llmjax import model  # noqa: PLC0415 - model code is needed only once the checks passed.
+    import flax.linen as nn  # noqa: PLC0415
+
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), config)))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
+    checkpointer = Checkpointer(Path(workdir) / "checkpoints", config, read_only=True)
+    try:
+        return jax.tree.map(np.asarray, checkpointer.restore(step, target).params)
+    finally:
+        checkpointer.close()

@@ -11,11 +11,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import jax
 import ml_dtypes
 import numpy as np
 
-from llmjax.checkpoint import Checkpointer, saved_steps
+from llmjax.checkpoint import resolve_step, restore_params
 from llmjax.interop.llama import InteropError, hf_config, tensor_maps
 from llmjax.interop.safetensors_io import write_safetensors
 from llmjax.interop.run_files import imported, load_tokenizer, special_ids, write_hf_tokenizer
@@ -24,17 +23,6 @@ from llmjax.workdir import read_config
 MARKER = "llmjax_export.json"  # What an export directory was made from, to recognise a rerun.
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
-
-
-def resolve_step(workdir: Path, step: int | None) -> int:
-    steps = saved_steps(workdir / "checkpoints")
-    if not steps:
-        raise InteropError(f"{workdir} has no checkpoints; train it first or give another --workdir.")
-    if step is None:
-        return steps[-1]
-    if step not in steps:
-        raise InteropError(f"--step {step}: {workdir} has no checkpoint of that step; it has {steps}.")
-    return step
 
 
 def default_dtype(workdir: Path, config) -> str:
@@ -53,21 +41,6 @@ def check_out(out: Path, marker: dict) -> None:
         if not previous.exists() or json.loads(previous.read_text()) != marker:
             raise InteropError(f"--out {out} is not empty and does not hold this export; choose a "
                                f"new directory or remove it.")
-
-
-def restore_params(workdir: Path, config, step: int) -> dict:
-    """The step's parameters as host numpy arrays (on the first local device while restoring)."""
-    from llmjax import model  # noqa: PLC0415 - model code is needed only once the checks passed.
-    import flax.linen as nn  # noqa: PLC0415
-
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), config)))
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
-    checkpointer = Checkpointer(workdir / "checkpoints", config, read_only=True)
-    try:
-        return jax.tree.map(np.asarray, checkpointer.restore(step, target).params)
-    finally:
-        checkpointer.close()
 
 
 def _leaf(params: dict, path: tuple[str, ...], layer: int | None) -> np.ndarray:

@@ -28,7 +28,8 @@ from llmjax.parallel.rules import batch_sharding
 from llmjax.train.guard import DivergenceGuard
 from llmjax.train.optimizer import build_optimizer
 from llmjax.train.preemption import EXIT_PREEMPTED, PreemptionFlag
-from llmjax.train.resume import abstract_state, initial_state, parse_init_from, state_from_checkpoint
+from llmjax.train.resume import (abstract_state, check_tokenizer, initial_state, parse_init_from,
+                                 state_from_checkpoint)
 from llmjax.parallel.describe import sharding_table
 from llmjax.train.state import param_logical_axes, state_shardings
 from llmjax.train.compile import compile_steps
@@ -83,6 +84,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     distributed.barrier("corpus")
     if not distributed.is_primary():
         corpus = prepare_corpus(config.data, config.model.vocab_size, log)
+    check_tokenizer(config.checkpoint.init_from, corpus.tokenizer)
     start = time.perf_counter()
     train_fn, eval_fn = compile_steps(config, tx, mesh, target)
     log(f"compiled train and eval steps in {time.perf_counter() - start:.1f}s")

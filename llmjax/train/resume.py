@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from pathlib import Path
 
 import jax
@@ -37,6 +38,19 @@ def parse_init_from(value: str) -> InitSource | None:
         raise CheckpointError(f"config.checkpoint.init_from: {directory.parent} has no checkpoint "
                               f"of step {step or '(latest)'}; it has {saved}.")
     return InitSource(Path(path).expanduser().resolve(), int(step) if step else None)
+
+
+def check_tokenizer(init_from: str, tokenizer) -> None:
+    """A run started from another (e.g. an imported model) must read its data with that run's
+    tokenizer, or every token id would mean something else to the model."""
+    source = parse_init_from(init_from)
+    theirs = source.workdir / "tokenizer.json" if source else None
+    if theirs is None or not theirs.exists():
+        return
+    if json.loads(theirs.read_text()) != json.loads(tokenizer.to_str()):
+        raise CheckpointError(f"config.checkpoint.init_from: {source.workdir} was trained with a "
+                              f"different tokenizer ({theirs}) than the one this run's data is "
+                              f"tokenized with; continue it on data prepared with its tokenizer.")
 
 
 def abstract_state(config, tx, shardings: TrainState) -> TrainState:
