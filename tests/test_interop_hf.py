@@ -1,0 +1,135 @@
+"""Against transformers itself (in .venv-ref, see scripts/setup_reference_env.sh): a random
+Hugging Face Llama is imported, continued for a few steps with llmjax-train, and exported; at
+each end transformers and llmjax must compute the same fp32 logits, and the exported
+tokenizer must load with AutoTokenizer and encode as llmjax's does."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from llmjax import model
+from llmjax.checkpoint import CheckpointError, restore_params
+from llmjax.config import apply_overrides
+from llmjax.data.prepare import prepare_corpus
+from llmjax.data.tokenizer import train_tokenizer
+from llmjax.interop.run_files import load_tokenizer
+from llmjax.interop.safetensors_io import SafetensorsReader
+from llmjax.presets import compose
+from llmjax.train.resume import check_tokenizer
+from llmjax.workdir import read_config
+
+from conftest import ROOT, run_reference, run_train
+
+pytestmark = pytest.mark.slow
+
+# The `tiny` preset's shape, but untied and with grouped-query attention (2 kv heads for 4).
+HF_CONFIG = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                 rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+                 bos_token_id=1, eos_token_id=2, pad_token_id=0)
+CONTINUE = ("--config.data.glob=json/*.py", "--config.data.val_percent=20",
+            "--config.data.seq_len=64", "--config.train.steps=4", "--config.train.log_every=2",
+            "--config.train.eval_every=0", "--config.train.eval_batches=1",
+            "--config.train.global_batch_size=8", "--config.optimizer.warmup_steps=1",
+            "--config.checkpoint.every_steps=4", "--config.model.dtype=float32")
+
+
+def cli(module, *args):
+    return subprocess.run([sys.executable, "-m", f"llmjax.cli.{module}", *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def llmjax_logits(workdir, tokens):
+    config = read_config(workdir)
+    config.model.dtype = "float32"
+    step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    return np.asarray(model.apply(restore_params(workdir, config, step), tokens, config=config))
+
+
+def reference_logits(python, directory, tokens, tmp_path):
+    np.save(tmp_path / "tokens.npy", tokens)
+    run_reference(python, "logits", directory, tmp_path / "tokens.npy", tmp_path / "logits.npy")
+    return np.load(tmp_path / "logits.npy")
+
+
+def assert_logits_match(ours, theirs):
+    """1e-4 relative in fp32, measured against the logits' scale."""
+    rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
+    assert rel < 1e-4, rel
+    return rel
+
+
+@pytest.fixture(scope="module")
+def imported(reference_python, tmp_path_factory):
+    """(tmp dir, HF dir, imported run dir, corpus cache): a random transformers Llama whose
+    tokenizer is the one llmjax prepares for the `stdlib_json` data, imported with the CLI."""
+    tmp = tmp_path_factory.mktemp("hf")
+    hf_dir = tmp / "hf"
+    run_reference(reference_python, "make", hf_dir, json.dumps(HF_CONFIG), 0)
+    data = apply_overrides(compose("tiny", data="stdlib_json"), {"data.cache_dir": str(tmp / "cache")})
+    corpus = prepare_corpus(data.data, HF_CONFIG["vocab_size"], log=lambda *_: None)
+    corpus.tokenizer.save(str(hf_dir / "tokenizer.json"))
+    result = cli("import_hf", f"--hf={hf_dir}", f"--workdir={tmp / 'imported'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp, hf_dir, tmp / "imported", tmp / "cache"
+
+
+def random_tokens(seed=0, shape=(3, 24)):
+    return np.random.default_rng(seed).integers(0, HF_CONFIG["vocab_size"], shape).astype(np.int32)
+
+
+def test_imported_model_computes_the_logits_of_transformers(imported, reference_python):
+    tmp, hf_dir, run, _ = imported
+    tokens = random_tokens()
+    rel = assert_logits_match(llmjax_logits(run, tokens),
+                              reference_logits(reference_python, hf_dir, tokens, tmp))
+    print(f"imported parity: max |diff| / max |logit| = {rel:.2e}")
+
+
+def test_export_of_import_is_the_original_checkpoint(imported):
+    tmp, hf_dir, run, _ = imported
+    result = cli("export", f"--workdir={run}", "--format=hf", f"--out={tmp / 'roundtrip'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    source, exported = SafetensorsReader(hf_dir), SafetensorsReader(tmp / "roundtrip")
+    assert exported.names() == source.names()
+    for name in source.names():
+        assert exported.read(name).tobytes() == source.read(name).tobytes(), name
+    original = json.loads((hf_dir / "config.json").read_text())
+    written = json.loads((tmp / "roundtrip" / "config.json").read_text())
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+                "rms_norm_eps", "tie_word_embeddings", "bos_token_id", "eos_token_id",
+                "pad_token_id", "model_type"):
+        assert written[key] == original[key], key
+
+
+def test_continued_pretraining_and_its_export_match_transformers(imported, reference_python):
+    tmp, _, run, cache = imported
+    continued = tmp / "continued"
+    result = run_train(continued, f"--config.checkpoint.init_from={run}", *CONTINUE,
+                       config=f"configs/imported.py:{run}", cache=cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"initialised from {run} step 0 (params only)" in result.stdout
+    losses = [json.loads(line)["loss"] for line in (continued / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite(losses).all()
+
+    out = tmp / "exported"
+    result = cli("export", f"--workdir={continued}", "--format=hf", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    tokens = random_tokens(1)
+    rel = assert_logits_match(llmjax_logits(continued, tokens),
+                              reference_logits(reference_python, out, tokens, tmp))
+    print(f"exported parity: max |diff| / max |logit| = {rel:.2e}")
+    text = "import json\ndef f(x):\n    return json.dumps({'a': [1, 2.5]})\n"
+    run_reference(reference_python, "encode", out, text, tmp / "ids.npy")
+    assert np.load(tmp / "ids.npy").tolist() == load_tokenizer(continued).encode(text).ids
+
+
+def test_init_from_refuses_data_with_another_tokenizer(imported):
+    _, _, run, _ = imported
+    other = train_tokenizer(["something else entirely"] * 5, 300)
+    with pytest.raises(CheckpointError, match="was trained with a different tokenizer"):
+        check_tokenizer(str(run), other)
