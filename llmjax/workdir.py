@@ -16,6 +16,7 @@ from pathlib import Path
 from llmjax.config import apply_overrides, default_config
 
 IDENTITY_SECTIONS = ("model", "data", "seed")  # What makes two configs the same run.
+IMPORTED = "imported.json"  # Marks a run directory made by llmjax-import (params only).
 
 
 class WorkdirError(ValueError):
@@ -44,6 +45,9 @@ def check_workdir(path: str, config) -> tuple[Path, dict[str, tuple]]:
     workdir = Path(path).expanduser().resolve()
     if workdir.exists() and not workdir.is_dir():
         raise WorkdirError(f"--workdir {path}: exists and is not a directory; choose another path.")
+    if (workdir / IMPORTED).exists():  # Its checkpoint has no optimizer state to resume.
+        raise WorkdirError(f"--workdir {path}: holds an imported model; train a new run from it "
+                           f"with --workdir NEW --config.checkpoint.init_from={workdir}.")
     changes = {}
     saved = workdir / "config.json"
     if saved.exists():

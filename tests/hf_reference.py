@@ -4,6 +4,7 @@ independent reference for interop tests.
   make DIR CONFIG_JSON SEED       a random LlamaForCausalLM saved with save_pretrained
   logits DIR TOKENS.npy OUT.npy   fp32 logits of DIR on the token rows
   encode DIR TEXT OUT.npy         AutoTokenizer(DIR) ids of TEXT
+  greedy DIR N OUT.json TEXT...   the N tokens model.generate adds to each TEXT, greedily
 """
 
 import json
@@ -41,5 +42,20 @@ def encode(directory, text, out_path):
     np.save(out_path, np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"]))
 
 
+def greedy(directory, new_tokens, out_path, *texts):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    outputs = []
+    for text in texts:
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 num_beams=1, max_new_tokens=int(new_tokens))
+        outputs.append(out[0, ids.shape[1]:].tolist())
+    with open(out_path, "w") as f:
+        json.dump(outputs, f)
+
+
 if __name__ == "__main__":
-    {"make": make, "logits": logits, "encode": encode}[sys.argv[1]](*sys.argv[2:])
+    commands = {"make": make, "logits": logits, "encode": encode, "greedy": greedy}
+    commands[sys.argv[1]](*sys.argv[2:])

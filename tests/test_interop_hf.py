@@ -128,6 +128,29 @@ def test_continued_pretraining_and_its_export_match_transformers(imported, refer
     assert np.load(tmp / "ids.npy").tolist() == load_tokenizer(continued).encode(text).ids
 
 
+def test_sample_command_decodes_greedily_like_transformers(imported, reference_python):
+    """Two prompts of different lengths in one batch (left padding, KV cache) against
+    transformers' generate on each alone."""
+    tmp, hf_dir, run, _ = imported
+    prompts = ["def ", "import json\nclass Encoder"]
+    result = cli("sample", f"--workdir={run}", *(f"--prompt={p}" for p in prompts),
+                 "--max_new_tokens=8", "--temperature=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    tokenizer, eos = load_tokenizer(run), HF_CONFIG["eos_token_id"]
+    run_reference(reference_python, "greedy", hf_dir, 8, tmp / "greedy.json", *prompts)
+    for prompt, ids in zip(prompts, json.loads((tmp / "greedy.json").read_text())):
+        ids = ids[:ids.index(eos)] if eos in ids else ids
+        assert f"=== {prompt!r}\n{prompt}{tokenizer.decode(ids)}\n" in result.stdout + "\n"
+
+
+def test_training_on_the_imported_directory_itself_is_refused(imported):
+    _, _, run, cache = imported
+    result = run_train(run, config=f"configs/imported.py:{run}", cache=cache)
+    assert result.returncode == 2
+    assert f"holds an imported model; train a new run from it with --workdir NEW " \
+           f"--config.checkpoint.init_from={run}" in result.stderr
+
+
 def test_init_from_refuses_data_with_another_tokenizer(imported):
     _, _, run, _ = imported
     other = train_tokenizer(["something else entirely"] * 5, 300)

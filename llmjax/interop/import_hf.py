@@ -61,6 +61,7 @@ def import_config(hf: dict):
     config = default_config()
     config.model.update(**model_overrides(hf))
     config.model.param_dtype = "float32"
+    config.data.seq_len = min(config.data.seq_len, config.model.max_seq_len)
     return config
 
 

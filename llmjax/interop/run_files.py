@@ -16,10 +16,10 @@ from tokenizers import Tokenizer
 
 from llmjax.data.tokenizer import BOS, EOS, PAD, special_id
 from llmjax.interop.llama import InteropError
+from llmjax.workdir import IMPORTED
 
 TOKENIZER = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
-IMPORTED = "imported.json"
 SPECIAL_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
