@@ -7,12 +7,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from llmjax import model
-from llmjax.sample.generate import Settings, generate
+from llmjax.sample.cached import inference_spec
+from llmjax.sample.generate import (Settings, decode_step, generate, left_pad, prefill,
+                                    reorder_state)
 from llmjax.sample.search import beam_search, sample_tokens
-from llmjax.sample.select import Sampling, filter_logits
+from llmjax.sample.select import Sampling, choose, filter_logits
 
 from conftest import make_tiny_config
 
@@ -31,16 +32,18 @@ def _setup(**overrides):
 PROMPTS = [[5, 9, 17, 33, 2], [40, 41], [7, 8, 9]]
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_cached_decoding_equals_full_forward_and_greedy_is_its_argmax(scan_layers):
-    config, params = _setup(scan_layers=scan_layers)
+def test_cached_decoding_equals_full_forward_and_greedy_is_its_argmax():
+    config, params = _setup()
     out = generate(params, config, PROMPTS, GREEDY, eos_ids=(), pad_id=PAD, keep_logits=True)
+    # One uncached forward pass over each prompt + its generated tokens, the rows right-padded
+    # to one length (causality: padding after a position changes nothing at or before it).
+    # Its logits at each position are those of a full forward pass over the sequence so far.
+    sequences = [p + out["tokens"][row].tolist() for row, p in enumerate(PROMPTS)]
+    width = max(map(len, sequences))
+    full = model.apply(params, jnp.asarray([s + [PAD] * (width - len(s)) for s in sequences]),
+                       config=config)
     for row, prompt in enumerate(PROMPTS):
-        # One uncached forward pass over prompt + generated tokens: by causality, its logits at
-        # each position are those of a full forward pass over the sequence up to there.
-        sequence = prompt + out["tokens"][row].tolist()
-        full = model.apply(params, jnp.asarray([sequence]), config=config)[0]
-        expected = np.asarray(full[len(prompt) - 1:-1])
+        expected = np.asarray(full[row, len(prompt) - 1:len(sequences[row]) - 1])
         # Left padding and the cache change no logit beyond fp32 rounding.
         np.testing.assert_allclose(out["logits"][row], expected, rtol=1e-5, atol=1e-5)
         assert out["tokens"][row].tolist() == expected.argmax(-1).tolist()
@@ -59,7 +62,7 @@ def test_eos_stops_a_row_and_pads_after_it():
         assert (out[row, end:] == PAD).all()
 
 
-def test_sampling_is_deterministic_given_the_seed_and_top_k_1_is_greedy():
+def test_sampling_is_deterministic_given_the_seed():
     config, params = _setup()
     sampled = Settings(max_new_tokens=6, sampling=Sampling(temperature=1.5))
     first = generate(params, config, PROMPTS, sampled, eos_ids=(), pad_id=PAD, seed=3)["tokens"]
@@ -67,21 +70,46 @@ def test_sampling_is_deterministic_given_the_seed_and_top_k_1_is_greedy():
     other = generate(params, config, PROMPTS, sampled, eos_ids=(), pad_id=PAD, seed=4)["tokens"]
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
-    greedy = generate(params, config, PROMPTS, GREEDY, eos_ids=(), pad_id=PAD)["tokens"]
-    top1 = dataclasses.replace(sampled, sampling=Sampling(temperature=1.5, top_k=1))
-    np.testing.assert_array_equal(
-        generate(params, config, PROMPTS, top1, eos_ids=(), pad_id=PAD)["tokens"], greedy)
 
 
-def test_one_beam_is_greedy():
-    config, params = _setup()
-    greedy = generate(params, config, PROMPTS, GREEDY, eos_ids=(), pad_id=PAD)["tokens"]
-    beam = generate(params, config, PROMPTS, dataclasses.replace(GREEDY, num_beams=1),
-                    eos_ids=(), pad_id=PAD)
-    np.testing.assert_array_equal(beam["tokens"], greedy)
+def test_top_k_1_is_greedy_at_any_temperature():
+    logits = jax.random.normal(jax.random.key(0), (64, 50))
+    for seed in range(3):
+        chosen = choose(jax.random.key(seed), logits, Sampling(temperature=2.0, top_k=1))
+        np.testing.assert_array_equal(chosen, jnp.argmax(logits, -1))
+
+
+def _log_probs(params, config, prompts, new_tokens):
+    """Summed log-probabilities of each row's new tokens, by one uncached forward pass."""
+    sequences = [p + list(n) for p, n in zip(prompts, new_tokens)]
+    width = max(map(len, sequences))
+    logits = model.apply(params, jnp.asarray([s + [PAD] * (width - len(s)) for s in sequences]),
+                         config=config)
+    logp = jax.nn.log_softmax(logits, -1)
+    return np.asarray([sum(float(logp[row, len(p) - 1 + i, t]) for i, t in enumerate(n))
+                       for row, (p, n) in enumerate(zip(prompts, new_tokens))])
+
+
+def test_beam_search_scores_its_sequences_and_one_beam_is_greedy():
+    # Unscanned layers here (scanned elsewhere): a cache per layer, each reordered by beam.
+    config, params = _setup(scan_layers=False)
     beams = generate(params, config, PROMPTS, dataclasses.replace(GREEDY, num_beams=3),
                      eos_ids=(), pad_id=PAD)
-    assert beams["tokens"].shape == greedy.shape
+    # The score is the true log-probability of the returned sequence: the cache followed
+    # the surviving beams correctly.
+    np.testing.assert_allclose(beams["scores"], _log_probs(params, config, PROMPTS, beams["tokens"]),
+                               rtol=1e-4)
+    greedy = generate(params, config, PROMPTS, GREEDY, eos_ids=(), pad_id=PAD)["tokens"]
+
+    tokens, mask = left_pad(PROMPTS, PAD)
+    spec = inference_spec(config)
+
+    @jax.jit
+    def one_beam(params):
+        logits, state = prefill(params, spec, tokens, mask, tokens.shape[1] + 6)
+        return beam_search(decode_step(params, spec), reorder_state, state, logits[:, -1],
+                           num_beams=1, max_new_tokens=6, eos_ids=jnp.asarray([-1]), pad_id=PAD)
+    np.testing.assert_array_equal(one_beam(params)[0], greedy)
 
 
 def test_filters_keep_the_most_likely_tokens():
@@ -113,9 +141,10 @@ def test_beam_search_finds_the_more_likely_sequence():
     step = _markov(TABLE)
     start = jnp.log(jnp.asarray([TABLE[0]] * 2))  # Two beams of one batch row.
     tokens, score = beam_search(step, lambda s, rows: s, None, start, num_beams=2,
-                                max_new_tokens=4, eos_ids=(EOS,), pad_id=PAD)
+                                max_new_tokens=4, eos_ids=jnp.asarray([EOS]), pad_id=PAD)
     assert tokens.tolist() == [[3, EOS, PAD, PAD]]
     np.testing.assert_allclose(score, [np.log(0.4)], rtol=1e-5)
     greedy, _ = sample_tokens(step, None, start[:1], jax.random.key(0), max_new_tokens=4,
-                              sampling=Sampling(temperature=0.0), eos_ids=(EOS,), pad_id=PAD)
+                              sampling=Sampling(temperature=0.0), eos_ids=jnp.asarray([EOS]),
+                              pad_id=PAD)
     assert greedy[0, 0] == 2  # The myopic choice.

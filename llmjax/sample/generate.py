@@ -72,16 +72,17 @@ def generate(params, config, prompts: list[list[int]], settings: Settings, *,
         raise ValueError(f"the longest prompt ({tokens.shape[1]} tokens) plus --max_new_tokens "
                          f"{settings.max_new_tokens} exceeds model.max_seq_len="
                          f"{config.model.max_seq_len}; shorten one of them.")
-    out = _run(params, tokens, mask, jax.random.key(seed), spec=cached.inference_spec(config),
-               settings=settings, cache_length=cache_length, eos_ids=tuple(eos_ids), pad_id=pad_id,
+    # End and pad ids are traced, not static: changing them does not recompile.
+    eos = jnp.asarray(tuple(eos_ids) or (-1,), jnp.int32)
+    out = _run(params, tokens, mask, jax.random.key(seed), eos, jnp.int32(pad_id),
+               spec=cached.inference_spec(config), settings=settings, cache_length=cache_length,
                keep_logits=keep_logits)
     return jax.tree.map(np.asarray, out)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "settings", "cache_length", "eos_ids",
-                                             "pad_id", "keep_logits"))
-def _run(params, tokens_BT, mask_BT, rng, *, spec, settings: Settings, cache_length: int,
-         eos_ids: tuple[int, ...], pad_id: int, keep_logits: bool):
+@functools.partial(jax.jit, static_argnames=("spec", "settings", "cache_length", "keep_logits"))
+def _run(params, tokens_BT, mask_BT, rng, eos_ids, pad_id, *, spec, settings: Settings,
+         cache_length: int, keep_logits: bool):
     width = settings.num_beams
     if width > 1:  # Every beam starts as a copy of its prompt.
         tokens_BT, mask_BT = jnp.repeat(tokens_BT, width, 0), jnp.repeat(mask_BT, width, 0)

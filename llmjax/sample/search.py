@@ -11,11 +11,10 @@ from llmjax.sample.select import Sampling, choose
 
 
 def sample_tokens(step, state, logits_BV, rng, *, max_new_tokens: int, sampling: Sampling,
-                  eos_ids: tuple[int, ...], pad_id: int, keep_logits: bool = False):
+                  eos_ids, pad_id, keep_logits: bool = False):
     """(tokens [B, N], logits [B, N, V] the tokens were chosen from, or None). A row that has
-    produced an EOS is padded with `pad_id` from then on."""
+    produced one of `eos_ids` (an int array) is padded with `pad_id` from then on."""
     batch, vocab = logits_BV.shape
-    eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
 
     def body(carry):
         i, tokens_BN, history_BNV, logits_BV, state, done_B, rng = carry
@@ -24,7 +23,7 @@ def sample_tokens(step, state, logits_BV, rng, *, max_new_tokens: int, sampling:
         tokens_BN = tokens_BN.at[:, i].set(token_B)
         if keep_logits:
             history_BNV = history_BNV.at[:, i].set(logits_BV)
-        done_B = done_B | jnp.isin(token_B, eos)
+        done_B = done_B | jnp.isin(token_B, eos_ids)
         logits_BV, state = step(state, token_B)
         return i + 1, tokens_BN, history_BNV, logits_BV, state, done_B, rng
 
@@ -39,14 +38,13 @@ def sample_tokens(step, state, logits_BV, rng, *, max_new_tokens: int, sampling:
 
 
 def beam_search(step, reorder, state, logits_BV, *, num_beams: int, max_new_tokens: int,
-                eos_ids: tuple[int, ...], pad_id: int):
+                eos_ids, pad_id):
     """(tokens [B, N], summed log-probabilities [B]) of the best of `num_beams` beams. The
     inputs hold B x num_beams rows (beam-major within each batch row, all beams of a row
     identical); `reorder(state, rows)` makes the state follow the surviving beams. A beam that
     produced EOS is finished: it keeps its score and continues with pad tokens only."""
     rows, vocab = logits_BV.shape
     batch, width = rows // num_beams, num_beams
-    eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
     # Only the first beam of each row is live at the start: the others are copies of it.
     scores_BW = jnp.tile(jnp.where(jnp.arange(width) == 0, 0.0, -jnp.inf), (batch, 1))
     finished_V = jnp.full(vocab, -jnp.inf).at[pad_id].set(0.0)
@@ -60,7 +58,7 @@ def beam_search(step, reorder, state, logits_BV, *, num_beams: int, max_new_toke
         origin_BW, token_BW = index_BW // vocab, (index_BW % vocab).astype(jnp.int32)
         tokens_BWN = jnp.take_along_axis(tokens_BWN, origin_BW[..., None], axis=1)
         tokens_BWN = tokens_BWN.at[:, :, i].set(token_BW)
-        done_BW = jnp.take_along_axis(done_BW, origin_BW, axis=1) | jnp.isin(token_BW, eos)
+        done_BW = jnp.take_along_axis(done_BW, origin_BW, axis=1) | jnp.isin(token_BW, eos_ids)
         state = reorder(state, (jnp.arange(batch)[:, None] * width + origin_BW).reshape(-1))
         logits_BV, state = step(state, token_BW.reshape(-1))
         return i + 1, tokens_BWN, logits_BV, state, done_BW, scores_BW
