@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from llmjax.cli.app import run as run_app
 
@@ -37,6 +37,7 @@ def main(argv) -> None:
         max_shard = parse_size(_MAX_SHARD.value)
     except ValueError:
         sys.exit(f"error: --max_shard_size {_MAX_SHARD.value}: give a size such as 5GB or 200MB.")
+    logging.set_verbosity(logging.ERROR)  # Orbax warns that it opens the run read-only.
     try:
         export_hf(Path(_WORKDIR.value), Path(_OUT.value), _STEP.value, _DTYPE.value, max_shard)
     except (InteropError, CheckpointError, WorkdirError) as error:

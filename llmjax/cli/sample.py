@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from llmjax.cli.app import run as run_app
 
@@ -33,15 +33,15 @@ def main(argv) -> None:
     from llmjax.checkpoint import CheckpointError, resolve_step, restore_params  # noqa: PLC0415
     from llmjax.interop.llama import InteropError  # noqa: PLC0415
     from llmjax.interop.run_files import eos_ids, load_tokenizer, special_ids  # noqa: PLC0415
-    from llmjax.sample.generate import Settings, generate  # noqa: PLC0415
+    from llmjax.sample.generate import Settings, check, generate  # noqa: PLC0415
     from llmjax.sample.select import Sampling  # noqa: PLC0415
     from llmjax.workdir import WorkdirError, read_config  # noqa: PLC0415
 
     workdir = Path(_WORKDIR.value)
     settings = Settings(max_new_tokens=_MAX_NEW.value, num_beams=_BEAMS.value,
                         sampling=Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value))
+    logging.set_verbosity(logging.ERROR)  # Orbax warns that it opens the run read-only.
     try:
-        settings.sampling.check()
         config = read_config(workdir)
         step = resolve_step(workdir, _STEP.value)
         tokenizer = load_tokenizer(workdir)
@@ -49,6 +49,7 @@ def main(argv) -> None:
         specials = special_ids(workdir)
         pad = next((i for i in (specials["pad_token_id"], *ends) if i is not None), 0)
         prompts = [e.ids for e in tokenizer.encode_batch(_PROMPT.value)]
+        check(prompts, settings, config.model.max_seq_len)  # Before the model is loaded.
         params = restore_params(workdir, config, step)
         out = generate(params, config, prompts, settings, eos_ids=tuple(ends), pad_id=pad,
                        seed=_SEED.value)

@@ -22,11 +22,24 @@ class Settings:
     num_beams: int = 1  # Above 1: beam search (deterministic; the sampling settings are unused).
 
 
+def check(prompts: list[list[int]], settings: Settings, max_seq_len: int) -> None:
+    """Raises ValueError naming the setting that cannot work; cheap, so callers can run it
+    before loading a model."""
+    settings.sampling.check()
+    if settings.max_new_tokens < 1 or settings.num_beams < 1:
+        raise ValueError("--max_new_tokens and --num_beams must be at least 1.")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token.")
+    longest = max(len(p) for p in prompts)
+    if longest + settings.max_new_tokens > max_seq_len:
+        raise ValueError(f"the longest prompt ({longest} tokens) plus --max_new_tokens "
+                         f"{settings.max_new_tokens} exceeds model.max_seq_len={max_seq_len}; "
+                         f"shorten one of them.")
+
+
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(tokens [B, T], mask [B, T]) with each prompt flush right, so every row's next token
     goes in the same column. Positions come from the mask, so padding changes no logit."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token.")
     length = max(len(p) for p in prompts)
     tokens = np.full((len(prompts), length), pad_id, np.int32)
     mask = np.zeros((len(prompts), length), np.int32)
@@ -63,15 +76,9 @@ def generate(params, config, prompts: list[list[int]], settings: Settings, *,
              eos_ids: tuple[int, ...], pad_id: int, seed: int = 0, keep_logits: bool = False) -> dict:
     """{"tokens": [B, N] new tokens (pad after EOS), and "logits" [B, N, V] (with keep_logits,
     sampling only) or "scores" [B] (beam search)}, as numpy arrays."""
-    settings.sampling.check()
-    if settings.max_new_tokens < 1 or settings.num_beams < 1:
-        raise ValueError("--max_new_tokens and --num_beams must be at least 1.")
+    check(prompts, settings, config.model.max_seq_len)
     tokens, mask = left_pad(prompts, pad_id)
     cache_length = tokens.shape[1] + settings.max_new_tokens
-    if cache_length > config.model.max_seq_len:
-        raise ValueError(f"the longest prompt ({tokens.shape[1]} tokens) plus --max_new_tokens "
-                         f"{settings.max_new_tokens} exceeds model.max_seq_len="
-                         f"{config.model.max_seq_len}; shorten one of them.")
     # End and pad ids are traced, not static: changing them does not recompile.
     eos = jnp.asarray(tuple(eos_ids) or (-1,), jnp.int32)
     out = _run(params, tokens, mask, jax.random.key(seed), eos, jnp.int32(pad_id),
