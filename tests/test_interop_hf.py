@@ -12,12 +12,9 @@ import pytest
 
 from llmjax import model
 from llmjax.checkpoint import CheckpointError, restore_params
-from llmjax.config import apply_overrides
-from llmjax.data.prepare import prepare_corpus
 from llmjax.data.tokenizer import train_tokenizer
 from llmjax.interop.run_files import load_tokenizer
 from llmjax.interop.safetensors_io import SafetensorsReader
-from llmjax.presets import compose
 from llmjax.train.resume import check_tokenizer
 from llmjax.workdir import read_config
 
@@ -64,14 +61,14 @@ def assert_logits_match(ours, theirs):
 
 @pytest.fixture(scope="module")
 def imported(reference_python, tmp_path_factory):
-    """(tmp dir, HF dir, imported run dir, corpus cache): a random transformers Llama whose
-    tokenizer is the one llmjax prepares for the `stdlib_json` data, imported with the CLI."""
+    """(tmp dir, HF dir, imported run dir, corpus cache): a random transformers Llama with a
+    BPE tokenizer of its own (not the one llmjax would train on the data), imported with the
+    CLI."""
     tmp = tmp_path_factory.mktemp("hf")
     hf_dir = tmp / "hf"
     run_reference(reference_python, "make", hf_dir, json.dumps(HF_CONFIG), 0)
-    data = apply_overrides(compose("tiny", data="stdlib_json"), {"data.cache_dir": str(tmp / "cache")})
-    corpus = prepare_corpus(data.data, HF_CONFIG["vocab_size"], log=lambda *_: None)
-    corpus.tokenizer.save(str(hf_dir / "tokenizer.json"))
+    texts = ["import json\nclass Encoder:\n    def encode(self, o):\n        return json.dumps(o)\n"]
+    train_tokenizer(texts * 20, HF_CONFIG["vocab_size"]).save(str(hf_dir / "tokenizer.json"))
     result = cli("import_hf", f"--hf={hf_dir}", f"--workdir={tmp / 'imported'}")
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp, hf_dir, tmp / "imported", tmp / "cache"
@@ -113,6 +110,8 @@ def test_continued_pretraining_and_its_export_match_transformers(imported, refer
                        config=f"configs/imported.py:{run}", cache=cache)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"initialised from {run} step 0 (params only)" in result.stdout
+    # The data was tokenized with the imported tokenizer, not a newly trained one.
+    assert "training a" not in result.stdout
     losses = [json.loads(line)["loss"] for line in (continued / "metrics.jsonl").read_text().splitlines()]
     assert np.isfinite(losses).all()
 

@@ -22,6 +22,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from llmjax.data import corpus
+from llmjax.data.corpus import CorpusError
 from llmjax.data.tokenizer import EOS, special_id, train_tokenizer
 
 FORMAT_VERSION = 1
@@ -52,9 +53,33 @@ def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def given_tokenizer(data_config, vocab_size: int) -> tuple[Tokenizer, int] | None:
+    """(tokenizer, EOS id) named by `data.tokenizer` (e.g. an imported model's), checked; None
+    when llmjax trains its own."""
+    if not data_config.tokenizer:
+        return None
+    path = Path(data_config.tokenizer).expanduser()
+    if not path.is_file():
+        raise CorpusError(f"config.data.tokenizer={data_config.tokenizer!r}: no such file; give a "
+                          f"tokenizer.json (e.g. RUN/tokenizer.json of an imported run) or '' to "
+                          f"train one on the corpus.")
+    tokenizer = Tokenizer.from_file(str(path))
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise CorpusError(f"config.data.tokenizer={data_config.tokenizer!r}: has "
+                          f"{tokenizer.get_vocab_size()} tokens, more than model.vocab_size="
+                          f"{vocab_size}; use the model's own tokenizer.")
+    eos_id = data_config.eos_id if data_config.eos_id >= 0 else tokenizer.token_to_id(EOS)
+    if eos_id is None or eos_id >= tokenizer.get_vocab_size():
+        raise CorpusError(f"config.data.eos_id={data_config.eos_id}: the tokenizer has no such "
+                          f"token (nor {EOS}); set it to the id that ends a document.")
+    return tokenizer, eos_id
+
+
 def _fingerprint(root: Path, relpaths: list[str], data_config, vocab_size: int) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([FORMAT_VERSION, vocab_size, data_config.val_percent]).encode())
+    if data_config.tokenizer:
+        h.update(Path(data_config.tokenizer).expanduser().read_bytes() + str(data_config.eos_id).encode())
     for rel in relpaths:
         h.update(rel.encode() + b"\0" + hashlib.sha256((root / rel).read_bytes()).digest())
     return h.hexdigest()[:16]
@@ -68,11 +93,12 @@ def _token_stream(tokenizer: Tokenizer, texts: list[str], eos_id: int) -> np.nda
 
 def prepare_corpus(data_config, vocab_size: int, log=print) -> PreparedCorpus:
     root = corpus.corpus_root(data_config.source)
+    given = given_tokenizer(data_config, vocab_size)  # Fails before the corpus is read.
     relpaths = corpus.list_documents(root, data_config.glob, data_config.max_files)
     cache = Path(data_config.cache_dir).expanduser() if data_config.cache_dir else default_cache_dir()
     target = cache / f"corpus-{_fingerprint(root, relpaths, data_config, vocab_size)}"
     if not (target / "manifest.json").exists():
-        _build(root, relpaths, data_config, vocab_size, target, log)
+        _build(root, relpaths, data_config, vocab_size, given, target, log)
     manifest = json.loads((target / "manifest.json").read_text())
     log(f"corpus: {manifest['train_tokens']:,} train / {manifest['val_tokens']:,} val tokens "
         f"from {manifest['train_files']} + {manifest['val_files']} files of {root} "
@@ -84,7 +110,7 @@ def prepare_corpus(data_config, vocab_size: int, log=print) -> PreparedCorpus:
                           manifest=manifest)
 
 
-def _build(root, relpaths, data_config, vocab_size, target: Path, log) -> None:
+def _build(root, relpaths, data_config, vocab_size, given, target: Path, log) -> None:
     start = time.time()
     train_paths, val_paths = corpus.split_documents(relpaths, data_config.val_percent)
     texts, invalid = {}, []
@@ -95,9 +121,12 @@ def _build(root, relpaths, data_config, vocab_size, target: Path, log) -> None:
     if invalid:
         log(f"corpus: {len(invalid)} files held invalid UTF-8 (replaced with U+FFFD), "
             f"e.g. {invalid[0]}")
-    log(f"corpus: training a {vocab_size}-token byte-level BPE on {len(train_paths)} files ...")
-    tokenizer = train_tokenizer((texts[p] for p in train_paths), vocab_size)
-    eos_id = special_id(tokenizer, EOS)
+    if given:
+        tokenizer, eos_id = given
+    else:
+        log(f"corpus: training a {vocab_size}-token byte-level BPE on {len(train_paths)} files ...")
+        tokenizer = train_tokenizer((texts[p] for p in train_paths), vocab_size)
+        eos_id = special_id(tokenizer, EOS)
     train = _token_stream(tokenizer, [texts[p] for p in train_paths], eos_id)
     val = _token_stream(tokenizer, [texts[p] for p in val_paths], eos_id)
     manifest = {

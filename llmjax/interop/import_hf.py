@@ -55,13 +55,17 @@ def check_tensors(reader: SafetensorsReader, maps: list[TensorMap], tied: bool) 
     return dtypes.pop()
 
 
-def import_config(hf: dict):
-    """The llmjax config of the imported model: defaults plus the HF model's shape; parameters
-    are stored in float32 for continued training whatever the source dtype."""
+def import_config(hf: dict, workdir: Path):
+    """The llmjax config of the imported model: defaults plus the HF model's shape, data
+    tokenized with its tokenizer (copied into `workdir`) and split at its EOS; parameters are
+    stored in float32 for continued training whatever the source dtype."""
     config = default_config()
     config.model.update(**model_overrides(hf))
     config.model.param_dtype = "float32"
-    config.data.seq_len = min(config.data.seq_len, config.model.max_seq_len)
+    eos = hf.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) else eos
+    config.data.update(tokenizer=str(workdir / TOKENIZER), eos_id=-1 if eos is None else eos,
+                       seq_len=min(config.data.seq_len, config.model.max_seq_len))
     return config
 
 
@@ -92,7 +96,7 @@ def import_hf(hf_dir: Path, workdir: Path, log=print) -> Path:
         raise InteropError(f"--hf {hf_dir}: no config.json; give a directory written by "
                            f"save_pretrained.")
     hf = json.loads((hf_dir / "config.json").read_text())
-    config = import_config(hf)
+    config = import_config(hf, workdir)
     if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
         raise InteropError(f"--workdir {workdir} already exists and is not empty; import into a "
                            f"new directory.")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from tokenizers import Tokenizer
 
 from llmjax.checkpoint import CheckpointError, Checkpointer, saved_steps
 from llmjax.train.state import TrainState, fresh_state, create_train_state
@@ -47,10 +47,10 @@ def check_tokenizer(init_from: str, tokenizer) -> None:
     theirs = source.workdir / "tokenizer.json" if source else None
     if theirs is None or not theirs.exists():
         return
-    if json.loads(theirs.read_text()) != json.loads(tokenizer.to_str()):
+    if Tokenizer.from_file(str(theirs)).get_vocab() != tokenizer.get_vocab():
         raise CheckpointError(f"config.checkpoint.init_from: {source.workdir} was trained with a "
                               f"different tokenizer ({theirs}) than the one this run's data is "
-                              f"tokenized with; continue it on data prepared with its tokenizer.")
+                              f"tokenized with; set --config.data.tokenizer={theirs}.")
 
 
 def abstract_state(config, tx, shardings: TrainState) -> TrainState:
