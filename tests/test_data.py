@@ -9,6 +9,7 @@ from llmjax.config import default_config
 from llmjax.data import corpus
 from llmjax.data.pipeline import PackedWindows, eval_batches, train_batches
 from llmjax.data.prepare import prepare_corpus, unigram_entropy
+from llmjax.data.tokenizer import train_tokenizer
 
 EOS = 2
 
@@ -155,3 +156,38 @@ def test_device_batches_equal_the_host_global_batches():
             np.testing.assert_array_equal(np.asarray(value), reference[step][key])
         assert on_device["inputs"].sharding.spec == PartitionSpec("data", None)
     assert np.isnan(np.asarray(batches.device_batch(3, poison=True)["weights"])).all()
+
+
+def test_a_given_tokenizer_is_used_as_it_is(tmp_path):
+    """data.tokenizer (an imported model's): no BPE is trained, documents end at data.eos_id."""
+    _write_corpus(tmp_path / "src")
+    tokenizer = train_tokenizer(["completely different text " * 10] * 5, 280)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    config = default_config().data
+    config.update(source=str(tmp_path / "src"), cache_dir=str(tmp_path / "cache"),
+                  tokenizer=str(tmp_path / "tokenizer.json"), eos_id=1)
+    logs = []
+    prepared = prepare_corpus(config, 300, logs.append)
+    assert not any("training" in line for line in logs)
+    assert prepared.eos_id == 1 and prepared.tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert int((prepared.train_tokens == 1).sum()) == prepared.manifest["train_files"]
+    # Another eos id is another preparation.
+    config.eos_id = 2
+    assert prepare_corpus(config, 300, logs.append).directory != prepared.directory
+
+
+@pytest.mark.parametrize("tokenizer, eos_id, vocab_size, message", [
+    ("missing.json", -1, 300, "no such file"),
+    ("tokenizer.json", -1, 100, r"has \d+ tokens, more than model.vocab_size=100"),
+    ("tokenizer.json", 999, 300, "config.data.eos_id=999: the tokenizer has no such token"),
+])
+def test_a_bad_given_tokenizer_is_refused(tmp_path, tokenizer, eos_id, vocab_size, message):
+    _write_corpus(tmp_path / "src")
+    train_tokenizer(["some text " * 10] * 5, 280).save(str(tmp_path / "tokenizer.json"))
+    config = default_config().data
+    config.update(source=str(tmp_path / "src"), cache_dir=str(tmp_path / "cache"),
+                  tokenizer=str(tmp_path / tokenizer), eos_id=eos_id)
+    with pytest.raises(corpus.CorpusError, match=message):
+        prepare_corpus(config, vocab_size)
+    assert not (tmp_path / "cache").exists()
+

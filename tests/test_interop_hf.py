@@ -7,18 +7,24 @@ import json
 import subprocess
 import sys
 
+import ml_dtypes
 import numpy as np
 import pytest
 
 from llmjax import model
 from llmjax.checkpoint import CheckpointError, restore_params
 from llmjax.data.tokenizer import train_tokenizer
+from llmjax.interop.export import export_hf
+from llmjax.interop.import_hf import import_hf
 from llmjax.interop.run_files import load_tokenizer
 from llmjax.interop.safetensors_io import SafetensorsReader
 from llmjax.train.resume import check_tokenizer
 from llmjax.workdir import read_config
 
 from conftest import ROOT, run_reference, run_train
+from hf_checkpoints import HF_CONFIG as HAND_WRITTEN, make_hf_dir
+
+HAND_WRITTEN_VOCAB = HAND_WRITTEN["vocab_size"]
 
 pytestmark = pytest.mark.slow
 
@@ -74,8 +80,8 @@ def imported(reference_python, tmp_path_factory):
     return tmp, hf_dir, tmp / "imported", tmp / "cache"
 
 
-def random_tokens(seed=0, shape=(3, 24)):
-    return np.random.default_rng(seed).integers(0, HF_CONFIG["vocab_size"], shape).astype(np.int32)
+def random_tokens(seed=0, shape=(3, 24), vocab=HF_CONFIG["vocab_size"]):
+    return np.random.default_rng(seed).integers(0, vocab, shape).astype(np.int32)
 
 
 def test_imported_model_computes_the_logits_of_transformers(imported, reference_python):
@@ -125,6 +131,19 @@ def test_continued_pretraining_and_its_export_match_transformers(imported, refer
     text = "import json\ndef f(x):\n    return json.dumps({'a': [1, 2.5]})\n"
     run_reference(reference_python, "encode", out, text, tmp / "ids.npy")
     assert np.load(tmp / "ids.npy").tolist() == load_tokenizer(continued).encode(text).ids
+
+
+def test_tied_bfloat16_export_matches_transformers(reference_python, tmp_path):
+    """Tied embeddings (no lm_head tensor) and a bf16 export, from a hand-written checkpoint."""
+    make_hf_dir(tmp_path / "hf", {"tie_word_embeddings": True, "torch_dtype": "bfloat16"},
+                dtype=ml_dtypes.bfloat16)
+    import_hf(tmp_path / "hf", tmp_path / "run", log=lambda *_: None)
+    export_hf(tmp_path / "run", tmp_path / "out", log=lambda *_: None)
+    assert "lm_head.weight" not in SafetensorsReader(tmp_path / "out").names()
+    tokens = random_tokens(2, vocab=HAND_WRITTEN_VOCAB)
+    # transformers computes in fp32 from the bf16 weights; so does llmjax (float32 params).
+    assert_logits_match(llmjax_logits(tmp_path / "run", tokens),
+                        reference_logits(reference_python, tmp_path / "out", tokens, tmp_path))
 
 
 def test_sample_command_decodes_greedily_like_transformers(imported, reference_python):

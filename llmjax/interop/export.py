@@ -22,7 +22,6 @@ from llmjax.workdir import read_config
 
 MARKER = "llmjax_export.json"  # What an export directory was made from, to recognise a rerun.
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
-SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
 def default_dtype(workdir: Path, config) -> str:

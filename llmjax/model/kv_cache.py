@@ -21,9 +21,14 @@ def attend_to_cache(module: nn.Module, k_BTKH, v_BTKH, segment_ids_BT):
     segments = module.variable("cache", "cached_segment_ids", jnp.zeros, segment_ids_BT.shape, jnp.int32)
     index = module.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
     start, length = index.value, k_BTKH.shape[1]
-    key.value = jax.lax.dynamic_update_slice(key.value, k_BTKH.astype(key.value.dtype), (0, start, 0, 0))
-    value.value = jax.lax.dynamic_update_slice(value.value, v_BTKH.astype(value.value.dtype), (0, start, 0, 0))
-    segments.value = jax.lax.dynamic_update_slice(segments.value, segment_ids_BT.astype(jnp.int32), (0, start))
+
+    def append(cache, new):
+        return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype),
+                                            (0, start) + (0,) * (cache.ndim - 2))
+
+    key.value = append(key.value, k_BTKH)
+    value.value = append(value.value, v_BTKH)
+    segments.value = append(segments.value, segment_ids_BT)
     index.value = start + length
     slot_S = jnp.arange(key.value.shape[1])
     query_T = start + jnp.arange(length)
