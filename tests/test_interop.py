@@ -12,11 +12,11 @@ import pytest
 
 from llmjax.interop.export import export_hf
 from llmjax.interop.import_hf import import_hf
-from llmjax.interop.llama import InteropError
+from llmjax.interop.llama import InteropError, model_overrides
 from llmjax.interop.safetensors_io import INDEX_FILE, SafetensorsReader
 
 from conftest import ROOT
-from hf_checkpoints import make_hf_dir
+from hf_checkpoints import HF_CONFIG, make_hf_dir
 
 def assert_same_tensors(directory, tensors):
     reader = SafetensorsReader(directory)
@@ -103,3 +103,9 @@ def test_import_streams_tensor_by_tensor(tmp_path):
     tracemalloc.stop()
     assert model_bytes > 8 * largest  # The model is many tensors ...
     assert peak < 3 * largest, (peak, largest, model_bytes)  # ... memory is a few of them.
+
+
+def test_an_incomplete_config_names_what_it_lacks():
+    config = {k: v for k, v in HF_CONFIG.items() if k not in ("intermediate_size", "rms_norm_eps")}
+    with pytest.raises(InteropError, match="config.json: lacks intermediate_size, rms_norm_eps"):
+        model_overrides(config)

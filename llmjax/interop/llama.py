@@ -17,6 +17,8 @@ class InteropError(ValueError):
     """A checkpoint or config that cannot be converted; the message names what and why."""
 
 
+_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size", "max_position_embeddings", "rms_norm_eps")
 # HF config fields that select behaviour llmjax does not implement, with the value llmjax has.
 _UNSUPPORTED_IF_SET = {
     "attention_bias": False, "mlp_bias": False, "hidden_act": "silu", "pretraining_tp": 1,
@@ -45,6 +47,9 @@ def model_overrides(hf: dict) -> dict:
         if key in hf and hf[key] != supported:
             raise InteropError(f"config.json: {key}={hf[key]!r} is not supported (llmjax has "
                                f"{key}={supported!r}).")
+    missing = [key for key in _REQUIRED if key not in hf]
+    if missing:
+        raise InteropError(f"config.json: lacks {', '.join(missing)}; is it a complete Llama config?")
     heads, d_model = hf["num_attention_heads"], hf["hidden_size"]
     head_dim = hf.get("head_dim") or d_model // heads
     if head_dim * heads != d_model:
