@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import ml_dtypes
+import jax.numpy as jnp
 import numpy as np
 
 from llmjax.checkpoint import resolve_step, restore_params
@@ -21,7 +21,7 @@ from llmjax.interop.run_files import imported, load_tokenizer, special_ids, writ
 from llmjax.workdir import read_config
 
 MARKER = "llmjax_export.json"  # What an export directory was made from, to recognise a rerun.
-DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "float16": np.float16}
 
 
 def default_dtype(workdir: Path, config) -> str:

@@ -42,7 +42,8 @@ def beam_search(step, reorder, state, logits_BV, *, num_beams: int, max_new_toke
     """(tokens [B, N], summed log-probabilities [B]) of the best of `num_beams` beams. The
     inputs hold B x num_beams rows (beam-major within each batch row, all beams of a row
     identical); `reorder(state, rows)` makes the state follow the surviving beams. A beam that
-    produced EOS is finished: it keeps its score and continues with pad tokens only."""
+    produced EOS is finished: it keeps its score and continues with pad tokens only. Scores are
+    plain sums (no length penalty), the quantity beam search approximately maximises."""
     rows, vocab = logits_BV.shape
     batch, width = rows // num_beams, num_beams
     # Only the first beam of each row is live at the start: the others are copies of it.
