@@ -23,6 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as keep
 from orbax.checkpoint.checkpoint_managers import save_decision_policy as when
@@ -223,3 +225,50 @@ def metadata(step: int, data_step: int, loss: float, config, started: float) -> 
     return {"step": step, "data_step": data_step, "loss": loss, "time": time.time(),
             "wall_seconds": time.time() - started, "llmjax_version": llmjax.__version__,
             "llmjax_commit": source_commit(), "config": config.to_dict()}
+
+
+def save_host_params(directory: Path, step: int, params: dict, meta: dict,
+                     chunk_bytes: int = 16 << 20) -> None:
+    """Writes a params-only checkpoint (no optimizer state: `init_from` in params mode reads
+    it) from host numpy arrays, typically memory-mapped files, without copying them whole:
+    Orbax's numpy handler is told not to deep-copy, arrays are written in chunks of
+    `chunk_bytes`, and OCDBT, which gathers a whole item's data in memory before writing it,
+    is off. Peak host memory then stays near a few chunks, whatever the model's size."""
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
+    handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_ocdbt=False)
+    manager = ocp.CheckpointManager(Path(directory), item_handlers={
+        "params": handler, "meta": ocp.JsonCheckpointHandler()})
+    save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=chunk_bytes), params)
+    manager.save(step, args=ocp.args.Composite(params=ocp.args.PyTreeSave(params, save_args=save_args),
+                                               meta=ocp.args.JsonSave(meta)))
+    manager.wait_until_finished()
+    manager.close()
+
+
+def resolve_step(workdir: Path, step: int | None) -> int:
+    """`step`, checked to exist, or the run's latest."""
+    steps = saved_steps(Path(workdir) / "checkpoints")
+    if not steps:
+        raise CheckpointError(f"{workdir} has no checkpoints; train it first or give another --workdir.")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise CheckpointError(f"--step {step}: {workdir} has no checkpoint of that step; it has {steps}.")
+    return step
+
+
+def restore_params(workdir: Path, config, step: int) -> dict:
+    """The step's parameters as host numpy arrays, for tools that read a run (export,
+    sampling) rather than train it: restored onto the first local device, whatever mesh wrote them."""
+    from llmjax import model  # noqa: PLC0415 - model code is needed only once the checks passed.
+    import flax.linen as nn  # noqa: PLC0415
+
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), config)))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
+    checkpointer = Checkpointer(Path(workdir) / "checkpoints", config, read_only=True)
+    try:
+        return jax.tree.map(np.asarray, checkpointer.restore(step, target).params)
+    finally:
+        checkpointer.close()

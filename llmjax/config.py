@@ -56,6 +56,8 @@ def default_config() -> ml_collections.ConfigDict:
     d.seq_len = 256  # Tokens per training sequence (<= model.max_seq_len).
     d.val_percent = 2  # Percent of files held out for validation, chosen by a hash of the path.
     d.cache_dir = ""  # Tokenizer and token cache; "" means $LLMJAX_CACHE or ~/.cache/llmjax.
+    d.tokenizer = ""  # Raw-text sources: "" trains a byte-level BPE; else a tokenizer.json / .model to use.
+    d.eos_id = -1  # With data.tokenizer: the id ending each document (-1: found by name, e.g. </s>).
 
     c.train = t = ml_collections.ConfigDict()
     t.steps = 400  # Optimizer steps.

@@ -13,7 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from llmjax.config import apply_overrides, default_config
+
 IDENTITY_SECTIONS = ("model", "data", "seed")  # What makes two configs the same run.
+IMPORTED = "imported.json"  # Marks a run directory made by llmjax-import (params only).
 
 
 class WorkdirError(ValueError):
@@ -42,6 +45,9 @@ def check_workdir(path: str, config) -> tuple[Path, dict[str, tuple]]:
     workdir = Path(path).expanduser().resolve()
     if workdir.exists() and not workdir.is_dir():
         raise WorkdirError(f"--workdir {path}: exists and is not a directory; choose another path.")
+    if (workdir / IMPORTED).exists():  # Its checkpoint has no optimizer state to resume.
+        raise WorkdirError(f"--workdir {path}: holds an imported model; train a new run from it "
+                           f"with --workdir NEW --config.checkpoint.init_from={workdir}.")
     changes = {}
     saved = workdir / "config.json"
     if saved.exists():
@@ -66,21 +72,20 @@ def check_workdir(path: str, config) -> tuple[Path, dict[str, tuple]]:
     return workdir, changes
 
 
-def read_config(workdir) -> "ml_collections.ConfigDict":
-    """The config a run was started with, on today's schema: keys added since take their defaults."""
-    from llmjax.config import apply_overrides, default_config  # noqa: PLC0415
-
-    path = Path(workdir).expanduser() / "config.json"
-    if not path.is_file():
-        raise WorkdirError(f"{path.parent} has no config.json; give the --workdir of a training run.")
-    return apply_overrides(default_config(), _flatten(json.loads(path.read_text())))
-
-
 def write_config(workdir: Path, config) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     tmp = workdir / "config.json.tmp"
     tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
     tmp.replace(workdir / "config.json")
+
+
+def read_config(workdir: Path):
+    """The run's saved config.json as a full, locked ConfigDict (defaults for any key an older
+    run did not save)."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise WorkdirError(f"{workdir} has no config.json; give the --workdir of an llmjax run.")
+    return apply_overrides(default_config(), _flatten(json.loads(path.read_text())))
 
 
 def write_status(workdir: Path, state: str, step: int, error: str | None = None) -> None:

@@ -58,3 +58,30 @@ def run_train(workdir, *overrides, cache, config="configs/tiny.py", devices=1):
     """Runs `llmjax-train` to completion in a subprocess, as a user would."""
     return subprocess.run(train_command(workdir, *overrides, config=config), cwd=ROOT,
                           env=train_env(cache, devices), capture_output=True, text=True, timeout=600)
+
+
+REFERENCE_PYTHON = ROOT / ".venv-ref" / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def reference_python(tmp_path_factory):
+    """.venv-ref's interpreter (torch + transformers), created on first use by
+    scripts/setup_reference_env.sh. A file lock keeps pytest-xdist workers from building it
+    twice at once; the script itself reuses a working environment."""
+    import fcntl  # noqa: PLC0415 - POSIX only, like the rest of the test tooling.
+
+    with open(ROOT / ".venv-ref.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(["bash", str(ROOT / "scripts" / "setup_reference_env.sh")],
+                                capture_output=True, text=True, timeout=1800)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    assert result.returncode == 0, f"could not create .venv-ref:\n{result.stderr[-3000:]}"
+    return REFERENCE_PYTHON
+
+
+def run_reference(python, *args):
+    """Runs tests/hf_reference.py under the reference environment."""
+    result = subprocess.run([str(python), str(ROOT / "tests" / "hf_reference.py"), *map(str, args)],
+                            capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -84,7 +84,7 @@ def test_mixture_training_then_standalone_eval_reproduces_the_run(tmp_path, data
     refused = _eval(tmp_path, f"--workdir={run}", f"--data={datasets['other']}")
     assert refused.returncode != 0 and "is not the one the run" in refused.stderr
     missing = _eval(tmp_path, f"--workdir={run}", "--step=7")
-    assert missing.returncode != 0 and "no checkpoint of step 7; it has [6, 12]" in missing.stderr
+    assert missing.returncode != 0 and "no checkpoint of that step; it has [6, 12]" in missing.stderr
 
 
 @pytest.mark.slow

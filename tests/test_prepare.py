@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from llmjax.data.dataset import open_dataset
+from llmjax.config import default_config
+from llmjax.data.dataset import open_dataset, resolve
 from llmjax.data.errors import DataError
 from llmjax.data.prepare import PrepareOptions, prepare
 from llmjax.data.tokenizer import TextTokenizer
@@ -215,3 +216,40 @@ def test_output_holding_another_dataset_is_refused(tmp_path, tokenizer_file):
     with pytest.raises(DataError, match="already holds a different dataset .*files.*choose another --out"):
         prepare(PrepareOptions(inputs=(str(tmp_path / "y"),), **options), out, **QUIET)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def _raw_text(root, count=12):
+    root.mkdir()
+    for i, d in enumerate(_documents(count, seed=9)):
+        (root / f"{i}.txt").write_text(d)
+
+
+def test_a_given_tokenizer_prepares_raw_text_as_it_is(tmp_path, tokenizer_file):
+    """data.tokenizer (e.g. an imported model's): nothing is trained; documents end at data.eos_id."""
+    _raw_text(tmp_path / "src")
+    config = default_config().data
+    config.update(source=str(tmp_path / "src"), glob="*.txt", tokenizer=str(tokenizer_file), eos_id=1)
+    logs = []
+    [(dataset, _)] = resolve(config, 300, tmp_path / "cache", logs.append)
+    assert not any("training" in line for line in logs)
+    assert dataset.eos_id == 1 and dataset.fingerprint == TextTokenizer(tokenizer_file).fingerprint
+    stream = np.asarray(dataset.stream("train"))
+    assert int((stream == 1).sum()) == dataset.manifest["splits"]["train"]["documents"]
+    config.eos_id = 2  # Another end-of-document id is another dataset.
+    assert resolve(config, 300, tmp_path / "cache", logs.append)[0][0].directory != dataset.directory
+
+
+@pytest.mark.parametrize("tokenizer, eos_id, vocab_size, message", [
+    ("missing.json", -1, 300, "tokenizer file .*missing.json does not exist"),
+    ("tokenizer.json", -1, 100, "model.vocab_size=100 is smaller than the data's tokenizer"),
+    ("tokenizer.json", 999, 300, "end-of-document id 999 is outside tokenizer"),
+])
+def test_a_bad_given_tokenizer_is_refused_before_any_work(tmp_path, tokenizer_file, tokenizer, eos_id,
+                                                          vocab_size, message):
+    _raw_text(tmp_path / "src")
+    (tmp_path / "tokenizer.json").write_bytes(tokenizer_file.read_bytes())
+    config = default_config().data
+    config.update(source=str(tmp_path / "src"), glob="*.txt", tokenizer=str(tmp_path / tokenizer), eos_id=eos_id)
+    with pytest.raises(DataError, match=message):
+        resolve(config, vocab_size, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()

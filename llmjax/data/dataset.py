@@ -73,16 +73,19 @@ def resolve(data_config, vocab_size: int, cache_dir: Path, log=print) -> list[tu
             raise DatasetError(f"the datasets of data.mixture use different tokenizers ({first.name}: "
                                f"{first.fingerprint}, {dataset.name}: {dataset.fingerprint}); prepare "
                                f"them with one tokenizer (llmjax-prepare --tokenizer FILE).")
-    if first.vocab_size > vocab_size:
-        raise DatasetError(f"model.vocab_size={vocab_size} is smaller than the data's tokenizer "
-                           f"({first.vocab_size} tokens, fingerprint {first.fingerprint}); set "
-                           f"--config.model.vocab_size={first.vocab_size} or prepare the data with a "
-                           f"smaller tokenizer.")
+    _check_vocab(first.vocab_size, first.fingerprint, vocab_size)
     for dataset, _ in datasets:
         log(f"data: {dataset.name}: {dataset.manifest['splits']['train']['tokens']:,} train / "
             f"{dataset.manifest['splits']['val']['tokens']:,} val tokens, tokenizer "
             f"{dataset.fingerprint} ({dataset.vocab_size} tokens) in {dataset.directory}")
     return datasets
+
+
+def _check_vocab(tokenizer_vocab: int, fingerprint: str, model_vocab: int) -> None:
+    if tokenizer_vocab > model_vocab:
+        raise DatasetError(f"model.vocab_size={model_vocab} is smaller than the data's tokenizer "
+                           f"({tokenizer_vocab} tokens, fingerprint {fingerprint}); set "
+                           f"--config.model.vocab_size={tokenizer_vocab} or use a smaller tokenizer.")
 
 
 def _open_or_prepare(spec: str, data_config, vocab_size: int, cache_dir: Path, log) -> Dataset:
@@ -92,7 +95,11 @@ def _open_or_prepare(spec: str, data_config, vocab_size: int, cache_dir: Path, l
     if not root.is_dir():
         raise DatasetError(f"data source {spec!r} is not a directory; give 'stdlib', a directory of "
                            f"text files or a dataset prepared by llmjax-prepare.")
+    if data_config.tokenizer:  # A given tokenizer (e.g. an imported model's) is checked before any work.
+        given = TextTokenizer(Path(data_config.tokenizer).expanduser(), data_config.eos_id)
+        _check_vocab(given.vocab_size, given.fingerprint, vocab_size)
     options = PrepareOptions(inputs=(str(root),), pattern=data_config.glob, vocab_size=vocab_size,
+                             tokenizer=data_config.tokenizer, eos_id=data_config.eos_id,
                              val_percent=data_config.val_percent, max_files=data_config.max_files)
     try:
         out = cache_dir / f"dataset-{dataset_key(options)}"

@@ -39,6 +39,7 @@ class PrepareOptions:
     pattern: str = "**/*"  # Files of an input directory to read (relative glob).
     text_field: str = "text"  # JSONL key / Parquet column holding the text.
     tokenizer: str = ""  # A tokenizer.json or SentencePiece .model; "" trains a byte-level BPE.
+    eos_id: int = -1  # With `tokenizer`: the id that ends a document (-1: found by name).
     vocab_size: int = 8192  # Size of the trained tokenizer (ignored with `tokenizer`).
     tokenizer_sample_mb: float = 256.0  # Training text the tokenizer is trained on, at most.
     val_percent: float = 2.0  # Documents held out for validation, chosen by a hash of their id.
@@ -48,7 +49,8 @@ class PrepareOptions:
 
     def identity(self, files: list[sources.InputFile]) -> dict:
         """What makes two preparations the same dataset (not how many workers made it)."""
-        tokenizer = (TextTokenizer(Path(self.tokenizer)).fingerprint if self.tokenizer
+        tokenizer = ({"fingerprint": TextTokenizer(Path(self.tokenizer), self.eos_id).fingerprint,
+                      "eos_id": self.eos_id} if self.tokenizer
                      else {"train_vocab_size": self.vocab_size, "sample_mb": self.tokenizer_sample_mb})
         return {"format_version": FORMAT_VERSION, "text_field": self.text_field,
                 "val_percent": self.val_percent, "tokenizer": tokenizer,
@@ -99,7 +101,7 @@ def _tokenize_unit(args) -> dict:
     """Worker: tokenizes one unit into its train and val shards, then writes its done-marker."""
     out, unit, files, options, forced_val, dtype = args
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # The processes are the parallelism.
-    tokenizer = TextTokenizer(out / _tokenizer_file(out))
+    tokenizer = _open_tokenizer(out, options)
     writers = {split: ShardWriter(out / _unit_name(split, unit), tokenizer.eos_id, dtype)
                for split in SPLITS}
     stats, split_bytes = sources.ReadStats(), dict.fromkeys(SPLITS, 0)
@@ -124,6 +126,10 @@ def _tokenize_unit(args) -> dict:
               "shards": {split: writers[split].close() | {"bytes": split_bytes[split]} for split in SPLITS}}
     _write_json(out / f"unit-{unit:05d}.json", record)
     return record
+
+
+def _open_tokenizer(out: Path, options: PrepareOptions) -> TextTokenizer:
+    return TextTokenizer(out / _tokenizer_file(out), options.eos_id if options.tokenizer else -1)
 
 
 def _tokenizer_file(out: Path) -> str | None:
@@ -206,10 +212,15 @@ def _run(jobs, workers: int):
 
 
 def _tokenizer(options, files, plan, out: Path, log) -> TextTokenizer:
-    if _tokenizer_file(out):  # Trained or copied by the interrupted run this one resumes.
-        return TextTokenizer(out / _tokenizer_file(out))
-    if options.tokenizer:
-        return TextTokenizer(TextTokenizer(Path(options.tokenizer)).save(out))
+    if not _tokenizer_file(out):  # Else trained or copied by the interrupted run this one resumes.
+        if options.tokenizer:
+            TextTokenizer(Path(options.tokenizer), options.eos_id).save(out)
+        else:
+            _train(options, files, plan, out, log)
+    return _open_tokenizer(out, options)
+
+
+def _train(options, files, plan, out: Path, log) -> None:
     budget = options.tokenizer_sample_mb * 2**20
     log(f"prepare: training a {options.vocab_size}-token byte-level BPE on up to "
         f"{options.tokenizer_sample_mb:g} MB of training text ...")
@@ -225,7 +236,7 @@ def _tokenizer(options, files, plan, out: Path, log) -> TextTokenizer:
                 if seen >= budget:
                     return
 
-    return train_tokenizer(sample(), options.vocab_size, out / HF_FILE)
+    train_tokenizer(sample(), options.vocab_size, out / HF_FILE)
 
 
 def _manifest(out, options, tokenizer: TextTokenizer, records: list[dict], dtype) -> dict:

@@ -31,7 +31,9 @@ class TokenizerError(DataError):
 class TextTokenizer:
     """The few things llmjax needs of a tokenizer, the same for HF `tokenizers` and SentencePiece."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, eos_id: int = -1):
+        """`eos_id` >= 0 names the end-of-document token (e.g. an imported model's); otherwise
+        it is looked up by name."""
         self.path = Path(path)
         if not self.path.is_file():
             raise TokenizerError(f"tokenizer file {self.path} does not exist; give a tokenizer.json "
@@ -53,6 +55,11 @@ class TextTokenizer:
             self.vocab_size = self._spm.get_piece_size()
             self.eos_id = self._spm.eos_id() if self._spm.eos_id() >= 0 else None
             self.pad_id = self._spm.pad_id() if self._spm.pad_id() >= 0 else None
+        if eos_id >= 0:
+            if eos_id >= self.vocab_size:
+                raise TokenizerError(f"end-of-document id {eos_id} is outside tokenizer {self.path} "
+                                     f"({self.vocab_size} tokens); give an id below {self.vocab_size}.")
+            self.eos_id = eos_id
         if self.eos_id is None:
             raise TokenizerError(f"tokenizer {self.path} has no end-of-document token (looked for "
                                  f"{', '.join(EOS_NAMES)}); documents must be separated by one.")

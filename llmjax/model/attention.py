@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llmjax.model.kv_cache import attend_to_cache
 from llmjax.model.layers import Projection, residual_scale
 from llmjax.model.rope import apply_rope
 from llmjax.model.spec import ModelSpec
@@ -38,12 +39,15 @@ class Attention(nn.Module):
         k_BTKH = nn.with_logical_constraint(apply_rope(k_BTKH, positions_BT, s.rope_theta), KV_ACT)
         v_BTKH = nn.with_logical_constraint(v_BTKH, KV_ACT)
 
-        mask_B1TT = None
-        if segment_ids_BT is not None:
+        mask_B1TT, causal = None, True
+        if self.is_mutable_collection("cache") and not self.is_initializing():  # Decoding.
+            k_BTKH, v_BTKH, mask_B1TT = attend_to_cache(self, k_BTKH, v_BTKH, segment_ids_BT)
+            causal = False
+        elif segment_ids_BT is not None:
             mask_B1TT = (segment_ids_BT[:, None, :, None] == segment_ids_BT[:, None, None, :])
         impl = select_attention_impl(s.attention_impl, jax.default_backend(), s.compute_dtype)
         out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_B1TT,
-                                                is_causal=True, implementation=impl)
+                                                is_causal=causal, implementation=impl)
         out_BTNH = nn.with_logical_constraint(out_BTNH, HEADS_ACT)
         return Projection(s, (n, h, d), ("heads", "head_dim", "embed"), in_ndim=2,
                           scale=residual_scale(s), name="out")(out_BTNH)

@@ -71,7 +71,7 @@ class Transformer(nn.Module):
         if s.remat != "none":
             block = nn.remat(Block, policy=REMAT_POLICIES[s.remat], prevent_cse=not s.scan_layers)
         if s.scan_layers:
-            stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+            stack = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
                             in_axes=(nn.broadcast, nn.broadcast), length=s.num_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
             x_BTD, _ = stack(s, name="layers")(x_BTD, positions_BT, segment_ids_BT)

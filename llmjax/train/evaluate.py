@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from llmjax.checkpoint import CheckpointError, Checkpointer, saved_steps
+from llmjax.checkpoint import Checkpointer, resolve_step
 from llmjax.config import apply_overrides
 from llmjax.data import pipeline
 from llmjax.data.dataset import DatasetError, check_tokenizer, default_cache_dir, resolve
@@ -68,12 +68,9 @@ def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, 
     """Evaluates a run's checkpoint (`step`, or the latest) on the held-out split of `data`
     (comma-separated datasets; the run's own when empty): {"step": S, dataset name: metrics}.
     Uses every device as one data-parallel mesh, whatever mesh the run trained on."""
+    workdir = Path(workdir).expanduser()
     config = read_config(workdir)
-    directory = Path(workdir).expanduser() / "checkpoints"
-    steps = saved_steps(directory) if directory.is_dir() else []
-    if not steps or (step is not None and step not in steps):
-        raise CheckpointError(f"{workdir} has no checkpoint of step {step if step is not None else '(any)'}; "
-                              f"it has {steps}.")
+    step = resolve_step(workdir, step)
     devices = jax.device_count()
     batch_size = -(-config.train.global_batch_size // devices) * devices
     overrides = {f"mesh.ici.{axis}": 1 for axis in ("fsdp", "sequence", "tensor")} | {
@@ -85,15 +82,14 @@ def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, 
     config = apply_overrides(config, overrides)
     cache = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()
     datasets = resolve(config.data, config.model.vocab_size, cache, log)
-    check_tokenizer(Path(workdir).expanduser(), datasets[0][0].tokenizer)
+    check_tokenizer(workdir, datasets[0][0].tokenizer)
     mesh = build_mesh(config)
     tx = build_optimizer(config)
     params_target = abstract_state(config, tx, state_shardings(config, tx, mesh)).params
     eval_fn = compile_eval_step(config, mesh, params_target)
     evaluator = Evaluator(datasets, config.data.seq_len, batch_size, max_batches or config.train.eval_batches,
                           batch_sharding(mesh))
-    step = steps[-1] if step is None else step
-    checkpointer = Checkpointer(directory, config, log, read_only=True)
+    checkpointer = Checkpointer(workdir / "checkpoints", config, log, read_only=True)
     params = checkpointer.restore(step, params_target).params
     checkpointer.close()
     return {"step": step, **evaluator(eval_fn, params)}

@@ -1,0 +1,9 @@
+"""The config a run directory was saved with, e.g. one made by llmjax-import, as a starting
+point: `llmjax-train --config=configs/imported.py:RUN --workdir NEW
+--config.checkpoint.init_from=RUN [--config.a.b=v ...]`."""
+
+from llmjax.workdir import read_config
+
+
+def get_config(workdir):
+    return read_config(workdir)

@@ -1,0 +1,68 @@
+"""`llmjax-sample --workdir RUN --prompt "def " [--prompt ...] [--max_new_tokens N --temperature T
+--top_k K --top_p P --num_beams B --seed S --step S]`: text from a run's checkpoint.
+
+Several --prompt flags are generated as one batch. --temperature 0 is greedy decoding;
+--num_beams above 1 is beam search.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+
+from llmjax.cli.app import run as run_app
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run to sample from.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_PROMPT = flags.DEFINE_multi_string("prompt", None, "A prompt; repeat the flag for a batch.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate per prompt.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 is greedy.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the K most likely tokens (0: all).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample among the most likely tokens holding this "
+                                          "probability mass (1: all).")
+_BEAMS = flags.DEFINE_integer("num_beams", 1, "Beam search with this many beams (1: sampling).")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed of sampling.")
+flags.mark_flags_as_required(["workdir", "prompt"])
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from llmjax.checkpoint import CheckpointError, resolve_step, restore_params  # noqa: PLC0415
+    from llmjax.interop.llama import InteropError  # noqa: PLC0415
+    from llmjax.interop.run_files import eos_ids, load_tokenizer, special_ids  # noqa: PLC0415
+    from llmjax.sample.generate import Settings, check, generate  # noqa: PLC0415
+    from llmjax.sample.select import Sampling  # noqa: PLC0415
+    from llmjax.workdir import WorkdirError, read_config  # noqa: PLC0415
+
+    workdir = Path(_WORKDIR.value)
+    settings = Settings(max_new_tokens=_MAX_NEW.value, num_beams=_BEAMS.value,
+                        sampling=Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value))
+    logging.set_verbosity(logging.ERROR)  # Orbax warns that it opens the run read-only.
+    try:
+        config = read_config(workdir)
+        step = resolve_step(workdir, _STEP.value)
+        tokenizer = load_tokenizer(workdir)
+        ends = eos_ids(workdir)
+        specials = special_ids(workdir)
+        pad = next((i for i in (specials["pad_token_id"], *ends) if i is not None), 0)
+        prompts = [e.ids for e in tokenizer.encode_batch(_PROMPT.value)]
+        check(prompts, settings, config.model.max_seq_len)  # Before the model is loaded.
+        params = restore_params(workdir, config, step)
+        out = generate(params, config, prompts, settings, eos_ids=tuple(ends), pad_id=pad,
+                       seed=_SEED.value)
+    except (ValueError, CheckpointError, WorkdirError, InteropError) as error:
+        sys.exit(f"error: {error}")
+    for prompt, new in zip(_PROMPT.value, out["tokens"].tolist()):
+        end = next((i for i, token in enumerate(new) if token in ends), len(new))
+        print(f"=== {prompt!r}\n{prompt}{tokenizer.decode(new[:end])}")
+
+
+def run() -> None:
+    run_app(main)
+
+
+if __name__ == "__main__":
+    run()

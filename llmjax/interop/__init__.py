@@ -1,0 +1,1 @@
+"""Hugging Face interop: Llama checkpoints in and out of llmjax, tensor by tensor."""

@@ -1,0 +1,134 @@
+"""Hugging Face Llama directory -> llmjax run directory (config, tokenizer, step-0 checkpoint).
+
+Conversion streams: each HF tensor is read alone (`safe_open`), written in llmjax's layout into
+a memory-mapped staging file of its leaf (scanned layers stack into one leaf), and dropped;
+Orbax then writes the checkpoint from those maps chunk by chunk (`save_host_params`). Host
+memory stays near the largest single tensor, not the model. Every check that can fail (config,
+tensor names, shapes, dtypes, tokenizer) runs on the file headers before anything is written,
+and the run directory is assembled under a temporary name and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llmjax.checkpoint import Checkpointer, metadata, save_host_params
+from llmjax.config import default_config
+from llmjax.interop.llama import InteropError, TensorMap, model_overrides, tensor_maps
+from llmjax.interop.run_files import TOKENIZER, copy_hf_tokenizer, write_imported
+from llmjax.interop.safetensors_io import SafetensorsReader
+from llmjax.workdir import write_config
+
+SUPPORTED_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # Buffers older transformers saved; recomputed.
+
+
+def check_tensors(reader: SafetensorsReader, maps: list[TensorMap], tied: bool) -> str:
+    """Every expected tensor present with its shape, nothing unexpected; returns their dtype."""
+    expected = {m.hf_name for m in maps}
+    extra = {n for n in reader.names() - expected if not n.endswith(IGNORED_SUFFIXES)}
+    if tied:  # Some tied checkpoints still store the (identical) output matrix.
+        extra.discard("lm_head.weight")
+    if extra:
+        raise InteropError(f"tensor {sorted(extra)[0]} is not part of a Llama model with this "
+                           f"config.json ({len(extra)} unexpected tensors in all).")
+    dtypes = set()
+    for m in maps:
+        if m.hf_name not in reader.names():
+            raise InteropError(f"tensor {m.hf_name} is missing from the checkpoint.")
+        shape, dtype = reader.header(m.hf_name)
+        if shape != m.hf_shape:
+            raise InteropError(f"tensor {m.hf_name}: shape {shape} does not match {m.hf_shape} "
+                               f"expected from config.json.")
+        if dtype not in SUPPORTED_DTYPES:
+            raise InteropError(f"tensor {m.hf_name}: dtype {dtype} is not a float type llmjax reads "
+                               f"({', '.join(SUPPORTED_DTYPES)}).")
+        dtypes.add(SUPPORTED_DTYPES[dtype])
+    if len(dtypes) > 1:
+        raise InteropError(f"the checkpoint mixes dtypes {sorted(dtypes)}; save it in one dtype.")
+    return dtypes.pop()
+
+
+def import_config(hf: dict, workdir: Path):
+    """The llmjax config of the imported model: defaults plus the HF model's shape, data
+    tokenized with its tokenizer (copied into `workdir`) and split at its EOS; parameters are
+    stored in float32 for continued training whatever the source dtype."""
+    config = default_config()
+    config.model.update(**model_overrides(hf))
+    config.model.param_dtype = "float32"
+    eos = hf.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) else eos
+    config.data.update(tokenizer=str(workdir / TOKENIZER), eos_id=-1 if eos is None else eos,
+                       seq_len=min(config.data.seq_len, config.model.max_seq_len))
+    return config
+
+
+def _stage(reader: SafetensorsReader, maps: list[TensorMap], num_layers: int, staging: Path) -> dict:
+    """The params tree as read-only memory maps, filled one HF tensor at a time."""
+    leaves = {}
+    for m in maps:
+        if m.path not in leaves:
+            shape = ((num_layers,) if m.layer is not None else ()) + m.llmjax_shape
+            leaves[m.path] = np.lib.format.open_memmap(staging / f"{'.'.join(m.path)}.npy",
+                                                       mode="w+", dtype=np.float32, shape=shape)
+        leaf = leaves[m.path]
+        m.copy_to_llmjax(reader.read(m.hf_name), leaf if m.layer is None else leaf[m.layer])
+    tree = {}
+    for path, leaf in leaves.items():
+        leaf.flush()
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = np.load(leaf.filename, mmap_mode="r")
+    return tree
+
+
+def import_hf(hf_dir: Path, workdir: Path, log=print) -> Path:
+    """Creates `workdir` holding the HF model as an llmjax run (checkpoint step 0)."""
+    hf_dir, workdir = Path(hf_dir).resolve(), Path(workdir).resolve()
+    if not (hf_dir / "config.json").exists():
+        raise InteropError(f"--hf {hf_dir}: no config.json; give a directory written by "
+                           f"save_pretrained.")
+    hf = json.loads((hf_dir / "config.json").read_text())
+    config = import_config(hf, workdir)
+    if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+        raise InteropError(f"--workdir {workdir} already exists and is not empty; import into a "
+                           f"new directory.")
+    if not (hf_dir / TOKENIZER).exists():
+        raise InteropError(f"--hf {hf_dir}: no {TOKENIZER}; llmjax needs the fast tokenizer file "
+                           f"to train and sample. Save it there with AutoTokenizer.from_pretrained"
+                           f"(...).save_pretrained(DIR).")
+    reader = SafetensorsReader(hf_dir)
+    maps = tensor_maps(config.model)
+    dtype = check_tensors(reader, maps, config.model.tie_embeddings)
+
+    start = time.time()
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{workdir.name}.tmp-", dir=workdir.parent))
+    try:
+        staging = tmp / "staging"
+        staging.mkdir()
+        params = _stage(reader, maps, config.model.num_layers, staging)
+        meta = metadata(0, 0, float("nan"), config, start) | {"imported_from": str(hf_dir)}
+        save_host_params(tmp / "checkpoints", 0, params, meta)
+        del params
+        shutil.rmtree(staging)
+        Checkpointer(tmp / "checkpoints", config).close()  # Records the integrity manifest.
+        write_config(tmp, config)
+        copy_hf_tokenizer(hf_dir, tmp)
+        write_imported(tmp, hf_dir, hf, dtype)
+        if workdir.exists():
+            workdir.rmdir()
+        tmp.rename(workdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"imported {hf_dir} ({len(maps)} tensors, {dtype}) into {workdir} as checkpoint step 0 "
+        f"in {time.time() - start:.1f}s")
+    return workdir

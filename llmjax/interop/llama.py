@@ -1,0 +1,132 @@
+"""How an llmjax model corresponds to a Hugging Face `LlamaForCausalLM`: the config fields and,
+for every tensor, its HF name, its llmjax parameter path and the reshape between the two.
+
+Both sides use the rotate-half RoPE layout (see `llmjax/model/rope.py`), so query and key
+weights need no permutation: only the transposes and reshapes between torch's
+[out_features, in_features] `nn.Linear` weights and llmjax's multi-axis kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+class InteropError(ValueError):
+    """A checkpoint or config that cannot be converted; the message names what and why."""
+
+
+_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size", "max_position_embeddings", "rms_norm_eps")
+# HF config fields that select behaviour llmjax does not implement, with the value llmjax has.
+_UNSUPPORTED_IF_SET = {
+    "attention_bias": False, "mlp_bias": False, "hidden_act": "silu", "pretraining_tp": 1,
+}
+
+
+def _rope(hf: dict) -> float:
+    """rope_theta from either transformers layout (`rope_parameters` since v5, top-level
+    `rope_theta` / `rope_scaling` before); any scaled RoPE is refused."""
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    kind = params.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+    if kind != "default":
+        raise InteropError(f"config.json: rope type {kind!r} (rope scaling) is not supported by "
+                           f"llmjax, which implements plain RoPE only.")
+    return float(params.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+
+
+def model_overrides(hf: dict) -> dict:
+    """`config.model` fields of an HF Llama config.json; refuses anything llmjax would not
+    reproduce exactly, before a tensor is read."""
+    if hf.get("model_type") != "llama":
+        raise InteropError(f"config.json: model_type is {hf.get('model_type')!r}; only Llama-"
+                           f"architecture checkpoints (model_type 'llama') can be imported.")
+    for key, supported in _UNSUPPORTED_IF_SET.items():
+        if key in hf and hf[key] != supported:
+            raise InteropError(f"config.json: {key}={hf[key]!r} is not supported (llmjax has "
+                               f"{key}={supported!r}).")
+    missing = [key for key in _REQUIRED if key not in hf]
+    if missing:
+        raise InteropError(f"config.json: lacks {', '.join(missing)}; is it a complete Llama config?")
+    heads, d_model = hf["num_attention_heads"], hf["hidden_size"]
+    head_dim = hf.get("head_dim") or d_model // heads
+    if head_dim * heads != d_model:
+        raise InteropError(f"config.json: head_dim={head_dim} x num_attention_heads={heads} != "
+                           f"hidden_size={d_model}; llmjax needs d_model = heads x head_dim.")
+    return dict(vocab_size=hf["vocab_size"], d_model=d_model, num_layers=hf["num_hidden_layers"],
+                num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+                head_dim=head_dim, mlp_dim=hf["intermediate_size"],
+                max_seq_len=hf["max_position_embeddings"], rope_theta=_rope(hf),
+                norm_eps=float(hf["rms_norm_eps"]),
+                tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+
+
+def hf_config(model, dtype: str, special_ids: dict) -> dict:
+    """config.json of a `LlamaForCausalLM` equal to the llmjax model `model` (config.model)."""
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": model.vocab_size, "hidden_size": model.d_model,
+        "num_hidden_layers": model.num_layers, "num_attention_heads": model.num_heads,
+        "num_key_value_heads": model.num_kv_heads, "head_dim": model.head_dim,
+        "intermediate_size": model.mlp_dim, "max_position_embeddings": model.max_seq_len,
+        "rope_theta": model.rope_theta, "rope_scaling": None, "rms_norm_eps": model.norm_eps,
+        "tie_word_embeddings": model.tie_embeddings, "hidden_act": "silu",
+        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
+        "initializer_range": model.init_scale, "use_cache": True, "torch_dtype": dtype,
+        **special_ids,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorMap:
+    """One HF tensor: where it lives in the llmjax params tree (`layer` indexes the stacked
+    leading axis of scanned layers) and the shapes on each side."""
+    hf_name: str
+    path: tuple[str, ...]
+    layer: int | None
+    hf_shape: tuple[int, ...]
+    llmjax_shape: tuple[int, ...]
+    transpose: bool  # torch Linear weights are [out, in]; llmjax kernels [in..., out...].
+
+    def copy_to_llmjax(self, array: np.ndarray, target: np.ndarray) -> None:
+        """Writes the HF tensor into `target` (llmjax-shaped, e.g. one layer of a memory-mapped
+        stacked leaf) through a reshaped view: no temporary copy of the tensor is made."""
+        if self.transpose:
+            target.reshape(self.hf_shape[::-1])[...] = array.T
+        else:
+            target.reshape(self.hf_shape)[...] = array
+
+    def to_hf(self, array: np.ndarray) -> np.ndarray:
+        if self.transpose:
+            return np.ascontiguousarray(array.reshape(self.hf_shape[::-1]).T)
+        return np.ascontiguousarray(array.reshape(self.hf_shape))
+
+
+def tensor_maps(model) -> list[TensorMap]:
+    """Every tensor of the HF checkpoint of `model` (config.model), in HF's order."""
+    d, n, k, h, f, v = (model.d_model, model.num_heads, model.num_kv_heads, model.head_dim,
+                        model.mlp_dim, model.vocab_size)
+    maps = [TensorMap("model.embed_tokens.weight", ("embed", "embedding"), None, (v, d), (v, d), False)]
+    per_layer = [
+        ("self_attn.q_proj.weight", ("attention", "query", "kernel"), (n * h, d), (d, n, h), True),
+        ("self_attn.k_proj.weight", ("attention", "key", "kernel"), (k * h, d), (d, k, h), True),
+        ("self_attn.v_proj.weight", ("attention", "value", "kernel"), (k * h, d), (d, k, h), True),
+        ("self_attn.o_proj.weight", ("attention", "out", "kernel"), (d, n * h), (n, h, d), True),
+        ("mlp.gate_proj.weight", ("mlp", "gate", "kernel"), (f, d), (d, f), True),
+        ("mlp.up_proj.weight", ("mlp", "up", "kernel"), (f, d), (d, f), True),
+        ("mlp.down_proj.weight", ("mlp", "down", "kernel"), (d, f), (f, d), True),
+        ("input_layernorm.weight", ("attention_norm", "scale"), (d,), (d,), False),
+        ("post_attention_layernorm.weight", ("mlp_norm", "scale"), (d,), (d,), False),
+    ]
+    for i in range(model.num_layers):
+        # Scanned layers are one stacked leaf per weight, indexed by layer on its first axis.
+        prefix, layer = ("layers", i) if model.scan_layers else (f"layers_{i}", None)
+        for name, path, hf_shape, shape, transpose in per_layer:
+            maps.append(TensorMap(f"model.layers.{i}.{name}", (prefix, *path), layer, hf_shape,
+                                  shape, transpose))
+    maps.append(TensorMap("model.norm.weight", ("final_norm", "scale"), None, (d,), (d,), False))
+    if not model.tie_embeddings:
+        maps.append(TensorMap("lm_head.weight", ("lm_head",), None, (v, d), (v, d), False))
+    return maps

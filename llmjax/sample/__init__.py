@@ -1,0 +1,1 @@
+"""Text generation from a trained model: KV-cache decoding, sampling and beam search."""

@@ -1,0 +1,61 @@
+"""Runs under .venv-ref (torch + transformers), never in the llmjax environment: the
+independent reference for interop tests.
+
+  make DIR CONFIG_JSON SEED       a random LlamaForCausalLM saved with save_pretrained
+  logits DIR TOKENS.npy OUT.npy   fp32 logits of DIR on the token rows
+  encode DIR TEXT OUT.npy         AutoTokenizer(DIR) ids of TEXT
+  greedy DIR N OUT.json TEXT...   the N tokens model.generate adds to each TEXT, greedily
+"""
+
+import json
+import os
+import sys
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # Everything is local; a hub lookup would be a bug.
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+
+def make(directory, config_json, seed):
+    torch.manual_seed(int(seed))
+    config = transformers.LlamaConfig(**json.loads(config_json))
+    model = transformers.LlamaForCausalLM(config).to(torch.float32)
+    with torch.no_grad():  # Norm weights start at 1; random ones catch a misplaced norm.
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+    model.save_pretrained(directory, safe_serialization=True)
+
+
+def logits(directory, tokens_path, out_path):
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.load(tokens_path)).long()).logits
+    np.save(out_path, out.float().numpy())
+
+
+def encode(directory, text, out_path):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    np.save(out_path, np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"]))
+
+
+def greedy(directory, new_tokens, out_path, *texts):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    outputs = []
+    for text in texts:
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 num_beams=1, max_new_tokens=int(new_tokens))
+        outputs.append(out[0, ids.shape[1]:].tolist())
+    with open(out_path, "w") as f:
+        json.dump(outputs, f)
+
+
+if __name__ == "__main__":
+    commands = {"make": make, "logits": logits, "encode": encode, "greedy": greedy}
+    commands[sys.argv[1]](*sys.argv[2:])

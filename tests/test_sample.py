@@ -1,0 +1,150 @@
+"""KV-cache generation against full forward passes of the same model, and the decoding loops
+against hand-made distributions where the right answer is known."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llmjax import model
+from llmjax.sample.cached import inference_spec
+from llmjax.sample.generate import (Settings, decode_step, generate, left_pad, prefill,
+                                    reorder_state)
+from llmjax.sample.search import beam_search, sample_tokens
+from llmjax.sample.select import Sampling, choose, filter_logits
+
+from conftest import make_tiny_config
+
+EOS, PAD = 1, 0
+GREEDY = Settings(max_new_tokens=6, sampling=Sampling(temperature=0.0))
+
+
+def _setup(**overrides):
+    config = make_tiny_config(**overrides)
+    params = nn.unbox(model.init(jax.random.key(0), config))
+    # Scale the output layer up so that logits are far apart and argmax is not decided by noise.
+    params = jax.tree.map(lambda x: x * 3.0, params)
+    return config, params
+
+
+PROMPTS = [[5, 9, 17, 33, 2], [40, 41], [7, 8, 9]]
+
+
+def test_cached_decoding_equals_full_forward_and_greedy_is_its_argmax():
+    config, params = _setup()
+    out = generate(params, config, PROMPTS, GREEDY, eos_ids=(), pad_id=PAD, keep_logits=True)
+    # One uncached forward pass over each prompt + its generated tokens, the rows right-padded
+    # to one length (causality: padding after a position changes nothing at or before it).
+    # Its logits at each position are those of a full forward pass over the sequence so far.
+    sequences = [p + out["tokens"][row].tolist() for row, p in enumerate(PROMPTS)]
+    width = max(map(len, sequences))
+    full = model.apply(params, jnp.asarray([s + [PAD] * (width - len(s)) for s in sequences]),
+                       config=config)
+    for row, prompt in enumerate(PROMPTS):
+        expected = np.asarray(full[row, len(prompt) - 1:len(sequences[row]) - 1])
+        # Left padding and the cache change no logit beyond fp32 rounding.
+        np.testing.assert_allclose(out["logits"][row], expected, rtol=1e-5, atol=1e-5)
+        assert out["tokens"][row].tolist() == expected.argmax(-1).tolist()
+
+
+def test_eos_stops_a_row_and_pads_after_it():
+    config, params = _setup()
+    free = generate(params, config, PROMPTS, GREEDY, eos_ids=(), pad_id=PAD)["tokens"]
+    eos = int(free[0, 2])
+    out = generate(params, config, PROMPTS, GREEDY, eos_ids=(eos,), pad_id=PAD)["tokens"]
+    assert (out == PAD).any()
+    for row in range(len(PROMPTS)):
+        hits = np.flatnonzero(free[row] == eos)
+        end = hits[0] + 1 if hits.size else free.shape[1]
+        assert out[row, :end].tolist() == free[row, :end].tolist()
+        assert (out[row, end:] == PAD).all()
+
+
+def test_sampling_is_deterministic_given_the_seed():
+    config, params = _setup()
+    sampled = Settings(max_new_tokens=6, sampling=Sampling(temperature=1.5))
+    first = generate(params, config, PROMPTS, sampled, eos_ids=(), pad_id=PAD, seed=3)["tokens"]
+    again = generate(params, config, PROMPTS, sampled, eos_ids=(), pad_id=PAD, seed=3)["tokens"]
+    other = generate(params, config, PROMPTS, sampled, eos_ids=(), pad_id=PAD, seed=4)["tokens"]
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_top_k_1_is_greedy_at_any_temperature():
+    logits = jax.random.normal(jax.random.key(0), (64, 50))
+    for seed in range(3):
+        chosen = choose(jax.random.key(seed), logits, Sampling(temperature=2.0, top_k=1))
+        np.testing.assert_array_equal(chosen, jnp.argmax(logits, -1))
+
+
+def _log_probs(params, config, prompts, new_tokens):
+    """Summed log-probabilities of each row's new tokens, by one uncached forward pass."""
+    sequences = [p + list(n) for p, n in zip(prompts, new_tokens)]
+    width = max(map(len, sequences))
+    logits = model.apply(params, jnp.asarray([s + [PAD] * (width - len(s)) for s in sequences]),
+                         config=config)
+    logp = jax.nn.log_softmax(logits, -1)
+    return np.asarray([sum(float(logp[row, len(p) - 1 + i, t]) for i, t in enumerate(n))
+                       for row, (p, n) in enumerate(zip(prompts, new_tokens))])
+
+
+def test_beam_search_scores_its_sequences_and_one_beam_is_greedy():
+    # Unscanned layers here (scanned elsewhere): a cache per layer, each reordered by beam.
+    config, params = _setup(scan_layers=False)
+    beams = generate(params, config, PROMPTS, dataclasses.replace(GREEDY, num_beams=3),
+                     eos_ids=(), pad_id=PAD)
+    # The score is the true log-probability of the returned sequence: the cache followed
+    # the surviving beams correctly.
+    np.testing.assert_allclose(beams["scores"], _log_probs(params, config, PROMPTS, beams["tokens"]),
+                               rtol=1e-4)
+    greedy = generate(params, config, PROMPTS, GREEDY, eos_ids=(), pad_id=PAD)["tokens"]
+
+    tokens, mask = left_pad(PROMPTS, PAD)
+    spec = inference_spec(config)
+
+    @jax.jit
+    def one_beam(params):
+        logits, state = prefill(params, spec, tokens, mask, tokens.shape[1] + 6)
+        return beam_search(decode_step(params, spec), reorder_state, state, logits[:, -1],
+                           num_beams=1, max_new_tokens=6, eos_ids=jnp.asarray([-1]), pad_id=PAD)
+    np.testing.assert_array_equal(one_beam(params)[0], greedy)
+
+
+def test_filters_keep_the_most_likely_tokens():
+    logits = jnp.log(jnp.asarray([[0.5, 0.05, 0.3, 0.15]]))
+    assert np.isfinite(filter_logits(logits, 2, 1.0)).tolist() == [[True, False, True, False]]
+    # 0.5 + 0.3 reaches 0.8: the 0.15 and 0.05 tokens are cut.
+    assert np.isfinite(filter_logits(logits, 0, 0.8)).tolist() == [[True, False, True, False]]
+    assert np.isfinite(filter_logits(logits, 0, 0.81)).tolist() == [[True, False, True, True]]
+    assert np.isfinite(filter_logits(logits, 0, 0.1)).tolist() == [[True, False, False, False]]
+
+
+def _markov(table):
+    """A step function whose next-token distribution depends only on the last token."""
+    log_table = jnp.log(jnp.asarray(table))
+    return lambda state, tokens: (log_table[tokens], state)
+
+
+# Token 0 is pad, 1 is EOS. From the start, token 2 (p=0.6) leads to a flat distribution over
+# 2..4, while token 3 (p=0.4) leads to EOS with certainty: greedy takes 2 and ends with a
+# sequence of probability 0.6 * 0.33 * ..., beam search finds [3, EOS] with probability 0.4.
+TABLE = [[1e-9, 1e-9, 0.6, 0.4, 1e-9],  # Start (row 0 doubles as the pad token's row).
+         [1e-9, 1.0, 1e-9, 1e-9, 1e-9],  # EOS
+         [1e-9, 1e-9, 1 / 3, 1 / 3, 1 / 3],
+         [1e-9, 1.0, 1e-9, 1e-9, 1e-9],
+         [1e-9, 1e-9, 1 / 3, 1 / 3, 1 / 3]]
+
+
+def test_beam_search_finds_the_more_likely_sequence():
+    step = _markov(TABLE)
+    start = jnp.log(jnp.asarray([TABLE[0]] * 2))  # Two beams of one batch row.
+    tokens, score = beam_search(step, lambda s, rows: s, None, start, num_beams=2,
+                                max_new_tokens=4, eos_ids=jnp.asarray([EOS]), pad_id=PAD)
+    assert tokens.tolist() == [[3, EOS, PAD, PAD]]
+    np.testing.assert_allclose(score, [np.log(0.4)], rtol=1e-5)
+    greedy, _ = sample_tokens(step, None, start[:1], jax.random.key(0), max_new_tokens=4,
+                              sampling=Sampling(temperature=0.0), eos_ids=jnp.asarray([EOS]),
+                              pad_id=PAD)
+    assert greedy[0, 0] == 2  # The myopic choice.
