@@ -15,7 +15,7 @@ import ml_collections
 
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 SCHEDULES = ("cosine", "linear", "constant")
 INIT_MODES = ("params", "full")
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
@@ -46,7 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
     m.tie_embeddings = True  # Output projection reuses the token embedding.
     m.scan_layers = True  # jax.lax.scan over blocks: compile time independent of depth.
     m.remat = "none"  # Rematerialisation: none | full | save_dots | save_dots_no_batch.
-    m.attention_impl = "auto"  # auto (cuDNN on GPU, XLA elsewhere) | xla | cudnn.
+    m.attention_impl = "auto"  # auto (cuDNN on GPU, splash on TPU, XLA elsewhere) | xla | cudnn | splash.
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "stdlib"  # "stdlib" (this interpreter's stdlib source), a text directory or an llmjax-prepare output.
@@ -64,6 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
     t.global_batch_size = 16  # Sequences per optimizer step, over all devices and microbatches.
     t.microbatches = 1  # Gradient accumulation: the global batch is split into this many parts.
     t.z_loss = 0.0  # Weight of the log(Z)^2 auxiliary loss that keeps logits from drifting.
+    t.loss_chunk_len = 0  # Loss over this many positions at a time, logits recomputed in the backward pass (0 = all at once).
     t.log_every = 20  # Steps between progress lines and metric records.
     t.eval_every = 100  # Steps between validation passes (0 = only at the end).
     t.eval_batches = 8  # Validation batches per pass.
@@ -266,6 +267,9 @@ def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]
                                          f"(e.g. 'web:0.7,code:0.3').")
     if not 0 <= d.val_percent < 100:
         _fail("data.val_percent", d.val_percent, "must be in [0, 100).")
+    if t.loss_chunk_len < 0 or (t.loss_chunk_len and d.seq_len % t.loss_chunk_len):
+        _fail("train.loss_chunk_len", t.loss_chunk_len,
+              f"must be 0 (off) or a divisor of data.seq_len={d.seq_len}.")
     if t.eval_every < 0:
         _fail("train.eval_every", t.eval_every, "must be >= 0 (0 = evaluate only at the end).")
     if o.learning_rate <= 0:

@@ -22,6 +22,8 @@ MODELS = {
     "tiny": _model(512, 64, 2, 4, 2, 128, 64, True),
     # The default: ~5M parameters, minutes on a 2-core CPU.
     "5m": _model(8192, 256, 4, 4, 2, 768, 256, True),
+    # The benchmark model (scripts/benchmark.py): 36M parameters, 8 heads of 64 without GQA.
+    "bench36m": _model(8192, 512, 8, 8, 8, 1536, 512, False),
     # A small GPT-2-scale ladder with Llama blocks (8192-token vocabulary).
     "20m": _model(8192, 384, 8, 6, 2, 1536, 1024, True),
     "125m": _model(32000, 768, 12, 12, 12, 2560, 2048, True),

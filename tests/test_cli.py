@@ -1,10 +1,11 @@
 """`llmjax-train` end to end, as a user runs it: real subprocesses, real files."""
 
 import json
+import subprocess
 
 import pytest
 
-from conftest import run_train
+from conftest import ROOT, run_train, train_command, train_env
 
 @pytest.mark.slow
 def test_train_command_end_to_end(tmp_path):
@@ -61,3 +62,19 @@ def test_bad_config_fails_before_anything_is_written(tmp_path, overrides, messag
 def test_unwritable_workdir_is_refused(tmp_path):
     result = run_train("/proc/llmjax-run", cache=tmp_path / "cache")
     assert result.returncode == 2 and "cannot write in /proc" in result.stderr
+
+
+def test_restarted_run_loads_its_steps_from_the_persistent_compilation_cache(tmp_path):
+    """The CLI's default cache (under LLMJAX_CACHE): the first run writes the compiled train
+    step, a second process of the same config finds it there instead of compiling it."""
+    env = dict(train_env(tmp_path / "cache"), JAX_DEBUG_LOG_MODULES="jax._src.compiler")
+    del env["JAX_COMPILATION_CACHE_DIR"]
+    runs = []
+    for name in ("first", "second"):
+        runs.append(subprocess.run(train_command(tmp_path / name, "--config.train.steps=6"),
+                                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=600))
+        assert runs[-1].returncode == 0, runs[-1].stderr[-3000:]
+    assert list((tmp_path / "cache" / "xla").glob("jit_train_step*"))
+    assert "PERSISTENT COMPILATION CACHE MISS for 'jit_train_step'" in runs[0].stderr
+    assert "Persistent compilation cache hit for 'jit_train_step'" in runs[1].stderr
+    assert "PERSISTENT COMPILATION CACHE MISS for 'jit_train_step'" not in runs[1].stderr

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from llmjax import model
-from llmjax.checkpoint import CheckpointError, restore_params
+from llmjax.checkpoint import restore_params
 from llmjax.data.dataset import check_tokenizer
 from llmjax.data.errors import DataError
 from llmjax.data.tokenizer import train_tokenizer

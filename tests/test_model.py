@@ -11,6 +11,7 @@ from llmjax import model
 from llmjax.model.attention import Attention, select_attention_impl
 from llmjax.model.rope import apply_rope
 from llmjax.model.spec import ModelSpec
+from llmjax.model.splash import splash_attention, splash_available
 
 from conftest import make_tiny_config
 
@@ -171,6 +172,21 @@ def test_remat_policies_leave_gradients_unchanged(remat):
                  grads(base), grads(rematted))
 
 
+def test_scanned_program_does_not_grow_with_depth():
+    """What keeps compile time flat in depth (scripts/compile_depth.py times it): the scanned
+    model's gradient program is one block in a loop, whatever the layer count; unrolled, it
+    grows with every layer."""
+    def program_size(layers, scan):
+        config = make_tiny_config(num_layers=layers, scan_layers=scan)
+        params = jax.eval_shape(lambda: _params(config))
+        tokens = jax.ShapeDtypeStruct((2, 16), jnp.int32)
+        loss = lambda p, t: model.apply(p, t, config=config).mean()  # noqa: E731
+        return len(jax.jit(jax.grad(loss)).lower(params, tokens).as_text())
+
+    assert program_size(16, scan=True) < 1.05 * program_size(2, scan=True)
+    assert program_size(16, scan=False) > 4 * program_size(2, scan=False)
+
+
 def test_untied_embeddings_have_their_own_output_projection():
     config = make_tiny_config(tie_embeddings=False)
     params = _params(config)
@@ -179,9 +195,52 @@ def test_untied_embeddings_have_their_own_output_projection():
     np.testing.assert_array_equal(model.apply(zeroed, _tokens(config), config=config), 0.0)
 
 
-def test_attention_implementation_selection():
-    assert select_attention_impl("auto", "gpu", jnp.bfloat16) == "cudnn"
-    assert select_attention_impl("auto", "gpu", jnp.float32) == "xla"
-    assert select_attention_impl("auto", "cpu", jnp.bfloat16) == "xla"
-    assert select_attention_impl("auto", "tpu", jnp.bfloat16) == "xla"
-    assert select_attention_impl("xla", "gpu", jnp.bfloat16) == "xla"
+@pytest.mark.parametrize("platform, dtype, head_dim, length, splash, expected", [
+    ("gpu", jnp.bfloat16, 64, 512, False, "cudnn"),
+    ("gpu", jnp.float16, 128, 100, False, "cudnn"),
+    ("gpu", jnp.float32, 64, 512, False, "xla"),  # cuDNN's flash kernel is 16-bit only.
+    ("gpu", jnp.bfloat16, 256, 512, False, "xla"),  # Head dims above 128: unsupported.
+    ("gpu", jnp.bfloat16, 60, 512, False, "xla"),  # Not a multiple of 8.
+    ("tpu", jnp.bfloat16, 128, 2048, True, "splash"),
+    ("tpu", jnp.float32, 64, 512, True, "splash"),
+    ("tpu", jnp.bfloat16, 128, 2048, False, "xla"),  # No splash kernel in this JAX: the fallback.
+    ("tpu", jnp.bfloat16, 128, 200, True, "xla"),  # Length not a multiple of its 128-wide blocks.
+    ("cpu", jnp.bfloat16, 64, 512, True, "xla"),
+    ("cpu", jnp.float32, 64, 512, False, "xla"),
+])
+def test_auto_attention_picks_each_platforms_kernel(platform, dtype, head_dim, length, splash,
+                                                    expected):
+    assert select_attention_impl("auto", platform, dtype, head_dim, length, splash) == expected
+
+
+def test_explicit_attention_choice_is_honoured():
+    assert select_attention_impl("xla", "gpu", jnp.bfloat16, 64, 512, True) == "xla"
+    assert select_attention_impl("cudnn", "cpu", jnp.float32, 64, 512, False) == "cudnn"
+
+
+def test_splash_is_found_in_this_jax():
+    """The lookup itself, so the TPU case above is not only ever fed a constant."""
+    assert splash_available()
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_splash_kernel_matches_xla_attention_with_documents(kv_heads):
+    """The TPU kernel's own code, run by the Pallas interpreter on CPU: causal, two documents
+    per row, grouped-query heads; outputs and gradients equal XLA's reference attention."""
+    b, t, n, h = 2, 256, 4, 8
+    q = jax.random.normal(jax.random.key(0), (b, t, n, h))
+    k, v = (jax.random.normal(jax.random.key(i), (b, t, kv_heads, h)) for i in (1, 2))
+    segments = jnp.asarray(np.repeat([[0, 1]], b, 0).repeat(t // 2, 1), jnp.int32)
+
+    def xla(q, k, v):
+        mask = segments[:, None, :, None] == segments[:, None, None, :]
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+
+    def kernel(q, k, v):
+        return splash_attention(q, k, v, segments, interpret=True)
+
+    np.testing.assert_allclose(kernel(q, k, v), xla(q, k, v), rtol=1e-4, atol=1e-5)
+    loss = lambda f: lambda *qkv: (f(*qkv) * jnp.cos(jnp.arange(h))).sum()  # noqa: E731
+    for ours, reference in zip(jax.grad(loss(kernel), argnums=(0, 1, 2))(q, k, v),
+                               jax.grad(loss(xla), argnums=(0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)

@@ -1,16 +1,18 @@
 """The pure train step: it learns, it is invariant to the mesh and to gradient accumulation,
 and it refuses non-finite updates."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from llmjax import model
 from llmjax.data import pipeline
 from llmjax.parallel.mesh import build_mesh
 from llmjax.parallel.rules import batch_sharding
 from llmjax.train.compile import compile_steps
-from llmjax.train.loss import cross_entropy_sums
+from llmjax.train.loss import chunked_cross_entropy_sums, cross_entropy_sums
 from llmjax.train.optimizer import build_optimizer, learning_rate_schedule, weight_decay_mask
 from llmjax.train.state import create_train_state, state_shardings
 
@@ -119,6 +121,43 @@ def test_loss_masks_weights_and_adds_z_loss():
     assert float(count) == 4
     assert float(nll) == pytest.approx(expected, rel=1e-5)
     assert float(z) == pytest.approx(1e-2 * (log_z ** 2 * np.asarray(weights)).sum(), rel=1e-5)
+
+
+def test_chunked_loss_equals_whole_loss_and_gradient():
+    config = make_tiny_config(tie_embeddings=False)
+    params = nn.unbox(model.init(jax.random.key(0), config))
+    batch = {k: jnp.asarray(v) for k, v in random_batch(config).items()}
+    batch["weights"] = batch["weights"].at[:3, 5:].set(0.0)
+
+    def sums(params, chunk_len):
+        h_BTD, logits_fn = model.apply_hidden(params, batch["inputs"], batch["positions"],
+                                              batch["segment_ids"], config=config)
+        if not chunk_len:
+            return cross_entropy_sums(logits_fn(h_BTD), batch["targets"], batch["weights"], 1e-3)
+        return chunked_cross_entropy_sums(h_BTD, logits_fn, batch["targets"], batch["weights"],
+                                          1e-3, chunk_len)
+
+    whole = sums(params, 0)
+    np.testing.assert_allclose(whole[0], cross_entropy_sums(
+        model.apply(params, batch["inputs"], batch["positions"], batch["segment_ids"], config=config),
+        batch["targets"], batch["weights"])[0], rtol=1e-6)
+    grad_whole = jax.grad(lambda p: sum(sums(p, 0)[:2]))(params)
+    for chunk_len in (4, 8):
+        np.testing.assert_allclose(sums(params, chunk_len), whole, rtol=1e-5)
+        grad_chunked = jax.grad(lambda p: sum(sums(p, chunk_len)[:2]))(params)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+                     grad_chunked, grad_whole)
+
+
+def test_train_step_with_chunked_loss_matches_unchunked():
+    whole, chunked = make_tiny_config(), make_tiny_config()
+    chunked.train.loss_chunk_len = 4
+    batches = [random_batch(whole, seed) for seed in range(3)]
+    losses_whole, state_whole = run_steps(whole, batches)
+    losses_chunked, state_chunked = run_steps(chunked, batches)
+    np.testing.assert_allclose(losses_chunked, losses_whole, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 jax.device_get(state_chunked.params), jax.device_get(state_whole.params))
 
 
 def test_weight_decay_skips_norms_and_embeddings(tiny_config):

@@ -44,9 +44,11 @@ def main(argv) -> None:
     except ValueError as error:
         sys.exit(f"error: {error}")
 
-    # A restarted or resumed run loads its compiled steps instead of compiling them again.
+    # A restarted or resumed run loads its compiled steps instead of compiling them again; every
+    # executable is kept, also those compiled faster than JAX's default threshold of 1 s.
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "xla"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
     try:
         train(config, _WORKDIR.value, print_sharding=_PRINT_SHARDING.value)

@@ -59,7 +59,9 @@ class Transformer(nn.Module):
     spec: ModelSpec
 
     @nn.compact
-    def __call__(self, tokens_BT, positions_BT, segment_ids_BT):
+    def __call__(self, tokens_BT, positions_BT, segment_ids_BT, with_head: bool = True):
+        """fp32 logits; with `with_head=False`, (final hidden states, output projection [vocab,
+        d_model]) instead, so a loss can project a few positions at a time."""
         s = self.spec
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
@@ -85,13 +87,19 @@ class Transformer(nn.Module):
         else:
             w_VD = self.param("lm_head", weight_init(s, ("vocab", "embed")),
                               (s.vocab_size, s.d_model), s.storage_dtype)
-        # Accumulate the output projection in fp32 (bf16 logits would quantise the loss), as one
-        # 2-D matmul over flattened tokens (see `Projection` for why).
-        b, t, d = x_BTD.shape
-        logits_BTV = jnp.dot(x_BTD.reshape(b * t, d).astype(s.compute_dtype),
-                             jnp.asarray(w_VD, s.compute_dtype).T,
-                             preferred_element_type=jnp.float32).reshape(b, t, s.vocab_size)
-        return nn.with_logical_constraint(logits_BTV, LOGITS_ACT)
+        if not with_head:
+            return x_BTD, w_VD
+        return output_logits(x_BTD, w_VD, s.compute_dtype)
+
+
+def output_logits(x_BTD, w_VD, compute_dtype):
+    """The output projection, accumulated in fp32 (bf16 logits would quantise the loss), as one
+    2-D matmul over flattened tokens (see `Projection` for why)."""
+    b, t, d = x_BTD.shape
+    logits_BTV = jnp.dot(x_BTD.reshape(b * t, d).astype(compute_dtype),
+                         jnp.asarray(w_VD, compute_dtype).T,
+                         preferred_element_type=jnp.float32).reshape(b, t, w_VD.shape[0])
+    return nn.with_logical_constraint(logits_BTV, LOGITS_ACT)
 
 
 def init(rng, config):
@@ -108,3 +116,18 @@ def apply(params, tokens_BT, positions_BT=None, segment_ids_BT=None, *, config):
     spec = ModelSpec.from_config(config.model)
     with nn.logical_axis_rules(AXIS_RULES):
         return Transformer(spec).apply({"params": params}, tokens_BT, positions_BT, segment_ids_BT)
+
+
+def apply_hidden(params, tokens_BT, positions_BT=None, segment_ids_BT=None, *, config):
+    """(final hidden states [batch, length, d_model], logits_fn): `logits_fn(h_BCD)` gives the
+    fp32 logits of any slice of the hidden states, so a loss need never hold all of them."""
+    spec = ModelSpec.from_config(config.model)
+    with nn.logical_axis_rules(AXIS_RULES):
+        x_BTD, w_VD = Transformer(spec).apply({"params": params}, tokens_BT, positions_BT,
+                                              segment_ids_BT, with_head=False)
+
+    def logits_fn(h_BCD):
+        with nn.logical_axis_rules(AXIS_RULES):
+            return output_logits(h_BCD, w_VD, spec.compute_dtype)
+
+    return x_BTD, logits_fn

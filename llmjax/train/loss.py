@@ -16,3 +16,29 @@ def cross_entropy_sums(logits_BTV, targets_BT, weights_BT, z_loss: float = 0.0):
     nll = jnp.sum((log_z_BT - target_logit_BT) * weights_BT)
     z = z_loss * jnp.sum(jnp.square(log_z_BT) * weights_BT)
     return nll, z, jnp.sum(weights_BT)
+
+
+def chunked_cross_entropy_sums(h_BTD, logits_fn, targets_BT, weights_BT, z_loss: float,
+                               chunk_len: int):
+    """The sums of `cross_entropy_sums(logits_fn(h_BTD), ...)`, computed `chunk_len` positions
+    at a time. Full fp32 logits are [batch, length, vocab]: with a large vocabulary they, and
+    the gradient of the same shape, dominate activation memory. Here each chunk's logits are
+    recomputed in the backward pass (jax.checkpoint) instead of stored, so only [batch,
+    chunk_len, vocab] exist at a time, for one extra output-projection matmul. Chunks split
+    the sequence axis, so a batch sharded over devices stays sharded."""
+    b, t = targets_BT.shape
+    count = t // chunk_len
+
+    def split(x):  # [B, T, ...] -> [count, B, chunk_len, ...]
+        return jnp.swapaxes(x.reshape(b, count, chunk_len, *x.shape[2:]), 0, 1)
+
+    @jax.checkpoint
+    def chunk_sums(h_BCD, targets_BC, weights_BC):
+        return cross_entropy_sums(logits_fn(h_BCD), targets_BC, weights_BC, z_loss)
+
+    def accumulate(totals, chunk):
+        return jax.tree.map(jnp.add, totals, chunk_sums(*chunk)), None
+
+    zeros = (jnp.zeros((), jnp.float32),) * 3
+    totals, _ = jax.lax.scan(accumulate, zeros, (split(h_BTD), split(targets_BT), split(weights_BT)))
+    return totals

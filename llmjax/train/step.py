@@ -8,15 +8,25 @@ import jax.numpy as jnp
 import optax
 
 from llmjax import model
-from llmjax.train.loss import cross_entropy_sums
+from llmjax.train.loss import chunked_cross_entropy_sums, cross_entropy_sums
 from llmjax.train.optimizer import learning_rate_schedule
 from llmjax.train.state import TrainState
 
 
+def _loss_sums(params, batch, config, z_loss):
+    """(NLL sum, z-loss sum, weight sum) of a batch; with train.loss_chunk_len, without ever
+    holding the whole batch's logits."""
+    inputs = (params, batch["inputs"], batch["positions"], batch["segment_ids"])
+    if config.train.loss_chunk_len:
+        h_BTD, logits_fn = model.apply_hidden(*inputs, config=config)
+        return chunked_cross_entropy_sums(h_BTD, logits_fn, batch["targets"], batch["weights"],
+                                          z_loss, config.train.loss_chunk_len)
+    logits = model.apply(*inputs, config=config)
+    return cross_entropy_sums(logits, batch["targets"], batch["weights"], z_loss)
+
+
 def _objective(params, batch, config, total_weight):
-    logits = model.apply(params, batch["inputs"], batch["positions"], batch["segment_ids"],
-                         config=config)
-    nll, z, _ = cross_entropy_sums(logits, batch["targets"], batch["weights"], config.train.z_loss)
+    nll, z, _ = _loss_sums(params, batch, config, config.train.z_loss)
     return (nll + z) / total_weight, (nll, z)
 
 
@@ -70,7 +80,5 @@ def train_step(state: TrainState, batch, *, config, tx: optax.GradientTransforma
 
 def eval_step(params, batch, *, config):
     """(sum of NLL, number of scored tokens) of one batch; sums so batches add exactly."""
-    logits = model.apply(params, batch["inputs"], batch["positions"], batch["segment_ids"],
-                         config=config)
-    nll, _, count = cross_entropy_sums(logits, batch["targets"], batch["weights"])
+    nll, _, count = _loss_sums(params, batch, config, 0.0)
     return nll, count

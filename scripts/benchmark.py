@@ -1,0 +1,66 @@
+"""Benchmarks llmjax's train step on named configs and prints one line of figures per config.
+
+    python scripts/benchmark.py bench36m [5m ...] [--steps 10] [--warmup 3] [--out results.json]
+        [--set model.attention_impl=xla ...]
+
+Per config: median step time after warm-up, tokens/s, TFLOP/s per device, MFU against this
+host's peak (data sheet on accelerators; on CPU the bf16 matmul peak measured and cached by
+llmjax.flops), lower+compile time, and the compiled step's peak memory. --out writes all
+figures (with every step's time) as JSON for comparisons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llmjax import benchmark, flops  # noqa: E402
+from llmjax.data.prepare import default_cache_dir  # noqa: E402
+
+
+def parse_set(values: list[str]) -> dict:
+    """["model.remat=full", "train.microbatches=2"] -> {"model.remat": "full", ...}."""
+    overrides = {}
+    for item in values:
+        key, _, text = item.partition("=")
+        try:
+            overrides[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            overrides[key] = text
+    return overrides
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="+", choices=sorted(benchmark.BENCHMARKS))
+    parser.add_argument("--steps", type=int, default=10, help="Timed steps (median reported).")
+    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps first.")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="Config override, e.g. model.attention_impl=xla (repeatable).")
+    parser.add_argument("--out", help="Write the figures as JSON to this file.")
+    args = parser.parse_args()
+
+    overrides = parse_set(args.set)
+    peak, source = flops.host_peak_flops(default_cache_dir(), "bfloat16")
+    print(f"peak: {peak / 1e12:.3f} TFLOP/s ({source})", flush=True)
+    results = {}
+    for name in args.names:
+        config = benchmark.benchmark_config(name, overrides)
+        r = benchmark.run(config, steps=args.steps, warmup=args.warmup, peak_flops=peak)
+        results[name] = r | {"overrides": overrides, "peak_flops": peak}
+        print(f"{name}: {r['params'] / 1e6:.1f}M params | step {r['step_seconds'] * 1e3:.0f} ms "
+              f"(median of {args.steps}) | {r['tokens_per_sec']:,.0f} tok/s | "
+              f"{r['tflops_per_device']:.3f} TFLOP/s/device | MFU {100 * r['mfu']:.1f}% | "
+              f"compile {r['compile_seconds']:.1f}s | peak memory "
+              f"{r['peak_memory_bytes'] / 2**20:,.0f} MiB", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
