@@ -1,1 +1,2 @@
-"""Corpus discovery, tokenizer, token caches and the Grain batch pipeline."""
+"""Raw text sources, tokenizers, preparation into token shards, datasets and mixtures, and the
+Grain batch pipeline."""

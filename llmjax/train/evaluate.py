@@ -42,8 +42,11 @@ class Evaluator:
             if stream.size < 2:
                 raise DatasetError(f"dataset {dataset.name} ({dataset.directory}) has no validation "
                                    f"tokens; prepare it with a larger --val_percent.")
-            host = pipeline.eval_batches(stream, seq_len, dataset.eos_id, batch_size, max_batches,
-                                         dataset.pad_id)
+            try:
+                host = pipeline.eval_batches(stream, seq_len, dataset.eos_id, batch_size, max_batches,
+                                             dataset.pad_id)
+            except ValueError as error:
+                raise DatasetError(f"dataset {dataset.name}: {error}") from None
             token_bytes = dataset.tokenizer.token_bytes()
             num_bytes = sum(float((token_bytes[b["targets"]] * b["weights"]).sum()) for b in host)
             self.sets.append((dataset.name, [pipeline.to_device(b, sharding) for b in host], num_bytes))
