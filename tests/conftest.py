@@ -1,6 +1,7 @@
 """Every test process sees 8 fake CPU devices, so sharded code runs for real in unit tests.
 The flag must be set before JAX is imported, which is why it lives here."""
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -68,8 +69,6 @@ def reference_python(tmp_path_factory):
     """.venv-ref's interpreter (torch + transformers), created on first use by
     scripts/setup_reference_env.sh. A file lock keeps pytest-xdist workers from building it
     twice at once; the script itself reuses a working environment."""
-    import fcntl  # noqa: PLC0415 - POSIX only, like the rest of the test tooling.
-
     with open(ROOT / ".venv-ref.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         result = subprocess.run(["bash", str(ROOT / "scripts" / "setup_reference_env.sh")],
