@@ -45,7 +45,7 @@ def run_once(command: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         done = subprocess.run([*command, str(out)], cwd=ROOT, capture_output=True, text=True,
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False)
         if done.returncode or not out.exists():
             sys.exit(f"error: {' '.join(command)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
         result = json.loads(out.read_text())
