@@ -2,7 +2,7 @@
 
 The step measured is the one `llmjax-train` runs: built by `train.compile.lower_train_step`
 with the same shardings, optimizer and donation, only fed random tokens instead of a corpus
-(data loading is not what is measured; `train.loop` overlaps it with compute).
+(data loading is not measured here: it costs about 1 ms of a bench36m step, see the README).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from llmjax import flops
@@ -25,7 +26,10 @@ from llmjax.train.state import create_train_state, state_shardings
 # name -> (model preset, overrides). Steps and warm-up are the runner's business.
 BENCHMARKS = {
     # The issue's comparison point: 36M parameters, bf16 compute, fp32 params, AdamW, no remat.
-    "bench36m": ("bench36m", {"data.seq_len": 512, "train.global_batch_size": 8}),
+    # The loss in 128-position chunks measured 4% faster steps on a 2-core CPU (and uses less
+    # memory); scripts/benchmark.py --variant nochunk:train.loss_chunk_len=0 re-measures it.
+    "bench36m": ("bench36m", {"data.seq_len": 512, "train.global_batch_size": 8,
+                              "train.loss_chunk_len": 128}),
     # The default training run's shape, for quick checks.
     "5m": ("5m", {"data.seq_len": 256, "train.global_batch_size": 16}),
     # Seconds, for tests of the benchmark itself.
@@ -52,11 +56,12 @@ def synthetic_batch(config, sharding, seed: int = 0) -> dict:
 
 
 def peak_memory_bytes(compiled) -> int:
-    """The compiled step's peak memory per device, as its memory analysis reports it."""
+    """The compiled step's memory per device from its memory analysis: arguments and outputs
+    (less those donated and aliased) plus temporaries, all live at once at worst. Not the
+    analysis' own `peak_memory_in_bytes`: XLA:CPU fills that with the argument bytes alone."""
     m = compiled.memory_analysis()
-    peak = getattr(m, "peak_memory_in_bytes", 0)
-    return int(peak or m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-               - m.alias_size_in_bytes)
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+               + m.temp_size_in_bytes)
 
 
 def compile_train_step(config):
@@ -69,28 +74,84 @@ def compile_train_step(config):
     return compiled, mesh, target, time.perf_counter() - start
 
 
-def run(config, steps: int = 10, warmup: int = 3, peak_flops: float | None = None) -> dict:
-    """Compiles the step, runs `warmup` untimed and `steps` timed steps, and returns the figures.
-    Each step is timed to completion (the loss is fetched), as the training loop does."""
-    compiled, mesh, target, compile_seconds = compile_train_step(config)
-    state = create_train_state(config, build_optimizer(config),
-                               jax.tree.map(lambda x: x.sharding, target))
-    batch = synthetic_batch(config, batch_sharding(mesh))
-    times, loss = [], float("nan")
-    for i in range(warmup + steps):
+class _Runner:
+    """One config's compiled step, state and batch; `step()` runs one step to completion (the
+    loss is fetched, as the training loop does) and returns its seconds."""
+
+    def __init__(self, config):
+        self.compiled, mesh, target, self.compile_seconds = compile_train_step(config)
+        self.state = create_train_state(config, build_optimizer(config),
+                                        jax.tree.map(lambda x: x.sharding, target))
+        self.batch = synthetic_batch(config, batch_sharding(mesh))
+        self.times, self.loss = [], float("nan")
+
+    def step(self) -> float:
         start = time.perf_counter()
-        state, metrics = compiled(state, batch)
-        loss = float(metrics["loss"])
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+        self.state, metrics = self.compiled(self.state, self.batch)
+        self.loss = float(metrics["loss"])
+        return time.perf_counter() - start
+
+
+class _MatmulProbe:
+    """The bf16 matmul of `flops.measure_matmul_peak`, timed once per round beside the steps:
+    the host's peak as it is at that moment, so that MFU against it holds still while other
+    processes load the host (both are slowed alike)."""
+
+    def __init__(self, size: int = 2048):
+        self.flops = 2 * size**3
+        self.a, self.b = (jax.random.normal(jax.random.key(i), (size, size), jnp.bfloat16)
+                          for i in range(2))
+        self.matmul = jax.jit(lambda x, y: x @ y)
+        self.times = []
+
+    def step(self) -> float:
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            self.matmul(self.a, self.b).block_until_ready()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+
+def alternate(configs: dict, steps: int = 10, warmup: int = 3) -> dict:
+    """Several configs compiled in one process and stepped in turns, one step each, and the
+    matmul probe (key "matmul_probe") between them: on a shared host the load then weighs on
+    all alike, so ratios of times from one round are fair even while absolute times drift."""
+    runners = {name: _Runner(config) for name, config in configs.items()}
+    runners["matmul_probe"] = _MatmulProbe()
+    for i in range(warmup + steps):
+        for runner in runners.values():
+            seconds = runner.step()
+            if i >= warmup:
+                runner.times.append(seconds)
+    return runners
+
+
+def figures(config, runner: _Runner, peak_flops: float | None = None,
+            probe: _MatmulProbe | None = None) -> dict:
+    """Median step time, tokens/s, TFLOP/s per device, MFU, compile time, peak memory; with the
+    probe, also the median over rounds of MFU against that round's matmul speed."""
     tokens = config.train.global_batch_size * config.data.seq_len
-    step_seconds = statistics.median(times)
+    per_step = tokens * flops.flops_per_token(config.model, config.data.seq_len)
+    step_seconds = statistics.median(runner.times)
     tokens_per_sec = tokens / step_seconds
     devices = jax.device_count()
-    flops_per_sec = tokens_per_sec * flops.flops_per_token(config.model, config.data.seq_len)
-    return {"step_seconds": step_seconds, "step_seconds_all": times,
-            "tokens_per_sec": tokens_per_sec, "tflops_per_device": flops_per_sec / devices / 1e12,
-            "mfu": flops_per_sec / peak_flops if peak_flops else None,
-            "compile_seconds": compile_seconds, "peak_memory_bytes": peak_memory_bytes(compiled),
-            "final_loss": loss, "params": flops.param_count(config.model), "devices": devices,
-            "platform": jax.devices()[0].platform, "jax": jax.__version__}
+    result = {"step_seconds": step_seconds, "step_seconds_all": runner.times,
+              "tokens_per_sec": tokens_per_sec,
+              "tflops_per_device": per_step / step_seconds / devices / 1e12,
+              "mfu": per_step / step_seconds / peak_flops if peak_flops else None,
+              "compile_seconds": runner.compile_seconds,
+              "peak_memory_bytes": peak_memory_bytes(runner.compiled), "final_loss": runner.loss,
+              "params": flops.param_count(config.model), "devices": devices,
+              "platform": jax.devices()[0].platform, "jax": jax.__version__}
+    if probe is not None:
+        result["probe_tflops"] = [probe.flops / t / 1e12 for t in probe.times]
+        result["mfu_vs_round_peak"] = statistics.median(
+            (per_step / s) / (probe.flops / p) for s, p in zip(runner.times, probe.times))
+    return result
+
+
+def run(config, steps: int = 10, warmup: int = 3, peak_flops: float | None = None) -> dict:
+    """Compiles the step, runs `warmup` untimed and `steps` timed steps, returns `figures`."""
+    runners = alternate({"run": config}, steps, warmup)
+    return figures(config, runners["run"], peak_flops, runners["matmul_probe"])

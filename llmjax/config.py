@@ -15,7 +15,7 @@ import ml_collections
 
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "blockwise")
 SCHEDULES = ("cosine", "linear", "constant")
 INIT_MODES = ("params", "full")
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
@@ -46,7 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
     m.tie_embeddings = True  # Output projection reuses the token embedding.
     m.scan_layers = True  # jax.lax.scan over blocks: compile time independent of depth.
     m.remat = "none"  # Rematerialisation: none | full | save_dots | save_dots_no_batch.
-    m.attention_impl = "auto"  # auto (cuDNN on GPU, splash on TPU, XLA elsewhere) | xla | cudnn | splash.
+    m.attention_impl = "auto"  # auto (cuDNN on GPU, splash on TPU, blockwise on CPU) | xla | cudnn | splash | blockwise.
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "stdlib"  # "stdlib" (this interpreter's stdlib source), a text directory or an llmjax-prepare output.

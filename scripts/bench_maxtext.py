@@ -30,7 +30,7 @@ STEP_LINE = re.compile(r"completed step: (\d+), seconds: ([0-9.]+)")
 
 
 def maxtext_args(steps: int, dtype: str, output_dir: str) -> list[str]:
-    return [f"run_name=bench36m", f"base_output_directory={output_dir}", "hardware=cpu",
+    return ["run_name=bench36m", f"base_output_directory={output_dir}", "hardware=cpu",
             "dataset_type=synthetic", f"steps={steps}", f"per_device_batch_size={BATCH}",
             f"max_target_length={SEQ}", "vocab_size=8192", "base_emb_dim=512",
             "base_num_query_heads=8", "base_num_kv_heads=8", "head_dim=64", "base_mlp_dim=1536",
@@ -51,14 +51,15 @@ def main() -> None:
     args = parser.parse_args()
     if not PYTHON.exists():
         sys.exit(f"error: {PYTHON} is missing; run scripts/setup_maxtext_env.sh first.")
-    base_yml = subprocess.run(
-        [PYTHON, "-c", "import maxtext, os; print(os.path.join(os.path.dirname(maxtext.__file__), "
-         "'configs', 'base.yml'))"], capture_output=True, text=True, check=True).stdout.strip()
+    find_base_yml = ("import maxtext, os; "
+                     "print(os.path.join(os.path.dirname(maxtext.__file__), 'configs', 'base.yml'))")
+    base_yml = subprocess.run([PYTHON, "-c", find_base_yml], capture_output=True, text=True,
+                              check=True).stdout.strip()
     with tempfile.TemporaryDirectory() as output_dir:
         command = [PYTHON, "-m", "maxtext.trainers.pre_train.train", base_yml,
                    *maxtext_args(args.warmup + args.steps, args.dtype, output_dir)]
         env = dict(os.environ, DECOUPLE_GCLOUD="TRUE", JAX_PLATFORMS="cpu")
-        run = subprocess.run(command, capture_output=True, text=True, env=env)
+        run = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     seconds = {int(step): float(s) for step, s in STEP_LINE.findall(run.stdout + run.stderr)}
     timed = [s for step, s in sorted(seconds.items()) if step >= args.warmup]
     if run.returncode or not timed:

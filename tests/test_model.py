@@ -8,7 +8,7 @@ import flax.linen as nn
 import pytest
 
 from llmjax import model
-from llmjax.model.attention import Attention, select_attention_impl
+from llmjax.model.attention import Attention, blockwise_causal_attention, select_attention_impl
 from llmjax.model.rope import apply_rope
 from llmjax.model.spec import ModelSpec
 from llmjax.model.splash import splash_attention, splash_available
@@ -205,8 +205,10 @@ def test_untied_embeddings_have_their_own_output_projection():
     ("tpu", jnp.float32, 64, 512, True, "splash"),
     ("tpu", jnp.bfloat16, 128, 2048, False, "xla"),  # No splash kernel in this JAX: the fallback.
     ("tpu", jnp.bfloat16, 128, 200, True, "xla"),  # Length not a multiple of its 128-wide blocks.
-    ("cpu", jnp.bfloat16, 64, 512, True, "xla"),
-    ("cpu", jnp.float32, 64, 512, False, "xla"),
+    ("tpu", jnp.bfloat16, 128, 200, False, "xla"),
+    ("cpu", jnp.bfloat16, 64, 512, True, "blockwise"),
+    ("cpu", jnp.float32, 64, 100, False, "blockwise"),
+    ("rocm", jnp.bfloat16, 64, 512, False, "xla"),  # Any other platform: XLA's reference path.
 ])
 def test_auto_attention_picks_each_platforms_kernel(platform, dtype, head_dim, length, splash,
                                                     expected):
@@ -244,3 +246,19 @@ def test_splash_kernel_matches_xla_attention_with_documents(kv_heads):
     for ours, reference in zip(jax.grad(loss(kernel), argnums=(0, 1, 2))(q, k, v),
                                jax.grad(loss(xla), argnums=(0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
+
+@pytest.mark.parametrize("length, block", [(40, 16), (32, 8), (16, 16)])
+def test_blockwise_attention_equals_xla_attention(length, block):
+    """Blocks of queries against only the keys before them: the same attention, with documents
+    and grouped-query heads, including a last block shorter than the others."""
+    b, n, h, kv_heads = 2, 4, 8, 2
+    q = jax.random.normal(jax.random.key(0), (b, length, n, h))
+    k, v = (jax.random.normal(jax.random.key(i), (b, length, kv_heads, h)) for i in (1, 2))
+    segments = jnp.asarray((np.arange(length) >= length // 3)[None].repeat(b, 0), jnp.int32)
+    mask = segments[:, None, :, None] == segments[:, None, None, :]
+    reference = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+    np.testing.assert_allclose(blockwise_causal_attention(q, k, v, segments, block), reference,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(blockwise_causal_attention(q, k, v, None, block),
+                               jax.nn.dot_product_attention(q, k, v, is_causal=True),
+                               rtol=1e-5, atol=1e-6)

@@ -144,7 +144,7 @@ def test_chunked_loss_equals_whole_loss_and_gradient():
     grad_whole = jax.grad(lambda p: sum(sums(p, 0)[:2]))(params)
     for chunk_len in (4, 8):
         np.testing.assert_allclose(sums(params, chunk_len), whole, rtol=1e-5)
-        grad_chunked = jax.grad(lambda p: sum(sums(p, chunk_len)[:2]))(params)
+        grad_chunked = jax.grad(lambda p, c=chunk_len: sum(sums(p, c)[:2]))(params)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
                      grad_chunked, grad_whole)
 

@@ -25,7 +25,7 @@ def splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT=None, interpret: boo
     kv_heads, head_dim]; tokens attend only within their segment when ids are given."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash  # noqa: PLC0415
 
-    b, t, n, h = q_BTNH.shape
+    _, t, n, h = q_BTNH.shape
     block = min(512, t)
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                               block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,

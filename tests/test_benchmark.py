@@ -1,0 +1,38 @@
+"""The benchmark measures the real train step and reports what the issue asks for; no speed
+is asserted here (timings belong to scripts/, not tests)."""
+
+import math
+
+import pytest
+
+from llmjax import benchmark, flops
+
+
+def test_bench36m_is_the_specified_model():
+    config = benchmark.benchmark_config("bench36m")
+    m = config.model
+    assert (m.vocab_size, m.d_model, m.num_layers, m.num_heads, m.head_dim, m.num_kv_heads,
+            m.mlp_dim) == (8192, 512, 8, 8, 64, 8, 1536)
+    assert (config.data.seq_len, config.train.global_batch_size) == (512, 8)
+    assert (m.dtype, m.param_dtype, m.remat, m.scan_layers) == ("bfloat16", "float32", "none", True)
+    assert 35e6 < flops.param_count(m) < 37e6
+
+
+def test_run_reports_every_figure_from_a_real_step():
+    config = benchmark.benchmark_config("tiny", {"train.loss_chunk_len": 16})
+    result = benchmark.run(config, steps=2, warmup=1, peak_flops=1e12)
+    assert len(result["step_seconds_all"]) == 2
+    tokens = config.train.global_batch_size * config.data.seq_len
+    assert result["tokens_per_sec"] == pytest.approx(tokens / result["step_seconds"])
+    per_token = flops.flops_per_token(config.model, config.data.seq_len)
+    assert result["mfu"] == pytest.approx(result["tokens_per_sec"] * per_token / 1e12)
+    assert result["compile_seconds"] > 0 and result["peak_memory_bytes"] > 0
+    assert len(result["probe_tflops"]) == 2 and result["mfu_vs_round_peak"] > 0
+    assert math.isfinite(result["final_loss"])
+
+
+def test_peak_memory_grows_with_the_batch():
+    small, large = (benchmark.compile_train_step(benchmark.benchmark_config(
+        "tiny", {"train.global_batch_size": b}))[0] for b in (8, 64))
+    assert benchmark.peak_memory_bytes(large) > benchmark.peak_memory_bytes(small)
+
