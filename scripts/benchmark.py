@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llmjax import benchmark, flops  # noqa: E402
-from llmjax.data.prepare import default_cache_dir  # noqa: E402
+from llmjax.data.dataset import default_cache_dir  # noqa: E402
 
 
 def parse_set(values: list[str]) -> dict:

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llmjax import benchmark, flops  # noqa: E402
-from llmjax.data.prepare import default_cache_dir  # noqa: E402
+from llmjax.data.dataset import default_cache_dir  # noqa: E402
 
 
 def entries(args) -> dict[str, list[str]]:
