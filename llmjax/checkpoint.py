@@ -176,6 +176,15 @@ class Checkpointer:
         self.wait()
         self.manager.close()
 
+    def abandon(self) -> None:
+        """After a failure: ends Orbax's background work now, so that none of its threads is
+        still logging while the interpreter shuts down (which can turn the run's exit code
+        into 1). Its own errors would only repeat the one being raised."""
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001
+            pass
+
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 

@@ -184,6 +184,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
         raise
     except BaseException as error:
         set_status("failed", (f"{type(error).__name__}: {error}".strip().splitlines() or ["?"])[-1])
+        checkpointer.abandon()
         raise
     finally:
         writer.close()
