@@ -7,6 +7,8 @@ import sys
 
 from absl import app, flags, logging
 
+from llmjax.host_memory import retain_freed_memory
+
 
 def _parse_flags(argv):
     """absl's parser, except that a misspelt `--config.a.b=...` override (which ml_collections
@@ -35,5 +37,6 @@ def load_config(config_flag):
 
 
 def run(main) -> None:
+    retain_freed_memory()  # Before JAX starts its threads: see llmjax.host_memory.
     logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news to a user.
     app.run(main, flags_parser=_parse_flags)
