@@ -9,7 +9,7 @@ import pytest
 
 from llmjax import model
 from llmjax.model.attention import Attention, blockwise_causal_attention, select_attention_impl
-from llmjax.model.rope import apply_rope
+from llmjax.model.rope import apply_rope, rope_tables
 from llmjax.model.spec import ModelSpec
 from llmjax.model.splash import splash_attention, splash_available
 
@@ -77,15 +77,15 @@ def test_rope_scores_depend_only_on_relative_position():
     k = jax.random.normal(key_k, (1, 1, 1, 16))
 
     def score(m, n):
-        rq = apply_rope(q, jnp.array([[m]]), 10_000.0)
-        rk = apply_rope(k, jnp.array([[n]]), 10_000.0)
+        rq = apply_rope(q, rope_tables(jnp.array([[m]]), 16, 10_000.0))
+        rk = apply_rope(k, rope_tables(jnp.array([[n]]), 16, 10_000.0))
         return float(jnp.sum(rq * rk))
 
     assert score(5, 2) == pytest.approx(score(105, 102), rel=1e-4)
     assert score(7, 7) == pytest.approx(score(0, 0), rel=1e-4)
     assert score(5, 2) != pytest.approx(score(5, 4), rel=1e-3)
     # A rotation keeps the norm.
-    np.testing.assert_allclose(jnp.linalg.norm(apply_rope(q, jnp.array([[37]]), 1e4)),
+    np.testing.assert_allclose(jnp.linalg.norm(apply_rope(q, rope_tables(jnp.array([[37]]), 16, 1e4))),
                                jnp.linalg.norm(q), rtol=1e-5)
 
 
@@ -95,7 +95,8 @@ def _reference_attention(params, x, positions, spec):
     q = jnp.einsum("btd,dnh->btnh", x, params["query"]["kernel"])
     k = jnp.einsum("btd,dkh->btkh", x, params["key"]["kernel"])
     v = jnp.einsum("btd,dkh->btkh", x, params["value"]["kernel"])
-    q, k = apply_rope(q, positions, spec.rope_theta), apply_rope(k, positions, spec.rope_theta)
+    tables = rope_tables(positions, spec.head_dim, spec.rope_theta)
+    q, k = apply_rope(q, tables), apply_rope(k, tables)
     group = spec.num_heads // spec.num_kv_heads
     k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
     scores = jnp.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(spec.head_dim)
@@ -112,8 +113,9 @@ def test_attention_matches_hand_written_reference(kv_heads):
     x = jax.random.normal(jax.random.key(0), (2, 12, spec.d_model))
     positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
     module = Attention(spec)
-    params = nn.unbox(module.init(jax.random.key(1), x, positions, None))["params"]
-    ours = module.apply({"params": params}, x, positions, None)
+    rope = rope_tables(positions, spec.head_dim, spec.rope_theta)
+    params = nn.unbox(module.init(jax.random.key(1), x, rope, None))["params"]
+    ours = module.apply({"params": params}, x, rope, None)
     np.testing.assert_allclose(ours, _reference_attention(params, x, positions, spec), rtol=1e-5, atol=1e-5)
 
 
@@ -126,9 +128,10 @@ def test_gqa_with_all_kv_heads_is_multi_head_attention():
     x = jax.random.normal(jax.random.key(2), (1, 8, spec.d_model))
     positions = jnp.arange(8)[None]
     module = Attention(spec)
-    params = nn.unbox(module.init(jax.random.key(3), x, positions, None))["params"]
+    rope = rope_tables(positions, spec.head_dim, spec.rope_theta)
+    params = nn.unbox(module.init(jax.random.key(3), x, rope, None))["params"]
     assert params["key"]["kernel"].shape == params["query"]["kernel"].shape
-    np.testing.assert_allclose(module.apply({"params": params}, x, positions, None),
+    np.testing.assert_allclose(module.apply({"params": params}, x, rope, None),
                                _reference_attention(params, x, positions, spec), rtol=1e-5, atol=1e-5)
 
 

@@ -56,14 +56,15 @@ class Attention(nn.Module):
     spec: ModelSpec
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+    def __call__(self, x_BTD, rope, segment_ids_BT):
+        """`rope`: the (sin, cos) tables of `rope_tables` for the tokens' positions."""
         s = self.spec
         d, n, k, h = s.d_model, s.num_heads, s.num_kv_heads, s.head_dim
         q_BTNH = Projection(s, (d, n, h), ("embed", "heads", "head_dim"), name="query")(x_BTD)
         k_BTKH = Projection(s, (d, k, h), ("embed", "kv_heads", "head_dim"), name="key")(x_BTD)
         v_BTKH = Projection(s, (d, k, h), ("embed", "kv_heads", "head_dim"), name="value")(x_BTD)
-        q_BTNH = nn.with_logical_constraint(apply_rope(q_BTNH, positions_BT, s.rope_theta), HEADS_ACT)
-        k_BTKH = nn.with_logical_constraint(apply_rope(k_BTKH, positions_BT, s.rope_theta), KV_ACT)
+        q_BTNH = nn.with_logical_constraint(apply_rope(q_BTNH, rope), HEADS_ACT)
+        k_BTKH = nn.with_logical_constraint(apply_rope(k_BTKH, rope), KV_ACT)
         v_BTKH = nn.with_logical_constraint(v_BTKH, KV_ACT)
 
         if self.is_mutable_collection("cache") and not self.is_initializing():  # Decoding.

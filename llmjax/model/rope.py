@@ -6,14 +6,18 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
-def apply_rope(x_BTNH, positions_BT, theta: float):
-    """Rotates channel pairs (i, i + H/2) by position * theta^(-2i/H). Computed in fp32: bf16
-    angles lose the low bits of large positions."""
-    head_dim = x_BTNH.shape[-1]
+def rope_tables(positions_BT, head_dim: int, theta: float):
+    """(sin, cos) [B, T, 1, head_dim/2] of position * theta^(-2i/head_dim), in fp32: bf16
+    angles lose the low bits of large positions. The model computes them once per forward
+    pass and every layer reuses them (computed per layer they cost a bench36m CPU step ~3%)."""
     inv_freq_K = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
     angle_BTK = positions_BT.astype(jnp.float32)[..., None] * inv_freq_K
-    sin_BT1K = jnp.sin(angle_BTK)[:, :, None, :]
-    cos_BT1K = jnp.cos(angle_BTK)[:, :, None, :]
+    return jnp.sin(angle_BTK)[:, :, None, :], jnp.cos(angle_BTK)[:, :, None, :]
+
+
+def apply_rope(x_BTNH, tables):
+    """Rotates channel pairs (i, i + H/2) by the angles of `rope_tables`, in fp32."""
+    sin_BT1K, cos_BT1K = tables
     x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
     rotated = jnp.concatenate([x1 * cos_BT1K - x2 * sin_BT1K, x2 * cos_BT1K + x1 * sin_BT1K], -1)
     return rotated.astype(x_BTNH.dtype)

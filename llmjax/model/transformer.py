@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from llmjax.model.attention import Attention
 from llmjax.model.layers import Projection, residual_scale, rms_norm, weight_init
+from llmjax.model.rope import rope_tables
 from llmjax.model.spec import ModelSpec
 from llmjax.parallel.rules import AXIS_RULES
 
@@ -46,10 +47,10 @@ class Block(nn.Module):
     spec: ModelSpec
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+    def __call__(self, x_BTD, rope, segment_ids_BT):
         s = self.spec
         h_BTD = rms_norm(s, "attention_norm")(x_BTD)
-        x_BTD = x_BTD + Attention(s, name="attention")(h_BTD, positions_BT, segment_ids_BT)
+        x_BTD = x_BTD + Attention(s, name="attention")(h_BTD, rope, segment_ids_BT)
         h_BTD = rms_norm(s, "mlp_norm")(x_BTD)
         x_BTD = x_BTD + Mlp(s, name="mlp")(h_BTD)
         return nn.with_logical_constraint(x_BTD, EMBED_ACT), None
@@ -68,6 +69,7 @@ class Transformer(nn.Module):
         embed = nn.Embed(s.vocab_size, s.d_model, dtype=s.compute_dtype, param_dtype=s.storage_dtype,
                          embedding_init=weight_init(s, ("vocab", "embed")), name="embed")
         x_BTD = nn.with_logical_constraint(embed(tokens_BT), EMBED_ACT)
+        rope = rope_tables(positions_BT, s.head_dim, s.rope_theta)
 
         block = Block
         if s.remat != "none":
@@ -76,10 +78,10 @@ class Transformer(nn.Module):
             stack = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
                             in_axes=(nn.broadcast, nn.broadcast), length=s.num_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            x_BTD, _ = stack(s, name="layers")(x_BTD, positions_BT, segment_ids_BT)
+            x_BTD, _ = stack(s, name="layers")(x_BTD, rope, segment_ids_BT)
         else:
             for i in range(s.num_layers):
-                x_BTD, _ = block(s, name=f"layers_{i}")(x_BTD, positions_BT, segment_ids_BT)
+                x_BTD, _ = block(s, name=f"layers_{i}")(x_BTD, rope, segment_ids_BT)
 
         x_BTD = rms_norm(s, "final_norm")(x_BTD)
         if s.tie_embeddings:
