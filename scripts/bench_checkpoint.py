@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from llmjax import cpu_runtime
 from llmjax.checkpoint import Checkpointer, metadata
 from llmjax.data import pipeline
 from llmjax.parallel.mesh import build_mesh
@@ -72,4 +73,5 @@ def main(_):
 
 
 if __name__ == "__main__":
+    cpu_runtime.configure()  # As every llmjax command does, before JAX starts.
     app.run(main)

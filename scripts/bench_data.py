@@ -19,6 +19,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from llmjax import cpu_runtime
 from llmjax.data import pipeline, sources
 from llmjax.data.dataset import default_cache_dir, open_dataset, resolve
 from llmjax.data.prepare import PrepareOptions, prepare
@@ -91,4 +92,5 @@ def main(_):
 
 
 if __name__ == "__main__":
+    cpu_runtime.configure()  # As every llmjax command does, before JAX starts.
     app.run(main)

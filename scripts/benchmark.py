@@ -26,9 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llmjax import benchmark, flops  # noqa: E402
+from llmjax import benchmark, cpu_runtime, flops  # noqa: E402
 from llmjax.data.dataset import default_cache_dir  # noqa: E402
-from llmjax.host_memory import retain_freed_memory  # noqa: E402
 
 
 def parse_set(values: list[str]) -> dict:
@@ -54,7 +53,7 @@ def main() -> None:
                         help="Also run this variant, alternating steps with the base (repeatable).")
     parser.add_argument("--out", help="Write the figures as JSON to this file.")
     args = parser.parse_args()
-    retain_freed_memory()  # As llmjax-train does: see llmjax.host_memory.
+    cpu_runtime.configure()  # As every llmjax command does, before JAX starts.
 
     overrides = parse_set(args.set)
     peak, source = flops.host_peak_flops(default_cache_dir(), "bfloat16")

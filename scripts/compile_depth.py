@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llmjax import benchmark  # noqa: E402
+from llmjax import benchmark, cpu_runtime  # noqa: E402
 
 
 def main() -> None:
@@ -37,4 +37,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    cpu_runtime.configure()  # As every llmjax command does, before JAX starts.
     main()

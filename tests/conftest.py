@@ -10,6 +10,9 @@ from pathlib import Path
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+from llmjax import cpu_runtime  # noqa: E402
+
+cpu_runtime.configure()  # What every llmjax command does: tests run the same XLA:CPU settings.
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -7,7 +7,7 @@ import sys
 
 from absl import app, flags, logging
 
-from llmjax.host_memory import retain_freed_memory
+from llmjax import cpu_runtime
 
 
 def _parse_flags(argv):
@@ -37,6 +37,6 @@ def load_config(config_flag):
 
 
 def run(main) -> None:
-    retain_freed_memory()  # Before JAX starts its threads: see llmjax.host_memory.
+    cpu_runtime.configure()  # Before JAX starts its backend.
     logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news to a user.
     app.run(main, flags_parser=_parse_flags)

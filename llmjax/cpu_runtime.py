@@ -1,0 +1,71 @@
+"""Process settings that make XLA:CPU train fast: they must be made before JAX starts its
+backend, so every llmjax command makes them first (`configure`), and so does the test suite.
+
+Both were found by profiling a bench36m step on a 2-core CPU (`scripts/benchmark.py`):
+
+Host memory. XLA:CPU allocates an execution's temporaries as one block (2.4 GB for a bench36m
+step) and frees it when the step ends. glibc serves a block that large from any thread but the
+main one with a fresh `mmap` whatever its tunables say, and unmaps it on free: every step then
+faulted its whole working set back in, page by zeroed page (590k faults and 1.1 s of kernel
+time per 5.3 s step). With every thread on glibc's main arena, `mmap` off and trimming off, the
+freed block is reused as it is: no faults, ~10% faster steps. The price is that the process
+keeps its peak heap until it exits, as a training process does anyway.
+`LLMJAX_HOST_MALLOC=system` leaves the allocator alone.
+
+oneDNN matmuls. XLA:CPU runs dots through XNNPACK's YNN fusions, which take a transposed
+operand at half speed (a [4096,512]x[512,1536] bf16 product: 21 ms, its weight gradient
+x^T dy: 42 ms). Backward passes are mostly such products; XLA's oneDNN custom call runs them
+at full speed (17 ms), and the step gets ~15% faster. Flags already in XLA_FLAGS win, so
+`XLA_FLAGS=--xla_cpu_use_onednn=false` measures without.
+
+Only for CPU-only JAX installs (with an accelerator the step does not run on the host), and
+the allocator only on glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import platform
+
+CPU_XLA_FLAGS = {"xla_cpu_use_onednn": "true", "xla_cpu_experimental_onednn_custom_call": "true"}
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
+                        "jax_rocm7_plugin", "libtpu")
+
+
+def _cpu_only() -> bool:
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms.split(",") == ["cpu"]
+    return not any(importlib.util.find_spec(name) for name in _ACCELERATOR_PLUGINS)
+
+
+def add_xla_flags() -> None:
+    """Appends `CPU_XLA_FLAGS` to XLA_FLAGS, except those it already sets."""
+    current = os.environ.get("XLA_FLAGS", "")
+    extra = [f"--{name}={value}" for name, value in CPU_XLA_FLAGS.items()
+             if f"--{name}=" not in current]
+    os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
+
+
+def retain_freed_memory() -> bool:
+    """Switches glibc to one arena without mmap or trimming; True if it did. A thread that has
+    already allocated keeps the arena it has, hence: before JAX starts its threads."""
+    if os.environ.get("LLMJAX_HOST_MALLOC", "") == "system":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    return all(libc.mallopt(param, value) == 1 for param, value in
+               ((_M_TRIM_THRESHOLD, -1), (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0)))
+
+
+def configure() -> None:
+    """Both settings, on a CPU-only install; call it before the first JAX computation."""
+    if _cpu_only():
+        add_xla_flags()
+        retain_freed_memory()
