@@ -15,8 +15,12 @@ keeps its peak heap until it exits, as a training process does anyway.
 oneDNN matmuls. XLA:CPU runs dots through XNNPACK's YNN fusions, which take a transposed
 operand at half speed (a [4096,512]x[512,1536] bf16 product: 21 ms, its weight gradient
 x^T dy: 42 ms). Backward passes are mostly such products; XLA's oneDNN custom call runs them
-at full speed (17 ms), and the step gets ~15% faster. Flags already in XLA_FLAGS win, so
-`XLA_FLAGS=--xla_cpu_use_onednn=false` measures without.
+at full speed (17 ms), and the step gets ~15% faster. The cost: XLA cannot serialize an
+executable that calls oneDNN, so on CPU the persistent compilation cache does not keep the
+train and eval steps and a restarted run compiles them again (seconds at this scale; JAX's
+warning about each failed cache write is silenced). Flags already in XLA_FLAGS win:
+`XLA_FLAGS=--xla_cpu_experimental_onednn_custom_call=false` keeps the steps cacheable, and
+measures the step without oneDNN.
 
 Only for CPU-only JAX installs (with an accelerator the step does not run on the host), and
 the allocator only on glibc.
@@ -28,6 +32,7 @@ import ctypes
 import importlib.util
 import os
 import platform
+import warnings
 
 CPU_XLA_FLAGS = {"xla_cpu_use_onednn": "true", "xla_cpu_experimental_onednn_custom_call": "true"}
 
@@ -50,6 +55,8 @@ def add_xla_flags() -> None:
     extra = [f"--{name}={value}" for name, value in CPU_XLA_FLAGS.items()
              if f"--{name}=" not in current]
     os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
+    if "--xla_cpu_experimental_onednn_custom_call=true" in os.environ["XLA_FLAGS"]:
+        warnings.filterwarnings("ignore", message="Error writing persistent compilation cache entry")
 
 
 def retain_freed_memory() -> bool:
