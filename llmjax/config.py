@@ -44,6 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
     m.dtype = "bfloat16"  # Compute dtype of matmuls and activations (float32 or bfloat16).
     m.param_dtype = "float32"  # Storage dtype of parameters and optimizer state.
     m.tie_embeddings = True  # Output projection reuses the token embedding.
+    m.fp32_logits = True  # Output projection's logits kept in fp32; False rounds them to `dtype` (bf16 autocast's way; faster on CPU). The loss is fp32 either way.
     m.scan_layers = True  # jax.lax.scan over blocks: compile time independent of depth.
     m.remat = "none"  # Rematerialisation: none | full | save_dots | save_dots_no_batch.
     m.attention_impl = "auto"  # auto (cuDNN on GPU, splash on TPU, blockwise on CPU) | xla | cudnn | splash | blockwise.

@@ -135,6 +135,19 @@ def test_gqa_with_all_kv_heads_is_multi_head_attention():
                                _reference_attention(params, x, positions, spec), rtol=1e-5, atol=1e-5)
 
 
+def test_logits_rounded_to_bf16_unless_fp32_logits():
+    """model.fp32_logits=False rounds the output projection to the compute dtype, as bf16
+    autocast does; the logits still come back as fp32 for the loss."""
+    rounded, kept = (make_tiny_config(dtype="bfloat16", fp32_logits=flag) for flag in (False, True))
+    params = _params(kept)
+    logits = {flag: model.apply(params, _tokens(kept), config=config)
+              for flag, config in ((False, rounded), (True, kept))}
+    assert logits[False].dtype == logits[True].dtype == jnp.float32
+    np.testing.assert_array_equal(logits[False], logits[False].astype(jnp.bfloat16).astype(jnp.float32))
+    assert not np.array_equal(logits[True], logits[True].astype(jnp.bfloat16).astype(jnp.float32))
+    np.testing.assert_allclose(logits[False], logits[True], rtol=1e-2, atol=1e-2)
+
+
 def test_loss_at_init_is_close_to_log_vocab():
     config = make_tiny_config(vocab_size=1024)
     logits = model.apply(_params(config), _tokens(config, batch=4), config=config)

@@ -26,11 +26,12 @@ class ModelSpec:
     scan_layers: bool
     remat: str
     attention_impl: str
+    fp32_logits: bool = True  # Absent from configs saved before it existed.
 
     @classmethod
     def from_config(cls, model_config) -> "ModelSpec":
         values = dict(model_config)
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
 
     @property
     def compute_dtype(self):

@@ -91,17 +91,22 @@ class Transformer(nn.Module):
                               (s.vocab_size, s.d_model), s.storage_dtype)
         if not with_head:
             return x_BTD, w_VD
-        return output_logits(x_BTD, w_VD, s.compute_dtype)
+        return output_logits(x_BTD, w_VD, s)
 
 
-def output_logits(x_BTD, w_VD, compute_dtype):
-    """The output projection, accumulated in fp32 (bf16 logits would quantise the loss), as one
-    2-D matmul over flattened tokens (see `Projection` for why)."""
+def output_logits(x_BTD, w_VD, spec: ModelSpec):
+    """The output projection as one 2-D matmul over flattened tokens (see `Projection` for
+    why), returned in fp32. Accumulated in fp32 and kept so with `spec.fp32_logits`; else
+    rounded to the compute dtype on the way out, as bf16 autocast does (the loss is still
+    fp32): on XLA:CPU the fp32-output product and its gradients take a slower path, and the
+    output projection with the loss runs ~1.7x faster in bf16 at bench36m (scripts/benchmark.py
+    --variant fp32:model.fp32_logits=True)."""
     b, t, d = x_BTD.shape
-    logits_BTV = jnp.dot(x_BTD.reshape(b * t, d).astype(compute_dtype),
-                         jnp.asarray(w_VD, compute_dtype).T,
-                         preferred_element_type=jnp.float32).reshape(b, t, w_VD.shape[0])
-    return nn.with_logical_constraint(logits_BTV, LOGITS_ACT)
+    out_dtype = jnp.float32 if spec.fp32_logits else spec.compute_dtype
+    logits_BTV = jnp.dot(x_BTD.reshape(b * t, d).astype(spec.compute_dtype),
+                         jnp.asarray(w_VD, spec.compute_dtype).T,
+                         preferred_element_type=out_dtype).reshape(b, t, w_VD.shape[0])
+    return nn.with_logical_constraint(logits_BTV.astype(jnp.float32), LOGITS_ACT)
 
 
 def init(rng, config):
@@ -130,6 +135,6 @@ def apply_hidden(params, tokens_BT, positions_BT=None, segment_ids_BT=None, *, c
 
     def logits_fn(h_BCD):
         with nn.logical_axis_rules(AXIS_RULES):
-            return output_logits(h_BCD, w_VD, spec.compute_dtype)
+            return output_logits(h_BCD, w_VD, spec)
 
     return x_BTD, logits_fn
