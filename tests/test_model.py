@@ -8,7 +8,8 @@ import flax.linen as nn
 import pytest
 
 from llmjax import model
-from llmjax.model.attention import Attention, blockwise_causal_attention, select_attention_impl
+from llmjax.model.attention import Attention, select_attention_impl
+from llmjax.model.blockwise import blockwise_causal_attention
 from llmjax.model.rope import apply_rope, rope_tables
 from llmjax.model.spec import ModelSpec
 from llmjax.model.splash import splash_attention, splash_available
@@ -264,17 +265,48 @@ def test_splash_kernel_matches_xla_attention_with_documents(kv_heads):
         np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
 
 @pytest.mark.parametrize("length, block", [(40, 16), (32, 8), (16, 16)])
-def test_blockwise_attention_equals_xla_attention(length, block):
-    """Blocks of queries against only the keys before them: the same attention, with documents
-    and grouped-query heads, including a last block shorter than the others."""
+@pytest.mark.parametrize("documents", [True, False])
+def test_blockwise_attention_equals_xla_attention(length, block, documents):
+    """Blocks of queries against only the keys before them, with a hand-written backward pass:
+    the same attention and the same gradients, with documents and grouped-query heads,
+    including a last block shorter than the others."""
     b, n, h, kv_heads = 2, 4, 8, 2
     q = jax.random.normal(jax.random.key(0), (b, length, n, h))
     k, v = (jax.random.normal(jax.random.key(i), (b, length, kv_heads, h)) for i in (1, 2))
     segments = jnp.asarray((np.arange(length) >= length // 3)[None].repeat(b, 0), jnp.int32)
     mask = segments[:, None, :, None] == segments[:, None, None, :]
-    reference = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
-    np.testing.assert_allclose(blockwise_causal_attention(q, k, v, segments, block), reference,
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(blockwise_causal_attention(q, k, v, None, block),
-                               jax.nn.dot_product_attention(q, k, v, is_causal=True),
-                               rtol=1e-5, atol=1e-6)
+    if not documents:
+        segments, mask = None, None
+
+    def ours(q, k, v):
+        return blockwise_causal_attention(q, k, v, segments, block)
+
+    def xla(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+
+    np.testing.assert_allclose(ours(q, k, v), xla(q, k, v), rtol=1e-5, atol=1e-6)
+    weights = jax.random.normal(jax.random.key(3), q.shape)
+    loss = lambda f: lambda *qkv: (f(*qkv) * weights).sum()  # noqa: E731
+    for mine, reference in zip(jax.grad(loss(ours), argnums=(0, 1, 2))(q, k, v),
+                               jax.grad(loss(xla), argnums=(0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_blockwise_attention_in_bf16_stays_close_to_fp32():
+    """In bf16 the backward pass reuses the forward's bf16 probabilities: its gradients stay as
+    close to the fp32 ones as those of XLA's own attention in bf16."""
+    b, t, n, h = 2, 64, 4, 16
+    q, k, v = (jax.random.normal(jax.random.key(i), (b, t, n, h)) for i in range(3))
+    weights = jax.random.normal(jax.random.key(3), q.shape)
+
+    def grads(f, dtype):
+        loss = lambda *qkv: (f(*qkv).astype(jnp.float32) * weights).sum()  # noqa: E731
+        return jax.grad(loss, argnums=(0, 1, 2))(*(x.astype(dtype) for x in (q, k, v)))
+
+    xla = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+    ours = lambda q, k, v: blockwise_causal_attention(q, k, v, None, 16)  # noqa: E731
+    exact = grads(xla, jnp.float32)
+    for mine, theirs, reference in zip(grads(ours, jnp.bfloat16), grads(xla, jnp.bfloat16), exact):
+        error = lambda g: float(jnp.abs(g.astype(jnp.float32) - reference).max())  # noqa: E731
+        assert mine.dtype == jnp.bfloat16
+        assert error(mine) <= 2 * error(theirs) + 1e-3, (error(mine), error(theirs))

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llmjax.model.blockwise import blockwise_causal_attention
 from llmjax.model.kv_cache import attend_to_cache
 from llmjax.model.layers import Projection, residual_scale
 from llmjax.model.rope import apply_rope
@@ -21,8 +22,8 @@ def select_attention_impl(requested: str, platform: str, dtype, head_dim: int, l
     """`auto` takes the platform's fused kernel where it applies: cuDNN flash attention on GPU
     for 16-bit inputs with head_dim a multiple of 8 up to 128 (what cuDNN supports); TPU splash
     attention where this JAX ships it (`splash`, by default looked up) and the length fills
-    its 128-wide blocks; on CPU XLA's attention in causal blocks (4% faster steps at bench36m);
-    XLA's reference path everywhere else. An explicit choice is honoured as given."""
+    its 128-wide blocks; on CPU causal query blocks with a hand-written backward pass
+    (`llmjax.model.blockwise`); XLA's reference path everywhere else. An explicit choice is honoured as given."""
     if requested != "auto":
         return requested
     if (platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
@@ -33,23 +34,6 @@ def select_attention_impl(requested: str, platform: str, dtype, head_dim: int, l
     if platform == "cpu":
         return "blockwise"
     return "xla"
-
-
-def blockwise_causal_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block: int):
-    """XLA's attention one block of `block` queries at a time, each against only the keys up to
-    its last query: the causal upper triangle of blocks is never computed (at 4 blocks, 10/16
-    of the scores remain) and each block's fp32 scores are a quarter of the size."""
-    t = q_BTNH.shape[1]
-    outs = []
-    for start in range(0, t, block):
-        end = min(start + block, t)
-        mask_B1QS = (jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :])[None, None]
-        if segment_ids_BT is not None:
-            mask_B1QS = mask_B1QS & (segment_ids_BT[:, None, start:end, None]
-                                     == segment_ids_BT[:, None, None, :end])
-        outs.append(jax.nn.dot_product_attention(q_BTNH[:, start:end], k_BTKH[:, :end],
-                                                 v_BTKH[:, :end], mask=mask_B1QS))
-    return jnp.concatenate(outs, axis=1)
 
 
 class Attention(nn.Module):
@@ -78,7 +62,9 @@ class Attention(nn.Module):
             if impl == "splash":
                 out_BTNH = splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
             elif impl == "blockwise":
-                out_BTNH = blockwise_causal_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, 128)
+                # 128-query blocks, at most 8 of them: the backward pass's ops grow as blocks^2.
+                block = max(128, -(-x_BTD.shape[1] // 8))
+                out_BTNH = blockwise_causal_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block)
             else:
                 mask_B1TT = None
                 if segment_ids_BT is not None:
