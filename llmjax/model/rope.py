@@ -7,17 +7,26 @@ import jax.numpy as jnp
 
 
 def rope_tables(positions_BT, head_dim: int, theta: float):
-    """(sin, cos) [B, T, 1, head_dim/2] of position * theta^(-2i/head_dim), in fp32: bf16
-    angles lose the low bits of large positions. The model computes them once per forward
-    pass and every layer reuses them (computed per layer they cost a bench36m CPU step ~3%)."""
+    """(sin, cos) [B, T, 1, head_dim] of position * theta^(-2i/head_dim), in fp32 (bf16 angles
+    lose the low bits of large positions), each half-width table repeated to the full head
+    width and the sine's first half negated, so that `apply_rope` is one elementwise pass. The
+    model computes them once per forward pass and every layer reuses them (computed per layer
+    they cost a bench36m CPU step ~3%)."""
     inv_freq_K = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
     angle_BTK = positions_BT.astype(jnp.float32)[..., None] * inv_freq_K
-    return jnp.sin(angle_BTK)[:, :, None, :], jnp.cos(angle_BTK)[:, :, None, :]
+    sin_BTK, cos_BTK = jnp.sin(angle_BTK), jnp.cos(angle_BTK)
+    sin_BTH = jnp.concatenate([-sin_BTK, sin_BTK], axis=-1)
+    cos_BTH = jnp.concatenate([cos_BTK, cos_BTK], axis=-1)
+    return sin_BTH[:, :, None, :], cos_BTH[:, :, None, :]
 
 
 def apply_rope(x_BTNH, tables):
-    """Rotates channel pairs (i, i + H/2) by the angles of `rope_tables`, in fp32."""
-    sin_BT1K, cos_BT1K = tables
-    x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
-    rotated = jnp.concatenate([x1 * cos_BT1K - x2 * sin_BT1K, x2 * cos_BT1K + x1 * sin_BT1K], -1)
-    return rotated.astype(x_BTNH.dtype)
+    """Rotates channel pairs (i, i + H/2) by the angles of `rope_tables`, in fp32:
+    x * cos + rotate_half(x) * sin. Written as one product-sum over the full width (rather than
+    per half, then concatenated) it compiles to a single fused pass forward and backward: 3.5x
+    faster at bench36m's shape on a CPU, where the per-half form cost ~7% of a step."""
+    sin_BT1H, cos_BT1H = tables
+    half = x_BTNH.shape[-1] // 2
+    x = x_BTNH.astype(jnp.float32)
+    rotated = jnp.concatenate([x[..., half:], x[..., :half]], axis=-1)
+    return (x * cos_BT1H + rotated * sin_BT1H).astype(x_BTNH.dtype)
