@@ -23,7 +23,8 @@ def select_attention_impl(requested: str, platform: str, dtype, head_dim: int, l
     for 16-bit inputs with head_dim a multiple of 8 up to 128 (what cuDNN supports); TPU splash
     attention where this JAX ships it (`splash`, by default looked up) and the length fills
     its 128-wide blocks; on CPU causal query blocks with a hand-written backward pass
-    (`llmjax.model.blockwise`); XLA's reference path everywhere else. An explicit choice is honoured as given."""
+    (`llmjax.model.blockwise`); XLA's reference path everywhere else. An explicit choice is
+    honoured as given."""
     if requested != "auto":
         return requested
     if (platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
