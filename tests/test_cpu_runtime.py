@@ -16,7 +16,10 @@ import pytest
 from llmjax import cpu_runtime
 
 # A jitted function whose ~200 MB of temporaries XLA:CPU allocates and frees on every call;
-# prints the minor page faults of one call after warm-up.
+# prints the fewest minor page faults of one call in five after warm-up. The fewest, because a
+# kernel that reclaims idle memory on its own (DAMON's pageout, as on the machine this was
+# written on) now and then unmaps retained pages between two calls; the system allocator
+# faults every call's temporaries in, so its fewest stays high.
 _PROGRAM = """
 import resource, sys
 from llmjax.cpu_runtime import retain_freed_memory
@@ -26,9 +29,12 @@ x = jnp.ones((4096, 4096), jnp.float32)
 step = jax.jit(lambda x: (jnp.sin(x) @ jnp.cos(x) + jnp.exp(x) @ jnp.tanh(x)).sum())
 for _ in range(3):
     step(x).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-step(x).block_until_ready()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+faults = []
+for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step(x).block_until_ready()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(min(faults))
 """
 
 
