@@ -1,6 +1,6 @@
 """Named benchmark configs and one measurement of the real train step on synthetic data.
 
-The step measured is the one `llmjax-train` runs: built by `train.compile.lower_train_step`
+The step measured is the one `llmjax-train` runs: built by `llmjax.run.bootstrap`
 with the same shardings, optimizer and donation, only fed random tokens instead of a corpus
 (data loading is not measured here: it costs about 1 ms of a bench36m step, see the README).
 """
@@ -12,16 +12,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from llmjax import flops
-from llmjax.parallel.mesh import build_mesh
-from llmjax.parallel.rules import batch_sharding
 from llmjax.presets import compose
-from llmjax.train.compile import BATCH_KEYS, lower_train_step
-from llmjax.train.optimizer import build_optimizer
-from llmjax.train.resume import abstract_state
-from llmjax.train.state import create_train_state, state_shardings
+from llmjax.run import bootstrap
+from llmjax.train.objectives import fields
 
 # name -> (model preset, overrides). Steps and warm-up are the runner's business.
 BENCHMARKS = {
@@ -46,16 +41,11 @@ def benchmark_config(name: str, overrides: dict | None = None):
                    | (overrides or {}))
 
 
-def synthetic_batch(config, sharding, seed: int = 0) -> dict:
-    """Uniform random tokens, one document per row: the shapes and dtypes of a real batch."""
-    shape = (config.train.global_batch_size, config.data.seq_len)
-    rng = np.random.default_rng(seed)
-    host = {"inputs": rng.integers(0, config.model.vocab_size, shape, dtype=np.int32),
-            "targets": rng.integers(0, config.model.vocab_size, shape, dtype=np.int32),
-            "positions": np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape),
-            "segment_ids": np.zeros(shape, np.int32),
-            "weights": np.ones(shape, np.float32)}
-    return {key: jax.device_put(host[key], sharding) for key in BATCH_KEYS}
+def synthetic_batch(run, seed: int = 0) -> dict:
+    """Uniform random tokens, one document per row, in the objective's batch layout."""
+    host = fields.synthetic_batch(run.batch_fields(), run.config.model.vocab_size, seed)
+    shardings = run.batch_shardings()
+    return {key: jax.device_put(value, shardings[key]) for key, value in host.items()}
 
 
 def peak_memory_bytes(compiled) -> int:
@@ -68,13 +58,11 @@ def peak_memory_bytes(compiled) -> int:
 
 
 def compile_train_step(config):
-    """(compiled step, mesh, abstract state, seconds spent lowering and compiling)."""
-    mesh = build_mesh(config)
-    tx = build_optimizer(config)
-    target = abstract_state(config, tx, state_shardings(config, tx, mesh))
+    """(compiled step, the run, seconds spent lowering and compiling)."""
+    run = bootstrap(config)
     start = time.perf_counter()
-    compiled = lower_train_step(config, tx, mesh, target).compile()
-    return compiled, mesh, target, time.perf_counter() - start
+    compiled = run.lower_train_step().compile()
+    return compiled, run, time.perf_counter() - start
 
 
 class _Runner:
@@ -82,10 +70,9 @@ class _Runner:
     loss is fetched, as the training loop does) and returns its seconds."""
 
     def __init__(self, config):
-        self.compiled, mesh, target, self.compile_seconds = compile_train_step(config)
-        self.state = create_train_state(config, build_optimizer(config),
-                                        jax.tree.map(lambda x: x.sharding, target))
-        self.batch = synthetic_batch(config, batch_sharding(mesh))
+        self.compiled, run, self.compile_seconds = compile_train_step(config)
+        self.state = run.create_state()
+        self.batch = synthetic_batch(run)
         self.times, self.loss = [], float("nan")
 
     def step(self) -> float:

@@ -31,9 +31,10 @@ from orbax.checkpoint.checkpoint_managers import save_decision_policy as when
 
 import llmjax
 from llmjax.parallel import distributed
+from llmjax.errors import LlmjaxError
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LlmjaxError, RuntimeError):
     """No usable checkpoint, or checkpoints cannot be written; says which and what to do."""
 
 
@@ -270,11 +271,10 @@ def resolve_step(workdir: Path, step: int | None) -> int:
 def restore_params(workdir: Path, config, step: int) -> dict:
     """The step's parameters as host numpy arrays, for tools that read a run (export,
     sampling) rather than train it: restored onto the first local device, whatever mesh wrote them."""
-    from llmjax import model  # noqa: PLC0415 - model code is needed only once the checks passed.
-    import flax.linen as nn  # noqa: PLC0415
+    from llmjax.run import abstract_params  # noqa: PLC0415 - model code only once the checks passed.
 
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), config)))
+    shapes, _ = abstract_params(config)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
     checkpointer = Checkpointer(Path(workdir) / "checkpoints", config, read_only=True)
     try:

@@ -13,41 +13,27 @@ import math
 
 import ml_collections
 
-DTYPES = ("float32", "bfloat16")
-REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "blockwise")
+from llmjax.errors import ConfigError, config_error  # noqa: F401 - ConfigError is caught from here.
+from llmjax.model import registry
+from llmjax.train import objectives
+
 SCHEDULES = ("cosine", "linear", "constant")
 INIT_MODES = ("params", "full")
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key, the value and the fix."""
 
 
-def default_config() -> ml_collections.ConfigDict:
+def default_config(family: str = "llama", objective: str = "causal_lm") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # Seeds init, data order and any randomness; the run is a function of it.
 
-    c.model = m = ml_collections.ConfigDict()
-    m.vocab_size = 8192  # Embedding rows; the tokenizer is trained to exactly this size.
-    m.d_model = 256  # Residual stream width; must equal num_heads * head_dim.
-    m.num_layers = 4  # Decoder blocks.
-    m.num_heads = 4  # Query heads.
-    m.num_kv_heads = 2  # Key/value heads (grouped-query attention); divides num_heads.
-    m.head_dim = 64  # Width of one attention head.
-    m.mlp_dim = 768  # SwiGLU hidden width.
-    m.max_seq_len = 256  # Longest sequence the model is trained or evaluated on.
-    m.rope_theta = 10_000.0  # RoPE base; larger values stretch the longest wavelength.
-    m.norm_eps = 1e-5  # RMSNorm epsilon.
-    m.init_scale = 0.02  # Std of normal weight init; residual outputs get 1/sqrt(2*num_layers) more.
-    m.dtype = "bfloat16"  # Compute dtype of matmuls and activations (float32 or bfloat16).
-    m.param_dtype = "float32"  # Storage dtype of parameters and optimizer state.
-    m.tie_embeddings = True  # Output projection reuses the token embedding.
-    m.fp32_logits = True  # Output projection's logits kept in fp32; False rounds them to `dtype` (bf16 autocast's way; faster on CPU). The loss is fp32 either way.
-    m.scan_layers = True  # jax.lax.scan over blocks: compile time independent of depth.
-    m.remat = "none"  # Rematerialisation: none | full | save_dots | save_dots_no_batch.
-    m.attention_impl = "auto"  # auto (cuDNN on GPU, splash on TPU, blockwise on CPU) | xla | cudnn | splash | blockwise.
+    # The model section holds exactly the fields of its family (llmjax/model/spec.py for the
+    # shared ones, llmjax/model/<family>/spec.py for the rest).
+    c.model = ml_collections.ConfigDict(registry.get(family).defaults())
+
+    # What the model is trained to predict (llmjax/train/objectives/).
+    c.objective = ml_collections.ConfigDict(objectives.get(objective).defaults())
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "stdlib"  # "stdlib" (this interpreter's stdlib source), a text directory or an llmjax-prepare output.
@@ -119,7 +105,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _fail(key: str, value, fix: str):
-    raise ConfigError(f"config.{key}={value!r}: {fix}")
+    raise config_error(key, value, fix)
 
 
 def _value(config, key: str):
@@ -159,6 +145,25 @@ def apply_overrides(config, overrides: dict):
                 _fail(key, value, f"has the wrong type: {error}")
             _fail(key, value, "no such config key; see llmjax/config.py for the schema.")
     return config
+
+
+def check_family_keys(model, family) -> None:
+    """config.model must hold exactly its family's fields: a field of another family (left
+    over after changing model.family, say) is refused with the family it belongs to."""
+    expected = family.defaults()
+    for key in model:
+        if key not in expected:
+            owners = registry.owners(key)
+            whose = f"a field of the {', '.join(owners)} famil{'ies' if len(owners) > 1 else 'y'}" \
+                if owners else "no family's field"
+            _fail(f"model.{key}", model[key],
+                  f"is {whose}, not of model.family={family.name!r}; start from a {family.name} "
+                  f"config (e.g. llmjax.presets.compose(...) with a {family.name} preset) instead "
+                  f"of changing model.family on another family's config.")
+    missing = [key for key in expected if key not in model]
+    if missing:
+        _fail(f"model.{missing[0]}", None, f"is missing; the {family.name} family needs "
+                                           f"{', '.join(missing)}.")
 
 
 def inject_nan_steps(config) -> frozenset[int]:
@@ -226,15 +231,13 @@ def parse_mixture(mixture: str) -> list[tuple[str, float]]:
 def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]:
     """Checks every cross-field constraint; returns the resolved mesh shape."""
     m, t, d, o = config.model, config.train, config.data, config.optimizer
-    _positive(config, ["model.vocab_size", "model.d_model", "model.num_layers",
-                       "model.num_heads", "model.num_kv_heads", "model.head_dim",
-                       "model.mlp_dim", "model.max_seq_len", "data.seq_len", "train.steps",
-                       "train.global_batch_size", "train.microbatches", "train.log_every",
-                       "train.eval_batches"])
-    for key in ("model.dtype", "model.param_dtype"):
-        _choice(config, key, DTYPES)
-    _choice(config, "model.remat", REMAT_POLICIES)
-    _choice(config, "model.attention_impl", ATTENTION_IMPLS)
+    family = registry.of(config)
+    check_family_keys(config.model, family)
+    family.spec.validate(m, None)
+    objective = objectives.of(config)
+    objective.check(config, family)
+    _positive(config, ["data.seq_len", "train.steps", "train.global_batch_size",
+                       "train.microbatches", "train.log_every", "train.eval_batches"])
     _choice(config, "optimizer.schedule", SCHEDULES)
     _choice(config, "checkpoint.init_mode", INIT_MODES)
     _positive(config, ["checkpoint.keep_last", "train.guard_patience"])
@@ -248,16 +251,6 @@ def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]
         inject_nan_steps(config)
     except ValueError:
         _fail("train.inject_nan_at", t.inject_nan_at, "must be comma-separated integers.")
-    if m.num_heads % m.num_kv_heads:
-        _fail("model.num_kv_heads", m.num_kv_heads,
-              f"must divide model.num_heads={m.num_heads} (grouped-query attention shares "
-              f"each key/value head among num_heads/num_kv_heads query heads).")
-    if m.d_model != m.num_heads * m.head_dim:
-        _fail("model.d_model", m.d_model,
-              f"must equal model.num_heads * model.head_dim = {m.num_heads} * {m.head_dim} "
-              f"= {m.num_heads * m.head_dim}; change one of the three.")
-    if m.head_dim % 2:
-        _fail("model.head_dim", m.head_dim, "must be even (RoPE rotates pairs of channels).")
     if d.seq_len > m.max_seq_len:
         _fail("data.seq_len", d.seq_len,
               f"exceeds model.max_seq_len={m.max_seq_len}; lower it or raise max_seq_len.")
@@ -301,10 +294,5 @@ def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]
               f"each microbatch of {micro} sequences must split evenly over the "
               f"{batch_shards} data-parallel shards (data x fsdp mesh axes); use a multiple "
               f"of {batch_shards * t.microbatches}.")
-    for axis_size, key, what in ((shape["tensor"], "model.num_kv_heads", m.num_kv_heads),
-                                 (shape["tensor"], "model.mlp_dim", m.mlp_dim),
-                                 (shape["tensor"], "model.vocab_size", m.vocab_size),
-                                 (shape["fsdp"], "model.d_model", m.d_model)):
-        if what % axis_size:
-            _fail(key, what, f"must be divisible by its mesh axis size {axis_size}.")
+    family.spec.validate(m, shape)
     return shape

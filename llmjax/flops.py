@@ -1,11 +1,9 @@
 """Model FLOPs and the hardware peak they are compared with (MFU).
 
-FLOPs per token (training, forward + backward), the standard accounting of Kaplan et al. and
-PaLM's appendix B:
-    6 * N_nonembed                  every matmul weight: 2 FLOPs forward, 4 backward
-  + 6 * d_model * vocab             the output projection (counted whether tied or not)
-  + 12 * layers * d_model * seq / 2 attention scores and weighted values; causal halves it
-Embedding lookups, norms and elementwise ops are not counted.
+FLOPs per token (training, forward + backward) follow the standard accounting of Kaplan et al.
+and PaLM's appendix B (6 FLOPs per matmul weight and token, plus attention), with each
+family's formula stated in its own folder (`llmjax/model/<family>/flops.py`); this module
+looks it up by `config.model.family` and measures or looks up the peak.
 """
 
 from __future__ import annotations
@@ -16,6 +14,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from llmjax.model import registry
+
 # Dense bf16 peak FLOP/s per chip from the vendors' data sheets (no sparsity).
 PEAK_BF16_FLOPS = {
     "H100": 989e12, "H200": 989e12, "A100": 312e12,
@@ -25,22 +25,16 @@ PEAK_BF16_FLOPS = {
 
 
 def non_embedding_params(model_config) -> int:
-    m = model_config
-    attention = m.d_model * m.head_dim * (2 * m.num_heads + 2 * m.num_kv_heads)
-    mlp = 3 * m.d_model * m.mlp_dim
-    return m.num_layers * (attention + mlp + 2 * m.d_model) + m.d_model
+    return registry.of(model_config).flops.non_embedding_params(model_config)
 
 
 def param_count(model_config) -> int:
-    m = model_config
-    embeddings = m.vocab_size * m.d_model * (1 if m.tie_embeddings else 2)
-    return non_embedding_params(m) + embeddings
+    return registry.of(model_config).flops.param_count(model_config)
 
 
 def flops_per_token(model_config, seq_len: int) -> float:
-    m = model_config
-    return (6 * non_embedding_params(m) + 6 * m.d_model * m.vocab_size
-            + 12 * m.num_layers * m.d_model * seq_len / 2)
+    """Training FLOPs per token by the family's formula (stated in its flops.py)."""
+    return registry.of(model_config).flops.flops_per_token(model_config, seq_len)
 
 
 def measure_matmul_peak(dtype=jnp.bfloat16, size: int = 2048, min_seconds: float = 2.0) -> float:

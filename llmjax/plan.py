@@ -14,11 +14,7 @@ import math
 import jax
 
 from llmjax import flops
-from llmjax.parallel.mesh import build_mesh
-from llmjax.train.compile import lower_train_step
-from llmjax.train.optimizer import build_optimizer
-from llmjax.train.resume import abstract_state
-from llmjax.train.state import state_shardings
+from llmjax.run import bootstrap
 
 GB = 1e9
 # Memory per device (bytes) and the data-sheet bf16 peak name in flops.PEAK_BF16_FLOPS.
@@ -69,10 +65,9 @@ def per_device_bytes(tree) -> float:
 
 def plan(config, target: str) -> Plan:
     memory, chip = TARGETS[target]
-    mesh = build_mesh(config)
-    tx = build_optimizer(config)
-    state = abstract_state(config, tx, state_shardings(config, tx, mesh))
-    compiled = lower_train_step(config, tx, mesh, state).compile()
+    run = bootstrap(config)
+    mesh, state = run.mesh, run.state
+    compiled = run.lower_train_step().compile()
     analysis = compiled.memory_analysis()
     params, optimizer = per_device_bytes(state.params), per_device_bytes(state.opt_state)
     temp = float(analysis.temp_size_in_bytes)

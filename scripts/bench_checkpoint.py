@@ -14,41 +14,26 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from llmjax import cpu_runtime
 from llmjax.checkpoint import Checkpointer, metadata
 from llmjax.data import pipeline
-from llmjax.parallel.mesh import build_mesh
-from llmjax.parallel.rules import batch_sharding
-from llmjax.train.compile import compile_steps
-from llmjax.train.optimizer import build_optimizer
-from llmjax.train.resume import abstract_state
-from llmjax.train.state import create_train_state, state_shardings
+from llmjax.run import bootstrap
+from llmjax.train.objectives.fields import synthetic_batch
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config to measure.")
 _SAVES = flags.DEFINE_integer("saves", 5, "Saves to time.")
 
 
-def synthetic_batch(config, seed=0):
-    rng = np.random.default_rng(seed)
-    b, t = config.train.global_batch_size, config.data.seq_len
-    tokens = rng.integers(0, config.model.vocab_size, (b, t + 1)).astype(np.int32)
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-            "positions": np.tile(np.arange(t, dtype=np.int32), (b, 1)),
-            "segment_ids": np.zeros((b, t), np.int32), "weights": np.ones((b, t), np.float32)}
-
-
 def main(_):
     config = _CONFIG.value
-    mesh = build_mesh(config)
-    tx = build_optimizer(config)
-    shardings = state_shardings(config, tx, mesh)
-    train_fn, _ = compile_steps(config, tx, mesh, abstract_state(config, tx, shardings))
-    state = create_train_state(config, tx, shardings)
-    batch = pipeline.to_device(synthetic_batch(config), batch_sharding(mesh))
+    run = bootstrap(config)
+    train_fn, _ = run.compile_steps()
+    state = run.create_state()
+    batch = pipeline.to_device(synthetic_batch(run.batch_fields(), config.model.vocab_size),
+                               run.batch_shardings())
     step_times, blocked = [], []
     with tempfile.TemporaryDirectory() as tmp:
         checkpointer = Checkpointer(Path(tmp) / "checkpoints", config, log=lambda *_: None)

@@ -20,15 +20,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from llmjax import cpu_runtime
-from llmjax.data import pipeline, sources
-from llmjax.data.dataset import default_cache_dir, open_dataset, resolve
+from llmjax.data import sources
+from llmjax.data.dataset import cache_dir, open_dataset, resolve
 from llmjax.data.prepare import PrepareOptions, prepare
-from llmjax.parallel.mesh import build_mesh
-from llmjax.parallel.rules import batch_sharding
-from llmjax.train.compile import compile_steps
-from llmjax.train.optimizer import build_optimizer
-from llmjax.train.resume import abstract_state
-from llmjax.train.state import create_train_state, state_shardings
+from llmjax.run import bootstrap
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config whose data and step to measure.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Batches to load for the pipeline figure.")
@@ -36,9 +31,8 @@ _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 8, "Train steps to time (afte
 _PREPARE = flags.DEFINE_bool("prepare", False, "Also time a fresh preparation of the stdlib corpus.")
 
 
-def pipeline_tokens_per_second(config, datasets, mesh) -> float:
-    batches = pipeline.GlobalBatches(pipeline.mixture_rows(datasets, config.data.seq_len, config.seed),
-                                     config.train.global_batch_size, config.data.seq_len, batch_sharding(mesh))
+def pipeline_tokens_per_second(config, datasets, run) -> float:
+    batches = run.train_batches(datasets)
     jax.block_until_ready(batches.device_batch(0))
     start = time.perf_counter()
     for step in range(1, _STEPS.value + 1):
@@ -46,13 +40,10 @@ def pipeline_tokens_per_second(config, datasets, mesh) -> float:
     return _STEPS.value * config.train.global_batch_size * config.data.seq_len / (time.perf_counter() - start)
 
 
-def train_tokens_per_second(config, datasets, mesh) -> float:
-    tx = build_optimizer(config)
-    shardings = state_shardings(config, tx, mesh)
-    train_fn, _ = compile_steps(config, tx, mesh, abstract_state(config, tx, shardings))
-    state = create_train_state(config, tx, shardings)
-    batches = pipeline.GlobalBatches(pipeline.mixture_rows(datasets, config.data.seq_len, config.seed),
-                                     config.train.global_batch_size, config.data.seq_len, batch_sharding(mesh))
+def train_tokens_per_second(config, datasets, run) -> float:
+    train_fn, _ = run.compile_steps()
+    state = run.create_state()
+    batches = run.train_batches(datasets)
     loaded = [batches.device_batch(step) for step in range(_TRAIN_STEPS.value + 1)]
     state, metrics = train_fn(state, loaded[0])
     jax.block_until_ready(metrics)
@@ -67,13 +58,13 @@ def train_tokens_per_second(config, datasets, mesh) -> float:
 
 def main(_):
     config = _CONFIG.value
-    cache = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()
+    cache = cache_dir(config)
     datasets = resolve(config.data, config.model.vocab_size, cache, log=lambda *_: None)
-    mesh = build_mesh(config)
-    delivered = pipeline_tokens_per_second(config, datasets, mesh)
-    consumed = train_tokens_per_second(config, datasets, mesh)
+    run = bootstrap(config)
+    delivered = pipeline_tokens_per_second(config, datasets, run)
+    consumed = train_tokens_per_second(config, datasets, run)
     print(f"batch shape:              {config.train.global_batch_size} x {config.data.seq_len} tokens "
-          f"over {mesh.devices.size} device(s)")
+          f"over {run.mesh.devices.size} device(s)")
     print(f"pipeline delivers:        {delivered:,.0f} tokens/s (median of {_STEPS.value} device batches)")
     print(f"train step consumes:      {consumed:,.0f} tokens/s (median of {_TRAIN_STEPS.value} steps)")
     print(f"pipeline / training:      {delivered / consumed:.1f}x")

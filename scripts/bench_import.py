@@ -69,7 +69,7 @@ def write_checkpoint(directory: Path) -> tuple[int, int]:
     """A random HF Llama in `directory`; returns (model bytes, largest tensor bytes)."""
     from llmjax.config import default_config  # noqa: PLC0415
     from llmjax.data.tokenizer import train_tokenizer  # noqa: PLC0415
-    from llmjax.interop.llama import hf_config, tensor_maps  # noqa: PLC0415
+    from llmjax.model.llama.hf import hf_config, tensor_maps  # noqa: PLC0415
     from llmjax.interop.safetensors_io import write_safetensors  # noqa: PLC0415
 
     model = default_config().model

@@ -41,7 +41,7 @@ def rope_tables(seq: int, dim: int, theta: float = 10_000.0):
 
 
 def apply_rope(x, cos, sin):
-    """x [B, H, T, D]: rotate the (first half, second half) pairs, as llmjax/model/rope.py."""
+    """x [B, H, T, D]: rotate the (first half, second half) pairs, as llmjax/model/layers/rope.py."""
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 

@@ -7,15 +7,12 @@ shards into global batches and compares them with the single-process ones.
 
 import sys
 
-import jax
 import numpy as np
 
 from llmjax.config import default_config
 from llmjax.data.dataset import resolve
-from llmjax.data.pipeline import GlobalBatches, mixture_rows
 from llmjax.parallel import distributed
-from llmjax.parallel.mesh import build_mesh
-from llmjax.parallel.rules import batch_sharding
+from llmjax.run import bootstrap
 
 
 def main(out, mixture, steps, num_processes, process_id, port):
@@ -25,9 +22,7 @@ def main(out, mixture, steps, num_processes, process_id, port):
     config.data.update(mixture=mixture, seq_len=16)
     config.train.global_batch_size = 8
     datasets = resolve(config.data, config.model.vocab_size, cache_dir=None, log=lambda *_: None)
-    batches = GlobalBatches(mixture_rows(datasets, config.data.seq_len, config.seed),
-                            config.train.global_batch_size, config.data.seq_len,
-                            batch_sharding(build_mesh(config)))
+    batches = bootstrap(config, train=False).train_batches(datasets)
     saved = {"local_rows": np.asarray(batches.local_rows)}
     for step in map(int, steps.split(",")):
         for key, array in batches.device_batch(step).items():

@@ -3,7 +3,7 @@
 import pytest
 
 from llmjax.config import ConfigError, default_config, mesh_shape, validate
-from llmjax.workdir import WorkdirError, check_workdir, write_config
+from llmjax.rundir import RunDir, WorkdirError
 
 from conftest import make_tiny_config
 
@@ -61,24 +61,25 @@ def test_mesh_fill_axis():
 
 def test_workdir_checks(tmp_path):
     config = make_tiny_config()
-    assert check_workdir(str(tmp_path / "new" / "run"), config) == (tmp_path / "new" / "run", {})
+    new = RunDir(str(tmp_path / "new" / "run"))
+    assert (new.path, new.check(config)) == (tmp_path / "new" / "run", {})
     assert not (tmp_path / "new").exists(), "checking must create nothing"
     (tmp_path / "file").write_text("x")
     with pytest.raises(WorkdirError, match="not a directory"):
-        check_workdir(str(tmp_path / "file"), config)
+        RunDir(str(tmp_path / "file")).check(config)
     with pytest.raises(WorkdirError, match="is a file"):
-        check_workdir(str(tmp_path / "file" / "run"), config)
+        RunDir(str(tmp_path / "file" / "run")).check(config)
     with pytest.raises(WorkdirError, match="cannot write"):
-        check_workdir("/proc/llmjax-test-run", config)
+        RunDir("/proc/llmjax-test-run").check(config)
     assert list(tmp_path.glob("**/.llmjax-probe-*")) == []
 
 
 def test_workdir_of_the_same_run_is_reused_and_another_refused(tmp_path):
     config = make_tiny_config()
-    write_config(tmp_path, config)
+    RunDir(tmp_path).write_config(config)
     longer = make_tiny_config()
     longer.train.steps = 50
-    assert check_workdir(str(tmp_path), longer)[1] == {"train.steps": (10, 50)}
+    assert RunDir(str(tmp_path)).check(longer) == {"train.steps": (10, 50)}
     wider = make_tiny_config(d_model=64, head_dim=16)
     with pytest.raises(WorkdirError, match=r"model.d_model: 32 -> 64.*init_from"):
         check_workdir(str(tmp_path), wider)

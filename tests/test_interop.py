@@ -12,7 +12,8 @@ import pytest
 
 from llmjax.interop.export import export_hf
 from llmjax.interop.import_hf import import_hf
-from llmjax.interop.llama import InteropError, model_overrides
+from llmjax.interop.tensor_map import InteropError
+from llmjax.model.llama.hf import model_overrides
 from llmjax.interop.safetensors_io import INDEX_FILE, SafetensorsReader
 
 from conftest import ROOT
@@ -64,7 +65,7 @@ def test_large_exports_are_sharded_with_an_index(tmp_path):
 
 
 @pytest.mark.parametrize("make_kwargs, message", [
-    (dict(config={"model_type": "gpt2"}), "model_type is 'gpt2'; only Llama-architecture"),
+    (dict(config={"model_type": "mamba"}), "model_type is 'mamba'; llmjax imports 'llama'"),
     (dict(config={"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}), "rope type 'llama3'"),
     (dict(config={"attention_bias": True}), "attention_bias=True is not supported"),
     (dict(drop=("model.layers.1.mlp.up_proj.weight",)),

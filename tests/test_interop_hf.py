@@ -18,9 +18,8 @@ from llmjax.data.errors import DataError
 from llmjax.data.tokenizer import train_tokenizer
 from llmjax.interop.export import export_hf
 from llmjax.interop.import_hf import import_hf
-from llmjax.interop.run_files import load_tokenizer
 from llmjax.interop.safetensors_io import SafetensorsReader
-from llmjax.workdir import read_config
+from llmjax.rundir import RunDir
 
 from conftest import ROOT, run_reference, run_train
 from hf_checkpoints import HF_CONFIG as HAND_WRITTEN, make_hf_dir
@@ -47,7 +46,7 @@ def cli(module, *args):
 
 
 def llmjax_logits(workdir, tokens):
-    config = read_config(workdir)
+    config = RunDir(workdir).config
     config.model.dtype = "float32"
     step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     return np.asarray(model.apply(restore_params(workdir, config, step), tokens, config=config))
@@ -131,7 +130,7 @@ def test_continued_pretraining_and_its_export_match_transformers(imported, refer
     print(f"exported parity: max |diff| / max |logit| = {rel:.2e}")
     text = "import json\ndef f(x):\n    return json.dumps({'a': [1, 2.5]})\n"
     run_reference(reference_python, "encode", out, text, tmp / "ids.npy")
-    assert np.load(tmp / "ids.npy").tolist() == load_tokenizer(continued).encode(text).ids
+    assert np.load(tmp / "ids.npy").tolist() == RunDir(continued).tokenizer.encode(text).ids
 
 
 def test_tied_bfloat16_export_matches_transformers(reference_python, tmp_path):
@@ -155,7 +154,7 @@ def test_sample_command_decodes_greedily_like_transformers(imported, reference_p
     result = cli("sample", f"--workdir={run}", *(f"--prompt={p}" for p in prompts),
                  "--max_new_tokens=8", "--temperature=0")
     assert result.returncode == 0, result.stderr[-3000:]
-    tokenizer, eos = load_tokenizer(run), HF_CONFIG["eos_token_id"]
+    tokenizer, eos = RunDir(run).tokenizer, HF_CONFIG["eos_token_id"]
     run_reference(reference_python, "greedy", hf_dir, 8, tmp / "greedy.json", *prompts)
     for prompt, ids in zip(prompts, json.loads((tmp / "greedy.json").read_text())):
         ids = ids[:ids.index(eos)] if eos in ids else ids

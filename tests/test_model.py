@@ -8,11 +8,12 @@ import flax.linen as nn
 import pytest
 
 from llmjax import model
-from llmjax.model.attention import Attention, select_attention_impl
-from llmjax.model.blockwise import blockwise_causal_attention
-from llmjax.model.rope import apply_rope, rope_tables
-from llmjax.model.spec import ModelSpec
-from llmjax.model.splash import splash_attention, splash_available
+from llmjax.model.layers.attention import select_attention_impl
+from llmjax.model.llama.model import Attention
+from llmjax.model.layers.blockwise import blockwise_causal_attention
+from llmjax.model.layers.rope import apply_rope, rope_tables
+from llmjax.model.llama.spec import LlamaSpec
+from llmjax.model.layers.splash import splash_attention, splash_available
 
 from conftest import make_tiny_config
 
@@ -110,7 +111,7 @@ def _reference_attention(params, x, positions, spec):
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
 def test_attention_matches_hand_written_reference(kv_heads):
     config = make_tiny_config(num_kv_heads=kv_heads)
-    spec = ModelSpec.from_config(config.model)
+    spec = LlamaSpec.from_config(config.model)
     x = jax.random.normal(jax.random.key(0), (2, 12, spec.d_model))
     positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
     module = Attention(spec)
@@ -124,7 +125,7 @@ def test_gqa_with_all_kv_heads_is_multi_head_attention():
     """With num_kv_heads == num_heads no head is shared: it is exactly multi-head attention,
     so the same weights give the same output as the reference with no repetition."""
     config = make_tiny_config(num_kv_heads=4)
-    spec = ModelSpec.from_config(config.model)
+    spec = LlamaSpec.from_config(config.model)
     assert spec.num_kv_heads == spec.num_heads
     x = jax.random.normal(jax.random.key(2), (1, 8, spec.d_model))
     positions = jnp.arange(8)[None]

@@ -149,7 +149,9 @@ def test_device_batches_equal_the_host_global_batches(two_datasets):
     datasets = [(open_dataset(two_datasets[0]), 0.6), (open_dataset(two_datasets[1]), 0.4)]
     rows = mixture_rows(datasets, 16, seed=0)
     mesh = Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "tensor"))
-    batches = GlobalBatches(rows, 8, 16, NamedSharding(mesh, PartitionSpec("data", None)))
+    keys = ("inputs", "targets", "positions", "segment_ids", "weights")
+    batches = GlobalBatches(rows, dict.fromkeys(keys, (8, 16)),
+                            dict.fromkeys(keys, NamedSharding(mesh, PartitionSpec("data", None))))
     assert batches.local_rows == list(range(8))  # One process holds every device here.
     for step in (0, 7, 40):
         on_device = batches.device_batch(step)

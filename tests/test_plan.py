@@ -5,11 +5,8 @@ import sys
 
 import pytest
 
-from llmjax.parallel.mesh import build_mesh
 from llmjax.plan import per_device_bytes
-from llmjax.train.optimizer import build_optimizer
-from llmjax.train.resume import abstract_state
-from llmjax.train.state import state_shardings
+from llmjax.run import bootstrap
 
 from conftest import ROOT, make_tiny_config, train_env
 
@@ -20,9 +17,7 @@ def _state_bytes(**mesh):
     config = make_tiny_config(vocab_size=1024, d_model=256, head_dim=64, mlp_dim=512)
     config.mesh.ici.update(data=1, fsdp=1, sequence=1, tensor=1)
     config.mesh.ici.update(**mesh)
-    mesh_ = build_mesh(config)
-    tx = build_optimizer(config)
-    state = abstract_state(config, tx, state_shardings(config, tx, mesh_))
+    state = bootstrap(config).state
     return per_device_bytes((state.params, state.opt_state))
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from llmjax.config import ConfigError
 from llmjax.flops import param_count
-from llmjax.presets import MODELS, compose
+from llmjax.presets import compose, model_presets
 from llmjax.sweep.expand import SweepError, expand, plan, run_name
 from llmjax.sweep.report import fit_power_law
 
@@ -37,7 +37,7 @@ def test_ladder_presets_are_near_their_names(preset, nominal):
 def test_every_preset_is_a_valid_config():
     from llmjax.config import validate  # noqa: PLC0415
 
-    for name in MODELS:
+    for name in model_presets():
         validate(compose(name), 1)
 
 

@@ -9,12 +9,9 @@ import pytest
 
 from llmjax import model
 from llmjax.data import pipeline
-from llmjax.parallel.mesh import build_mesh
-from llmjax.parallel.rules import batch_sharding
-from llmjax.train.compile import compile_steps
-from llmjax.train.loss import chunked_cross_entropy_sums, cross_entropy_sums
+from llmjax.run import bootstrap
+from llmjax.train.objectives.cross_entropy import chunked_cross_entropy_sums, cross_entropy_sums
 from llmjax.train.optimizer import build_optimizer, learning_rate_schedule, weight_decay_mask
-from llmjax.train.state import create_train_state, state_shardings
 
 from conftest import make_tiny_config
 
@@ -31,13 +28,12 @@ def random_batch(config, seed=0):
 
 def run_steps(config, batches, devices=None):
     """Trains on `batches` over the given devices; returns (losses, final state)."""
-    mesh = build_mesh(config, devices)
-    tx = build_optimizer(config)
-    state = create_train_state(config, tx, state_shardings(config, tx, mesh))
-    train_fn, _ = compile_steps(config, tx, mesh, state)
+    run = bootstrap(config, devices=devices)
+    state = run.create_state()
+    train_fn, _ = run.compile_steps()
     losses = []
     for batch in batches:
-        state, metrics = train_fn(state, pipeline.to_device(batch, batch_sharding(mesh)))
+        state, metrics = train_fn(state, pipeline.to_device(batch, run.batch_shardings()))
         losses.append(float(metrics["loss"]))
     return np.array(losses), state
 
@@ -89,11 +85,10 @@ def test_gradient_accumulation_equals_full_batch():
 
 
 def test_non_finite_update_is_skipped_and_counted(tiny_config):
-    mesh = build_mesh(tiny_config)
-    tx = build_optimizer(tiny_config)
-    state = create_train_state(tiny_config, tx, state_shardings(tiny_config, tx, mesh))
-    train_fn, _ = compile_steps(tiny_config, tx, mesh, state)
-    rows = batch_sharding(mesh)
+    run = bootstrap(tiny_config)
+    state = run.create_state()
+    train_fn, _ = run.compile_steps()
+    rows = run.batch_shardings()
     state, _ = train_fn(state, pipeline.to_device(random_batch(tiny_config, 0), rows))
     before = jax.device_get(state)
     poisoned = random_batch(tiny_config, 1)

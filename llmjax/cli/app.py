@@ -1,4 +1,6 @@
-"""What every llmjax command shares: absl startup with one clear line for any bad flag."""
+"""What every llmjax command shares: absl startup, one clear line for any bad flag, and the one
+handler of `LlmjaxError`: whatever a command raises that the user can fix is printed as
+`error: ...` on stderr and exits with `EXIT_USER_ERROR`."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import sys
 from absl import app, flags, logging
 
 from llmjax import cpu_runtime
+from llmjax.errors import EXIT_USER_ERROR, LlmjaxError
 
 
 def _parse_flags(argv):
@@ -36,7 +39,17 @@ def load_config(config_flag):
     return config
 
 
+def _reporting_errors(main):
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except LlmjaxError as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+    return wrapped
+
+
 def run(main) -> None:
     cpu_runtime.configure()  # Before JAX starts its backend.
     logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news to a user.
-    app.run(main, flags_parser=_parse_flags)
+    app.run(_reporting_errors(main), flags_parser=_parse_flags)

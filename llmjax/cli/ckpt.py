@@ -9,13 +9,13 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import sys
 from pathlib import Path
 
 from absl import app, flags, logging
 
 from llmjax.checkpoint import saved_steps
 from llmjax.cli.app import run as run_app
+from llmjax.errors import LlmjaxError
 
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for `inspect` (default: the latest).")
 
@@ -77,14 +77,14 @@ def main(argv) -> None:
         raise app.UsageError("usage: llmjax-ckpt list|inspect WORKDIR [--step S]")
     directory = Path(argv[2]).expanduser() / "checkpoints"
     if not directory.is_dir():
-        sys.exit(f"error: {directory} does not exist; give the --workdir of a training run.")
+        raise LlmjaxError(f"{directory} does not exist; give the --workdir of a training run.")
     steps = saved_steps(directory)
     if argv[1] == "list":
         print(list_checkpoints(directory))
         return
     step = _STEP.value if _STEP.value is not None else (steps[-1] if steps else None)
     if step not in steps:
-        sys.exit(f"error: no checkpoint of step {step} in {directory}; it has {steps}.")
+        raise LlmjaxError(f"no checkpoint of step {step} in {directory}; it has {steps}.")
     print(inspect_checkpoint(directory, step))
 
 

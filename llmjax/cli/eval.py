@@ -7,12 +7,12 @@ and bits per byte, per dataset. Without --data, the run's own validation split.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from absl import app, flags, logging
 
 from llmjax.cli.app import run as run_app
+from llmjax.errors import LlmjaxError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -28,18 +28,11 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if _BATCHES.value is not None and _BATCHES.value < 1:
-        sys.exit(f"error: --batches={_BATCHES.value} must be at least 1.")
+        raise LlmjaxError(f"--batches={_BATCHES.value} must be at least 1.")
     logging.set_verbosity(logging.ERROR)  # Orbax warns that a read-only checkpoint is read-only.
-    from llmjax.checkpoint import CheckpointError  # noqa: PLC0415 - flags first, so --help is quick.
-    from llmjax.config import ConfigError  # noqa: PLC0415
-    from llmjax.data.errors import DataError  # noqa: PLC0415
-    from llmjax.train.evaluate import evaluate_run  # noqa: PLC0415
-    from llmjax.workdir import WorkdirError  # noqa: PLC0415
+    from llmjax.train.evaluate import evaluate_run  # noqa: PLC0415 - flags first, so --help is quick.
 
-    try:
-        results = evaluate_run(_WORKDIR.value, _STEP.value, _DATA.value, _BATCHES.value, log=print)
-    except (CheckpointError, ConfigError, DataError, WorkdirError) as error:
-        sys.exit(f"error: {error}")
+    results = evaluate_run(_WORKDIR.value, _STEP.value, _DATA.value, _BATCHES.value, log=print)
     step = results.pop("step")
     for name, values in results.items():
         print(f"step {step} | {name} | loss {values['loss']:.4f} | ppl {values['perplexity']:.2f} "

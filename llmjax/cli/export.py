@@ -6,12 +6,12 @@ The result loads offline with `AutoModelForCausalLM.from_pretrained(DIR)` and
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from absl import app, flags, logging
 
 from llmjax.cli.app import run as run_app
+from llmjax.errors import LlmjaxError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to export.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -27,21 +27,15 @@ flags.mark_flags_as_required(["workdir", "out"])
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from llmjax.checkpoint import CheckpointError  # noqa: PLC0415 - flags first: --help is quick.
-    from llmjax.interop.export import export_hf  # noqa: PLC0415
-    from llmjax.interop.llama import InteropError  # noqa: PLC0415
+    from llmjax.interop.export import export_hf  # noqa: PLC0415 - flags first: --help is quick.
     from llmjax.interop.safetensors_io import parse_size  # noqa: PLC0415
-    from llmjax.workdir import WorkdirError  # noqa: PLC0415
 
     try:
         max_shard = parse_size(_MAX_SHARD.value)
     except ValueError:
-        sys.exit(f"error: --max_shard_size {_MAX_SHARD.value}: give a size such as 5GB or 200MB.")
+        raise LlmjaxError(f"--max_shard_size {_MAX_SHARD.value}: give a size such as 5GB or 200MB.")
     logging.set_verbosity(logging.ERROR)  # Orbax warns that it opens the run read-only.
-    try:
-        export_hf(Path(_WORKDIR.value), Path(_OUT.value), _STEP.value, _DTYPE.value, max_shard)
-    except (InteropError, CheckpointError, WorkdirError) as error:
-        sys.exit(f"error: {error}")
+    export_hf(Path(_WORKDIR.value), Path(_OUT.value), _STEP.value, _DTYPE.value, max_shard)
 
 
 def run() -> None:

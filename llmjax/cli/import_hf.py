@@ -7,7 +7,6 @@ pretraining from it with `llmjax-train --config=configs/imported.py:RUN --workdi
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from absl import app, flags
@@ -23,12 +22,8 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from llmjax.interop.import_hf import import_hf  # noqa: PLC0415 - flags first: --help is quick.
-    from llmjax.interop.llama import InteropError  # noqa: PLC0415
 
-    try:
-        import_hf(Path(_HF.value), Path(_WORKDIR.value))
-    except InteropError as error:
-        sys.exit(f"error: {error}")
+    import_hf(Path(_HF.value), Path(_WORKDIR.value))
 
 
 def run() -> None:

@@ -22,6 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from llmjax.cli.app import load_config, run as run_app
+from llmjax.errors import LlmjaxError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (shared by all processes).")
@@ -136,20 +137,20 @@ def main(argv) -> None:
             print(script, end="")
             return
         if not shutil.which("sbatch"):
-            sys.exit("error: sbatch not found; run this on a SLURM login node or use --dry_run.")
+            raise LlmjaxError("sbatch not found; run this on a SLURM login node or use --dry_run.")
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "launch.sbatch").write_text(script)
         result = subprocess.run(["sbatch", str(workdir / "launch.sbatch")], capture_output=True, text=True)
         print(result.stdout.strip() or result.stderr.strip())
         sys.exit(result.returncode)
     if not (_TPU.value and _ZONE.value):
-        sys.exit("error: --cluster=tpu needs --tpu_name and --zone.")
+        raise LlmjaxError("--cluster=tpu needs --tpu_name and --zone.")
     command = tpu_command(workdir, passthrough)
     if _DRY_RUN.value:
         print(shlex.join(command))
         return
     if not shutil.which("gcloud"):
-        sys.exit("error: gcloud not found; install the Google Cloud CLI or use --dry_run.")
+        raise LlmjaxError("gcloud not found; install the Google Cloud CLI or use --dry_run.")
     sys.exit(subprocess.run(command).returncode)
 
 

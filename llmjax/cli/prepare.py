@@ -6,13 +6,12 @@ Train on the result with `--config.data.source=DIR` (or several with `--config.d
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from absl import app, flags
 
 from llmjax.cli.app import run as run_app
-from llmjax.data.errors import DataError
+from llmjax.errors import LlmjaxError
 from llmjax.data.prepare import PrepareOptions, prepare
 
 _INPUT = flags.DEFINE_multi_string("input", None, "A file, directory or glob pattern of .txt / .jsonl / "
@@ -37,19 +36,16 @@ def main(argv) -> None:
     for name, value in (("vocab_size", _VOCAB_SIZE.value), ("shard_mb", _SHARD_MB.value),
                         ("tokenizer_sample_mb", _SAMPLE_MB.value)):
         if value <= 0:
-            sys.exit(f"error: --{name}={value} must be positive.")
+            raise LlmjaxError(f"--{name}={value} must be positive.")
     if not 0 <= _VAL_PERCENT.value < 100 or _WORKERS.value < 0 or _MAX_FILES.value < 0:
-        sys.exit("error: --val_percent must be in [0, 100); --workers and --max_files must be >= 0.")
+        raise LlmjaxError("--val_percent must be in [0, 100); --workers and --max_files must be >= 0.")
     options = PrepareOptions(
         inputs=tuple(_INPUT.value), pattern=_PATTERN.value, text_field=_TEXT_FIELD.value,
         tokenizer=_TOKENIZER.value, vocab_size=_VOCAB_SIZE.value, tokenizer_sample_mb=_SAMPLE_MB.value,
         val_percent=_VAL_PERCENT.value, max_files=_MAX_FILES.value, shard_mb=_SHARD_MB.value,
         workers=_WORKERS.value)
-    try:
-        prepare(options, Path(_OUT.value).expanduser(), log=lambda *a: print(*a, flush=True),
-                progress=True)
-    except DataError as error:
-        sys.exit(f"error: {error}")
+    prepare(options, Path(_OUT.value).expanduser(), log=lambda *a: print(*a, flush=True),
+            progress=True)
 
 
 def run() -> None:

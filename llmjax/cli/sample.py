@@ -7,8 +7,6 @@ Several --prompt flags are generated as one batch. --temperature 0 is greedy dec
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 from absl import app, flags, logging
 
@@ -30,31 +28,27 @@ flags.mark_flags_as_required(["workdir", "prompt"])
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from llmjax.checkpoint import CheckpointError, resolve_step, restore_params  # noqa: PLC0415
-    from llmjax.interop.llama import InteropError  # noqa: PLC0415
-    from llmjax.interop.run_files import eos_ids, load_tokenizer, special_ids  # noqa: PLC0415
+    from llmjax.checkpoint import restore_params  # noqa: PLC0415
+    from llmjax.interop.run_files import eos_ids, special_ids  # noqa: PLC0415
+    from llmjax.rundir import RunDir  # noqa: PLC0415
     from llmjax.sample.generate import Settings, check, generate  # noqa: PLC0415
     from llmjax.sample.select import Sampling  # noqa: PLC0415
-    from llmjax.workdir import WorkdirError, read_config  # noqa: PLC0415
 
-    workdir = Path(_WORKDIR.value)
+    run = RunDir(_WORKDIR.value)
     settings = Settings(max_new_tokens=_MAX_NEW.value, num_beams=_BEAMS.value,
                         sampling=Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value))
     logging.set_verbosity(logging.ERROR)  # Orbax warns that it opens the run read-only.
-    try:
-        config = read_config(workdir)
-        step = resolve_step(workdir, _STEP.value)
-        tokenizer = load_tokenizer(workdir)
-        ends = eos_ids(workdir)
-        specials = special_ids(workdir)
-        pad = next((i for i in (specials["pad_token_id"], *ends) if i is not None), 0)
-        prompts = [e.ids for e in tokenizer.encode_batch(_PROMPT.value)]
-        check(prompts, settings, config.model.max_seq_len)  # Before the model is loaded.
-        params = restore_params(workdir, config, step)
-        out = generate(params, config, prompts, settings, eos_ids=tuple(ends), pad_id=pad,
-                       seed=_SEED.value)
-    except (ValueError, CheckpointError, WorkdirError, InteropError) as error:
-        sys.exit(f"error: {error}")
+    config = run.config
+    step = run.resolve_step(_STEP.value)
+    tokenizer = run.tokenizer
+    ends = eos_ids(run)
+    specials = special_ids(run)
+    pad = next((i for i in (specials["pad_token_id"], *ends) if i is not None), 0)
+    prompts = [e.ids for e in tokenizer.encode_batch(_PROMPT.value)]
+    check(prompts, settings, config.model.max_seq_len)  # Before the model is loaded.
+    params = restore_params(run.path, config, step)
+    out = generate(params, config, prompts, settings, eos_ids=tuple(ends), pad_id=pad,
+                   seed=_SEED.value)
     for prompt, new in zip(_PROMPT.value, out["tokens"].tolist()):
         end = next((i for i, token in enumerate(new) if token in ends), len(new))
         print(f"=== {prompt!r}\n{prompt}{tokenizer.decode(new[:end])}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from absl import app, flags
 
 from llmjax.cli.app import run as run_app
+from llmjax.errors import LlmjaxError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; runs go to WORKDIR/runs/NAME.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the runs (and the SLURM script) only.")
@@ -29,16 +30,13 @@ def main(argv) -> None:
     import jax  # noqa: PLC0415 - only after flags, so --help is instant.
 
     from llmjax.sweep import launch  # noqa: PLC0415
-    from llmjax.sweep.expand import SweepError, plan  # noqa: PLC0415
+    from llmjax.sweep.expand import plan  # noqa: PLC0415
 
     experiment, sweep_dir = argv[1], Path(_WORKDIR.value).expanduser().resolve()
-    try:
-        base, runs, sweep = plan(experiment, jax.device_count())
-    except SweepError as error:
-        sys.exit(f"error: {error}")
+    base, runs, sweep = plan(experiment, jax.device_count())
     if _RUN_INDEX.value is not None:
         if not 0 <= _RUN_INDEX.value < len(runs):
-            sys.exit(f"error: --run_index={_RUN_INDEX.value}: the sweep has {len(runs)} runs.")
+            raise LlmjaxError(f"--run_index={_RUN_INDEX.value}: the sweep has {len(runs)} runs.")
         runs = [runs[_RUN_INDEX.value]]
     if _DRY_RUN.value:
         print(f"base config of {experiment}:\n{base}")
@@ -57,7 +55,7 @@ def main(argv) -> None:
         path = sweep_dir / "sweep.sbatch"
         path.write_text(script)
         if not shutil.which("sbatch"):
-            sys.exit(f"error: sbatch not found on this machine; the script is at {path}.")
+            raise LlmjaxError(f"sbatch not found on this machine; the script is at {path}.")
         print(subprocess.run(["sbatch", str(path)], check=True, capture_output=True, text=True).stdout)
         return
     if _DRY_RUN.value:

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from llmjax.cli.app import load_config, run as run_app
-from llmjax.checkpoint import CheckpointError
-from llmjax.config import ConfigError
-from llmjax.data.errors import DataError
-from llmjax.train.guard import DivergenceError
-from llmjax.workdir import WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's outputs.")
@@ -38,11 +32,8 @@ def main(argv) -> None:
     from llmjax.parallel import distributed  # noqa: PLC0415
     from llmjax.train.loop import train  # noqa: PLC0415
 
-    try:
-        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                               auto=_AUTO_DISTRIBUTED.value)
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           auto=_AUTO_DISTRIBUTED.value)
 
     # A restarted or resumed run loads its compiled steps instead of compiling them again; every
     # executable is kept, also those compiled faster than JAX's default threshold of 1 s.
@@ -50,11 +41,7 @@ def main(argv) -> None:
         jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "xla"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
-    try:
-        train(config, _WORKDIR.value, print_sharding=_PRINT_SHARDING.value)
-    except (ConfigError, DataError, WorkdirError, CheckpointError, DivergenceError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    train(config, _WORKDIR.value, print_sharding=_PRINT_SHARDING.value)
 
 
 def run() -> None:

@@ -117,6 +117,12 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LLMJAX_CACHE", Path.home() / ".cache" / "llmjax"))
 
 
+def cache_dir(config) -> Path:
+    """Where a run's prepared data, measured peak and compiled steps are kept:
+    `data.cache_dir`, else $LLMJAX_CACHE, else ~/.cache/llmjax."""
+    return Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()
+
+
 def check_tokenizer(workdir: Path, tokenizer: TextTokenizer) -> None:
     """Refuses data tokenized differently from what the run in `workdir` was trained on: its
     token ids would mean other strings to the model. A workdir without a tokenizer passes."""

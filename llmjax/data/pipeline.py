@@ -86,16 +86,19 @@ def _tag(row: dict, source: int) -> dict:
 
 
 class GlobalBatches:
-    """The global batch of step s is rows s*B .. s*B+B-1 of `train_rows`, and each process reads
-    only the rows its own devices hold: on N hosts each reads 1/N of the data, and the result
-    does not depend on how many hosts there are."""
+    """The global batch of step s is rows s*B .. s*B+B-1 of the objective's rows, and each
+    process reads only the rows its own devices hold: on N hosts each reads 1/N of the data, and
+    the result does not depend on how many hosts there are. `shapes` and `shardings` (field name
+    -> global shape, NamedSharding) come from the objective's batch fields; every field has the
+    batch on its first axis."""
 
-    def __init__(self, rows: grain.MapDataset, batch_size: int, seq_len: int,
-                 sharding: jax.sharding.NamedSharding):
-        self.rows, self.batch_size, self.sharding = rows, batch_size, sharding
-        self.shape = (batch_size, seq_len)
-        slices = sharding.addressable_devices_indices_map(self.shape).values()
-        self.local_rows = sorted({r for index in slices for r in range(*index[0].indices(batch_size))})
+    def __init__(self, rows: grain.MapDataset, shapes: dict[str, tuple[int, ...]],
+                 shardings: dict[str, jax.sharding.NamedSharding]):
+        self.rows, self.shapes, self.shardings = rows, shapes, shardings
+        self.batch_size = next(iter(shapes.values()))[0]
+        self.local_rows = sorted({r for key, sharding in shardings.items()
+                                  for index in sharding.addressable_devices_indices_map(shapes[key]).values()
+                                  for r in range(*index[0].indices(self.batch_size))})
 
     def device_batch(self, step: int, poison: bool = False) -> dict:
         """The step's batch as global jax.Arrays. `poison` makes every weight NaN (fault injection)."""
@@ -107,16 +110,19 @@ class GlobalBatches:
             def callback(index):
                 rows = range(*index[0].indices(self.batch_size))
                 return np.stack([loaded[r][key] for r in rows])[(slice(None), *index[1:])]
-            return jax.make_array_from_callback(self.shape, self.sharding, callback)
+            return jax.make_array_from_callback(self.shapes[key], self.shardings[key], callback)
 
-        return {key: part(key) for key in ("inputs", "targets", "positions", "segment_ids", "weights")}
+        return {key: part(key) for key in self.shapes}
 
 
 def eval_batches(tokens, seq_len: int, eos_id: int, batch_size: int, max_batches: int,
-                 pad_id: int | None = None) -> list[dict]:
+                 pad_id: int | None = None, to_rows=None) -> list[dict]:
     """The first `max_batches` in-order batches of held-out windows: the same ones every time, so
-    validation losses of different steps and runs compare."""
+    validation losses of different steps and runs compare. `to_rows` turns the MapDataset of
+    windows into the objective's rows (default: the windows themselves)."""
     source = grain.MapDataset.source(PackedWindows(tokens, seq_len, eos_id, pad_id))
+    if to_rows is not None:
+        source = to_rows(source)
     batches = source.batch(batch_size, drop_remainder=True, batch_fn=_stack)
     count = min(max_batches, len(batches))
     if count == 0:
@@ -125,7 +131,8 @@ def eval_batches(tokens, seq_len: int, eos_id: int, batch_size: int, max_batches
     return [batches[i] for i in range(count)]
 
 
-def to_device(batch: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding) -> dict:
-    """Places a host batch as global jax.Arrays; each device receives only its own rows."""
-    return {key: jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
-            for key, value in batch.items() if key != "index"}
+def to_device(batch: dict[str, np.ndarray], shardings: dict[str, jax.sharding.NamedSharding]) -> dict:
+    """Places the batch fields of a host batch as global jax.Arrays; each device receives only
+    its own rows."""
+    return {key: jax.make_array_from_callback(batch[key].shape, sharding, lambda idx, v=batch[key]: v[idx])
+            for key, sharding in shardings.items()}

@@ -1,1 +1,1 @@
-"""Hugging Face interop: Llama checkpoints in and out of llmjax, tensor by tensor."""
+"""Hugging Face interop: checkpoints of every family that has an adapter in and out of llmjax, tensor by tensor."""

@@ -1,4 +1,5 @@
-"""llmjax run -> Hugging Face `LlamaForCausalLM` directory (config.json, safetensors, tokenizer).
+"""llmjax run -> Hugging Face model directory (`LlamaForCausalLM`, `GPT2LMHeadModel`, ...: config.json,
+safetensors, tokenizer), through the family's adapter.
 
 The directory is assembled under a temporary name beside `out` and renamed into place when
 complete, so an interrupted export never leaves a half-written model that loads.
@@ -14,21 +15,21 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from llmjax.checkpoint import resolve_step, restore_params
-from llmjax.interop.llama import InteropError, hf_config, tensor_maps
+from llmjax.checkpoint import restore_params
+from llmjax.interop import adapters
+from llmjax.interop.tensor_map import InteropError
 from llmjax.interop.safetensors_io import write_safetensors
-from llmjax.interop.run_files import imported, load_tokenizer, special_ids, write_hf_tokenizer
-from llmjax.workdir import read_config
+from llmjax.interop.run_files import special_ids, write_hf_tokenizer
+from llmjax.rundir import RunDir
 
 MARKER = "llmjax_export.json"  # What an export directory was made from, to recognise a rerun.
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "float16": np.float16}
 
 
-def default_dtype(workdir: Path, config) -> str:
+def default_dtype(run: RunDir) -> str:
     """An imported run exports in the dtype it came in (so the round trip is exact); a trained
     one in its parameter dtype."""
-    record = imported(workdir)
-    return record["dtype"] if record else config.model.param_dtype
+    return run.imported["dtype"] if run.imported else run.config.model.param_dtype
 
 
 def check_out(out: Path, marker: dict) -> None:
@@ -51,18 +52,19 @@ def _leaf(params: dict, path: tuple[str, ...], layer: int | None) -> np.ndarray:
 def export_hf(workdir: Path, out: Path, step: int | None = None, dtype: str | None = None,
               max_shard_bytes: int = 5 * 10**9, log=print) -> Path:
     """Writes the HF directory for the run's checkpoint of `step` (default: the latest)."""
-    workdir, out = Path(workdir).resolve(), Path(out).resolve()
-    config = read_config(workdir)
-    step = resolve_step(workdir, step)
-    dtype = dtype or default_dtype(workdir, config)
+    run, out = RunDir(workdir), Path(out).resolve()
+    config = run.config
+    step = run.resolve_step(step)
+    dtype = dtype or default_dtype(run)
     if dtype not in DTYPES:
         raise InteropError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}.")
-    load_tokenizer(workdir)
-    marker = {"workdir": str(workdir), "step": step, "dtype": dtype}
+    adapter = adapters.for_config(config)
+    run.tokenizer  # noqa: B018 - refused now, before the checkpoint is read, when missing.
+    marker = {"workdir": str(run.path), "step": step, "dtype": dtype}
     check_out(out, marker)
 
-    params = restore_params(workdir, config, step)
-    maps = tensor_maps(config.model)
+    params = restore_params(run.path, config, step)
+    maps = adapter.tensor_maps(config.model)
     itemsize = np.dtype(DTYPES[dtype]).itemsize
     sizes = [(m.hf_name, int(np.prod(m.hf_shape)) * itemsize) for m in maps]
     tensors = ((m.hf_name, m.to_hf(_leaf(params, m.path, m.layer)).astype(DTYPES[dtype])) for m in maps)
@@ -72,8 +74,8 @@ def export_hf(workdir: Path, out: Path, step: int | None = None, dtype: str | No
     try:
         files = write_safetensors(tmp, tensors, sizes, max_shard_bytes)
         (tmp / "config.json").write_text(json.dumps(
-            hf_config(config.model, dtype, special_ids(workdir)), indent=2))
-        write_hf_tokenizer(workdir, tmp)
+            adapter.hf_config(config.model, dtype, special_ids(run)), indent=2))
+        write_hf_tokenizer(run, tmp)
         (tmp / MARKER).write_text(json.dumps(marker))
         if out.exists():
             shutil.rmtree(out)
@@ -81,5 +83,5 @@ def export_hf(workdir: Path, out: Path, step: int | None = None, dtype: str | No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"exported {workdir} step {step} ({dtype}) to {out}: {', '.join(files)}")
+    log(f"exported {run.path} step {step} ({dtype}) to {out}: {', '.join(files)}")
     return out

@@ -1,4 +1,5 @@
-"""Hugging Face Llama directory -> llmjax run directory (config, tokenizer, step-0 checkpoint).
+"""Hugging Face model directory -> llmjax run directory (config, tokenizer, step-0 checkpoint),
+through the adapter of the family whose MODEL_TYPE the HF config names.
 
 Conversion streams: each HF tensor is read alone (`safe_open`), written in llmjax's layout into
 a memory-mapped staging file of its leaf (scanned layers stack into one leaf), and dropped;
@@ -20,23 +21,23 @@ import numpy as np
 
 from llmjax.checkpoint import Checkpointer, metadata, save_host_params
 from llmjax.config import default_config
-from llmjax.interop.llama import InteropError, TensorMap, model_overrides, tensor_maps
-from llmjax.interop.run_files import TOKENIZER, copy_hf_tokenizer, write_imported
+from llmjax.interop import adapters
+from llmjax.interop.tensor_map import InteropError, TensorMap
+from llmjax.interop.run_files import copy_hf_tokenizer
 from llmjax.interop.safetensors_io import SafetensorsReader
-from llmjax.workdir import write_config
+from llmjax.rundir import TOKENIZER, RunDir
 
 SUPPORTED_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
-IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # Buffers older transformers saved; recomputed.
 
 
-def check_tensors(reader: SafetensorsReader, maps: list[TensorMap], tied: bool) -> str:
-    """Every expected tensor present with its shape, nothing unexpected; returns their dtype."""
+def check_tensors(reader: SafetensorsReader, maps: list[TensorMap], optional: tuple[str, ...],
+                  family: str) -> str:
+    """Every expected tensor present with its shape, nothing unexpected (but the adapter's
+    `optional` names, by suffix); returns their dtype."""
     expected = {m.hf_name for m in maps}
-    extra = {n for n in reader.names() - expected if not n.endswith(IGNORED_SUFFIXES)}
-    if tied:  # Some tied checkpoints still store the (identical) output matrix.
-        extra.discard("lm_head.weight")
+    extra = {n for n in reader.names() - expected if not n.endswith(optional)}
     if extra:
-        raise InteropError(f"tensor {sorted(extra)[0]} is not part of a Llama model with this "
+        raise InteropError(f"tensor {sorted(extra)[0]} is not part of a {family} model with this "
                            f"config.json ({len(extra)} unexpected tensors in all).")
     dtypes = set()
     for m in maps:
@@ -55,12 +56,13 @@ def check_tensors(reader: SafetensorsReader, maps: list[TensorMap], tied: bool) 
     return dtypes.pop()
 
 
-def import_config(hf: dict, workdir: Path):
+def import_config(hf: dict, workdir: Path, adapter):
     """The llmjax config of the imported model: defaults plus the HF model's shape, data
     tokenized with its tokenizer (copied into `workdir`) and split at its EOS; parameters are
     stored in float32 for continued training whatever the source dtype."""
-    config = default_config()
-    config.model.update(**model_overrides(hf))
+    model = adapter.model_overrides(hf)
+    config = default_config(model["family"])
+    config.model.update(**model)
     config.model.param_dtype = "float32"
     eos = hf.get("eos_token_id")
     eos = eos[0] if isinstance(eos, list) else eos
@@ -96,7 +98,8 @@ def import_hf(hf_dir: Path, workdir: Path, log=print) -> Path:
         raise InteropError(f"--hf {hf_dir}: no config.json; give a directory written by "
                            f"save_pretrained.")
     hf = json.loads((hf_dir / "config.json").read_text())
-    config = import_config(hf, workdir)
+    adapter = adapters.for_hf_config(hf)
+    config = import_config(hf, workdir, adapter)
     if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
         raise InteropError(f"--workdir {workdir} already exists and is not empty; import into a "
                            f"new directory.")
@@ -105,8 +108,8 @@ def import_hf(hf_dir: Path, workdir: Path, log=print) -> Path:
                            f"to train and sample. Save it there with AutoTokenizer.from_pretrained"
                            f"(...).save_pretrained(DIR).")
     reader = SafetensorsReader(hf_dir)
-    maps = tensor_maps(config.model)
-    dtype = check_tensors(reader, maps, config.model.tie_embeddings)
+    maps = adapter.tensor_maps(config.model)
+    dtype = check_tensors(reader, maps, adapter.OPTIONAL_TENSORS, config.model.family)
 
     start = time.time()
     workdir.parent.mkdir(parents=True, exist_ok=True)
@@ -120,9 +123,10 @@ def import_hf(hf_dir: Path, workdir: Path, log=print) -> Path:
         del params
         shutil.rmtree(staging)
         Checkpointer(tmp / "checkpoints", config).close()  # Records the integrity manifest.
-        write_config(tmp, config)
+        staged = RunDir(tmp)
+        staged.write_config(config)
         copy_hf_tokenizer(hf_dir, tmp)
-        write_imported(tmp, hf_dir, hf, dtype)
+        staged.write_imported(hf_dir, hf, dtype)
         if workdir.exists():
             workdir.rmdir()
         tmp.rename(workdir)

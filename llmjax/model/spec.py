@@ -1,42 +1,100 @@
-"""A frozen, typed copy of `config.model`, so Flax modules can hash it and read attributes."""
+"""The model section of a config, typed: the fields every family shares, their defaults and
+meaning, and the checks that hold for any family. Each family subclasses `ModelSpec` with its
+own fields (`llmjax/model/<family>/spec.py`); `config.model` holds exactly the fields of its
+family, so a key that belongs to another family is refused with that family named.
+
+Specs are frozen dataclasses, so Flax modules can hold them and jitted code can take them as
+static arguments. This module imports no JAX: configs are built and checked before JAX starts.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
+from llmjax.errors import config_error
+
+DTYPES = ("float32", "bfloat16")
+# Rematerialisation policy name -> the jax.checkpoint_policies attribute it uses (None: save
+# nothing, recompute the whole block).
+REMAT_POLICIES = {"none": None, "full": None, "save_dots": "checkpoint_dots",
+                  "save_dots_no_batch": "checkpoint_dots_with_no_batch_dims"}
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "blockwise")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    vocab_size: int
-    d_model: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    mlp_dim: int
-    max_seq_len: int
-    rope_theta: float
-    norm_eps: float
-    init_scale: float
-    dtype: str
-    param_dtype: str
-    tie_embeddings: bool
-    scan_layers: bool
-    remat: str
-    attention_impl: str
-    fp32_logits: bool = True  # Absent from configs saved before it existed.
+    family: str = "llama"  # Which model family (llmjax/model/registry.py); selects the other fields.
+    vocab_size: int = 8192  # Embedding rows; the tokenizer is trained to exactly this size.
+    d_model: int = 256  # Residual stream (or embedding) width.
+    num_layers: int = 4  # Blocks.
+    max_seq_len: int = 256  # Longest sequence the model is trained or evaluated on.
+    init_scale: float = 0.02  # Std of normal weight init; residual outputs get 1/sqrt(2*num_layers) more.
+    dtype: str = "bfloat16"  # Compute dtype of matmuls and activations (float32 or bfloat16).
+    param_dtype: str = "float32"  # Storage dtype of parameters and optimizer state.
+    tie_embeddings: bool = True  # Output projection reuses the token embedding.
+    fp32_logits: bool = True  # Output projection's logits kept in fp32; False rounds them to `dtype` (bf16 autocast's way; faster on CPU). The loss is fp32 either way.
 
     @classmethod
-    def from_config(cls, model_config) -> "ModelSpec":
-        values = dict(model_config)
+    def defaults(cls) -> dict:
+        """The config.model section of this family: every field with its default."""
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_config(cls, model_config, **changes) -> "ModelSpec":
+        values = dict(model_config) | changes
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+    @classmethod
+    def validate(cls, model, mesh_shape: dict[str, int] | None) -> None:
+        """Raises ConfigError naming the first field that cannot work; `mesh_shape` (axis ->
+        size) is None when no mesh is known yet."""
+        positive(model, "vocab_size", "d_model", "num_layers", "max_seq_len")
+        for key in ("dtype", "param_dtype"):
+            if model[key] not in DTYPES:
+                raise config_error(f"model.{key}", model[key], f"must be one of {', '.join(DTYPES)}.")
+        if mesh_shape:
+            divisible(model, "vocab_size", mesh_shape, "tensor")
+            divisible(model, "d_model", mesh_shape, "fsdp")
 
     @property
     def compute_dtype(self):
+        import jax.numpy as jnp  # noqa: PLC0415 - the spec itself is read before JAX starts.
+
         return jnp.dtype(self.dtype)
 
     @property
     def storage_dtype(self):
+        import jax.numpy as jnp  # noqa: PLC0415
+
         return jnp.dtype(self.param_dtype)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerSpec(ModelSpec):
+    """What stacks of attention blocks share: how the layers are stacked and attention run."""
+    scan_layers: bool = True  # jax.lax.scan over blocks: compile time independent of depth.
+    remat: str = "none"  # Rematerialisation: none | full | save_dots | save_dots_no_batch.
+    attention_impl: str = "auto"  # auto (cuDNN on GPU, splash on TPU, blockwise on CPU) | xla | cudnn | splash | blockwise.
+
+    @classmethod
+    def validate(cls, model, mesh_shape) -> None:
+        super().validate(model, mesh_shape)
+        if model.remat not in REMAT_POLICIES:
+            raise config_error("model.remat", model.remat, f"must be one of {', '.join(REMAT_POLICIES)}.")
+        if model.attention_impl not in ATTENTION_IMPLS:
+            raise config_error("model.attention_impl", model.attention_impl,
+                               f"must be one of {', '.join(ATTENTION_IMPLS)}.")
+
+
+def positive(model, *keys: str) -> None:
+    for key in keys:
+        value = model[key]
+        if not isinstance(value, int) or value < 1:
+            raise config_error(f"model.{key}", value, "must be a positive integer.")
+
+
+def divisible(model, key: str, mesh_shape: dict[str, int], axis: str) -> None:
+    """A dimension sharded over mesh axis `axis` must split evenly over it."""
+    if model[key] % mesh_shape[axis]:
+        raise config_error(f"model.{key}", model[key], f"must be divisible by its mesh axis size "
+                                                       f"{mesh_shape[axis]} ({axis}).")

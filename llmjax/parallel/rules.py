@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-from jax.sharding import NamedSharding, PartitionSpec
 
 AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # Parameters.
@@ -18,6 +17,8 @@ AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),
+    ("qkv", None),  # The query/key/value index of a fused projection (GPT-2).
+    ("position", None),  # Rows of a learned position table (GPT-2).
     ("mlp", "tensor"),
     ("norm", None),
     ("layers", None),
@@ -37,9 +38,3 @@ def logical_to_sharding(logical_specs, mesh: jax.sharding.Mesh):
     """Maps a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
     return nn.logical_to_mesh_sharding(logical_specs, mesh, AXIS_RULES)
 
-
-def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-    """Sharding of a [batch, length] input array: rows over the data-parallel axes, positions
-    over the sequence axis."""
-    logical = PartitionSpec("activation_batch", "activation_length")
-    return nn.logical_to_mesh_sharding(logical, mesh, AXIS_RULES)

@@ -1,5 +1,6 @@
-"""The model as a decoder with a key/value cache: the same `Transformer` and parameters as
-training, applied with Flax's "cache" collection mutable (see `llmjax/model/kv_cache.py`)."""
+"""The model as a decoder with a key/value cache: the family's own module and the training
+parameters, applied with Flax's "cache" collection mutable (see
+`llmjax/model/layers/kv_cache.py`). Any family whose math offers `decoder(config)` decodes."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from llmjax.model.spec import ModelSpec
-from llmjax.model.transformer import Transformer
+from llmjax.errors import LlmjaxError
+from llmjax.model import registry
 from llmjax.parallel.rules import AXIS_RULES
 
 # Axis of the batch in each cache leaf, counted from the end (a scanned stack adds a leading
@@ -16,27 +17,34 @@ from llmjax.parallel.rules import AXIS_RULES
 _BATCH_AXIS_FROM_END = {"cached_key": 4, "cached_value": 4, "cached_segment_ids": 2}
 
 
-def inference_spec(config) -> ModelSpec:
-    """The model's spec without rematerialisation: inference keeps nothing for a backward
-    pass. A spec is hashable, so jitted decoding can take it as a static argument."""
-    return ModelSpec.from_config(config.model.to_dict() | {"remat": "none"})
+def inference_decoder(config):
+    """(module class, spec): the spec is hashable, so jitted decoding takes both as static
+    arguments. A family without a cached decoder is refused."""
+    math = registry.of(config).math()
+    if not hasattr(math, "decoder"):
+        raise LlmjaxError(f"the {config.model.family} family has no cached decoder; it cannot "
+                          f"generate text with llmjax-sample.")
+    return math.decoder(config)
 
 
-def forward(params, cache, tokens_BT, positions_BT, segment_ids_BT, *, spec: ModelSpec):
+def forward(params, cache, tokens_BT, positions_BT, segment_ids_BT, *, decoder):
     """(fp32 logits [B, T, V], updated cache): the T tokens are appended to the cache."""
+    module, spec = decoder
     with nn.logical_axis_rules(AXIS_RULES):
-        logits, variables = Transformer(spec).apply(
+        logits, variables = module(spec).apply(
             {"params": params, "cache": cache}, tokens_BT, positions_BT, segment_ids_BT,
             mutable=["cache"])
     return logits, variables["cache"]
 
 
-def init_cache(params, spec: ModelSpec, batch: int, length: int):
+def init_cache(params, decoder, batch: int, length: int):
     """An empty cache with `length` slots per row."""
+    module, spec = decoder
+
     def shapes():
         tokens = jnp.zeros((batch, length), jnp.int32)
         with nn.logical_axis_rules(AXIS_RULES):
-            _, variables = Transformer(spec).apply(
+            _, variables = module(spec).apply(
                 {"params": params}, tokens, tokens, tokens, mutable=["cache"])
         return variables["cache"]
     return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(shapes))

@@ -12,7 +12,7 @@ import numpy as np
 
 from llmjax.sample import cached
 from llmjax.sample.search import beam_search, sample_tokens
-from llmjax.sample.select import Sampling
+from llmjax.sample.select import SampleError, Sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,16 +23,16 @@ class Settings:
 
 
 def check(prompts: list[list[int]], settings: Settings, max_seq_len: int) -> None:
-    """Raises ValueError naming the setting that cannot work; cheap, so callers can run it
+    """Raises SampleError naming the setting that cannot work; cheap, so callers can run it
     before loading a model."""
     settings.sampling.check()
     if settings.max_new_tokens < 1 or settings.num_beams < 1:
-        raise ValueError("--max_new_tokens and --num_beams must be at least 1.")
+        raise SampleError("--max_new_tokens and --num_beams must be at least 1.")
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token.")
+        raise SampleError("every prompt needs at least one token.")
     longest = max(len(p) for p in prompts)
     if longest + settings.max_new_tokens > max_seq_len:
-        raise ValueError(f"the longest prompt ({longest} tokens) plus --max_new_tokens "
+        raise SampleError(f"the longest prompt ({longest} tokens) plus --max_new_tokens "
                          f"{settings.max_new_tokens} exceeds model.max_seq_len={max_seq_len}; "
                          f"shorten one of them.")
 
@@ -49,20 +49,20 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
     return tokens, mask
 
 
-def prefill(params, spec, tokens_BT, mask_BT, cache_length: int):
+def prefill(params, decoder, tokens_BT, mask_BT, cache_length: int):
     """(logits [B, T, V] of the prompts, decoding state (cache, next positions [B]))."""
     positions_BT = jnp.maximum(jnp.cumsum(mask_BT, axis=1) - 1, 0)
-    cache = cached.init_cache(params, spec, tokens_BT.shape[0], cache_length)
-    logits_BTV, cache = cached.forward(params, cache, tokens_BT, positions_BT, mask_BT, spec=spec)
+    cache = cached.init_cache(params, decoder, tokens_BT.shape[0], cache_length)
+    logits_BTV, cache = cached.forward(params, cache, tokens_BT, positions_BT, mask_BT, decoder=decoder)
     return logits_BTV, (cache, positions_BT[:, -1] + 1)
 
 
-def decode_step(params, spec):
+def decode_step(params, decoder):
     """step(state, tokens_B) -> (logits [B, V], state): appends one token to every row."""
     def step(state, tokens_B):
         cache, positions_B = state
         logits_B1V, cache = cached.forward(params, cache, tokens_B[:, None], positions_B[:, None],
-                                           jnp.ones_like(tokens_B)[:, None], spec=spec)
+                                           jnp.ones_like(tokens_B)[:, None], decoder=decoder)
         return logits_B1V[:, 0], (cache, positions_B + 1)
     return step
 
@@ -82,19 +82,19 @@ def generate(params, config, prompts: list[list[int]], settings: Settings, *,
     # End and pad ids are traced, not static: changing them does not recompile.
     eos = jnp.asarray(tuple(eos_ids) or (-1,), jnp.int32)
     out = _run(params, tokens, mask, jax.random.key(seed), eos, jnp.int32(pad_id),
-               spec=cached.inference_spec(config), settings=settings, cache_length=cache_length,
+               decoder=cached.inference_decoder(config), settings=settings, cache_length=cache_length,
                keep_logits=keep_logits)
     return jax.tree.map(np.asarray, out)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "settings", "cache_length", "keep_logits"))
-def _run(params, tokens_BT, mask_BT, rng, eos_ids, pad_id, *, spec, settings: Settings,
+@functools.partial(jax.jit, static_argnames=("decoder", "settings", "cache_length", "keep_logits"))
+def _run(params, tokens_BT, mask_BT, rng, eos_ids, pad_id, *, decoder, settings: Settings,
          cache_length: int, keep_logits: bool):
     width = settings.num_beams
     if width > 1:  # Every beam starts as a copy of its prompt.
         tokens_BT, mask_BT = jnp.repeat(tokens_BT, width, 0), jnp.repeat(mask_BT, width, 0)
-    logits_BTV, state = prefill(params, spec, tokens_BT, mask_BT, cache_length)
-    step = decode_step(params, spec)
+    logits_BTV, state = prefill(params, decoder, tokens_BT, mask_BT, cache_length)
+    step = decode_step(params, decoder)
     if width > 1:
         new, scores = beam_search(step, reorder_state, state, logits_BTV[:, -1], num_beams=width,
                                   max_new_tokens=settings.max_new_tokens, eos_ids=eos_ids,

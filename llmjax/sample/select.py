@@ -7,6 +7,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from llmjax.errors import LlmjaxError
+
+
+class SampleError(LlmjaxError, ValueError):
+    """Generation settings or prompts that cannot work; the message names the flag."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
@@ -17,11 +23,11 @@ class Sampling:
 
     def check(self) -> None:
         if self.temperature < 0:
-            raise ValueError(f"--temperature {self.temperature}: must be >= 0 (0 is greedy).")
+            raise SampleError(f"--temperature {self.temperature}: must be >= 0 (0 is greedy).")
         if self.top_k < 0:
-            raise ValueError(f"--top_k {self.top_k}: must be >= 0 (0 keeps every token).")
+            raise SampleError(f"--top_k {self.top_k}: must be >= 0 (0 keeps every token).")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"--top_p {self.top_p}: must be in (0, 1] (1 keeps every token).")
+            raise SampleError(f"--top_p {self.top_p}: must be in (0, 1] (1 keeps every token).")
 
 
 def filter_logits(logits_BV, top_k: int, top_p: float):

@@ -22,9 +22,10 @@ import re
 from pathlib import Path
 
 from llmjax.config import ConfigError, apply_overrides, validate
+from llmjax.errors import LlmjaxError
 
 
-class SweepError(ValueError):
+class SweepError(LlmjaxError, ValueError):
     """A sweep that cannot run as written; raised before any run starts."""
 
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from llmjax.sweep.expand import Run
-from llmjax.workdir import read_status, write_status
+from llmjax.rundir import RunDir
 
 EXIT_PREEMPTED = 75
 
@@ -53,7 +53,7 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
     states = {}
     todo = []
     for run in runs:
-        status = read_status(run_dir(sweep_dir, run))
+        status = RunDir(run_dir(sweep_dir, run)).status()
         if status["state"] == "done":
             log(f"skip    {run.name} (done at step {status['step']})")
             states[run.name] = "done"
@@ -92,10 +92,10 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
                 elif process.returncode == EXIT_PREEMPTED:
                     states[name] = "preempted"
                 else:  # The trainer records its own failures; a crash may not have.
-                    status = read_status(workdir)
+                    status = RunDir(workdir).status()
                     if status["state"] != "failed":
                         status["error"] = _last_error_line(workdir / "train.log")
-                        write_status(workdir, "failed", status["step"], status["error"])
+                        RunDir(workdir).write_status("failed", status["step"], status["error"])
                     error = status["error"]
                     states[name] = "failed"
                 log(f"{states[name]:7} {name}" + (f": {error}" if states[name] == "failed" else ""))

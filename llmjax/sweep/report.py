@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from llmjax import flops
-from llmjax.workdir import read_status
+from llmjax.rundir import RunDir
 
 
 def _records(workdir: Path) -> list[dict]:
@@ -44,7 +44,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
         train = [by_step[k] for k in sorted(k for k in by_step if k[0] == "train")]
         val = [by_step[k] for k in sorted(k for k in by_step if k[0] == "val")]
         row = {"name": entry["name"], "overrides": entry["overrides"],
-               "status": read_status(workdir)["state"], "steps": train[-1]["step"] if train else 0,
+               "status": RunDir(workdir).status()["state"], "steps": train[-1]["step"] if train else 0,
                "train_loss": train[-1]["loss"] if train else math.nan,
                "val_loss": val[-1]["loss"] if val else math.nan,
                "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in train) if train else math.nan,

@@ -9,9 +9,10 @@ rollbacks the run stops, since retrying is no longer helping.
 from __future__ import annotations
 
 import math
+from llmjax.errors import LlmjaxError
 
 
-class DivergenceError(RuntimeError):
+class DivergenceError(LlmjaxError, RuntimeError):
     """The run kept diverging after the allowed number of rollbacks."""
 
 

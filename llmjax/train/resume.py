@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from llmjax.checkpoint import CheckpointError, Checkpointer, saved_steps
-from llmjax.train.state import TrainState, fresh_state, create_train_state
+from llmjax.train.state import TrainState, create_train_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +36,6 @@ def parse_init_from(value: str) -> InitSource | None:
         raise CheckpointError(f"config.checkpoint.init_from: {directory.parent} has no checkpoint "
                               f"of step {step or '(latest)'}; it has {saved}.")
     return InitSource(Path(path).expanduser().resolve(), int(step) if step else None)
-
-
-def abstract_state(config, tx, shardings: TrainState) -> TrainState:
-    """Shapes, dtypes and target shardings of the state, with nothing allocated."""
-    shapes = jax.eval_shape(functools.partial(fresh_state, config=config, tx=tx), jax.random.key(0))
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
 
 def state_from_checkpoint(restored, target: TrainState, keep_optimizer: bool) -> TrainState:

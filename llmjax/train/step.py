@@ -1,5 +1,7 @@
 """The pure train and eval steps. They know nothing of devices: the caller jits them with
-explicit shardings (see `loop.compile_steps`), and XLA inserts the collectives."""
+explicit shardings (see `llmjax.run`), and XLA inserts the collectives. What a batch holds and
+what the loss is belong to the objective (`llmjax.train.objectives`); the step only sums,
+differentiates, clips and updates."""
 
 from __future__ import annotations
 
@@ -7,26 +9,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from llmjax import model
-from llmjax.train.loss import chunked_cross_entropy_sums, cross_entropy_sums
+from llmjax.train import objectives
 from llmjax.train.optimizer import learning_rate_schedule
 from llmjax.train.state import TrainState
 
 
-def _loss_sums(params, batch, config, z_loss):
-    """(NLL sum, z-loss sum, weight sum) of a batch; with train.loss_chunk_len, without ever
-    holding the whole batch's logits."""
-    inputs = (params, batch["inputs"], batch["positions"], batch["segment_ids"])
-    if config.train.loss_chunk_len:
-        h_BTD, logits_fn = model.apply_hidden(*inputs, config=config)
-        return chunked_cross_entropy_sums(h_BTD, logits_fn, batch["targets"], batch["weights"],
-                                          z_loss, config.train.loss_chunk_len)
-    logits = model.apply(*inputs, config=config)
-    return cross_entropy_sums(logits, batch["targets"], batch["weights"], z_loss)
-
-
-def _objective(params, batch, config, total_weight):
-    nll, z, _ = _loss_sums(params, batch, config, config.train.z_loss)
+def _scaled_loss(params, batch, config, total_weight):
+    objective = objectives.of(config).impl()
+    nll, z, _ = objective.loss_sums(params, batch, config=config, z_loss=config.train.z_loss)
     return (nll + z) / total_weight, (nll, z)
 
 
@@ -37,7 +27,7 @@ def _split_microbatches(x, count: int):
 
 
 def _gradients(params, batch, config, total_weight):
-    grad_fn = jax.value_and_grad(_objective, has_aux=True)
+    grad_fn = jax.value_and_grad(_scaled_loss, has_aux=True)
     count = config.train.microbatches
     if count == 1:
         (_, (nll, z)), grads = grad_fn(params, batch, config, total_weight)
@@ -79,6 +69,5 @@ def train_step(state: TrainState, batch, *, config, tx: optax.GradientTransforma
 
 
 def eval_step(params, batch, *, config):
-    """(sum of NLL, number of scored tokens) of one batch; sums so batches add exactly."""
-    nll, _, count = _loss_sums(params, batch, config, 0.0)
-    return nll, count
+    """The objective's evaluation sums of one batch; sums, so batches add exactly."""
+    return objectives.of(config).impl().eval_sums(params, batch, config=config)

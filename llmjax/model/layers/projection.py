@@ -1,4 +1,4 @@
-"""Building blocks shared by attention and MLP: initialisers, a multi-axis projection, RMSNorm."""
+"""Initialisers and the multi-axis linear projection every transformer family builds on."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def residual_scale(spec: ModelSpec) -> float:
 
 
 class Projection(nn.Module):
-    """A bias-free linear map whose kernel keeps its true multi-axis shape (e.g. [embed, heads,
+    """A linear map (bias-free unless `use_bias`) whose kernel keeps its true multi-axis shape (e.g. [embed, heads,
     head_dim]) with a logical name per axis, so each axis can be sharded on its own. The last
     `in_ndim` axes of the input are contracted with the first `in_ndim` axes of the kernel.
 
@@ -32,6 +32,7 @@ class Projection(nn.Module):
     axes: tuple[str, ...]
     in_ndim: int = 1
     scale: float = 1.0
+    use_bias: bool = False  # GPT-2 and BERT have biases; Llama and T5 do not.
 
     @nn.compact
     def __call__(self, x):
@@ -42,10 +43,9 @@ class Projection(nn.Module):
         lead = x.shape[:x.ndim - self.in_ndim]
         x_2d = x.reshape(math.prod(lead), math.prod(in_shape)).astype(s.compute_dtype)
         w_2d = kernel.reshape(math.prod(in_shape), math.prod(out_shape)).astype(s.compute_dtype)
-        return (x_2d @ w_2d).reshape(*lead, *out_shape)
+        y = (x_2d @ w_2d).reshape(*lead, *out_shape)
+        if self.use_bias:
+            init = nn.with_logical_partitioning(nn.initializers.zeros, self.axes[self.in_ndim:])
+            y = y + self.param("bias", init, out_shape, s.storage_dtype).astype(s.compute_dtype)
+        return y
 
-
-def rms_norm(spec: ModelSpec, name: str) -> nn.RMSNorm:
-    return nn.RMSNorm(epsilon=spec.norm_eps, dtype=spec.compute_dtype, param_dtype=spec.storage_dtype,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                      name=name)

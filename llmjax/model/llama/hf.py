@@ -1,20 +1,19 @@
 """How an llmjax model corresponds to a Hugging Face `LlamaForCausalLM`: the config fields and,
 for every tensor, its HF name, its llmjax parameter path and the reshape between the two.
 
-Both sides use the rotate-half RoPE layout (see `llmjax/model/rope.py`), so query and key
+Both sides use the rotate-half RoPE layout (see `llmjax/model/layers/rope.py`), so query and key
 weights need no permutation: only the transposes and reshapes between torch's
 [out_features, in_features] `nn.Linear` weights and llmjax's multi-axis kernels.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from llmjax.interop.tensor_map import InteropError, TensorMap
 
-import numpy as np
-
-
-class InteropError(ValueError):
-    """A checkpoint or config that cannot be converted; the message names what and why."""
+MODEL_TYPE = "llama"
+# Buffers older transformers saved (recomputed here), and the output matrix that some tied
+# checkpoints still store (identical to the embedding).
+OPTIONAL_TENSORS = ("rotary_emb.inv_freq", "lm_head.weight")
 
 
 _REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -40,9 +39,6 @@ def _rope(hf: dict) -> float:
 def model_overrides(hf: dict) -> dict:
     """`config.model` fields of an HF Llama config.json; refuses anything llmjax would not
     reproduce exactly, before a tensor is read."""
-    if hf.get("model_type") != "llama":
-        raise InteropError(f"config.json: model_type is {hf.get('model_type')!r}; only Llama-"
-                           f"architecture checkpoints (model_type 'llama') can be imported.")
     for key, supported in _UNSUPPORTED_IF_SET.items():
         if key in hf and hf[key] != supported:
             raise InteropError(f"config.json: {key}={hf[key]!r} is not supported (llmjax has "
@@ -55,7 +51,7 @@ def model_overrides(hf: dict) -> dict:
     if head_dim * heads != d_model:
         raise InteropError(f"config.json: head_dim={head_dim} x num_attention_heads={heads} != "
                            f"hidden_size={d_model}; llmjax needs d_model = heads x head_dim.")
-    return dict(vocab_size=hf["vocab_size"], d_model=d_model, num_layers=hf["num_hidden_layers"],
+    return dict(family="llama", vocab_size=hf["vocab_size"], d_model=d_model, num_layers=hf["num_hidden_layers"],
                 num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
                 head_dim=head_dim, mlp_dim=hf["intermediate_size"],
                 max_seq_len=hf["max_position_embeddings"], rope_theta=_rope(hf),
@@ -77,31 +73,6 @@ def hf_config(model, dtype: str, special_ids: dict) -> dict:
         "initializer_range": model.init_scale, "use_cache": True, "torch_dtype": dtype,
         **special_ids,
     }
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorMap:
-    """One HF tensor: where it lives in the llmjax params tree (`layer` indexes the stacked
-    leading axis of scanned layers) and the shapes on each side."""
-    hf_name: str
-    path: tuple[str, ...]
-    layer: int | None
-    hf_shape: tuple[int, ...]
-    llmjax_shape: tuple[int, ...]
-    transpose: bool  # torch Linear weights are [out, in]; llmjax kernels [in..., out...].
-
-    def copy_to_llmjax(self, array: np.ndarray, target: np.ndarray) -> None:
-        """Writes the HF tensor into `target` (llmjax-shaped, e.g. one layer of a memory-mapped
-        stacked leaf) through a reshaped view: no temporary copy of the tensor is made."""
-        if self.transpose:
-            target.reshape(self.hf_shape[::-1])[...] = array.T
-        else:
-            target.reshape(self.hf_shape)[...] = array
-
-    def to_hf(self, array: np.ndarray) -> np.ndarray:
-        if self.transpose:
-            return np.ascontiguousarray(array.reshape(self.hf_shape[::-1]).T)
-        return np.ascontiguousarray(array.reshape(self.hf_shape))
 
 
 def tensor_maps(model) -> list[TensorMap]:

@@ -1,0 +1,47 @@
+"""Hugging Face interop's shared parts: the error type and `TensorMap`, one HF tensor's
+correspondence with an llmjax parameter. Each family's adapter (`llmjax/model/<family>/hf.py`)
+lists its tensor maps and translates its config.json; import and export stream tensors
+through these maps without knowing the family.
+
+An adapter offers: MODEL_TYPE (HF's model_type), `model_overrides(hf_config) -> config.model
+fields` (refusing anything llmjax would not reproduce), `hf_config(model, dtype, special_ids)`,
+`tensor_maps(model) -> [TensorMap]`, and OPTIONAL_TENSORS (HF names some checkpoints carry
+that llmjax recomputes or ties, so their absence or presence is no error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from llmjax.errors import LlmjaxError
+
+
+class InteropError(LlmjaxError, ValueError):
+    """A checkpoint or config that cannot be converted; the message names what and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorMap:
+    """One HF tensor: where it lives in the llmjax params tree (`layer` indexes the stacked
+    leading axis of scanned layers) and the shapes on each side."""
+    hf_name: str
+    path: tuple[str, ...]
+    layer: int | None
+    hf_shape: tuple[int, ...]
+    llmjax_shape: tuple[int, ...]
+    transpose: bool  # torch Linear weights are [out, in]; llmjax kernels [in..., out...].
+
+    def copy_to_llmjax(self, array: np.ndarray, target: np.ndarray) -> None:
+        """Writes the HF tensor into `target` (llmjax-shaped, e.g. one layer of a memory-mapped
+        stacked leaf) through a reshaped view: no temporary copy of the tensor is made."""
+        if self.transpose:
+            target.reshape(self.hf_shape[::-1])[...] = array.T
+        else:
+            target.reshape(self.hf_shape)[...] = array
+
+    def to_hf(self, array: np.ndarray) -> np.ndarray:
+        if self.transpose:
+            return np.ascontiguousarray(array.reshape(self.hf_shape[::-1]).T)
+        return np.ascontiguousarray(array.reshape(self.hf_shape))

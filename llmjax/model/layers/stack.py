@@ -1,0 +1,31 @@
+"""N identical blocks: scanned (one compiled body, compile time flat in depth) or unrolled, and
+rematerialised by the named policy of `config.model.remat`."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from llmjax.model.spec import REMAT_POLICIES, TransformerSpec
+
+
+def remat_policy(name: str):
+    attribute = REMAT_POLICIES[name]
+    return None if attribute is None else getattr(jax.checkpoint_policies, attribute)
+
+
+def stack_blocks(block: type[nn.Module], spec: TransformerSpec, x, *broadcast_args, name="layers"):
+    """Applies `spec.num_layers` copies of `block(spec)` to `x`; every block is called as
+    `block(x, *broadcast_args) -> (x, None)`. Scanned, the params of all layers are stacked on
+    a leading "layers" axis under `name`; unrolled, they are `name_0`, `name_1`, ..."""
+    if spec.remat != "none":
+        block = nn.remat(block, policy=remat_policy(spec.remat), prevent_cse=not spec.scan_layers)
+    if spec.scan_layers:
+        scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
+                          in_axes=(nn.broadcast,) * len(broadcast_args), length=spec.num_layers,
+                          metadata_params={nn.PARTITION_NAME: "layers"})
+        x, _ = scanned(spec, name=name)(x, *broadcast_args)
+        return x
+    for i in range(spec.num_layers):
+        x, _ = block(spec, name=f"{name}_{i}")(x, *broadcast_args)
+    return x

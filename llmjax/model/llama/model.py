@@ -1,0 +1,94 @@
+"""Llama-architecture decoder: embed -> N x (pre-norm attention, pre-norm SwiGLU) -> norm -> logits.
+
+Parameters are `nn.LogicallyPartitioned` boxes naming their logical axes (the rules table in
+`llmjax.parallel.rules` turns those into shardings); `MATH` gives the family's pure `init`
+and `apply` (`llmjax.model.layers.decoder`).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from llmjax.model.layers.attention import causal_attention
+from llmjax.model.layers.decoder import DecoderMath
+from llmjax.model.layers.norms import rms_norm
+from llmjax.model.layers.output import head_output
+from llmjax.model.layers.projection import Projection, residual_scale, weight_init
+from llmjax.model.layers.rope import apply_rope, rope_tables
+from llmjax.model.layers.stack import stack_blocks
+from llmjax.model.llama.spec import LlamaSpec
+
+EMBED_ACT = ("activation_batch", "activation_length", "activation_embed")
+MLP_ACT = ("activation_batch", "activation_length", "activation_mlp")
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with RoPE on queries and keys, no biases."""
+    spec: LlamaSpec
+
+    @nn.compact
+    def __call__(self, x_BTD, rope, segment_ids_BT):
+        """`rope`: the (sin, cos) tables of `rope_tables` for the tokens' positions."""
+        s = self.spec
+        d, n, k, h = s.d_model, s.num_heads, s.num_kv_heads, s.head_dim
+        q_BTNH = Projection(s, (d, n, h), ("embed", "heads", "head_dim"), name="query")(x_BTD)
+        k_BTKH = Projection(s, (d, k, h), ("embed", "kv_heads", "head_dim"), name="key")(x_BTD)
+        v_BTKH = Projection(s, (d, k, h), ("embed", "kv_heads", "head_dim"), name="value")(x_BTD)
+        out_BTNH = causal_attention(self, apply_rope(q_BTNH, rope), apply_rope(k_BTKH, rope), v_BTKH,
+                                    segment_ids_BT, s.attention_impl)
+        return Projection(s, (n, h, d), ("heads", "head_dim", "embed"), in_ndim=2,
+                          scale=residual_scale(s), name="out")(out_BTNH)
+
+
+class Mlp(nn.Module):
+    """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+    spec: LlamaSpec
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        s = self.spec
+        d, f = s.d_model, s.mlp_dim
+        gate_BTF = Projection(s, (d, f), ("embed", "mlp"), name="gate")(x_BTD)
+        up_BTF = Projection(s, (d, f), ("embed", "mlp"), name="up")(x_BTD)
+        h_BTF = nn.with_logical_constraint(nn.silu(gate_BTF) * up_BTF, MLP_ACT)
+        return Projection(s, (f, d), ("mlp", "embed"), scale=residual_scale(s), name="down")(h_BTF)
+
+
+class Block(nn.Module):
+    spec: LlamaSpec
+
+    @nn.compact
+    def __call__(self, x_BTD, rope, segment_ids_BT):
+        s = self.spec
+        h_BTD = rms_norm(s, "attention_norm")(x_BTD)
+        x_BTD = x_BTD + Attention(s, name="attention")(h_BTD, rope, segment_ids_BT)
+        h_BTD = rms_norm(s, "mlp_norm")(x_BTD)
+        x_BTD = x_BTD + Mlp(s, name="mlp")(h_BTD)
+        return nn.with_logical_constraint(x_BTD, EMBED_ACT), None
+
+
+class Transformer(nn.Module):
+    spec: LlamaSpec
+
+    @nn.compact
+    def __call__(self, tokens_BT, positions_BT, segment_ids_BT, with_head: bool = True):
+        """fp32 logits; with `with_head=False`, (final hidden states, logits_fn)."""
+        s = self.spec
+        if positions_BT is None:
+            positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
+        embed = nn.Embed(s.vocab_size, s.d_model, dtype=s.compute_dtype, param_dtype=s.storage_dtype,
+                         embedding_init=weight_init(s, ("vocab", "embed")), name="embed")
+        x_BTD = nn.with_logical_constraint(embed(tokens_BT), EMBED_ACT)
+        rope = rope_tables(positions_BT, s.head_dim, s.rope_theta)
+        x_BTD = stack_blocks(Block, s, x_BTD, rope, segment_ids_BT)
+        x_BTD = rms_norm(s, "final_norm")(x_BTD)
+        if s.tie_embeddings:
+            w_VD = embed.embedding
+        else:
+            w_VD = self.param("lm_head", weight_init(s, ("vocab", "embed")),
+                              (s.vocab_size, s.d_model), s.storage_dtype)
+        return head_output(x_BTD, w_VD, s, with_head)
+
+
+MATH = DecoderMath(Transformer, LlamaSpec)

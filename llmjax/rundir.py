@@ -1,0 +1,189 @@
+"""A run directory and everything llmjax keeps in it, behind one object: the resolved config
+(config.json), the run's fate (status.json), its tokenizer, the record of an import
+(imported.json), and its checkpoints (the Orbax layout under checkpoints/). Commands open a
+`RunDir` once and ask it, instead of re-reading files by path.
+
+A workdir is checked before any expensive work and reused only by the same run: rerunning a
+command on its own workdir resumes it, so it is accepted again when its saved config describes
+the same model, objective, data and seed; training-length, optimizer and checkpoint settings
+may change between restarts (e.g. to extend a run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from functools import cached_property
+from pathlib import Path
+
+from llmjax.config import apply_overrides, default_config
+from llmjax.errors import LlmjaxError
+
+IDENTITY_SECTIONS = ("model", "objective", "data", "seed")  # What makes two configs the same run.
+CONFIG, STATUS, SUMMARY = "config.json", "status.json", "summary.json"
+IMPORTED = "imported.json"  # Marks a run directory made by llmjax-import (params only).
+TOKENIZER, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
+
+
+class WorkdirError(LlmjaxError, ValueError):
+    """The workdir cannot be used; the message says why and what to do instead."""
+
+
+def _flatten(tree, prefix=""):
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def config_changes(saved: dict, config) -> dict[str, tuple]:
+    """{dotted key: (saved value, new value)} for every field that differs (a key the saved
+    config lacks counts as its default)."""
+    old, new = _flatten(config_from_dict(saved).to_dict()), _flatten(config.to_dict())
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)}
+
+
+def config_from_dict(saved: dict):
+    """A saved config as a full, locked ConfigDict of its family and objective, with defaults
+    for keys it lacks (runs saved before model.family existed are Llama runs)."""
+    family = saved.get("model", {}).get("family", "llama")
+    objective = saved.get("objective", {}).get("name", "causal_lm")
+    return apply_overrides(default_config(family, objective), _flatten(saved))
+
+
+def _write_json(path: Path, value, **dump) -> None:
+    """Written under a temporary name and renamed: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, **dump))
+    tmp.replace(path)
+
+
+class RunDir:
+    def __init__(self, path):
+        self.given = str(path)  # As the user wrote it, for messages.
+        self.path = Path(path).expanduser().resolve()
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def checkpoints(self) -> Path:
+        """The Orbax checkpoint manager's directory."""
+        return self.path / "checkpoints"
+
+    def steps(self) -> list[int]:
+        from llmjax.checkpoint import saved_steps  # noqa: PLC0415 - Orbax only when asked.
+
+        return saved_steps(self.checkpoints)
+
+    def resolve_step(self, step: int | None) -> int:
+        """`step`, checked to exist, or the run's latest."""
+        from llmjax.checkpoint import resolve_step  # noqa: PLC0415
+
+        return resolve_step(self.path, step)
+
+    # The config.
+    def check(self, config) -> dict[str, tuple]:
+        """The config changes against a previous run in this directory ({} for a new one).
+        Fails unless the directory can hold this run; leaves nothing behind."""
+        workdir, path = self.path, self.given
+        if workdir.exists() and not workdir.is_dir():
+            raise WorkdirError(f"--workdir {path}: exists and is not a directory; choose another path.")
+        if self.is_import:  # Its checkpoint has no optimizer state to resume.
+            raise WorkdirError(f"--workdir {path}: holds an imported model; train a new run from it "
+                               f"with --workdir NEW --config.checkpoint.init_from={workdir}.")
+        changes = {}
+        saved = workdir / CONFIG
+        if saved.exists():
+            changes = config_changes(json.loads(saved.read_text()), config)
+            conflicts = {k: v for k, v in changes.items() if k.split(".")[0] in IDENTITY_SECTIONS}
+            if conflicts:
+                shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(conflicts.items())[:5])
+                raise WorkdirError(f"--workdir {path}: holds a run with a different model/data/seed "
+                                   f"({shown}); choose a new --workdir, or start from that run with "
+                                   f"--config.checkpoint.init_from={workdir}.")
+        probe = workdir
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise WorkdirError(f"--workdir {path}: {probe} is a file, not a directory; choose "
+                               f"another path.")
+        try:  # A real write, not os.access: root passes access checks on read-only filesystems.
+            os.rmdir(tempfile.mkdtemp(prefix=".llmjax-probe-", dir=probe))
+        except OSError as error:
+            raise WorkdirError(f"--workdir {path}: cannot write in {probe} ({error.strerror}); "
+                               f"choose a directory you can write to.") from None
+        return changes
+
+    @cached_property
+    def config(self):
+        """The saved config.json as a full, locked ConfigDict (defaults for any key an older
+        run did not save)."""
+        path = self.path / CONFIG
+        if not path.exists():
+            raise WorkdirError(f"{self.given} has no {CONFIG}; give the --workdir of an llmjax run.")
+        return config_from_dict(json.loads(path.read_text()))
+
+    def write_config(self, config) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_json(self.path / CONFIG, config.to_dict(), indent=2, sort_keys=True)
+        self.__dict__.pop("config", None)
+
+    # Status and summary.
+    def write_status(self, state: str, step: int, error: str | None = None) -> None:
+        """status.json: running | done | failed | preempted, the last step, and for a failure
+        its last error line; what sweeps and reports read to know a run's fate without
+        parsing logs."""
+        _write_json(self.path / STATUS, {"state": state, "step": step, "time": time.time()}
+                    | ({"error": error} if error else {}))
+
+    def status(self) -> dict:
+        path = self.path / STATUS
+        return json.loads(path.read_text()) if path.exists() else {"state": "new", "step": 0}
+
+    def write_summary(self, summary: dict) -> None:
+        _write_json(self.path / SUMMARY, summary, indent=2)
+
+    # Tokenizer and import record.
+    @cached_property
+    def tokenizer(self):
+        """The run's tokenizer.json as a `tokenizers.Tokenizer`."""
+        from tokenizers import Tokenizer  # noqa: PLC0415 - only commands that read text need it.
+
+        path = self.path / TOKENIZER
+        if not path.exists():
+            raise WorkdirError(f"{self.given} has no {TOKENIZER}; runs write it when training starts "
+                               f"(rerun llmjax-train on this workdir with a newer llmjax to add it).")
+        return Tokenizer.from_file(str(path))
+
+    @property
+    def is_import(self) -> bool:
+        return (self.path / IMPORTED).exists()
+
+    @cached_property
+    def imported(self) -> dict | None:
+        """{"source": HF directory, "config": its config.json, "dtype": its tensors' dtype}, or
+        None for a run trained by llmjax."""
+        path = self.path / IMPORTED
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_imported(self, source: Path, hf_config: dict, dtype: str) -> None:
+        _write_json(self.path / IMPORTED, {"source": str(source), "config": hf_config, "dtype": dtype},
+                    indent=2)
+        self.__dict__.pop("imported", None)
+
+    @cached_property
+    def tokenizer_config(self) -> dict:
+        """The HF tokenizer_config.json that goes with the run's tokenizer: the run's own (an
+        import), or the one beside `data.tokenizer` (a run continued from an import); {} for a
+        tokenizer llmjax trained."""
+        tokenizer_file = self.config.data.tokenizer
+        for directory in (self.path, *([Path(tokenizer_file).parent] if tokenizer_file else [])):
+            if (directory / TOKENIZER_CONFIG).exists():
+                return json.loads((directory / TOKENIZER_CONFIG).read_text())
+        return {}

@@ -1,0 +1,68 @@
+"""Training objectives by name: what `config.objective.name` selects.
+
+An objective decides what a batch is and what is predicted from it. It owns
+  - its batch specification (`fields`: names, shapes, dtypes, logical axes): the one place the
+    compiled step, the data pipeline and the benchmark read a batch's layout from;
+  - its transform from packed token windows to rows (`rows`), a pure function of (seed, row
+    index), so the batch of step s depends only on (data, seed, s) and resume stays exact;
+  - its loss (`loss_sums`) and its evaluation (`eval_sums`, `metrics`), as sums so that
+    microbatches, devices and batches add exactly.
+Every batch has a "weights" field, the loss weight of each scored target: the step normalises
+by its sum and fault injection poisons it. The trainer calls only these, so MLM, span corruption, prefix LM or classification are new
+entries here, not changes to the trainer.
+
+This module imports no JAX: the config is built and checked with `defaults()` and `check()`;
+the implementation (`Objective.impl()`) is loaded on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Callable, Mapping
+
+from llmjax.errors import ConfigError, config_error
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    name: str
+    impl: Callable[[], object]  # Loads the implementation (see llmjax/train/objectives/causal_lm.py).
+    fields: Mapping[str, object] = dataclasses.field(default_factory=dict)  # config.objective keys.
+
+    def defaults(self) -> dict:
+        return {"name": self.name, **self.fields}
+
+    def check(self, config, family) -> None:
+        """Refuses a family that cannot be trained on this objective, before anything runs."""
+        if self.name not in family.objectives:
+            raise config_error("objective.name", self.name,
+                               f"the {family.name} family does not train on it; it trains on "
+                               f"{', '.join(family.objectives)}.")
+
+
+def _load(module: str) -> Callable[[], object]:
+    return lambda: importlib.import_module(module).OBJECTIVE
+
+
+_OBJECTIVES: dict[str, Objective] = {}
+
+
+def register(objective: Objective) -> Objective:
+    _OBJECTIVES[objective.name] = objective
+    return objective
+
+
+def get(name: str) -> Objective:
+    if name not in _OBJECTIVES:
+        raise ConfigError(f"config.objective.name={name!r}: no such objective; choose one of "
+                          f"{', '.join(_OBJECTIVES)}.")
+    return _OBJECTIVES[name]
+
+
+def of(config) -> Objective:
+    section = config.get("objective") or {}
+    return get(section.get("name", "causal_lm"))
+
+
+register(Objective("causal_lm", _load("llmjax.train.objectives.causal_lm")))

@@ -1,0 +1,62 @@
+"""Causal language modelling: predict every next token (Radford et al. 2018; Llama, GPT-2).
+
+A packed window (`llmjax.data.pipeline.PackedWindows`) already is a causal-LM row: inputs,
+next-token targets, per-document positions and segment ids, and weights that mask padding and
+the first token of each next document. So `rows` is the identity and draws no randomness.
+"""
+
+from __future__ import annotations
+
+import math
+
+from llmjax.model import registry
+from llmjax.train.objectives.cross_entropy import chunked_cross_entropy_sums, cross_entropy_sums
+from llmjax.train.objectives.fields import ROW_AXES, Field
+
+
+class CausalLM:
+    name = "causal_lm"
+
+    def fields(self, config, batch_size: int) -> dict[str, Field]:
+        shape = (batch_size, config.data.seq_len)
+        return {"inputs": Field(shape, "int32", ROW_AXES, "tokens"),
+                "targets": Field(shape, "int32", ROW_AXES, "tokens"),
+                "positions": Field(shape, "int32", ROW_AXES, "positions"),
+                "segment_ids": Field(shape, "int32", ROW_AXES, "segments"),
+                "weights": Field(shape, "float32", ROW_AXES, "weights")}
+
+    def rows(self, windows, config, seed: int):
+        """Rows of the objective from a grain.MapDataset of packed windows."""
+        del config, seed  # A window is a causal-LM row as it is.
+        return windows
+
+    def loss_sums(self, params, batch, *, config, z_loss: float):
+        """(NLL sum, z-loss sum, weight sum); with train.loss_chunk_len, without ever holding
+        the whole batch's logits."""
+        apply = registry.of(config).math().apply
+        if config.train.loss_chunk_len:
+            h_BTD, logits_fn = apply(params, batch, config=config, with_head=False)
+            return chunked_cross_entropy_sums(h_BTD, logits_fn, batch["targets"], batch["weights"],
+                                              z_loss, config.train.loss_chunk_len)
+        logits = apply(params, batch, config=config)
+        return cross_entropy_sums(logits, batch["targets"], batch["weights"], z_loss)
+
+    def eval_sums(self, params, batch, *, config):
+        """(sum of NLL, number of scored tokens); sums, so batches add exactly."""
+        nll, _, count = self.loss_sums(params, batch, config=config, z_loss=0.0)
+        return nll, count
+
+    def target_bytes(self, host_batch, token_bytes) -> float:
+        """UTF-8 bytes the scored targets stand for (for bits per byte)."""
+        return float((token_bytes[host_batch["targets"]] * host_batch["weights"]).sum())
+
+    def metrics(self, sums, num_bytes: float) -> dict[str, float]:
+        """Loss, perplexity and bits per byte (the loss in bits over the UTF-8 bytes the
+        targets stand for, which makes models with different tokenizers comparable)."""
+        nll, tokens, num_bytes = float(sums[0]), float(sums[1]), float(num_bytes)
+        loss = nll / max(tokens, 1.0)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+                "bits_per_byte": nll / math.log(2) / max(num_bytes, 1.0)}
+
+
+OBJECTIVE = CausalLM()
