@@ -143,7 +143,10 @@ def apply_overrides(config, overrides: dict):
         except (KeyError, AttributeError, TypeError) as error:
             if isinstance(error, TypeError):
                 _fail(key, value, f"has the wrong type: {error}")
-            _fail(key, value, "no such config key; see llmjax/config.py for the schema.")
+            owners = registry.owners(leaf) if parents == ["model"] else []
+            _fail(key, value, f"is a field of the {', '.join(owners)} family, not of this config's "
+                              f"model.family; start from a config of that family."
+                  if owners else "no such config key; see llmjax/config.py for the schema.")
     return config
 
 

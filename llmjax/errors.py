@@ -7,6 +7,7 @@ Anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
 EXIT_USER_ERROR = 2  # The run cannot start or continue as asked; nothing was lost.
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL, "try again later": checkpointed on a signal; rerun to resume.
 
 
 class LlmjaxError(Exception):

@@ -9,11 +9,11 @@ activations and temporaries; the step's FLOPs over the target's peak give the st
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 
 from llmjax import flops
+from llmjax.parallel.describe import shard_bytes
 from llmjax.run import bootstrap
 
 GB = 1e9
@@ -60,7 +60,7 @@ class Plan:
 
 def per_device_bytes(tree) -> float:
     """Bytes one device holds of a tree of sharded abstract arrays (the largest shard)."""
-    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+    return sum(shard_bytes(x) for x in jax.tree.leaves(tree))
 
 
 def plan(config, target: str) -> Plan:

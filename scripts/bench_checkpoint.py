@@ -45,7 +45,7 @@ def main(_):
                 step_times.append(time.perf_counter() - start)
             if step > 2 and step % 3 == 0:  # Save every third step, while training goes on.
                 start = time.perf_counter()
-                checkpointer.save(step, state, lambda: metadata(step, step, 0.0, config, 0.0), force=True)
+                checkpointer.save(step, state, lambda step=step: metadata(step, step, 0.0, config, 0.0), force=True)
                 blocked.append(time.perf_counter() - start)
         checkpointer.close()
     state_bytes = sum(x.nbytes for x in jax.tree.leaves((state.params, state.opt_state)))

@@ -20,11 +20,16 @@ import pytest  # noqa: E402
 from llmjax.config import default_config  # noqa: E402
 
 
-def make_tiny_config(**model_overrides):
+FAMILIES = ("llama", "gpt2")  # Every decoder family: property tests run over all of them.
+# The same tiny shape in each family's own fields.
+_TINY = {"llama": dict(num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64),
+         "gpt2": dict(num_heads=4, head_dim=8, mlp_dim=64)}
+
+
+def make_tiny_config(family="llama", **model_overrides):
     """A 2-layer fp32 model small enough that a step costs milliseconds."""
-    c = default_config()
-    c.model.update(vocab_size=128, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                   head_dim=8, mlp_dim=64, max_seq_len=32, dtype="float32")
+    c = default_config(family)
+    c.model.update(vocab_size=128, d_model=32, num_layers=2, max_seq_len=32, dtype="float32", **_TINY[family])
     c.model.update(**model_overrides)
     c.data.update(seq_len=16)
     c.train.update(steps=10, global_batch_size=8, log_every=5, eval_every=0, eval_batches=1)

@@ -36,8 +36,8 @@ def final_params(workdir):
     return step, jax.tree.map(np.asarray, restored)
 
 
-def start_train(workdir, *overrides, cache, devices=1):
-    return subprocess.Popen(train_command(workdir, *overrides), cwd=ROOT, env=train_env(cache, devices),
+def start_train(workdir, *overrides, cache, devices=1, config="configs/tiny.py"):
+    return subprocess.Popen(train_command(workdir, *overrides, config=config), cwd=ROOT, env=train_env(cache, devices),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -57,8 +57,8 @@ def wait_for_step(workdir, step, process, timeout=300):
     raise AssertionError(f"step {step} not reached in {timeout}s")
 
 
-def preempt(workdir, at_step, overrides, cache, devices=1, sig=signal.SIGTERM):
-    process = start_train(workdir, *overrides, cache=cache, devices=devices)
+def preempt(workdir, at_step, overrides, cache, devices=1, sig=signal.SIGTERM, config="configs/tiny.py"):
+    process = start_train(workdir, *overrides, cache=cache, devices=devices, config=config)
     wait_for_step(workdir, at_step, process)
     process.send_signal(sig)
     out, err = process.communicate(timeout=300)
@@ -75,16 +75,18 @@ def assert_same_run(resumed, reference, rtol=0.0):
     np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=rtol)
 
 
-@pytest.mark.parametrize("microbatches, sig", [(1, signal.SIGTERM), (2, signal.SIGINT)])
-def test_preempted_run_continues_bit_identically(tmp_path, microbatches, sig):
+@pytest.mark.parametrize("config, microbatches, sig", [("configs/tiny.py", 1, signal.SIGTERM),
+                                                       ("configs/tiny.py", 2, signal.SIGINT),
+                                                       ("configs/gpt2_tiny.py", 1, signal.SIGTERM)])
+def test_preempted_run_continues_bit_identically(tmp_path, config, microbatches, sig):
     overrides = ("--config.train.steps=60", "--config.train.log_every=1",
                  "--config.checkpoint.every_steps=10", f"--config.train.microbatches={microbatches}")
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    assert run_train(reference, *overrides, cache=tmp_path / "cache").returncode == 0
-    out = preempt(resumed, 13, overrides, tmp_path / "cache", sig=sig)  # Mid-epoch: 26 steps/epoch.
+    assert run_train(reference, *overrides, cache=tmp_path / "cache", config=config).returncode == 0
+    out = preempt(resumed, 13, overrides, tmp_path / "cache", sig=sig, config=config)  # Mid-epoch: 26 steps/epoch.
     stopped_at = int(out.split(f"{sig.name}: checkpoint written")[0].split("step")[-1].split("/")[0])
     assert 13 <= stopped_at < 60
-    finished = run_train(resumed, *overrides, cache=tmp_path / "cache")
+    finished = run_train(resumed, *overrides, cache=tmp_path / "cache", config=config)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert f"resuming from checkpoint step {stopped_at} (data step {stopped_at})" in finished.stdout
     assert_same_run(resumed, reference)

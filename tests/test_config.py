@@ -82,4 +82,4 @@ def test_workdir_of_the_same_run_is_reused_and_another_refused(tmp_path):
     assert RunDir(str(tmp_path)).check(longer) == {"train.steps": (10, 50)}
     wider = make_tiny_config(d_model=64, head_dim=16)
     with pytest.raises(WorkdirError, match=r"model.d_model: 32 -> 64.*init_from"):
-        check_workdir(str(tmp_path), wider)
+        RunDir(str(tmp_path)).check(wider)

@@ -10,8 +10,8 @@ import pytest
 from conftest import ROOT, run_train, train_env
 
 
-def launch(tmp_path, *args, devices=1):
-    return subprocess.run([sys.executable, "-m", "llmjax.cli.launch", "--config=configs/tiny.py", *args],
+def launch(tmp_path, *args, devices=1, config="configs/tiny.py"):
+    return subprocess.run([sys.executable, "-m", "llmjax.cli.launch", f"--config={config}", *args],
                           cwd=ROOT, env=train_env(tmp_path / "cache", devices), capture_output=True,
                           text=True, timeout=600)
 
@@ -22,11 +22,13 @@ def losses(workdir):
 
 
 @pytest.mark.slow
-def test_local_launch_of_two_processes_matches_one_process(tmp_path):
+@pytest.mark.parametrize("config", ["configs/tiny.py", "configs/gpt2_tiny.py"])
+def test_local_launch_of_two_processes_matches_one_process(tmp_path, config):
     overrides = ("--config.model.dtype=float32", "--config.train.steps=10", "--config.train.log_every=1")
-    assert run_train(tmp_path / "one", *overrides, cache=tmp_path / "cache", devices=8).returncode == 0
+    assert run_train(tmp_path / "one", *overrides, cache=tmp_path / "cache", devices=8,
+                     config=config).returncode == 0
     result = launch(tmp_path, f"--workdir={tmp_path / 'two'}", "--cluster=local", "--num_processes=2",
-                    "--devices_per_process=4", *overrides)
+                    "--devices_per_process=4", *overrides, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data: process 1 of 2 reads rows 4..7" in result.stdout
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)

@@ -162,7 +162,7 @@ def _unstack_layers(params, num_layers):
     """Scanned params [layers, ...] -> per-layer subtrees layers_0, layers_1, ..."""
     unrolled = {k: v for k, v in params.items() if k != "layers"}
     for i in range(num_layers):
-        unrolled[f"layers_{i}"] = jax.tree.map(lambda x: x[i], params["layers"])
+        unrolled[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
     return unrolled
 
 
@@ -308,6 +308,6 @@ def test_blockwise_attention_in_bf16_stays_close_to_fp32():
     ours = lambda q, k, v: blockwise_causal_attention(q, k, v, None, 16)  # noqa: E731
     exact = grads(xla, jnp.float32)
     for mine, theirs, reference in zip(grads(ours, jnp.bfloat16), grads(xla, jnp.bfloat16), exact):
-        error = lambda g: float(jnp.abs(g.astype(jnp.float32) - reference).max())  # noqa: E731
+        error = lambda g, reference=reference: float(jnp.abs(g.astype(jnp.float32) - reference).max())  # noqa: E731
         assert mine.dtype == jnp.bfloat16
         assert error(mine) <= 2 * error(theirs) + 1e-3, (error(mine), error(theirs))

@@ -7,22 +7,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from llmjax import model
-from llmjax.sample.cached import inference_spec
+from llmjax.sample.cached import inference_decoder
 from llmjax.sample.generate import (Settings, decode_step, generate, left_pad, prefill,
                                     reorder_state)
 from llmjax.sample.search import beam_search, sample_tokens
 from llmjax.sample.select import Sampling, choose, filter_logits
 
-from conftest import make_tiny_config
+from conftest import FAMILIES, make_tiny_config
 
 EOS, PAD = 1, 0
 GREEDY = Settings(max_new_tokens=6, sampling=Sampling(temperature=0.0))
 
 
-def _setup(**overrides):
-    config = make_tiny_config(**overrides)
+def _setup(family="llama", **overrides):
+    config = make_tiny_config(family, **overrides)
     params = nn.unbox(model.init(jax.random.key(0), config))
     # Scale the output layer up so that logits are far apart and argmax is not decided by noise.
     params = jax.tree.map(lambda x: x * 3.0, params)
@@ -32,8 +33,9 @@ def _setup(**overrides):
 PROMPTS = [[5, 9, 17, 33, 2], [40, 41], [7, 8, 9]]
 
 
-def test_cached_decoding_equals_full_forward_and_greedy_is_its_argmax():
-    config, params = _setup()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_decoding_equals_full_forward_and_greedy_is_its_argmax(family):
+    config, params = _setup(family)
     out = generate(params, config, PROMPTS, GREEDY, eos_ids=(), pad_id=PAD, keep_logits=True)
     # One uncached forward pass over each prompt + its generated tokens, the rows right-padded
     # to one length (causality: padding after a position changes nothing at or before it).
@@ -90,9 +92,10 @@ def _log_probs(params, config, prompts, new_tokens):
                        for row, (p, n) in enumerate(zip(prompts, new_tokens))])
 
 
-def test_beam_search_scores_its_sequences_and_one_beam_is_greedy():
+@pytest.mark.parametrize("family", FAMILIES)
+def test_beam_search_scores_its_sequences_and_one_beam_is_greedy(family):
     # Unscanned layers here (scanned elsewhere): a cache per layer, each reordered by beam.
-    config, params = _setup(scan_layers=False)
+    config, params = _setup(family, scan_layers=False)
     beams = generate(params, config, PROMPTS, dataclasses.replace(GREEDY, num_beams=3),
                      eos_ids=(), pad_id=PAD)
     # The score is the true log-probability of the returned sequence: the cache followed
@@ -102,12 +105,12 @@ def test_beam_search_scores_its_sequences_and_one_beam_is_greedy():
     greedy = generate(params, config, PROMPTS, GREEDY, eos_ids=(), pad_id=PAD)["tokens"]
 
     tokens, mask = left_pad(PROMPTS, PAD)
-    spec = inference_spec(config)
+    decoder = inference_decoder(config)
 
     @jax.jit
     def one_beam(params):
-        logits, state = prefill(params, spec, tokens, mask, tokens.shape[1] + 6)
-        return beam_search(decode_step(params, spec), reorder_state, state, logits[:, -1],
+        logits, state = prefill(params, decoder, tokens, mask, tokens.shape[1] + 6)
+        return beam_search(decode_step(params, decoder), reorder_state, state, logits[:, -1],
                            num_beams=1, max_new_tokens=6, eos_ids=jnp.asarray([-1]), pad_id=PAD)
     np.testing.assert_array_equal(one_beam(params)[0], greedy)
 

@@ -146,8 +146,8 @@ def test_sweep_skips_finished_resumes_interrupted_and_marks_failures(tmp_path):
             names = [r["name"] for r in json.loads(manifest.read_text())["runs"]]
             second_run = sweep_dir / "runs" / names[1]
             metrics = second_run / "metrics.jsonl"
-            if metrics.exists() and any(json.loads(l)["step"] >= 10 for l in metrics.read_text().splitlines()
-                                        if l.endswith("}")):
+            if metrics.exists() and any(json.loads(line)["step"] >= 10 for line in metrics.read_text().splitlines()
+                                        if line.endswith("}")):
                 break
         time.sleep(0.05)
     first.send_signal(signal.SIGTERM)

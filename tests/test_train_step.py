@@ -13,7 +13,7 @@ from llmjax.run import bootstrap
 from llmjax.train.objectives.cross_entropy import chunked_cross_entropy_sums, cross_entropy_sums
 from llmjax.train.optimizer import build_optimizer, learning_rate_schedule, weight_decay_mask
 
-from conftest import make_tiny_config
+from conftest import FAMILIES, make_tiny_config
 
 
 def random_batch(config, seed=0):
@@ -38,8 +38,9 @@ def run_steps(config, batches, devices=None):
     return np.array(losses), state
 
 
-def test_overfits_one_batch():
-    config = make_tiny_config()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_overfits_one_batch(family):
+    config = make_tiny_config(family)
     config.optimizer.update(schedule="constant", warmup_steps=0, weight_decay=0.0)
     batch = random_batch(config)
     losses, _ = run_steps(config, [batch] * 80, jax.devices()[:1])
@@ -47,14 +48,19 @@ def test_overfits_one_batch():
     assert losses[-1] < 0.1 * losses[0], losses[::10]
 
 
+# 8 query and 8 key/value heads, so that tensor=8 splits every head axis.
+EIGHT_HEADS = {"llama": dict(num_heads=8, num_kv_heads=8, head_dim=4), "gpt2": dict(num_heads=8, head_dim=4)}
+FIRST_MLP_KERNEL = {"llama": "gate", "gpt2": "fc"}  # [embed, mlp] in both families.
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("mesh", [dict(data=8), dict(fsdp=8), dict(tensor=8),
                                   dict(data=2, fsdp=2, tensor=2), dict(fsdp=4, tensor=2),
                                   dict(data=2, sequence=4), dict(fsdp=2, sequence=2, tensor=2)])
-def test_sharded_step_matches_single_device(mesh):
-    # 8 query and 8 key/value heads, so that tensor=8 splits every head axis.
-    single = make_tiny_config(num_heads=8, num_kv_heads=8, head_dim=4)
+def test_sharded_step_matches_single_device(mesh, family):
+    single = make_tiny_config(family, **EIGHT_HEADS[family])
     single.mesh.ici.update(data=1, fsdp=1, sequence=1, tensor=1)
-    sharded = make_tiny_config(num_heads=8, num_kv_heads=8, head_dim=4)
+    sharded = make_tiny_config(family, **EIGHT_HEADS[family])
     sharded.mesh.ici.update(data=1, fsdp=1, sequence=1, tensor=1)
     sharded.mesh.ici.update(**mesh)
     batches = [random_batch(single, seed) for seed in range(5)]  # 5 steps.
@@ -64,7 +70,7 @@ def test_sharded_step_matches_single_device(mesh):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  jax.device_get(state_8.params), jax.device_get(state_1.params))
     # The layout follows the rules table: [layers, embed -> fsdp, mlp -> tensor].
-    gate = state_8.params["layers"]["mlp"]["gate"]["kernel"]
+    gate = state_8.params["layers"]["mlp"][FIRST_MLP_KERNEL[family]]["kernel"]
     assert gate.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     layers, d_model, mlp_dim = gate.shape
     assert gate.addressable_shards[0].data.shape == (

@@ -11,6 +11,7 @@ from absl import app, flags, logging
 
 from llmjax import cpu_runtime
 from llmjax.errors import EXIT_USER_ERROR, LlmjaxError
+from llmjax.model import registry
 
 
 def _parse_flags(argv):
@@ -25,7 +26,32 @@ def _parse_flags(argv):
         key = re.search(r"'(\w+)'", text)
         hint = re.search(r"(Did you mean .*\?)", text)
         sys.exit(f"error: a --config override names a key the config does not have: "
-                 f"{key.group(1) if key else text}. {hint.group(1) if hint else ''}".rstrip())
+                 f"{key.group(1) if key else text}. {hint.group(1) if hint else ''}".rstrip()
+                 + (family_hint(key.group(1)) if key else ""))
+
+
+def family_hint(key: str) -> str:
+    """For a model field that belongs to other families: which ones, and what to do."""
+    owners = registry.owners(key)
+    if not owners:
+        return ""
+    return (f" ({key} is a config.model field of the {', '.join(owners)} "
+            f"famil{'ies' if len(owners) > 1 else 'y'}, not of this config's family; start from a "
+            f"config of that family to use it.)")
+
+
+def config_overrides(argv: list[str], config) -> dict:
+    """{dotted key: typed value} of the --config.KEY=VALUE arguments in `argv`, read back from
+    the config they were applied to (so their types are ml_collections' own parsing)."""
+    overrides = {}
+    for arg in argv:
+        if arg.startswith("--config."):
+            key = arg[len("--config."):].split("=", 1)[0]
+            value = config
+            for part in key.split("."):
+                value = value[part]
+            overrides[key] = value
+    return overrides
 
 
 def load_config(config_flag):

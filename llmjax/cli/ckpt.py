@@ -55,6 +55,8 @@ def inspect_checkpoint(directory: Path, step: int) -> str:
     import jax  # noqa: PLC0415 - only inspect needs JAX and Orbax.
     import orbax.checkpoint as ocp  # noqa: PLC0415
 
+    from llmjax.parallel.describe import param_name  # noqa: PLC0415
+
     step_dir = directory / str(step)
     meta = _meta(step_dir)
     tree = ocp.StandardCheckpointer().metadata(step_dir / "params").item_metadata.tree
@@ -64,7 +66,7 @@ def inspect_checkpoint(directory: Path, step: int) -> str:
              f"({meta.get('llmjax_commit')}), size {_human(_size(step_dir))}", "params:"]
     total = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        name = param_name(path)
         count = math.prod(leaf.shape)
         total += count
         lines.append(f"  {name:48} {str(tuple(leaf.shape)):22} {str(leaf.dtype):8} {count:>12,}")

@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from llmjax.cli.app import load_config, run as run_app
 from llmjax.errors import LlmjaxError
+from llmjax.slurm import sbatch_script
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (shared by all processes).")
@@ -70,7 +71,7 @@ def free_port() -> int:
 
 def launch_local(workdir: Path, passthrough: list[str], processes: int, devices: int) -> int:
     """Starts the processes, passes SIGTERM/SIGINT on to all of them, and returns the first
-    failing exit code (75, preempted, when all stopped cleanly on a signal)."""
+    failing exit code (EXIT_PREEMPTED when all stopped cleanly on a signal)."""
     env = dict(os.environ)
     if devices:
         env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
@@ -97,19 +98,14 @@ def launch_local(workdir: Path, passthrough: list[str], processes: int, devices:
 
 
 def slurm_script(workdir: Path, passthrough: list[str]) -> str:
-    lines = ["#!/bin/bash", "#SBATCH --job-name=llmjax", f"#SBATCH --nodes={_NODES.value}",
-             f"#SBATCH --ntasks-per-node={_TASKS.value}", f"#SBATCH --time={_TIME.value}",
-             f"#SBATCH --output={workdir}/slurm-%j.out", "#SBATCH --signal=TERM@120"]
-    if _GPUS.value:
-        lines.append(f"#SBATCH --gpus-per-node={_GPUS.value}")
-    for name, flag in (("partition", _PARTITION), ("account", _ACCOUNT)):
-        if flag.value:
-            lines.append(f"#SBATCH --{name}={flag.value}")
+    directives = [("job-name", "llmjax"), ("nodes", _NODES.value), ("ntasks-per-node", _TASKS.value),
+                  ("time", _TIME.value), ("output", f"{workdir}/slurm-%j.out"), ("signal", "TERM@120"),
+                  ("gpus-per-node", _GPUS.value), ("partition", _PARTITION.value),
+                  ("account", _ACCOUNT.value)]
     command = [sys.executable, *train_args(workdir, passthrough), "--auto_distributed"]
-    lines += ["set -euo pipefail", f"cd {shlex.quote(os.getcwd())}",
-              "# One task per process; JAX reads coordinator, count and rank from SLURM.",
-              "srun --kill-on-bad-exit=1 " + shlex.join(command)]
-    return "\n".join(lines) + "\n"
+    return sbatch_script(directives, [f"cd {shlex.quote(os.getcwd())}",
+                                      "# One task per process; JAX reads coordinator, count and rank from SLURM.",
+                                      "srun --kill-on-bad-exit=1 " + shlex.join(command)])
 
 
 def tpu_command(workdir: Path, passthrough: list[str]) -> list[str]:

@@ -1,4 +1,6 @@
-"""`llmjax-sweep EXPERIMENT --workdir DIR [--dry_run] [--parallel N] [--cluster local|slurm]`."""
+"""`llmjax-sweep EXPERIMENT --workdir DIR [--dry_run] [--parallel N] [--cluster local|slurm]
+[--config.KEY=VALUE ...]`: the overrides apply to every run of the sweep, as they would to
+`llmjax-train --config EXPERIMENT` (e.g. shorter runs: --config.train.steps=50)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import sys
 from pathlib import Path
 
 from absl import app, flags
+from ml_collections import config_flags
 
-from llmjax.cli.app import run as run_app
+from llmjax.cli.app import config_overrides, run as run_app
 from llmjax.errors import LlmjaxError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; runs go to WORKDIR/runs/NAME.")
@@ -21,6 +24,9 @@ _PARTITION = flags.DEFINE_string("partition", None, "SLURM partition.")
 _ACCOUNT = flags.DEFINE_string("account", None, "SLURM account.")
 _TIME = flags.DEFINE_string("time", "24:00:00", "SLURM time limit per run.")
 _GPUS = flags.DEFINE_integer("gpus", 0, "GPUs per run (SLURM).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "The experiment file; set from the EXPERIMENT argument, so that --config.KEY=VALUE "
+    "overrides are parsed and typed as llmjax-train parses them.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -33,7 +39,8 @@ def main(argv) -> None:
     from llmjax.sweep.expand import plan  # noqa: PLC0415
 
     experiment, sweep_dir = argv[1], Path(_WORKDIR.value).expanduser().resolve()
-    base, runs, sweep = plan(experiment, jax.device_count())
+    overrides = config_overrides(sys.argv[1:], _CONFIG.value)
+    base, runs, sweep = plan(experiment, jax.device_count(), overrides)
     if _RUN_INDEX.value is not None:
         if not 0 <= _RUN_INDEX.value < len(runs):
             raise LlmjaxError(f"--run_index={_RUN_INDEX.value}: the sweep has {len(runs)} runs.")
@@ -45,7 +52,7 @@ def main(argv) -> None:
         for run in runs:
             print(f"  {run.name:40} {run.overrides}")
     slurm = {"partition": _PARTITION.value, "account": _ACCOUNT.value, "time": _TIME.value,
-             "gpus": _GPUS.value}
+             "gpus": _GPUS.value, "config_args": [f"--config.{k}={v}" for k, v in overrides.items()]}
     if _CLUSTER.value == "slurm":
         script = launch.slurm_script(experiment, sweep_dir, runs, slurm)
         if _DRY_RUN.value:
@@ -71,6 +78,10 @@ def main(argv) -> None:
 
 
 def run() -> None:
+    # The experiment argument doubles as --config, so the overrides apply to its config.
+    positional = [arg for arg in sys.argv[1:] if arg.endswith(".py") and not arg.startswith("-")]
+    if positional and not any(arg.startswith("--config=") for arg in sys.argv):
+        sys.argv.insert(1, f"--config={positional[0]}")
     run_app(main)
 
 

@@ -32,7 +32,9 @@ class ModelSpec:
     dtype: str = "bfloat16"  # Compute dtype of matmuls and activations (float32 or bfloat16).
     param_dtype: str = "float32"  # Storage dtype of parameters and optimizer state.
     tie_embeddings: bool = True  # Output projection reuses the token embedding.
-    fp32_logits: bool = True  # Output projection's logits kept in fp32; False rounds them to `dtype` (bf16 autocast's way; faster on CPU). The loss is fp32 either way.
+    # Output projection's logits kept in fp32; False rounds them to `dtype` (bf16 autocast's
+    # way; faster on CPU). The loss is fp32 either way.
+    fp32_logits: bool = True
 
     @classmethod
     def defaults(cls) -> dict:

@@ -104,11 +104,18 @@ def _lookup(config, key: str):
     return config
 
 
-def plan(path: str, device_count: int) -> tuple[object, list[Run], dict]:
+def plan(path: str, device_count: int, overrides: dict | None = None) -> tuple[object, list[Run], dict]:
     """(base config, runs, sweep) with every run's config built and validated, so a bad key,
-    a wrong type or two runs sharing a directory stop the sweep before anything runs."""
+    a wrong type or two runs sharing a directory stop the sweep before anything runs.
+    `overrides` (from the command line's --config.KEY=VALUE) apply to every run; a key the
+    sweep itself varies is refused, since the sweep would silently override it."""
     _, base, sweep = load_experiment(path)
+    overrides = overrides or {}
     combos = expand(sweep)
+    if clash := sorted({k for c in combos for k in c} & set(overrides)):
+        raise SweepError(f"--config.{clash[0]} is varied by the sweep in {path}; drop the "
+                         f"override or change the sweep.")
+    combos = [overrides | c for c in combos]
     keys = list(dict.fromkeys(k for c in combos for k in c))
     resolved = []
     for overrides in combos:

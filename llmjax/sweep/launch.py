@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 from llmjax.sweep.expand import Run
+from llmjax.errors import EXIT_PREEMPTED
 from llmjax.rundir import RunDir
+from llmjax.slurm import sbatch_script
 
-EXIT_PREEMPTED = 75
 
 
 def _value(value) -> str:
@@ -111,16 +112,11 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
 def slurm_script(experiment: str, sweep_dir: Path, runs: list[Run], slurm: dict) -> str:
     """An sbatch array job: task i runs `llmjax-sweep ... --run_index=i` (which resumes or
     skips like a local launch)."""
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={slurm.get('job_name', 'llmjax-sweep')}",
-             f"#SBATCH --array=0-{len(runs) - 1}%{slurm.get('max_parallel', len(runs))}",
-             f"#SBATCH --output={sweep_dir}/runs/slurm-%A_%a.out",
-             f"#SBATCH --time={slurm.get('time', '24:00:00')}", "#SBATCH --ntasks=1"]
-    for key in ("partition", "account"):
-        if slurm.get(key):
-            lines.append(f"#SBATCH --{key}={slurm[key]}")
-    if slurm.get("gpus"):
-        lines.append(f"#SBATCH --gpus={slurm['gpus']}")
-    lines += ["set -euo pipefail",
-              "srun " + shlex.join([sys.executable, "-m", "llmjax.cli.sweep", str(Path(experiment).resolve()),
-                                    f"--workdir={sweep_dir}"]) + " --run_index=$SLURM_ARRAY_TASK_ID"]
-    return "\n".join(lines) + "\n"
+    directives = [("job-name", slurm.get("job_name", "llmjax-sweep")),
+                  ("array", f"0-{len(runs) - 1}%{slurm.get('max_parallel', len(runs))}"),
+                  ("output", f"{sweep_dir}/runs/slurm-%A_%a.out"), ("time", slurm.get("time", "24:00:00")),
+                  ("ntasks", 1), ("partition", slurm.get("partition")), ("account", slurm.get("account")),
+                  ("gpus", slurm.get("gpus"))]
+    command = [sys.executable, "-m", "llmjax.cli.sweep", str(Path(experiment).resolve()),
+               f"--workdir={sweep_dir}", *slurm.get("config_args", [])]
+    return sbatch_script(directives, ["srun " + shlex.join(command) + " --run_index=$SLURM_ARRAY_TASK_ID"])

@@ -63,7 +63,8 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
 
 def table(rows: list[dict]) -> str:
     width = max([40] + [len(r["name"]) for r in rows])
-    header = f"{'run':{width}} {'status':10} {'steps':>6} {'tokens':>12} {'train loss':>10} {'val loss':>9} {'tok/s':>8}  overrides"
+    header = (f"{'run':{width}} {'status':10} {'steps':>6} {'tokens':>12} {'train loss':>10} {'val loss':>9} "
+              f"{'tok/s':>8}  overrides")
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(f"{r['name']:{width}} {r['status']:10} {r['steps']:>6} {r.get('tokens', 0):>12,} "

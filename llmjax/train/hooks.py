@@ -17,7 +17,7 @@ import numpy as np
 
 from llmjax.checkpoint import CheckpointError, metadata
 from llmjax.train.evaluate import Evaluator
-from llmjax.train.preemption import EXIT_PREEMPTED
+from llmjax.errors import EXIT_PREEMPTED
 from llmjax.train.resume import state_from_checkpoint
 
 ROLLED_BACK = object()

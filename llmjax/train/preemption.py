@@ -15,8 +15,6 @@ import signal
 
 import jax
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later". Rerunning the same command resumes.
-
 
 class PreemptionFlag:
     def __init__(self):

@@ -8,8 +8,8 @@ An objective decides what a batch is and what is predicted from it. It owns
   - its loss (`loss_sums`) and its evaluation (`eval_sums`, `metrics`), as sums so that
     microbatches, devices and batches add exactly.
 Every batch has a "weights" field, the loss weight of each scored target: the step normalises
-by its sum and fault injection poisons it. The trainer calls only these, so MLM, span corruption, prefix LM or classification are new
-entries here, not changes to the trainer.
+by its sum and fault injection poisons it. The trainer calls only these, so MLM, span
+corruption, prefix LM or classification are new entries here, not changes to the trainer.
 
 This module imports no JAX: the config is built and checked with `defaults()` and `check()`;
 the implementation (`Objective.impl()`) is loaded on first use.
