@@ -2,8 +2,8 @@
 point: `llmjax-train --config=configs/imported.py:RUN --workdir NEW
 --config.checkpoint.init_from=RUN [--config.a.b=v ...]`."""
 
-from llmjax.workdir import read_config
+from llmjax.rundir import RunDir
 
 
 def get_config(workdir):
-    return read_config(workdir)
+    return RunDir(workdir).config

@@ -236,3 +236,20 @@ def test_config_command_prints_derived_figures(tmp_path):
     assert "parameters:            8,030,261,248" in result.stdout
     assert "tokens per step:       4,096" in result.stdout  # 16 sequences x 256 tokens.
     assert "tokens in the run:     40,960" in result.stdout
+
+
+def test_config_overrides_apply_to_every_run_of_a_sweep(tmp_path):
+    experiment = str(ROOT / "experiments" / "lr_sweep.py")
+    dry = subprocess.run(_sweep(tmp_path, experiment, "--dry_run", "--config.train.steps=30",
+                                "--config.model.remat=full"),
+                         cwd=ROOT, env=_sweep_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    runs = [line for line in dry.stdout.splitlines() if "learning_rate=" in line and "seed=" in line]
+    assert len(runs) == 6
+    assert all("'train.steps': 30" in line and "'model.remat': 'full'" in line for line in runs), runs
+    slurm = subprocess.run(_sweep(tmp_path, experiment, "--dry_run", "--cluster=slurm", "--config.train.steps=30"),
+                           cwd=ROOT, env=_sweep_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert "--config.train.steps=30 --run_index=$SLURM_ARRAY_TASK_ID" in slurm.stdout  # Array tasks too.
+    swept = subprocess.run(_sweep(tmp_path, experiment, "--dry_run", "--config.optimizer.learning_rate=0.1"),
+                           cwd=ROOT, env=_sweep_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert swept.returncode == 2 and "--config.optimizer.learning_rate is varied by the sweep" in swept.stderr

@@ -8,14 +8,14 @@ Hugging Face's `c_attn` (a Conv1D, [in, out]), so checkpoints convert by reshapi
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from llmjax.model.gpt2.spec import GPT2Spec
 from llmjax.model.layers.attention import causal_attention
 from llmjax.model.layers.decoder import DecoderMath
+from llmjax.model.layers.embedding import embedding, output_matrix, positions_or_default
 from llmjax.model.layers.norms import layer_norm
 from llmjax.model.layers.output import head_output
-from llmjax.model.layers.projection import Projection, residual_scale, weight_init
+from llmjax.model.layers.projection import Projection, residual_scale
 from llmjax.model.layers.stack import stack_blocks
 
 EMBED_ACT = ("activation_batch", "activation_length", "activation_embed")
@@ -70,24 +70,13 @@ class GPT2(nn.Module):
         """fp32 logits; with `with_head=False`, (final hidden states, logits_fn). Positions are
         per document (packed rows restart them), as the learned table is indexed."""
         s = self.spec
-        if positions_BT is None:
-            positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
-        embed = nn.Embed(s.vocab_size, s.d_model, dtype=s.compute_dtype, param_dtype=s.storage_dtype,
-                         embedding_init=weight_init(s, ("vocab", "embed")), name="embed")
-        position_embed = nn.Embed(s.max_seq_len, s.d_model, dtype=s.compute_dtype,
-                                  param_dtype=s.storage_dtype,
-                                  embedding_init=weight_init(s, ("position", "embed")),
-                                  name="position_embed")
-        x_BTD = embed(tokens_BT) + position_embed(positions_BT)
-        x_BTD = nn.with_logical_constraint(x_BTD, EMBED_ACT)
+        positions_BT = positions_or_default(tokens_BT, positions_BT)
+        embed = embedding(s, s.vocab_size, ("vocab", "embed"), "embed")
+        position_embed = embedding(s, s.max_seq_len, ("position", "embed"), "position_embed")
+        x_BTD = nn.with_logical_constraint(embed(tokens_BT) + position_embed(positions_BT), EMBED_ACT)
         x_BTD = stack_blocks(Block, s, x_BTD, segment_ids_BT)
         x_BTD = layer_norm(s, "final_norm")(x_BTD)
-        if s.tie_embeddings:
-            w_VD = embed.embedding
-        else:
-            w_VD = self.param("lm_head", weight_init(s, ("vocab", "embed")),
-                              (s.vocab_size, s.d_model), s.storage_dtype)
-        return head_output(x_BTD, w_VD, s, with_head)
+        return head_output(x_BTD, output_matrix(self, s, embed), s, with_head)
 
 
 MATH = DecoderMath(GPT2, GPT2Spec)

@@ -8,13 +8,13 @@ and `apply` (`llmjax.model.layers.decoder`).
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from llmjax.model.layers.attention import causal_attention
 from llmjax.model.layers.decoder import DecoderMath
+from llmjax.model.layers.embedding import embedding, output_matrix, positions_or_default
 from llmjax.model.layers.norms import rms_norm
 from llmjax.model.layers.output import head_output
-from llmjax.model.layers.projection import Projection, residual_scale, weight_init
+from llmjax.model.layers.projection import Projection, residual_scale
 from llmjax.model.layers.rope import apply_rope, rope_tables
 from llmjax.model.layers.stack import stack_blocks
 from llmjax.model.llama.spec import LlamaSpec
@@ -75,20 +75,13 @@ class Transformer(nn.Module):
     def __call__(self, tokens_BT, positions_BT, segment_ids_BT, with_head: bool = True):
         """fp32 logits; with `with_head=False`, (final hidden states, logits_fn)."""
         s = self.spec
-        if positions_BT is None:
-            positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
-        embed = nn.Embed(s.vocab_size, s.d_model, dtype=s.compute_dtype, param_dtype=s.storage_dtype,
-                         embedding_init=weight_init(s, ("vocab", "embed")), name="embed")
+        positions_BT = positions_or_default(tokens_BT, positions_BT)
+        embed = embedding(s, s.vocab_size, ("vocab", "embed"), "embed")
         x_BTD = nn.with_logical_constraint(embed(tokens_BT), EMBED_ACT)
         rope = rope_tables(positions_BT, s.head_dim, s.rope_theta)
         x_BTD = stack_blocks(Block, s, x_BTD, rope, segment_ids_BT)
         x_BTD = rms_norm(s, "final_norm")(x_BTD)
-        if s.tie_embeddings:
-            w_VD = embed.embedding
-        else:
-            w_VD = self.param("lm_head", weight_init(s, ("vocab", "embed")),
-                              (s.vocab_size, s.d_model), s.storage_dtype)
-        return head_output(x_BTD, w_VD, s, with_head)
+        return head_output(x_BTD, output_matrix(self, s, embed), s, with_head)
 
 
 MATH = DecoderMath(Transformer, LlamaSpec)
