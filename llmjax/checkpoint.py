@@ -31,6 +31,7 @@ from orbax.checkpoint.checkpoint_managers import save_decision_policy as when
 
 import llmjax
 from llmjax.parallel import distributed
+from llmjax.rundir import RunDir
 from llmjax.errors import LlmjaxError
 
 
@@ -258,7 +259,7 @@ def save_host_params(directory: Path, step: int, params: dict, meta: dict,
 
 def resolve_step(workdir: Path, step: int | None) -> int:
     """`step`, checked to exist, or the run's latest."""
-    steps = saved_steps(Path(workdir) / "checkpoints")
+    steps = saved_steps(RunDir(workdir).checkpoints)
     if not steps:
         raise CheckpointError(f"{workdir} has no checkpoints; train it first or give another --workdir.")
     if step is None:
@@ -276,7 +277,7 @@ def restore_params(workdir: Path, config, step: int) -> dict:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shapes, _ = abstract_params(config)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
-    checkpointer = Checkpointer(Path(workdir) / "checkpoints", config, read_only=True)
+    checkpointer = Checkpointer(RunDir(workdir).checkpoints, config, read_only=True)
     try:
         return jax.tree.map(np.asarray, checkpointer.restore(step, target).params)
     finally:

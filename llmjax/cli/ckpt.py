@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from llmjax.checkpoint import saved_steps
 from llmjax.cli.app import run as run_app
 from llmjax.errors import LlmjaxError
+from llmjax.rundir import RunDir
 
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for `inspect` (default: the latest).")
 
@@ -77,7 +78,7 @@ def inspect_checkpoint(directory: Path, step: int) -> str:
 def main(argv) -> None:
     if len(argv) != 3 or argv[1] not in ("list", "inspect"):
         raise app.UsageError("usage: llmjax-ckpt list|inspect WORKDIR [--step S]")
-    directory = Path(argv[2]).expanduser() / "checkpoints"
+    directory = RunDir(argv[2]).checkpoints
     if not directory.is_dir():
         raise LlmjaxError(f"{directory} does not exist; give the --workdir of a training run.")
     steps = saved_steps(directory)

@@ -119,11 +119,11 @@ def import_hf(hf_dir: Path, workdir: Path, log=print) -> Path:
         staging.mkdir()
         params = _stage(reader, maps, config.model.num_layers, staging)
         meta = metadata(0, 0, float("nan"), config, start) | {"imported_from": str(hf_dir)}
-        save_host_params(tmp / "checkpoints", 0, params, meta)
+        staged = RunDir(tmp)
+        save_host_params(staged.checkpoints, 0, params, meta)
         del params
         shutil.rmtree(staging)
-        Checkpointer(tmp / "checkpoints", config).close()  # Records the integrity manifest.
-        staged = RunDir(tmp)
+        Checkpointer(staged.checkpoints, config).close()  # Records the integrity manifest.
         staged.write_config(config)
         copy_hf_tokenizer(hf_dir, tmp)
         staged.write_imported(hf_dir, hf, dtype)

@@ -75,7 +75,7 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
                 run = todo.pop(0)
                 workdir = run_dir(sweep_dir, run)
                 workdir.mkdir(parents=True, exist_ok=True)
-                resumed = (workdir / "checkpoints").is_dir()
+                resumed = RunDir(workdir).checkpoints.is_dir()
                 log(f"{'resume' if resumed else 'start'}  {run.name}")
                 out = open(workdir / "train.log", "a")
                 process = subprocess.Popen(train_command(experiment, workdir, run.overrides),

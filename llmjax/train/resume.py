@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from llmjax.checkpoint import CheckpointError, Checkpointer, saved_steps
+from llmjax.rundir import RunDir
 from llmjax.train.state import TrainState, create_train_state
 
 
@@ -27,7 +28,7 @@ def parse_init_from(value: str) -> InitSource | None:
     if step and not step.isdigit():
         raise CheckpointError(f"config.checkpoint.init_from={value!r}: the part after @ must be a "
                               f"step number, e.g. {path}@1000.")
-    directory = Path(path).expanduser().resolve() / "checkpoints"
+    directory = RunDir(path).checkpoints
     if not directory.is_dir():
         raise CheckpointError(f"config.checkpoint.init_from={value!r}: {directory} does not exist; "
                               f"give the workdir of a run that has saved checkpoints.")
@@ -58,7 +59,7 @@ def initial_state(config, tx, target: TrainState, checkpointer: Checkpointer, lo
     if source is None:
         return create_train_state(config, tx, jax.tree.map(lambda x: x.sharding, target)), 0
     full = config.checkpoint.init_mode == "full"
-    other = Checkpointer(source.workdir / "checkpoints", config, log, read_only=True)
+    other = Checkpointer(RunDir(source.workdir).checkpoints, config, log, read_only=True)
     step = source.step if source.step is not None else other.steps()[-1]
     restored = other.restore(step, target.params, target.opt_state if full else None)
     other.close()
