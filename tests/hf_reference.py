@@ -2,9 +2,12 @@
 independent reference for interop tests.
 
   make DIR CONFIG_JSON SEED       a random LlamaForCausalLM saved with save_pretrained
+  make-gpt2 DIR CONFIG_JSON SEED  a random GPT2LMHeadModel saved with save_pretrained
   logits DIR TOKENS.npy OUT.npy   fp32 logits of DIR on the token rows
   encode DIR TEXT OUT.npy         AutoTokenizer(DIR) ids of TEXT
   greedy DIR N OUT.json TEXT...   the N tokens model.generate adds to each TEXT, greedily
+  batch COMMANDS_JSON             each [command, arg, ...] of the list in turn, in this one
+                                  process (importing transformers' models takes seconds)
 """
 
 import json
@@ -26,6 +29,19 @@ def make(directory, config_json, seed):
         for name, param in model.named_parameters():
             if "norm" in name:
                 param.uniform_(0.5, 1.5)
+    model.save_pretrained(directory, safe_serialization=True)
+
+
+def make_gpt2(directory, config_json, seed):
+    torch.manual_seed(int(seed))
+    config = transformers.GPT2Config(**json.loads(config_json))
+    model = transformers.GPT2LMHeadModel(config).to(torch.float32)
+    with torch.no_grad():  # LayerNorms start at (1, 0) and biases at 0; random ones catch a misplaced one.
+        for name, param in model.named_parameters():
+            if ".ln_" in name and name.endswith(".weight"):
+                param.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                param.normal_(0.0, 0.2)
     model.save_pretrained(directory, safe_serialization=True)
 
 
@@ -56,6 +72,13 @@ def greedy(directory, new_tokens, out_path, *texts):
         json.dump(outputs, f)
 
 
+def batch(commands_json):
+    for name, *args in json.loads(commands_json):
+        COMMANDS[name](*args)
+
+
+COMMANDS = {"make": make, "make-gpt2": make_gpt2, "logits": logits, "encode": encode,
+            "greedy": greedy, "batch": batch}
+
 if __name__ == "__main__":
-    commands = {"make": make, "logits": logits, "encode": encode, "greedy": greedy}
-    commands[sys.argv[1]](*sys.argv[2:])
+    COMMANDS[sys.argv[1]](*sys.argv[2:])

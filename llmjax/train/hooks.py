@@ -160,9 +160,9 @@ class EvalHook(Hook):
         self.writer.write(p.step, "val", p.val)
         for name, values in results.items() if len(results) > 1 else ():
             self.writer.write(p.step, f"val_{name}", values)
+        describe = self.evaluator.objective.describe
         self.log(f"step {p.step:>6}/{t.steps} | " + " | ".join(
-            f"val{'' if len(results) == 1 else ' ' + name} loss {v['loss']:.4f} ppl "
-            f"{v['perplexity']:.2f} bpb {v['bits_per_byte']:.4f}" for name, v in results.items()))
+            f"val{'' if len(results) == 1 else ' ' + name} {describe(v)}" for name, v in results.items()))
         if not self.meter.pending:  # Keep evaluation time out of the next throughput figure.
             self.meter.restart()
         return None

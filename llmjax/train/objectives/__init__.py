@@ -5,8 +5,9 @@ An objective decides what a batch is and what is predicted from it. It owns
     compiled step, the data pipeline and the benchmark read a batch's layout from;
   - its transform from packed token windows to rows (`rows`), a pure function of (seed, row
     index), so the batch of step s depends only on (data, seed, s) and resume stays exact;
-  - its loss (`loss_sums`) and its evaluation (`eval_sums`, `metrics`), as sums so that
-    microbatches, devices and batches add exactly.
+  - its loss (`loss_sums`) and its evaluation (`eval_sums`, `target_bytes`, `metrics`, and
+    `describe` for the progress line), as sums so that microbatches, devices and batches add
+    exactly.
 Every batch has a "weights" field, the loss weight of each scored target: the step normalises
 by its sum and fault injection poisons it. The trainer calls only these, so MLM, span
 corruption, prefix LM or classification are new entries here, not changes to the trainer.

@@ -58,5 +58,9 @@ class CausalLM:
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
                 "bits_per_byte": nll / math.log(2) / max(num_bytes, 1.0)}
 
+    def describe(self, values: dict[str, float]) -> str:
+        """The metrics as the progress line shows them."""
+        return f"loss {values['loss']:.4f} ppl {values['perplexity']:.2f} bpb {values['bits_per_byte']:.4f}"
+
 
 OBJECTIVE = CausalLM()
