@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, run_train, train_env
 from llmjax.data.prepare import PrepareOptions, prepare
-from llmjax.train.evaluate import metrics
+from llmjax.train.objectives.causal_lm import OBJECTIVE as CAUSAL_LM
 
 QUIET = dict(log=lambda *_: None, progress=False)
 TINY = ("--config.data.seq_len=32", "--config.train.steps=12", "--config.train.eval_every=6",
@@ -48,7 +48,7 @@ def _eval(tmp_path, *args):
 
 
 def test_bits_per_byte_definition():
-    values = metrics(nll=693.1471805599453, tokens=500, num_bytes=1000)
+    values = CAUSAL_LM.metrics((693.1471805599453, 500), num_bytes=1000)
     assert values["loss"] == pytest.approx(693.1471805599453 / 500)
     assert values["bits_per_byte"] == pytest.approx(1.0)  # 693.1 nats = 1000 bits over 1000 bytes.
     assert values["perplexity"] == pytest.approx(np.exp(values["loss"]))

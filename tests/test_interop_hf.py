@@ -11,8 +11,6 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from llmjax import model
-from llmjax.checkpoint import restore_params
 from llmjax.data.dataset import check_tokenizer
 from llmjax.data.errors import DataError
 from llmjax.data.tokenizer import train_tokenizer
@@ -23,6 +21,7 @@ from llmjax.rundir import RunDir
 
 from conftest import ROOT, run_reference, run_train
 from hf_checkpoints import HF_CONFIG as HAND_WRITTEN, make_hf_dir
+from hf_parity import CONTINUE, assert_logits_match, llmjax_logits
 
 HAND_WRITTEN_VOCAB = HAND_WRITTEN["vocab_size"]
 
@@ -33,36 +32,15 @@ HF_CONFIG = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidd
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                  rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
-CONTINUE = ("--config.data.glob=json/*.py", "--config.data.val_percent=20",
-            "--config.data.seq_len=64", "--config.train.steps=4", "--config.train.log_every=2",
-            "--config.train.eval_every=0", "--config.train.eval_batches=1",
-            "--config.train.global_batch_size=8", "--config.optimizer.warmup_steps=1",
-            "--config.checkpoint.every_steps=4", "--config.model.dtype=float32")
-
-
 def cli(module, *args):
     return subprocess.run([sys.executable, "-m", f"llmjax.cli.{module}", *map(str, args)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
-
-
-def llmjax_logits(workdir, tokens):
-    config = RunDir(workdir).config
-    config.model.dtype = "float32"
-    step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    return np.asarray(model.apply(restore_params(workdir, config, step), tokens, config=config))
 
 
 def reference_logits(python, directory, tokens, tmp_path):
     np.save(tmp_path / "tokens.npy", tokens)
     run_reference(python, "logits", directory, tmp_path / "tokens.npy", tmp_path / "logits.npy")
     return np.load(tmp_path / "logits.npy")
-
-
-def assert_logits_match(ours, theirs):
-    """1e-4 relative in fp32, measured against the logits' scale."""
-    rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
-    assert rel < 1e-4, rel
-    return rel
 
 
 @pytest.fixture(scope="module")

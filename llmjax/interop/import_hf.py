@@ -11,6 +11,7 @@ and the run directory is assembled under a temporary name and renamed into place
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -54,6 +55,14 @@ def check_tensors(reader: SafetensorsReader, maps: list[TensorMap], optional: tu
     if len(dtypes) > 1:
         raise InteropError(f"the checkpoint mixes dtypes {sorted(dtypes)}; save it in one dtype.")
     return dtypes.pop()
+
+
+def _base_model_names(reader: SafetensorsReader, maps: list[TensorMap], prefix: str) -> list[TensorMap]:
+    """A checkpoint saved from the base model names its tensors without the LM head model's
+    prefix; transformers loads either, and so does llmjax."""
+    if not prefix or any(name.startswith(prefix) for name in reader.names()):
+        return maps
+    return [dataclasses.replace(m, hf_name=m.hf_name.removeprefix(prefix)) for m in maps]
 
 
 def import_config(hf: dict, workdir: Path, adapter):
@@ -108,7 +117,8 @@ def import_hf(hf_dir: Path, workdir: Path, log=print) -> Path:
                            f"to train and sample. Save it there with AutoTokenizer.from_pretrained"
                            f"(...).save_pretrained(DIR).")
     reader = SafetensorsReader(hf_dir)
-    maps = adapter.tensor_maps(config.model)
+    maps = _base_model_names(reader, adapter.tensor_maps(config.model),
+                             getattr(adapter, "BASE_MODEL_PREFIX", ""))
     dtype = check_tensors(reader, maps, adapter.OPTIONAL_TENSORS, config.model.family)
 
     start = time.time()

@@ -6,7 +6,10 @@ through these maps without knowing the family.
 An adapter offers: MODEL_TYPE (HF's model_type), `model_overrides(hf_config) -> config.model
 fields` (refusing anything llmjax would not reproduce), `hf_config(model, dtype, special_ids)`,
 `tensor_maps(model) -> [TensorMap]`, and OPTIONAL_TENSORS (HF names some checkpoints carry
-that llmjax recomputes or ties, so their absence or presence is no error).
+that llmjax recomputes or ties, so their absence or presence is no error), and optionally
+BASE_MODEL_PREFIX (the prefix its tensor names lose when a checkpoint was saved from the base
+model rather than the LM-head model, e.g. GPT2Model's "h.0..." for GPT2LMHeadModel's
+"transformer.h.0...").
 """
 
 from __future__ import annotations
@@ -20,6 +23,15 @@ from llmjax.errors import LlmjaxError
 
 class InteropError(LlmjaxError, ValueError):
     """A checkpoint or config that cannot be converted; the message names what and why."""
+
+
+def refuse_unsupported(hf: dict, supported: dict) -> None:
+    """Refuses config.json fields set to behaviour llmjax does not implement; `supported` maps
+    each such field to the one value llmjax reproduces."""
+    for key, value in supported.items():
+        if key in hf and hf[key] != value:
+            raise InteropError(f"config.json: {key}={hf[key]!r} is not supported (llmjax has "
+                               f"{key}={value!r}).")
 
 
 @dataclasses.dataclass(frozen=True)

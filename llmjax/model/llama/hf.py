@@ -8,7 +8,7 @@ weights need no permutation: only the transposes and reshapes between torch's
 
 from __future__ import annotations
 
-from llmjax.interop.tensor_map import InteropError, TensorMap
+from llmjax.interop.tensor_map import InteropError, TensorMap, refuse_unsupported
 
 MODEL_TYPE = "llama"
 # Buffers older transformers saved (recomputed here), and the output matrix that some tied
@@ -39,10 +39,7 @@ def _rope(hf: dict) -> float:
 def model_overrides(hf: dict) -> dict:
     """`config.model` fields of an HF Llama config.json; refuses anything llmjax would not
     reproduce exactly, before a tensor is read."""
-    for key, supported in _UNSUPPORTED_IF_SET.items():
-        if key in hf and hf[key] != supported:
-            raise InteropError(f"config.json: {key}={hf[key]!r} is not supported (llmjax has "
-                               f"{key}={supported!r}).")
+    refuse_unsupported(hf, _UNSUPPORTED_IF_SET)
     missing = [key for key in _REQUIRED if key not in hf]
     if missing:
         raise InteropError(f"config.json: lacks {', '.join(missing)}; is it a complete Llama config?")

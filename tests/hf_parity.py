@@ -1,0 +1,28 @@
+"""What the parity tests of every family share: a few steps of continued training on a tiny
+corpus, llmjax's fp32 logits of a run, and the tolerance against transformers'."""
+
+import numpy as np
+
+from llmjax import model
+from llmjax.checkpoint import restore_params
+from llmjax.rundir import RunDir
+
+CONTINUE = ("--config.data.glob=json/*.py", "--config.data.val_percent=20",
+            "--config.data.seq_len=64", "--config.train.steps=4", "--config.train.log_every=2",
+            "--config.train.eval_every=0", "--config.train.eval_batches=1",
+            "--config.train.global_batch_size=8", "--config.optimizer.warmup_steps=1",
+            "--config.checkpoint.every_steps=4", "--config.model.dtype=float32")
+
+
+def llmjax_logits(workdir, tokens):
+    config = RunDir(workdir).config
+    config.model.dtype = "float32"
+    step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    return np.asarray(model.apply(restore_params(workdir, config, step), tokens, config=config))
+
+
+def assert_logits_match(ours, theirs):
+    """1e-4 relative in fp32, measured against the logits' scale."""
+    rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
+    assert rel < 1e-4, rel
+    return rel
