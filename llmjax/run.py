@@ -23,7 +23,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from llmjax import model
 from llmjax.data import pipeline
-from llmjax.model import registry
 from llmjax.parallel.mesh import build_mesh
 from llmjax.parallel.rules import AXIS_RULES, logical_to_sharding
 from llmjax.train import objectives
@@ -53,10 +52,6 @@ class Run:
     params: dict  # ShapeDtypeStructs carrying their shardings.
     tx: optax.GradientTransformation | None = None
     state: TrainState | None = None  # Abstract train state (with tx only).
-
-    @property
-    def family(self) -> registry.Family:
-        return registry.of(self.config)
 
     @property
     def objective(self):
