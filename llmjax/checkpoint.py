@@ -47,15 +47,6 @@ class Restored:
     meta: dict
 
 
-def saved_steps(directory: Path) -> list[int]:
-    """Steps of the complete checkpoints in `directory`, read from the file system alone (no
-    manager), so commands can list another run's checkpoints without touching it."""
-    if not Path(directory).is_dir():
-        return []
-    return sorted(int(p.name) for p in Path(directory).iterdir()
-                  if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
-
-
 @functools.cache
 def source_commit() -> str:
     """The git commit of the llmjax source tree, or "unknown" outside a checkout."""
@@ -255,18 +246,6 @@ def save_host_params(directory: Path, step: int, params: dict, meta: dict,
                                                meta=ocp.args.JsonSave(meta)))
     manager.wait_until_finished()
     manager.close()
-
-
-def resolve_step(workdir: Path, step: int | None) -> int:
-    """`step`, checked to exist, or the run's latest."""
-    steps = saved_steps(RunDir(workdir).checkpoints)
-    if not steps:
-        raise CheckpointError(f"{workdir} has no checkpoints; train it first or give another --workdir.")
-    if step is None:
-        return steps[-1]
-    if step not in steps:
-        raise CheckpointError(f"--step {step}: {workdir} has no checkpoint of that step; it has {steps}.")
-    return step
 
 
 def restore_params(workdir: Path, config, step: int) -> dict:

@@ -56,6 +56,15 @@ def config_from_dict(saved: dict):
     return apply_overrides(default_config(family, objective), _flatten(saved))
 
 
+def saved_steps(directory: Path) -> list[int]:
+    """Steps of the complete checkpoints in `directory`, read from the file system alone (no
+    manager), so commands can list another run's checkpoints without touching it."""
+    if not Path(directory).is_dir():
+        return []
+    return sorted(int(p.name) for p in Path(directory).iterdir()
+                  if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
+
+
 def _write_json(path: Path, value, **dump) -> None:
     """Written under a temporary name and renamed: a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
@@ -77,15 +86,18 @@ class RunDir:
         return self.path / "checkpoints"
 
     def steps(self) -> list[int]:
-        from llmjax.checkpoint import saved_steps  # noqa: PLC0415 - Orbax only when asked.
-
         return saved_steps(self.checkpoints)
 
     def resolve_step(self, step: int | None) -> int:
         """`step`, checked to exist, or the run's latest."""
-        from llmjax.checkpoint import resolve_step  # noqa: PLC0415
-
-        return resolve_step(self.path, step)
+        steps = self.steps()
+        if not steps:
+            raise WorkdirError(f"{self.given} has no checkpoints; train it first or give another --workdir.")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise WorkdirError(f"--step {step}: {self.given} has no checkpoint of that step; it has {steps}.")
+        return step
 
     # The config.
     def check(self, config) -> dict[str, tuple]:

@@ -15,6 +15,7 @@ import pytest
 from llmjax.config import ConfigError, default_config, validate
 from llmjax.flops import param_count
 from llmjax.model import registry
+from llmjax.model.family import Family
 from llmjax.model.layers.output import head_output
 from llmjax.model.layers.projection import Projection, weight_init
 from llmjax.model.spec import ModelSpec
@@ -60,7 +61,7 @@ def _bigram_params(m):
     return m.vocab_size * m.d_model + 2 * m.d_model * m.hidden
 
 
-BIGRAM = registry.Family(
+BIGRAM = Family(
     name="bigram", spec=BigramSpec, presets={}, math=_bigram_math,
     flops=types.SimpleNamespace(param_count=_bigram_params,
                                 non_embedding_params=lambda m: 2 * m.d_model * m.hidden,

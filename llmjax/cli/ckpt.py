@@ -13,10 +13,9 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from llmjax.checkpoint import saved_steps
 from llmjax.cli.app import run as run_app
 from llmjax.errors import LlmjaxError
-from llmjax.rundir import RunDir
+from llmjax.rundir import RunDir, saved_steps
 
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for `inspect` (default: the latest).")
 

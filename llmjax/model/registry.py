@@ -1,9 +1,10 @@
 """Model families by name: what `config.model.family` selects.
 
 A family is a folder under `llmjax/model/` (math, config section, FLOPs formula, Hugging Face
-adapter, presets) plus one `register` call here. Nothing in `train/`, `data/` or the checkpoint
-code names a family: they reach a model only through its `Family` entry, so a new family (or one
-defined in a test) trains with the whole trainer as soon as it is registered.
+adapter, presets) whose `FAMILY` (a `llmjax.model.family.Family`) is registered here. Nothing
+in `train/`, `data/` or the checkpoint code names a family: they reach a model only through its
+`Family` entry, so a new family (or one defined in a test) trains with the whole trainer as soon
+as it is registered.
 
 Importing this module imports no JAX: configs are built and validated from the spec, FLOPs
 formulas and presets alone, and the model code is loaded on first use (`Family.math()`).
@@ -11,37 +12,9 @@ formulas and presets alone, and the model code is loaded on first use (`Family.m
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-from types import ModuleType
-from typing import Callable, Mapping
-
 from llmjax.errors import ConfigError
-from llmjax.model.spec import ModelSpec
-
-
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """One model family.
-
-    `math()` returns the model code: a module (or any object) with `init(rng, config) -> boxed
-    params` and `apply(params, batch, *, config, with_head=True)`, where `batch` is a dict of
-    the objective's arrays and the result is fp32 logits (or, without the head, the final
-    hidden states and a function from hidden states to logits). A family that decodes with a
-    cache (`llmjax-sample`) also offers `decoder(config)`: see `llmjax/sample/cached.py`.
-    `flops` offers `param_count(model)`, `non_embedding_params(model)` and
-    `flops_per_token(model, seq_len)` of a config.model section; `hf()`, when not None, the
-    Hugging Face adapter (`llmjax/interop/` explains what it offers)."""
-    name: str
-    spec: type[ModelSpec]
-    flops: ModuleType | object
-    presets: Mapping[str, dict]
-    math: Callable[[], object]
-    hf: Callable[[], object] | None = None
-    objectives: tuple[str, ...] = ("causal_lm",)  # What it can be trained on.
-
-    def defaults(self) -> dict:
-        return self.spec.defaults() | {"family": self.name}
+from llmjax.model import gpt2, llama
+from llmjax.model.family import Family
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -89,20 +62,5 @@ def find_preset(name: str) -> tuple[Family, dict] | None:
     return None
 
 
-def lazy(module: str, attribute: str | None = None) -> Callable[[], object]:
-    """A loader that imports `module` (and takes its `attribute`) on first call: the model code
-    needs JAX, the registry does not."""
-    def load():
-        loaded = importlib.import_module(module)
-        return loaded if attribute is None else getattr(loaded, attribute)
-    return load
-
-
-def _register_builtin() -> None:
-    from llmjax.model import gpt2, llama  # noqa: PLC0415 - each folder registers itself.
-
-    for family in (llama.FAMILY, gpt2.FAMILY):
-        register(family)
-
-
-_register_builtin()
+for _builtin in (llama.FAMILY, gpt2.FAMILY):
+    register(_builtin)

@@ -9,8 +9,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from llmjax.checkpoint import CheckpointError, Checkpointer, saved_steps
-from llmjax.rundir import RunDir
+from llmjax.checkpoint import CheckpointError, Checkpointer
+from llmjax.rundir import RunDir, saved_steps
 from llmjax.train.state import TrainState, create_train_state
 
 

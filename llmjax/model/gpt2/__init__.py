@@ -6,7 +6,7 @@ presets.py its named shapes."""
 from llmjax.model.gpt2 import flops
 from llmjax.model.gpt2.presets import PRESETS
 from llmjax.model.gpt2.spec import GPT2Spec
-from llmjax.model.registry import Family, lazy
+from llmjax.model.family import Family, lazy
 
 FAMILY = Family(name="gpt2", spec=GPT2Spec, flops=flops, presets=PRESETS,
                 math=lazy("llmjax.model.gpt2.model", "MATH"), hf=lazy("llmjax.model.gpt2.hf"))

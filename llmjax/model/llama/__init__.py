@@ -5,7 +5,7 @@ its map to transformers' LlamaForCausalLM, presets.py its named shapes."""
 from llmjax.model.llama import flops
 from llmjax.model.llama.presets import PRESETS
 from llmjax.model.llama.spec import LlamaSpec
-from llmjax.model.registry import Family, lazy
+from llmjax.model.family import Family, lazy
 
 FAMILY = Family(name="llama", spec=LlamaSpec, flops=flops, presets=PRESETS,
                 math=lazy("llmjax.model.llama.model", "MATH"), hf=lazy("llmjax.model.llama.hf"))
