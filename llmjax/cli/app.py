@@ -1,6 +1,6 @@
 """What every llmjax command shares: absl startup, one clear line for any bad flag, and the one
 handler of `LlmjaxError`: whatever a command raises that the user can fix is printed as
-`error: ...` on stderr and exits with `EXIT_USER_ERROR`."""
+`error: ...` on stderr and exits with the error's exit code."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from absl import app, flags, logging
 
 from llmjax import cpu_runtime
-from llmjax.errors import EXIT_USER_ERROR, LlmjaxError
+from llmjax.errors import LlmjaxError
 from llmjax.model import registry
 
 
@@ -71,7 +71,7 @@ def _reporting_errors(main):
             return main(argv)
         except LlmjaxError as error:
             print(f"error: {error}", file=sys.stderr, flush=True)
-            sys.exit(EXIT_USER_ERROR)
+            sys.exit(error.exit_code)
     return wrapped
 
 

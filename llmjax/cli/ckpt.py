@@ -14,7 +14,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from llmjax.cli.app import run as run_app
-from llmjax.errors import LlmjaxError
+from llmjax.errors import FlagError
 from llmjax.rundir import RunDir, saved_steps
 
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for `inspect` (default: the latest).")
@@ -79,14 +79,14 @@ def main(argv) -> None:
         raise app.UsageError("usage: llmjax-ckpt list|inspect WORKDIR [--step S]")
     directory = RunDir(argv[2]).checkpoints
     if not directory.is_dir():
-        raise LlmjaxError(f"{directory} does not exist; give the --workdir of a training run.")
+        raise FlagError(f"{directory} does not exist; give the --workdir of a training run.")
     steps = saved_steps(directory)
     if argv[1] == "list":
         print(list_checkpoints(directory))
         return
     step = _STEP.value if _STEP.value is not None else (steps[-1] if steps else None)
     if step not in steps:
-        raise LlmjaxError(f"no checkpoint of step {step} in {directory}; it has {steps}.")
+        raise FlagError(f"no checkpoint of step {step} in {directory}; it has {steps}.")
     print(inspect_checkpoint(directory, step))
 
 

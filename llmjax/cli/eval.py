@@ -12,7 +12,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from llmjax.cli.app import run as run_app
-from llmjax.errors import LlmjaxError
+from llmjax.errors import FlagError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -28,7 +28,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if _BATCHES.value is not None and _BATCHES.value < 1:
-        raise LlmjaxError(f"--batches={_BATCHES.value} must be at least 1.")
+        raise FlagError(f"--batches={_BATCHES.value} must be at least 1.")
     logging.set_verbosity(logging.ERROR)  # Orbax warns that a read-only checkpoint is read-only.
     from llmjax.train.evaluate import evaluate_run  # noqa: PLC0415 - flags first, so --help is quick.
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from llmjax.cli.app import run as run_app
-from llmjax.errors import LlmjaxError
+from llmjax.errors import FlagError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to export.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -33,7 +33,7 @@ def main(argv) -> None:
     try:
         max_shard = parse_size(_MAX_SHARD.value)
     except ValueError:
-        raise LlmjaxError(f"--max_shard_size {_MAX_SHARD.value}: give a size such as 5GB or 200MB.") from None
+        raise FlagError(f"--max_shard_size {_MAX_SHARD.value}: give a size such as 5GB or 200MB.") from None
     logging.set_verbosity(logging.ERROR)  # Orbax warns that it opens the run read-only.
     export_hf(Path(_WORKDIR.value), Path(_OUT.value), _STEP.value, _DTYPE.value, max_shard)
 

@@ -22,7 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from llmjax.cli.app import load_config, run as run_app
-from llmjax.errors import LlmjaxError
+from llmjax.errors import FlagError
 from llmjax.slurm import sbatch_script
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module).")
@@ -133,20 +133,20 @@ def main(argv) -> None:
             print(script, end="")
             return
         if not shutil.which("sbatch"):
-            raise LlmjaxError("sbatch not found; run this on a SLURM login node or use --dry_run.")
+            raise FlagError("sbatch not found; run this on a SLURM login node or use --dry_run.")
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "launch.sbatch").write_text(script)
         result = subprocess.run(["sbatch", str(workdir / "launch.sbatch")], capture_output=True, text=True)
         print(result.stdout.strip() or result.stderr.strip())
         sys.exit(result.returncode)
     if not (_TPU.value and _ZONE.value):
-        raise LlmjaxError("--cluster=tpu needs --tpu_name and --zone.")
+        raise FlagError("--cluster=tpu needs --tpu_name and --zone.")
     command = tpu_command(workdir, passthrough)
     if _DRY_RUN.value:
         print(shlex.join(command))
         return
     if not shutil.which("gcloud"):
-        raise LlmjaxError("gcloud not found; install the Google Cloud CLI or use --dry_run.")
+        raise FlagError("gcloud not found; install the Google Cloud CLI or use --dry_run.")
     sys.exit(subprocess.run(command).returncode)
 
 

@@ -14,7 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from llmjax.cli.app import load_config, run as run_app
-from llmjax.errors import LlmjaxError
+from llmjax.errors import FlagError
 from llmjax.plan import TARGETS
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module).")
@@ -32,7 +32,7 @@ def main(argv) -> None:
     sizes = [config.mesh.ici[a] * config.mesh.dcn[a] for a in MESH_AXES]
     devices = _DEVICES.value or (math.prod(sizes) if min(sizes) > 0 else None)
     if devices is None:
-        raise LlmjaxError("the mesh has a -1 axis; give the job's size with --devices=N.")
+        raise FlagError("the mesh has a -1 axis; give the job's size with --devices=N.")
     # Fake CPU devices stand in for the target's; this must precede JAX's first import.
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     os.environ["JAX_PLATFORMS"] = "cpu"

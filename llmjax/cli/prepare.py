@@ -11,7 +11,7 @@ from pathlib import Path
 from absl import app, flags
 
 from llmjax.cli.app import run as run_app
-from llmjax.errors import LlmjaxError
+from llmjax.errors import FlagError
 from llmjax.data.prepare import PrepareOptions, prepare
 
 _INPUT = flags.DEFINE_multi_string("input", None, "A file, directory or glob pattern of .txt / .jsonl / "
@@ -36,9 +36,9 @@ def main(argv) -> None:
     for name, value in (("vocab_size", _VOCAB_SIZE.value), ("shard_mb", _SHARD_MB.value),
                         ("tokenizer_sample_mb", _SAMPLE_MB.value)):
         if value <= 0:
-            raise LlmjaxError(f"--{name}={value} must be positive.")
+            raise FlagError(f"--{name}={value} must be positive.")
     if not 0 <= _VAL_PERCENT.value < 100 or _WORKERS.value < 0 or _MAX_FILES.value < 0:
-        raise LlmjaxError("--val_percent must be in [0, 100); --workers and --max_files must be >= 0.")
+        raise FlagError("--val_percent must be in [0, 100); --workers and --max_files must be >= 0.")
     options = PrepareOptions(
         inputs=tuple(_INPUT.value), pattern=_PATTERN.value, text_field=_TEXT_FIELD.value,
         tokenizer=_TOKENIZER.value, vocab_size=_VOCAB_SIZE.value, tokenizer_sample_mb=_SAMPLE_MB.value,

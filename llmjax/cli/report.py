@@ -7,7 +7,7 @@ from pathlib import Path
 from absl import app
 
 from llmjax.cli.app import run as run_app
-from llmjax.errors import LlmjaxError
+from llmjax.errors import FlagError
 
 
 def main(argv) -> None:
@@ -17,7 +17,7 @@ def main(argv) -> None:
 
     sweep_dir = Path(argv[1]).expanduser()
     if not (sweep_dir / "sweep.json").exists():
-        raise LlmjaxError(f"{sweep_dir} has no sweep.json; give the --workdir of an llmjax-sweep.")
+        raise FlagError(f"{sweep_dir} has no sweep.json; give the --workdir of an llmjax-sweep.")
     text, plots = report(sweep_dir)
     print(text)
     print("\nplots:\n" + "\n".join(f"  {p}" for p in plots))

@@ -13,7 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from llmjax.cli.app import config_overrides, run as run_app
-from llmjax.errors import LlmjaxError
+from llmjax.errors import FlagError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; runs go to WORKDIR/runs/NAME.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the runs (and the SLURM script) only.")
@@ -43,7 +43,7 @@ def main(argv) -> None:
     base, runs, sweep = plan(experiment, jax.device_count(), overrides)
     if _RUN_INDEX.value is not None:
         if not 0 <= _RUN_INDEX.value < len(runs):
-            raise LlmjaxError(f"--run_index={_RUN_INDEX.value}: the sweep has {len(runs)} runs.")
+            raise FlagError(f"--run_index={_RUN_INDEX.value}: the sweep has {len(runs)} runs.")
         runs = [runs[_RUN_INDEX.value]]
     if _DRY_RUN.value:
         print(f"base config of {experiment}:\n{base}")
@@ -62,7 +62,7 @@ def main(argv) -> None:
         path = sweep_dir / "sweep.sbatch"
         path.write_text(script)
         if not shutil.which("sbatch"):
-            raise LlmjaxError(f"sbatch not found on this machine; the script is at {path}.")
+            raise FlagError(f"sbatch not found on this machine; the script is at {path}.")
         print(subprocess.run(["sbatch", str(path)], check=True, capture_output=True, text=True).stdout)
         return
     if _DRY_RUN.value:

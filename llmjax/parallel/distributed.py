@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax
 
-from llmjax.errors import LlmjaxError
+from llmjax.errors import FlagError
 
 
 def initialize(coordinator_address: str | None, num_processes: int, process_id: int | None,
@@ -25,7 +25,7 @@ def initialize(coordinator_address: str | None, num_processes: int, process_id: 
         jax.distributed.initialize(initialization_timeout=300, heartbeat_timeout_seconds=60)
         return
     if process_id is None or not coordinator_address:
-        raise LlmjaxError("--num_processes > 1 needs --coordinator_address=HOST:PORT and "
+        raise FlagError("--num_processes > 1 needs --coordinator_address=HOST:PORT and "
                          "--process_id (0 for the coordinator) on every process.")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id, initialization_timeout=120,
