@@ -67,8 +67,16 @@ def test_sharded_step_matches_single_device(mesh, family):
     losses_1, state_1 = run_steps(single, batches, jax.devices()[:1])
     losses_8, state_8 = run_steps(sharded, batches, jax.devices())
     np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 jax.device_get(state_8.params), jax.device_get(state_1.params))
+    params_8, params_1 = (jax.tree.map(np.array, jax.device_get(s.params)) for s in (state_8, state_1))
+    if family == "gpt2":
+        # The key bias adds the same q.b_k to every score of a row, which softmax ignores: its
+        # gradient is 0 up to rounding, and Adam turns that rounding (which depends on the
+        # mesh's reduction order) into steps of either sign. It must stay rounding-sized.
+        for params in (params_8, params_1):
+            key_bias = params["layers"]["attention"]["qkv"]["bias"][:, 1]
+            assert np.abs(key_bias).max() < 1e-4
+            params["layers"]["attention"]["qkv"]["bias"][:, 1] = 0.0
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params_8, params_1)
     # The layout follows the rules table: [layers, embed -> fsdp, mlp -> tensor].
     gate = state_8.params["layers"]["mlp"][FIRST_MLP_KERNEL[family]]["kernel"]
     assert gate.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
