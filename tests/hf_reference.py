@@ -6,6 +6,8 @@ independent reference for interop tests.
   logits DIR TOKENS.npy OUT.npy   fp32 logits of DIR on the token rows
   encode DIR TEXT OUT.npy         AutoTokenizer(DIR) ids of TEXT
   greedy DIR N OUT.json TEXT...   the N tokens model.generate adds to each TEXT, greedily
+  lstm IN.npz OUT.npy             torch.nn.LSTM's outputs [B, T, out] of IN's inputs "x" with
+                                  IN's weights (torch's names: weight_ih_l0, ...)
   batch COMMANDS_JSON             each [command, arg, ...] of the list in turn, in this one
                                   process (importing transformers' models takes seconds)
 """
@@ -72,13 +74,26 @@ def greedy(directory, new_tokens, out_path, *texts):
         json.dump(outputs, f)
 
 
+def lstm(in_path, out_path):
+    arrays = dict(np.load(in_path))
+    x = torch.from_numpy(arrays.pop("x"))
+    layers = 1 + max(int(name.rsplit("_l", 1)[1]) for name in arrays)
+    hidden = arrays["weight_hh_l0"].shape[0] // 4
+    proj = arrays["weight_hr_l0"].shape[0] if "weight_hr_l0" in arrays else 0
+    module = torch.nn.LSTM(x.shape[-1], hidden, num_layers=layers, proj_size=proj, batch_first=True)
+    module.load_state_dict({name: torch.from_numpy(value) for name, value in arrays.items()})
+    with torch.no_grad():
+        out, _ = module(x)
+    np.save(out_path, out.numpy())
+
+
 def batch(commands_json):
     for name, *args in json.loads(commands_json):
         COMMANDS[name](*args)
 
 
 COMMANDS = {"make": make, "make-gpt2": make_gpt2, "logits": logits, "encode": encode,
-            "greedy": greedy, "batch": batch}
+            "greedy": greedy, "lstm": lstm, "batch": batch}
 
 if __name__ == "__main__":
     COMMANDS[sys.argv[1]](*sys.argv[2:])

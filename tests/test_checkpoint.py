@@ -77,7 +77,8 @@ def assert_same_run(resumed, reference, rtol=0.0):
 
 @pytest.mark.parametrize("config, microbatches, sig", [("configs/tiny.py", 1, signal.SIGTERM),
                                                        ("configs/tiny.py", 2, signal.SIGINT),
-                                                       ("configs/gpt2_tiny.py", 1, signal.SIGTERM)])
+                                                       ("configs/gpt2_tiny.py", 1, signal.SIGTERM),
+                                                       ("configs/lstm_tiny.py", 1, signal.SIGTERM)])
 def test_preempted_run_continues_bit_identically(tmp_path, config, microbatches, sig):
     overrides = ("--config.train.steps=60", "--config.train.log_every=1",
                  "--config.checkpoint.every_steps=10", f"--config.train.microbatches={microbatches}")

@@ -13,7 +13,7 @@ from llmjax.run import bootstrap
 from llmjax.train.objectives.cross_entropy import chunked_cross_entropy_sums, cross_entropy_sums
 from llmjax.train.optimizer import build_optimizer, learning_rate_schedule, weight_decay_mask
 
-from conftest import FAMILIES, make_tiny_config
+from conftest import FAMILIES, TRANSFORMERS, make_tiny_config
 
 
 def random_batch(config, seed=0):
@@ -41,7 +41,10 @@ def run_steps(config, batches, devices=None):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_overfits_one_batch(family):
     config = make_tiny_config(family)
-    config.optimizer.update(schedule="constant", warmup_steps=0, weight_decay=0.0)
+    # A 32-unit LSTM memorises random tokens through its state alone, not by attending back:
+    # at the transformers' 1e-2 it needs twice the steps (0.29 after 160), at 3e-2 it gets there in 80.
+    config.optimizer.update(schedule="constant", warmup_steps=0, weight_decay=0.0,
+                            learning_rate=3e-2 if family == "lstm" else 1e-2)
     batch = random_batch(config)
     losses, _ = run_steps(config, [batch] * 80, jax.devices()[:1])
     assert losses[0] > 0.9 * np.log(config.model.vocab_size)
@@ -53,7 +56,7 @@ EIGHT_HEADS = {"llama": dict(num_heads=8, num_kv_heads=8, head_dim=4), "gpt2": d
 FIRST_MLP_KERNEL = {"llama": "gate", "gpt2": "fc"}  # [embed, mlp] in both families.
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TRANSFORMERS)
 @pytest.mark.parametrize("mesh", [dict(data=8), dict(fsdp=8), dict(tensor=8),
                                   dict(data=2, fsdp=2, tensor=2), dict(fsdp=4, tensor=2),
                                   dict(data=2, sequence=4), dict(fsdp=2, sequence=2, tensor=2)])

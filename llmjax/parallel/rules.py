@@ -22,6 +22,9 @@ AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("mlp", "tensor"),
     ("norm", None),
     ("layers", None),
+    ("gates", None),  # Input/forget/cell/output index of an LSTM's gate kernels.
+    ("lstm_in", "fsdp"),  # An LSTM layer's input or output width after the first layer.
+    ("lstm_hidden", None),  # LSTM hidden units: the recurrence needs them whole at every step.
     # Activations.
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", "sequence"),

@@ -14,7 +14,9 @@ from llmjax.parallel.rules import AXIS_RULES
 
 # Axis of the batch in each cache leaf, counted from the end (a scanned stack adds a leading
 # layer axis, so counting from the front would depend on config.model.scan_layers).
-_BATCH_AXIS_FROM_END = {"cached_key": 4, "cached_value": 4, "cached_segment_ids": 2}
+_BATCH_AXIS_FROM_END = {"cached_key": 4, "cached_value": 4, "cached_segment_ids": 2,
+                        # A recurrent family's state in place of keys and values (LSTM).
+                        "recurrent_h": 2, "recurrent_c": 2, "recurrent_segment": 1}
 
 
 def inference_decoder(config):
