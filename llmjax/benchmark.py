@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from llmjax import flops
+from llmjax.model import registry
 from llmjax.presets import compose
 from llmjax.run import bootstrap
 from llmjax.train.objectives import fields
@@ -30,6 +31,8 @@ BENCHMARKS = {
                               "model.fp32_logits": False, "model.scan_layers": False}),
     # The default training run's shape, for quick checks.
     "5m": ("5m", {"data.seq_len": 256, "train.global_batch_size": 16}),
+    # The LSTM baseline at the default run's shape (scripts/bench_lstm.py times it against torch).
+    "lstm-5m": ("lstm-5m", {"data.seq_len": 256, "train.global_batch_size": 16}),
     # Seconds, for tests of the benchmark itself.
     "tiny": ("tiny", {"data.seq_len": 64, "train.global_batch_size": 8}),
 }
@@ -37,8 +40,9 @@ BENCHMARKS = {
 
 def benchmark_config(name: str, overrides: dict | None = None):
     preset, settings = BENCHMARKS[name]
-    return compose(preset, overrides={"train.steps": 1000, "model.remat": "none"} | settings
-                   | (overrides or {}))
+    family, shape = registry.find_preset(preset)
+    no_remat = {"model.remat": "none"} if "remat" in family.defaults() else {}
+    return compose(preset, overrides={"train.steps": 1000, **no_remat} | settings | (overrides or {}))
 
 
 def synthetic_batch(run, seed: int = 0) -> dict:

@@ -23,13 +23,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from llmjax import model
 from llmjax.data import pipeline
+from llmjax.errors import LlmjaxError
 from llmjax.parallel.mesh import build_mesh
 from llmjax.parallel.rules import AXIS_RULES, logical_to_sharding
 from llmjax.train import objectives
 from llmjax.train.objectives.fields import Field, abstract_batch
 from llmjax.train.optimizer import build_optimizer
 from llmjax.train.state import TrainState, create_train_state
-from llmjax.train.step import eval_step, train_step
+from llmjax.train.step import eval_step, position_eval_step, train_step
 
 
 def abstract_params(config):
@@ -90,10 +91,15 @@ class Run:
         with self.context():
             return step.lower(self.state, abstract_batch(self.batch_fields(), self.sharding))
 
-    def compile_eval_step(self, batch_size: int | None = None):
-        """The eval step compiled for the abstract params: the objective's evaluation sums."""
+    def compile_eval_step(self, batch_size: int | None = None, per_position: bool = False):
+        """The eval step compiled for the abstract params: the objective's evaluation sums
+        (with `per_position`, its sums per position in the context instead)."""
         shardings = jax.tree.map(lambda x: x.sharding, self.params)
-        evaluate = jax.jit(functools.partial(eval_step, config=self.config),
+        step = position_eval_step if per_position else eval_step
+        if per_position and not hasattr(self.objective, "position_sums"):
+            raise LlmjaxError(f"objective {self.objective.name} has no per-position losses; "
+                              f"evaluate without --per_position.")
+        evaluate = jax.jit(functools.partial(step, config=self.config),
                            in_shardings=(shardings, self.batch_shardings(batch_size)),
                            out_shardings=NamedSharding(self.mesh, PartitionSpec()))
         with self.context():

@@ -7,7 +7,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_train, train_env
+import flax.linen as nn
+import jax
+
+from conftest import ROOT, make_tiny_config, run_train, train_env
+from llmjax import model
+from test_train_step import random_batch
 from llmjax.data.prepare import PrepareOptions, prepare
 from llmjax.train.objectives.causal_lm import OBJECTIVE as CAUSAL_LM
 
@@ -54,6 +59,22 @@ def test_bits_per_byte_definition():
     assert values["perplexity"] == pytest.approx(np.exp(values["loss"]))
 
 
+def test_position_sums_split_the_loss_by_position_in_the_document():
+    config = make_tiny_config()
+    params = nn.unbox(model.init(jax.random.key(0), config))
+    batch = random_batch(config)  # Two documents per row: positions 0..7, then 0..7 again.
+    batch["weights"][0, 3] = 0.0
+    nll, tokens = CAUSAL_LM.position_sums(params, batch, config=config)
+    logits = model.apply(params, batch["inputs"], batch["positions"], batch["segment_ids"], config=config)
+    per_token = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), batch["targets"][..., None], -1)[..., 0]
+    expected = np.zeros(16)
+    np.add.at(expected, batch["positions"], per_token * batch["weights"])
+    np.testing.assert_allclose(nll, expected, rtol=1e-5)
+    assert tokens.tolist() == [16] * 3 + [15] + [16] * 4 + [0] * 8
+    total, count = CAUSAL_LM.eval_sums(params, batch, config=config)
+    assert float(np.sum(nll)) == pytest.approx(float(total), rel=1e-5) and float(np.sum(tokens)) == float(count)
+
+
 @pytest.mark.slow
 def test_mixture_training_then_standalone_eval_reproduces_the_run(tmp_path, datasets):
     run = tmp_path / "run"
@@ -67,10 +88,16 @@ def test_mixture_training_then_standalone_eval_reproduces_the_run(tmp_path, data
         pytest.approx(final["val"]["bits_per_byte"])
     assert (run / "tokenizer.json").read_bytes() == (datasets["code"] / "tokenizer.json").read_bytes()
 
-    result = _eval(tmp_path, f"--workdir={run}", f"--out={tmp_path / 'eval.json'}")
+    result = _eval(tmp_path, f"--workdir={run}", f"--out={tmp_path / 'eval.json'}", "--per_position")
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "eval.json").read_text())
     assert results["step"] == 12
+    assert "| code | loss at position 0: " in result.stdout
+    for name in ("code", "prose"):  # The per-position losses are the same tokens' loss, split up.
+        curve = results["per_position"][name]
+        assert len(curve["loss"]) == 32
+        pooled = sum(loss * n for loss, n in zip(curve["loss"], curve["tokens"]) if n) / sum(curve["tokens"])
+        assert pooled == pytest.approx(results["results"][name]["loss"], rel=1e-5)
     for name in ("code", "prose", "all"):
         expected = final["val" if name == "all" else f"val_{name}"]
         for key in ("loss", "perplexity", "bits_per_byte"):

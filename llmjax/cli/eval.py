@@ -1,7 +1,8 @@
-"""`llmjax-eval --workdir RUN [--step S] [--data DIR[,DIR...]] [--batches N] [--out FILE]`.
+"""`llmjax-eval --workdir RUN [--step S] [--data DIR[,DIR...]] [--batches N] [--out FILE] [--per_position]`.
 
 Evaluates any saved checkpoint on held-out data without touching the run: loss, perplexity
-and bits per byte, per dataset. Without --data, the run's own validation split.
+and bits per byte, per dataset. Without --data, the run's own validation split. With
+--per_position (and --out), also the loss at each position in the context.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ _DATA = flags.DEFINE_string("data", "", "Datasets to evaluate on, comma-separate
 _BATCHES = flags.DEFINE_integer("batches", None, "Validation batches per dataset (default: the run's "
                                 "train.eval_batches).")
 _OUT = flags.DEFINE_string("out", "", "Also write the results to this JSON file.")
+_PER_POSITION = flags.DEFINE_boolean("per_position", False, "Also the loss at each position in the "
+                                     "context (0 .. data.seq_len-1), written to --out.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -32,14 +35,23 @@ def main(argv) -> None:
     logging.set_verbosity(logging.ERROR)  # Orbax warns that a read-only checkpoint is read-only.
     from llmjax.train.evaluate import evaluate_run  # noqa: PLC0415 - flags first, so --help is quick.
 
-    results = evaluate_run(_WORKDIR.value, _STEP.value, _DATA.value, _BATCHES.value, log=print)
-    step = results.pop("step")
+    if _PER_POSITION.value and not _OUT.value:
+        raise FlagError("--per_position writes its losses to the JSON file of --out; give one.")
+    results = evaluate_run(_WORKDIR.value, _STEP.value, _DATA.value, _BATCHES.value, log=print,
+                           per_position=_PER_POSITION.value)
+    step, positions = results.pop("step"), results.pop("per_position", {})
     for name, values in results.items():
         print(f"step {step} | {name} | loss {values['loss']:.4f} | ppl {values['perplexity']:.2f} "
               f"| bits/byte {values['bits_per_byte']:.4f}")
+    for name, curve in positions.items():
+        shown = [p for p in (0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 1023) if p < len(curve["loss"])]
+        print(f"step {step} | {name} | loss at position " + ", ".join(f"{p}: {curve['loss'][p]:.3f}" for p in shown))
     if _OUT.value:
-        Path(_OUT.value).write_text(json.dumps({"workdir": _WORKDIR.value, "step": step, "results": results},
-                                               indent=1))
+        out = Path(_OUT.value)
+        partial = out.with_name(out.name + ".partial")  # Never a half-written file at --out.
+        partial.write_text(json.dumps({"workdir": _WORKDIR.value, "step": step, "results": results,
+                                       **({"per_position": positions} if positions else {})}, indent=1))
+        partial.replace(out)
 
 
 def run() -> None:

@@ -53,14 +53,26 @@ class Evaluator:
             results["all"] = self.objective.metrics(pooled_sums, pooled_bytes)
         return results
 
+    def per_position(self, position_fn, params) -> dict[str, dict[str, list]]:
+        """{dataset name: {"loss": mean NLL at each position, "tokens": tokens scored there}}
+        from a step compiled with `per_position=True`."""
+        results = {}
+        for name, batches, _ in self.sets:
+            nll, tokens = np.sum(jax.device_get([position_fn(params, batch) for batch in batches]), axis=0)
+            loss = np.where(tokens > 0, nll / np.maximum(tokens, 1.0), np.nan)
+            results[name] = {"loss": [round(float(x), 6) for x in loss], "tokens": [int(x) for x in tokens]}
+        return results
+
     @staticmethod
     def headline(results: dict[str, dict[str, float]]) -> dict[str, float]:
         return results.get("all") or next(iter(results.values()))
 
 
-def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, log=print) -> dict:
+def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, log=print,
+                 per_position: bool = False) -> dict:
     """Evaluates a run's checkpoint (`step`, or the latest) on the held-out split of `data`
-    (comma-separated datasets; the run's own when empty): {"step": S, dataset name: metrics}.
+    (comma-separated datasets; the run's own when empty): {"step": S, dataset name: metrics},
+    and with `per_position` also {"per_position": {dataset name: Evaluator.per_position}}.
     Uses every device as one data-parallel mesh, whatever mesh the run trained on."""
     run_dir = RunDir(workdir)
     config = run_dir.config
@@ -78,8 +90,12 @@ def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, 
     check_tokenizer(run_dir.path, datasets[0][0].tokenizer)
     run = bootstrap(config, train=False)  # Parameters only: no optimizer is built.
     eval_fn = run.compile_eval_step()
+    position_fn = run.compile_eval_step(per_position=True) if per_position else None
     evaluator = Evaluator(datasets, run, batch_size, max_batches or config.train.eval_batches)
     checkpointer = Checkpointer(run_dir.checkpoints, config, log, read_only=True)
     params = checkpointer.restore(step, run.params).params
     checkpointer.close()
-    return {"step": step, **evaluator(eval_fn, params)}
+    results = {"step": step, **evaluator(eval_fn, params)}
+    if position_fn is not None:
+        results["per_position"] = evaluator.per_position(position_fn, params)
+    return results

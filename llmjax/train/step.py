@@ -71,3 +71,8 @@ def train_step(state: TrainState, batch, *, config, tx: optax.GradientTransforma
 def eval_step(params, batch, *, config):
     """The objective's evaluation sums of one batch; sums, so batches add exactly."""
     return objectives.of(config).impl().eval_sums(params, batch, config=config)
+
+
+def position_eval_step(params, batch, *, config):
+    """The objective's per-position evaluation sums of one batch (see CausalLM.position_sums)."""
+    return objectives.of(config).impl().position_sums(params, batch, config=config)

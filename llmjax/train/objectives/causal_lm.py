@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 
+import jax
+
 from llmjax.model import registry
-from llmjax.train.objectives.cross_entropy import chunked_cross_entropy_sums, cross_entropy_sums
+from llmjax.train.objectives.cross_entropy import chunked_cross_entropy_sums, cross_entropy_sums, token_nll
 from llmjax.train.objectives.fields import ROW_AXES, Field
 
 
@@ -45,6 +47,20 @@ class CausalLM:
         """(sum of NLL, number of scored tokens); sums, so batches add exactly."""
         nll, _, count = self.loss_sums(params, batch, config=config, z_loss=0.0)
         return nll, count
+
+    def position_sums(self, params, batch, *, config):
+        """(NLL sum [L], scored tokens [L]) by the number of tokens of its own document the
+        model has seen when predicting a target (its position), L = data.seq_len: the loss
+        against context length (Kaplan et al. 2020, figure 7). Per document rather than per
+        column of the packed row, since neither attention nor a recurrent state sees past a
+        document's start."""
+        logits = registry.of(config).math().apply(params, batch, config=config)
+        nll_BT, _ = token_nll(logits, batch["targets"])
+        length = config.data.seq_len
+        positions = jax.numpy.clip(batch["positions"], 0, length - 1).reshape(-1)
+        weights = batch["weights"].reshape(-1)
+        return (jax.ops.segment_sum((nll_BT.reshape(-1) * weights), positions, length),
+                jax.ops.segment_sum(weights, positions, length))
 
     def target_bytes(self, host_batch, token_bytes) -> float:
         """UTF-8 bytes the scored targets stand for (for bits per byte)."""
