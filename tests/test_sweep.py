@@ -97,9 +97,11 @@ def test_bad_sweeps_are_refused_before_any_run(tmp_path, sweep, message):
 
 
 def test_shipped_experiments_plan(tmp_path):
-    for name, count in (("default", 1), ("lr_sweep", 6), ("scaling_ladder", 4)):
+    for name, count in (("default", 1), ("lr_sweep", 6), ("scaling_ladder", 4), ("families", 6)):
         _, runs, _ = plan(str(ROOT / "experiments" / f"{name}.py"), 1)
         assert len(runs) == count
+    _, families, _ = plan(str(ROOT / "experiments" / "families.py"), 1)
+    assert [r.name for r in families] == [f"config={f}-{s}" for s in ("small", "base") for f in ("llama", "gpt2", "lstm")]
     _, ladder, sweep = plan(str(ROOT / "experiments" / "scaling_ladder.py"), 1)
     assert sweep["scaling"] is True
     steps = [r.overrides["train.steps"] for r in ladder]
@@ -211,6 +213,55 @@ def test_scaling_report_fits_the_ladder(tmp_path):
     assert "scaling: final val loss ~ compute^-0.050 (fitted over 3 runs)" in text
     assert [p.name for p in plots] == ["loss_curves.png", "scaling.png"]
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+FAMILIES_EXPERIMENT = """
+from llmjax.presets import compose
+
+def get_config(arg="tiny"):
+    return compose(arg, data="stdlib_json", overrides={
+        "data.seq_len": 32, "train.steps": 6, "train.global_batch_size": 4, "train.log_every": 3,
+        "train.eval_every": 6, "train.eval_batches": 1, "checkpoint.every_steps": 6,
+        "optimizer.warmup_steps": 2})
+
+def get_sweep():
+    return {"runs": [{"config": "tiny"}, {"config": "lstm-tiny"}], "families": True, "per_position": True}
+"""
+
+
+@pytest.mark.slow
+def test_families_sweep_reports_each_family_and_its_loss_by_position(tmp_path):
+    from llmjax.sweep.report import report  # noqa: PLC0415
+
+    experiment = tmp_path / "families.py"
+    experiment.write_text(FAMILIES_EXPERIMENT)
+    result = subprocess.run(_sweep(tmp_path, str(experiment)), cwd=ROOT, env=_sweep_env(tmp_path),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir = tmp_path / "sweep"
+    for name, family in (("config=tiny", "llama"), ("config=lstm-tiny", "lstm")):
+        assert json.loads((sweep_dir / "runs" / name / "config.json").read_text())["model"]["family"] == family
+    logged = []
+    text, plots = report(sweep_dir, log=logged.append)
+    assert sorted(logged) == ["evaluating per-position losses of config=lstm-tiny ...",
+                              "evaluating per-position losses of config=tiny ..."]
+    family_lines = {line.split()[0]: line.split() for line in text.splitlines()
+                    if line.split()[:1] in (["llama"], ["lstm"])}
+    for family, name in (("llama", "config=tiny"), ("lstm", "config=lstm-tiny")):
+        summary = json.loads((sweep_dir / "runs" / name / "summary.json").read_text())
+        assert float(family_lines[family][3]) == pytest.approx(summary["final_val_loss"], abs=1e-4)
+        evaluated = json.loads((sweep_dir / "runs" / name / "per_position.json").read_text())
+        curve = evaluated["per_position"]["stdlib"]
+        # The per-position losses pool to the loss of the same evaluation (whose batch size is
+        # rounded up to this process's 8 devices, so its batches are not the run's own).
+        pooled = sum(loss * n for loss, n in zip(curve["loss"], curve["tokens"]) if n) / sum(curve["tokens"])
+        assert evaluated["step"] == 6 and len(curve["loss"]) == 32
+        assert pooled == pytest.approx(evaluated["results"]["stdlib"]["loss"], rel=1e-5)
+    assert [p.name for p in plots][-2:] == ["loss_vs_compute_by_family.png", "loss_by_position.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    again = []
+    report(sweep_dir, log=again.append)
+    assert again == []  # Evaluated once; the report reads per_position.json after that.
 
 
 def test_slurm_array_script(tmp_path):

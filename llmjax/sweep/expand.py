@@ -5,9 +5,15 @@ An experiment is a Python file with `get_config()` (the base config) and, option
   grid:       {dotted key: [values]}            every combination
   random:     {dotted key: (kind, low, high)}   `num_random` draws, kind "uniform" | "log_uniform"
               or {dotted key: [choices]}         (seeded by `random_seed`)
-  runs:       [{dotted key: value, ...}]         explicit runs (e.g. a model-size ladder)
+  runs:       [{dotted key: value, ...}]         explicit runs (e.g. a model-size ladder); the
+              key "config" is the argument of the run's `get_config(arg)` (ml_collections'
+              `--config=FILE:ARG`), for runs whose base differs beyond overrides, e.g. another
+              model family, whose config.model has other fields
   seeds:      [0, 1, ...]                       every run above, once per seed
   scaling:    True                              the report fits loss against compute
+  families:   True                              the report compares model families (per family
+                                                and size; llmjax/sweep/families.py)
+  per_position: True                            ... and plots the loss at each context position
 Runs combine as (grid x random draws, or explicit runs) x seeds.
 """
 
@@ -33,6 +39,9 @@ class SweepError(LlmjaxError, ValueError):
 class Run:
     name: str
     overrides: dict
+
+
+CONFIG_ARG = "config"  # The run field that is get_config's argument, not a dotted key.
 
 
 def load_experiment(path: str):
@@ -64,7 +73,8 @@ def expand(sweep: dict | None) -> list[dict]:
     """The override dicts of every run, in a stable order."""
     if not sweep:
         return [{}]
-    known = {"grid", "random", "num_random", "random_seed", "runs", "seeds", "scaling"}
+    known = {"grid", "random", "num_random", "random_seed", "runs", "seeds", "scaling", "families",
+             "per_position"}
     if unknown := set(sweep) - known:
         raise SweepError(f"sweep has unknown fields {sorted(unknown)}; allowed: {sorted(known)}.")
     grid = sweep.get("grid", {})
@@ -109,7 +119,7 @@ def plan(path: str, device_count: int, overrides: dict | None = None) -> tuple[o
     a wrong type or two runs sharing a directory stop the sweep before anything runs.
     `overrides` (from the command line's --config.KEY=VALUE) apply to every run; a key the
     sweep itself varies is refused, since the sweep would silently override it."""
-    _, base, sweep = load_experiment(path)
+    module, base, sweep = load_experiment(path)
     overrides = overrides or {}
     combos = expand(sweep)
     if clash := sorted({k for c in combos for k in c} & set(overrides)):
@@ -119,12 +129,14 @@ def plan(path: str, device_count: int, overrides: dict | None = None) -> tuple[o
     keys = list(dict.fromkeys(k for c in combos for k in c))
     resolved = []
     for overrides in combos:
+        dotted = {k: v for k, v in overrides.items() if k != CONFIG_ARG}
         try:
-            config = apply_overrides(base, overrides)
+            config = apply_overrides(module.get_config(overrides[CONFIG_ARG]) if CONFIG_ARG in overrides
+                                     else base, dotted)
             validate(config, device_count)
         except ConfigError as error:
             raise SweepError(f"run {overrides}: {error}") from None
-        resolved.append({k: _lookup(config, k) for k in keys})
+        resolved.append({k: overrides[k] if k == CONFIG_ARG else _lookup(config, k) for k in keys})
     varying = [k for k in keys if len({repr(r[k]) for r in resolved}) > 1]
     runs = [Run(run_name(values, varying), overrides) for values, overrides in zip(resolved, combos)]
     names = [r.name for r in runs]

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from llmjax.sweep.expand import Run
+from llmjax.sweep.expand import CONFIG_ARG, Run
 from llmjax.errors import EXIT_PREEMPTED
 from llmjax.rundir import RunDir
 from llmjax.slurm import sbatch_script
@@ -27,8 +27,9 @@ def _value(value) -> str:
 
 
 def train_command(experiment: str, workdir: Path, overrides: dict) -> list[str]:
-    return [sys.executable, "-m", "llmjax.cli.train", f"--config={experiment}",
-            f"--workdir={workdir}", *(f"--config.{k}={_value(v)}" for k, v in overrides.items())]
+    config = f"{experiment}:{overrides[CONFIG_ARG]}" if CONFIG_ARG in overrides else experiment
+    return [sys.executable, "-m", "llmjax.cli.train", f"--config={config}", f"--workdir={workdir}",
+            *(f"--config.{k}={_value(v)}" for k, v in overrides.items() if k != CONFIG_ARG)]
 
 
 def run_dir(sweep_dir: Path, run: Run) -> Path:

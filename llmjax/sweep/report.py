@@ -16,6 +16,7 @@ import numpy as np
 
 from llmjax import flops
 from llmjax.rundir import RunDir
+from llmjax.sweep import families
 
 
 def _records(workdir: Path) -> list[dict]:
@@ -47,6 +48,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
                "status": RunDir(workdir).status()["state"], "steps": train[-1]["step"] if train else 0,
                "train_loss": train[-1]["loss"] if train else math.nan,
                "val_loss": val[-1]["loss"] if val else math.nan,
+               "val_bpb": val[-1].get("bits_per_byte", math.nan) if val else math.nan,
                "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in train) if train else math.nan,
                "train_curve": [(r["step"], r["loss"]) for r in train],
                "val_curve": [(r["step"], r["loss"]) for r in val]}
@@ -56,6 +58,8 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
             tokens_per_step = config.train.global_batch_size * config.data.seq_len
             row["tokens"] = row["steps"] * tokens_per_step
             row["params"] = flops.param_count(config.model)
+            row["non_embedding_params"] = flops.non_embedding_params(config.model)
+            row["family"] = config.model.get("family", "llama")
             row["compute"] = flops.flops_per_token(config.model, config.data.seq_len) * row["tokens"]
         rows.append(row)
     return rows, manifest.get("sweep", {})
@@ -149,10 +153,13 @@ def plot_scaling(rows, path: Path) -> tuple[float, int]:
     return b, len(done)
 
 
-def report(sweep_dir: Path) -> tuple[str, list[Path]]:
+def report(sweep_dir: Path, log=print) -> tuple[str, list[Path]]:
     """The table text (also written to report.txt) and the PNGs written beside it."""
     rows, sweep = collect(sweep_dir)
     text = table(rows)
+    if sweep.get("families"):
+        family_text, family_plots = families.report(sweep_dir, rows, sweep, _figure, log)
+        text += "\n\n" + family_text
     plots = [sweep_dir / "loss_curves.png"]
     plot_curves(rows, plots[0])
     keys = list(dict.fromkeys(k for r in rows for k in r["overrides"]))
@@ -166,5 +173,7 @@ def report(sweep_dir: Path) -> tuple[str, list[Path]]:
         plots.append(sweep_dir / "scaling.png")
         exponent, fitted = plot_scaling(rows, plots[-1])
         text += f"\n\nscaling: final val loss ~ compute^-{exponent:.3f} (fitted over {fitted} runs)"
+    if sweep.get("families"):
+        plots += family_plots
     (sweep_dir / "report.txt").write_text(text + "\n")
     return text, plots

@@ -56,11 +56,16 @@ class Evaluator:
     def per_position(self, position_fn, params) -> dict[str, dict[str, list]]:
         """{dataset name: {"loss": mean NLL at each position, "tokens": tokens scored there}}
         from a step compiled with `per_position=True`."""
-        results = {}
-        for name, batches, _ in self.sets:
-            nll, tokens = np.sum(jax.device_get([position_fn(params, batch) for batch in batches]), axis=0)
+        def curve(nll, tokens):
             loss = np.where(tokens > 0, nll / np.maximum(tokens, 1.0), np.nan)
-            results[name] = {"loss": [round(float(x), 6) for x in loss], "tokens": [int(x) for x in tokens]}
+            return {"loss": [round(float(x), 6) for x in loss], "tokens": [int(x) for x in tokens]}
+
+        results, pooled = {}, 0.0
+        for name, batches, _ in self.sets:
+            sums = np.sum(jax.device_get([position_fn(params, batch) for batch in batches]), axis=0, dtype=np.float64)
+            results[name], pooled = curve(*sums), pooled + sums
+        if len(self.sets) > 1:
+            results["all"] = curve(*pooled)  # The datasets pooled, as the headline metrics are.
         return results
 
     @staticmethod
