@@ -9,7 +9,8 @@ import pytest
 
 from conftest import ROOT
 
-SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("*.py") if p.name != "reference_torch.py")
+TORCH_SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("reference_torch*.py"))  # Run under .venv-ref.
+SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("*.py") if p.name not in TORCH_SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -21,8 +22,9 @@ def test_script_starts(script):
     assert "usage" in result.stdout.lower() or "flags:" in result.stdout.lower()
 
 
-def test_torch_reference_starts_under_the_reference_environment(reference_python):
-    result = subprocess.run([str(reference_python), "scripts/reference_torch.py", "--help"], cwd=ROOT,
+@pytest.mark.parametrize("script", TORCH_SCRIPTS)
+def test_torch_reference_starts_under_the_reference_environment(script, reference_python):
+    result = subprocess.run([str(reference_python), f"scripts/{script}", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage" in result.stdout.lower()
