@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from llmjax import benchmark, flops  # noqa: E402
 from llmjax.data.dataset import default_cache_dir  # noqa: E402
+from compare import run_once  # noqa: E402 - this script's folder is on sys.path.
 
 SHAPES = {"lstm-5m": {}, "no projection": {"model.hidden_dim": 256, "model.proj_dim": 0}}
 
@@ -42,17 +40,6 @@ def commands(shape: dict, dtype: str, args) -> tuple[list[str], list[str]]:
               "--proj", str(m.proj_dim), "--layers", str(m.num_layers),
               "--batch", str(config.train.global_batch_size), "--seq", str(config.data.seq_len), "--json"]
     return ours, theirs
-
-
-def run_once(command: list[str]) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        done = subprocess.run([*command, str(out)], cwd=ROOT, capture_output=True, text=True,
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False)
-        if done.returncode or not out.exists():
-            sys.exit(f"error: {' '.join(command)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
-        result = json.loads(out.read_text())
-    return result.get("lstm-5m", result)  # benchmark.py keys its figures by config name.
 
 
 def main() -> None:
@@ -78,7 +65,7 @@ def main() -> None:
     for round_index in range(args.rounds):
         for key, entry in entries.items():
             for side in ("llmjax", "torch"):
-                result = run_once(entry[side])
+                result = run_once(entry[side], "lstm-5m")
                 runs[key][side].append(result["tokens_per_sec"])
                 print(f"round {round_index + 1}/{args.rounds} {key[0]} {key[1]} {side}: "
                       f"{result['tokens_per_sec']:,.0f} tok/s", flush=True)

@@ -41,7 +41,9 @@ def entries(args) -> dict[str, list[str]]:
     return found
 
 
-def run_once(command: list[str]) -> dict:
+def run_once(command: list[str], name: str = "bench36m") -> dict:
+    """The figures a command writes as JSON to the path appended to it (benchmark.py keys
+    them by config name `name`); exits with its output if it fails."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         done = subprocess.run([*command, str(out)], cwd=ROOT, capture_output=True, text=True,
@@ -49,7 +51,7 @@ def run_once(command: list[str]) -> dict:
         if done.returncode or not out.exists():
             sys.exit(f"error: {' '.join(command)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
         result = json.loads(out.read_text())
-    return result.get("bench36m", result)  # benchmark.py keys its figures by config name.
+    return result.get(name, result)
 
 
 def main() -> None:

@@ -113,6 +113,32 @@ def build(compiled: bool):
     return step
 
 
+def time_steps(step, vocab: int, batch: int, seq: int, warmup: int, steps: int) -> tuple[float, float, float]:
+    """(median seconds of `steps` timed steps, seconds of the `warmup` untimed ones before
+    them, the last loss) of `step(inputs, targets)` over four random token batches."""
+    generator = torch.Generator().manual_seed(0)
+    windows = [torch.randint(0, vocab, (batch, seq + 1), generator=generator) for _ in range(4)]
+    batches = [(w[:, :-1].contiguous(), w[:, 1:].contiguous()) for w in windows]
+    start = time.perf_counter()
+    for i in range(warmup):
+        step(*batches[i % 4]).item()
+    warmup_seconds = time.perf_counter() - start
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        loss = step(*batches[i % 4]).item()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), warmup_seconds, loss
+
+
+def emit(result: dict, path: str | None) -> None:
+    """Prints the figures as one JSON line, and writes them to `path` when given."""
+    print(json.dumps(result))
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10, help="Timed steps after warm-up.")
@@ -122,28 +148,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     step = build(compiled=not args.eager)
-    generator = torch.Generator().manual_seed(0)
-    windows = [torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=generator) for _ in range(4)]
-    batches = [(w[:, :-1].contiguous(), w[:, 1:].contiguous()) for w in windows]
-    start = time.perf_counter()
-    for i in range(args.warmup):
-        step(*batches[i % 4]).item()
-    warmup_seconds = time.perf_counter() - start
-    times = []
-    for i in range(args.steps):
-        start = time.perf_counter()
-        loss = step(*batches[i % 4]).item()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+    median, warmup_seconds, loss = time_steps(step, VOCAB, BATCH, SEQ, args.warmup, args.steps)
     tokens_per_sec = BATCH * SEQ / median
     result = {"name": "torch " + ("eager" if args.eager else "compiled"), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "step_seconds": median, "tokens_per_sec": tokens_per_sec,
               "tflops": tokens_per_sec * flops_per_token() / 1e12, "warmup_seconds": warmup_seconds,
               "final_loss": loss}
-    print(json.dumps(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

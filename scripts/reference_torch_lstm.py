@@ -11,12 +11,10 @@ nn.LSTM is one fused op, so torch.compile has nothing to fuse; it runs eagerly.
 """
 
 import argparse
-import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from reference_torch import emit, time_steps  # This script's folder is on sys.path.
 
 
 class LSTMLanguageModel(torch.nn.Module):
@@ -55,23 +53,10 @@ def main() -> None:
         optimizer.step()
         return loss.detach()
 
-    generator = torch.Generator().manual_seed(0)
-    windows = [torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator) for _ in range(4)]
-    batches = [(w[:, :-1].contiguous(), w[:, 1:].contiguous()) for w in windows]
-    for i in range(args.warmup):
-        step(*batches[i % 4]).item()
-    times = []
-    for i in range(args.steps):
-        start = time.perf_counter()
-        loss = step(*batches[i % 4]).item()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+    median, _, loss = time_steps(step, args.vocab, args.batch, args.seq, args.warmup, args.steps)
     result = {"name": f"torch.nn.LSTM {args.dtype}", "torch": torch.__version__, "threads": torch.get_num_threads(),
               "step_seconds": median, "tokens_per_sec": args.batch * args.seq / median, "final_loss": loss}
-    print(json.dumps(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":
