@@ -40,7 +40,7 @@ BENCHMARKS = {
 
 def benchmark_config(name: str, overrides: dict | None = None):
     preset, settings = BENCHMARKS[name]
-    family, shape = registry.find_preset(preset)
+    family, _ = registry.find_preset(preset)
     no_remat = {"model.remat": "none"} if "remat" in family.defaults() else {}
     return compose(preset, overrides={"train.steps": 1000, **no_remat} | settings | (overrides or {}))
 
