@@ -8,9 +8,9 @@ import flax.linen as nn
 import pytest
 
 from llmjax import model
-from llmjax.model.layers.attention import select_attention_impl
+from llmjax.model.layers.attention import bidirectional_attention, select_attention_impl
 from llmjax.model.llama.model import Attention
-from llmjax.model.layers.blockwise import blockwise_causal_attention
+from llmjax.model.layers.blockwise import blockwise_attention
 from llmjax.model.layers.rope import apply_rope, rope_tables
 from llmjax.model.llama.spec import LlamaSpec
 from llmjax.model.layers.splash import splash_attention, splash_available
@@ -243,10 +243,12 @@ def test_splash_is_found_in_this_jax():
     assert splash_available()
 
 
+@pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_splash_kernel_matches_xla_attention_with_documents(kv_heads):
-    """The TPU kernel's own code, run by the Pallas interpreter on CPU: causal, two documents
-    per row, grouped-query heads; outputs and gradients equal XLA's reference attention."""
+def test_splash_kernel_matches_xla_attention_with_documents(kv_heads, causal):
+    """The TPU kernel's own code, run by the Pallas interpreter on CPU: causal or bidirectional,
+    two documents per row, grouped-query heads; outputs and gradients equal XLA's reference
+    attention."""
     b, t, n, h = 2, 256, 4, 8
     q = jax.random.normal(jax.random.key(0), (b, t, n, h))
     k, v = (jax.random.normal(jax.random.key(i), (b, t, kv_heads, h)) for i in (1, 2))
@@ -254,10 +256,10 @@ def test_splash_kernel_matches_xla_attention_with_documents(kv_heads):
 
     def xla(q, k, v):
         mask = segments[:, None, :, None] == segments[:, None, None, :]
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
 
     def kernel(q, k, v):
-        return splash_attention(q, k, v, segments, interpret=True)
+        return splash_attention(q, k, v, segments, interpret=True, causal=causal)
 
     np.testing.assert_allclose(kernel(q, k, v), xla(q, k, v), rtol=1e-4, atol=1e-5)
     loss = lambda f: lambda *qkv: (f(*qkv) * jnp.cos(jnp.arange(h))).sum()  # noqa: E731
@@ -265,12 +267,13 @@ def test_splash_kernel_matches_xla_attention_with_documents(kv_heads):
                                jax.grad(loss(xla), argnums=(0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
 
+@pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("length, block", [(40, 16), (32, 8), (16, 16)])
 @pytest.mark.parametrize("documents", [True, False])
-def test_blockwise_attention_equals_xla_attention(length, block, documents):
-    """Blocks of queries against only the keys before them, with a hand-written backward pass:
-    the same attention and the same gradients, with documents and grouped-query heads,
-    including a last block shorter than the others."""
+def test_blockwise_attention_equals_xla_attention(length, block, documents, causal):
+    """Blocks of queries against only the keys they may see, with a hand-written backward
+    pass: the same attention and the same gradients, causal and bidirectional, with documents
+    and grouped-query heads, including a last block shorter than the others."""
     b, n, h, kv_heads = 2, 4, 8, 2
     q = jax.random.normal(jax.random.key(0), (b, length, n, h))
     k, v = (jax.random.normal(jax.random.key(i), (b, length, kv_heads, h)) for i in (1, 2))
@@ -278,19 +281,38 @@ def test_blockwise_attention_equals_xla_attention(length, block, documents):
     mask = segments[:, None, :, None] == segments[:, None, None, :]
     if not documents:
         segments, mask = None, None
+    _assert_same_attention(lambda q, k, v: blockwise_attention(q, k, v, segments, block, causal),
+                           lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal),
+                           q, k, v)
 
-    def ours(q, k, v):
-        return blockwise_causal_attention(q, k, v, segments, block)
 
-    def xla(q, k, v):
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+@pytest.mark.parametrize("impl", ["blockwise", "xla"])
+def test_cross_attention_keeps_packed_examples_apart(impl):
+    """Queries of one sequence over keys of another (T5's cross-attention), each side packed
+    with its own segment ids: the same as attending to each example's keys on its own."""
+    b, t, s, n, h = 2, 24, 40, 2, 8
+    q = jax.random.normal(jax.random.key(0), (b, t, n, h))
+    k, v = (jax.random.normal(jax.random.key(i), (b, s, n, h)) for i in (1, 2))
+    q_segments = jnp.asarray((np.arange(t) >= 10)[None].repeat(b, 0), jnp.int32)
+    kv_segments = jnp.asarray((np.arange(s) >= 25)[None].repeat(b, 0), jnp.int32)
+    with nn.logical_axis_rules(()):
+        packed = bidirectional_attention(q, k, v, q_segments, impl, kv_segment_ids_BS=kv_segments)
+    for qs, ks in ((slice(0, 10), slice(0, 25)), (slice(10, t), slice(25, s))):
+        alone = jax.nn.dot_product_attention(q[:, qs], k[:, ks], v[:, ks])
+        np.testing.assert_allclose(packed[:, qs], alone, rtol=1e-5, atol=1e-6)
+    mask = q_segments[:, None, :, None] == kv_segments[:, None, None, :]
+    _assert_same_attention(lambda q, k, v: blockwise_attention(q, k, v, q_segments, 8, False, kv_segments),
+                           lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask), q, k, v)
 
-    np.testing.assert_allclose(ours(q, k, v), xla(q, k, v), rtol=1e-5, atol=1e-6)
+
+def _assert_same_attention(ours, reference, q, k, v):
+    """Equal outputs, and equal gradients of a random projection of them."""
+    np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), rtol=1e-5, atol=1e-6)
     weights = jax.random.normal(jax.random.key(3), q.shape)
     loss = lambda f: lambda *qkv: (f(*qkv) * weights).sum()  # noqa: E731
-    for mine, reference in zip(jax.grad(loss(ours), argnums=(0, 1, 2))(q, k, v),
-                               jax.grad(loss(xla), argnums=(0, 1, 2))(q, k, v)):
-        np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-5)
+    for mine, theirs in zip(jax.grad(loss(ours), argnums=(0, 1, 2))(q, k, v),
+                            jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-5)
 
 
 def test_blockwise_attention_in_bf16_stays_close_to_fp32():
@@ -305,7 +327,7 @@ def test_blockwise_attention_in_bf16_stays_close_to_fp32():
         return jax.grad(loss, argnums=(0, 1, 2))(*(x.astype(dtype) for x in (q, k, v)))
 
     xla = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
-    ours = lambda q, k, v: blockwise_causal_attention(q, k, v, None, 16)  # noqa: E731
+    ours = lambda q, k, v: blockwise_attention(q, k, v, None, 16)  # noqa: E731
     exact = grads(xla, jnp.float32)
     for mine, theirs, reference in zip(grads(ours, jnp.bfloat16), grads(xla, jnp.bfloat16), exact):
         error = lambda g, reference=reference: float(jnp.abs(g.astype(jnp.float32) - reference).max())  # noqa: E731

@@ -1,6 +1,8 @@
-"""Causal, document-masked, grouped-query attention over already projected queries, keys and
-values: the kernel choice per platform, and the KV-cache path used when decoding. Families
-build their own projections (biases, RoPE or not) and call `causal_attention`."""
+"""Document-masked, grouped-query attention over already projected queries, keys and values,
+causal (decoders) or bidirectional (encoders, cross-attention): the kernel choice per platform,
+and the KV-cache path used when decoding. Families build their own projections (biases, RoPE
+or not) and call `causal_attention` or `bidirectional_attention`; every kernel (XLA, the CPU
+blockwise one, cuDNN, splash) serves both masks."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from llmjax.model.layers.blockwise import blockwise_causal_attention
+from llmjax.model.layers.blockwise import blockwise_attention
 from llmjax.model.layers.kv_cache import attend_to_cache
 from llmjax.model.layers.splash import splash_attention, splash_available
 
@@ -49,18 +51,37 @@ def causal_attention(module: nn.Module, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, 
         out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_B1TT,
                                                 implementation="xla")
     else:
-        impl = select_attention_impl(impl, jax.default_backend(), q_BTNH.dtype, q_BTNH.shape[-1],
-                                     q_BTNH.shape[1])
-        if impl == "splash":
-            out_BTNH = splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
-        elif impl == "blockwise":
-            # 128-query blocks, at most 8 of them: the backward pass's ops grow as blocks^2.
-            block = max(128, -(-q_BTNH.shape[1] // 8))
-            out_BTNH = blockwise_causal_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block)
-        else:
-            mask_B1TT = None
-            if segment_ids_BT is not None:
-                mask_B1TT = (segment_ids_BT[:, None, :, None] == segment_ids_BT[:, None, None, :])
-            out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_B1TT,
-                                                    is_causal=True, implementation=impl)
+        out_BTNH = _kernel(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, segment_ids_BT, impl, causal=True)
     return nn.with_logical_constraint(out_BTNH, HEADS_ACT)
+
+
+def bidirectional_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, impl: str, kv_segment_ids_BS=None):
+    """Attention output [B, T, N, H] where every query sees every key of its own segment: an
+    encoder's self-attention, or (with keys of another sequence and their own segment ids
+    `kv_segment_ids_BS`) cross-attention, where packed examples see only their own inputs."""
+    q_BTNH = nn.with_logical_constraint(q_BTNH, HEADS_ACT)
+    k_BSKH = nn.with_logical_constraint(k_BSKH, KV_ACT)
+    v_BSKH = nn.with_logical_constraint(v_BSKH, KV_ACT)
+    if kv_segment_ids_BS is None:
+        kv_segment_ids_BS = segment_ids_BT
+    out_BTNH = _kernel(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, kv_segment_ids_BS, impl, causal=False)
+    return nn.with_logical_constraint(out_BTNH, HEADS_ACT)
+
+
+def _kernel(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, kv_segments_BS, impl: str, causal: bool):
+    """The platform's attention kernel (see `select_attention_impl`) with the segment mask,
+    and the causal one when `causal`."""
+    impl = select_attention_impl(impl, jax.default_backend(), q_BTNH.dtype, q_BTNH.shape[-1],
+                                 q_BTNH.shape[1])
+    if impl == "splash":
+        return splash_attention(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, causal=causal,
+                                kv_segment_ids_BS=kv_segments_BS)
+    if impl == "blockwise":
+        # 128-query blocks, at most 8 of them: the backward pass's ops grow as blocks^2.
+        block = max(128, -(-q_BTNH.shape[1] // 8))
+        return blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, block, causal, kv_segments_BS)
+    mask_B1TS = None
+    if q_segments_BT is not None:
+        mask_B1TS = q_segments_BT[:, None, :, None] == kv_segments_BS[:, None, None, :]
+    return jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS, is_causal=causal,
+                                        implementation=impl)

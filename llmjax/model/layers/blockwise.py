@@ -1,5 +1,6 @@
-"""Causal attention for the CPU: blocks of queries, each against only the keys up to its last
-query, with a backward pass written out by hand.
+"""Attention for the CPU: blocks of queries, each against only the keys it may see (causal: the
+keys up to its last query; bidirectional: all of them), with a backward pass written out by
+hand.
 
 Why by hand: on a CPU the score products have a contraction of only head_dim (64) and run at
 the speed memory takes their output, so what decides the time is how many score-sized arrays
@@ -7,7 +8,8 @@ are written and read, and in what precision. Autodiff of the plain formula keeps
 probabilities, re-applies the mask and reduces dP * P over the whole score matrix; this
 backward keeps only the bf16 probabilities the forward pass already made, takes the softmax
 term from the outputs (rowsum(dO * O), FlashAttention's identity), and computes the keys' and
-values' gradients one key block at a time so each is a single product with a single rounding.
+values' gradients one key block at a time (causal) or in one product (bidirectional), so each
+has a single rounding.
 Forward + backward of one bench36m layer: 47 -> 32 ms (scripts/benchmark.py measures the step).
 Unlike FlashAttention it does not recompute the scores: on this hardware that cost more than
 the memory it saves (147 vs 112 ms a layer, measured).
@@ -24,16 +26,21 @@ import jax.numpy as jnp
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def blockwise_causal_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block: int):
-    """Causal, document-masked (when `segment_ids_BT` is given), grouped-query attention, equal
-    to `jax.nn.dot_product_attention(..., is_causal=True)`, computed `block` queries at a time:
-    the causal upper triangle of blocks is never computed."""
-    groups = q_BTNH.shape[2] // k_BTKH.shape[2]
+def blockwise_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, block: int, causal: bool = True,
+                        kv_segment_ids_BS=None):
+    """Document-masked (when `segment_ids_BT` is given), grouped-query attention, equal to
+    `jax.nn.dot_product_attention(..., is_causal=causal)`, computed `block` queries at a time.
+    Causal, the upper triangle of blocks is never computed. Bidirectional, keys may be a
+    different sequence (cross-attention, S keys) with their own segment ids
+    (`kv_segment_ids_BS`, default: the queries')."""
+    groups = q_BTNH.shape[2] // k_BSKH.shape[2]
     if groups > 1:  # Query head n reads key/value head n // groups, as in XLA's attention.
-        k_BTKH, v_BTKH = (jnp.repeat(x, groups, axis=2) for x in (k_BTKH, v_BTKH))
+        k_BSKH, v_BSKH = (jnp.repeat(x, groups, axis=2) for x in (k_BSKH, v_BSKH))
+    if segment_ids_BT is not None and kv_segment_ids_BS is None:
+        kv_segment_ids_BS = segment_ids_BT
     heads_major = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  [B,T,N,H] <-> [B,N,T,H]
-    out_BNTH = _attention(heads_major(q_BTNH), heads_major(k_BTKH), heads_major(v_BTKH),
-                          segment_ids_BT, block)
+    out_BNTH = _attention(heads_major(q_BTNH), heads_major(k_BSKH), heads_major(v_BSKH),
+                          segment_ids_BT, kv_segment_ids_BS, block, causal)
     return heads_major(out_BNTH)
 
 
@@ -41,42 +48,51 @@ def _blocks(length: int, block: int) -> list[tuple[int, int]]:
     return [(start, min(start + block, length)) for start in range(0, length, block)]
 
 
-def _mask(segment_ids_BT, start: int, end: int):
-    """[B or 1, 1, end - start, end]: query start + i may see key j."""
-    mask = (jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :])[None, None]
-    if segment_ids_BT is not None:
-        mask = mask & (segment_ids_BT[:, None, start:end, None]
-                       == segment_ids_BT[:, None, None, :end])
+def _keys(start: int, end: int, keys: int, causal: bool) -> int:
+    """How many keys query block [start, end) sees (a prefix of them)."""
+    return end if causal else keys
+
+
+def _mask(q_segments_BT, kv_segments_BS, start: int, end: int, keys: int, causal: bool):
+    """[B or 1, 1, end - start, keys] or None: query start + i may see key j."""
+    mask = None
+    if causal:
+        mask = (jnp.arange(start, end)[:, None] >= jnp.arange(keys)[None, :])[None, None]
+    if q_segments_BT is not None:
+        same = q_segments_BT[:, None, start:end, None] == kv_segments_BS[:, None, None, :keys]
+        mask = same if mask is None else mask & same
     return mask
 
 
-def _forward(q_BNTH, k_BNTH, v_BNTH, segment_ids_BT, block):
-    """(output, per query block its probabilities [B, N, block, keys so far] in the inputs'
+def _forward(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, block, causal):
+    """(output, per query block its probabilities [B, N, block, keys it sees] in the inputs'
     dtype). Scores and softmax in fp32, as XLA's attention computes them."""
     scale = q_BNTH.shape[-1] ** -0.5
     outs, probs = [], []
     for start, end in _blocks(q_BNTH.shape[2], block):
-        scores = jnp.einsum("bnqh,bnkh->bnqk", q_BNTH[:, :, start:end], k_BNTH[:, :, :end],
+        keys = _keys(start, end, k_BNSH.shape[2], causal)
+        scores = jnp.einsum("bnqh,bnkh->bnqk", q_BNTH[:, :, start:end], k_BNSH[:, :, :keys],
                             preferred_element_type=jnp.float32) * scale
-        p = jax.nn.softmax(jnp.where(_mask(segment_ids_BT, start, end), scores, _MASKED), axis=-1)
+        mask = _mask(q_segments_BT, kv_segments_BS, start, end, keys, causal)
+        p = jax.nn.softmax(scores if mask is None else jnp.where(mask, scores, _MASKED), axis=-1)
         p = p.astype(q_BNTH.dtype)
-        outs.append(jnp.einsum("bnqk,bnkh->bnqh", p, v_BNTH[:, :, :end]))
+        outs.append(jnp.einsum("bnqk,bnkh->bnqh", p, v_BNSH[:, :, :keys]))
         probs.append(p)
     return jnp.concatenate(outs, axis=2), probs
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _attention(q_BNTH, k_BNTH, v_BNTH, segment_ids_BT, block):
-    return _forward(q_BNTH, k_BNTH, v_BNTH, segment_ids_BT, block)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _attention(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, block, causal):
+    return _forward(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, block, causal)[0]
 
 
-def _attention_fwd(q_BNTH, k_BNTH, v_BNTH, segment_ids_BT, block):
-    out_BNTH, probs = _forward(q_BNTH, k_BNTH, v_BNTH, segment_ids_BT, block)
-    return out_BNTH, (q_BNTH, k_BNTH, v_BNTH, segment_ids_BT, out_BNTH, probs)
+def _attention_fwd(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, block, causal):
+    out_BNTH, probs = _forward(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, block, causal)
+    return out_BNTH, (q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, out_BNTH, probs)
 
 
-def _attention_bwd(block, residuals, dout_BNTH):
-    q_BNTH, k_BNTH, v_BNTH, segment_ids_BT, out_BNTH, probs = residuals
+def _attention_bwd(block, causal, residuals, dout_BNTH):
+    q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, out_BNTH, probs = residuals
     scale = q_BNTH.shape[-1] ** -0.5
     blocks = _blocks(q_BNTH.shape[2], block)
     # dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O): a [B, N, T] sum.
@@ -84,20 +100,26 @@ def _attention_bwd(block, residuals, dout_BNTH):
                          keepdims=True)
     dq, dscores = [], []
     for (start, end), p in zip(blocks, probs):
-        dp = jnp.einsum("bnqh,bnkh->bnqk", dout_BNTH[:, :, start:end], v_BNTH[:, :, :end],
+        keys = p.shape[-1]
+        dp = jnp.einsum("bnqh,bnkh->bnqk", dout_BNTH[:, :, start:end], v_BNSH[:, :, :keys],
                         preferred_element_type=jnp.float32)
         ds = (p.astype(jnp.float32) * (dp - delta_BNT1[:, :, start:end]) * scale).astype(p.dtype)
-        dq.append(jnp.einsum("bnqk,bnkh->bnqh", ds, k_BNTH[:, :, :end]))
+        dq.append(jnp.einsum("bnqk,bnkh->bnqh", ds, k_BNSH[:, :, :keys]))
         dscores.append(ds)
-    # Key block j is seen by query blocks j, j+1, ...: their columns of P and dS, stacked.
-    dk, dv = [], []
-    for j, (start, end) in enumerate(blocks):
-        p_cols = jnp.concatenate([p[..., start:end] for p in probs[j:]], axis=2)
-        ds_cols = jnp.concatenate([ds[..., start:end] for ds in dscores[j:]], axis=2)
-        dv.append(jnp.einsum("bnqk,bnqh->bnkh", p_cols, dout_BNTH[:, :, start:]))
-        dk.append(jnp.einsum("bnqk,bnqh->bnkh", ds_cols, q_BNTH[:, :, start:]))
-    return (jnp.concatenate(dq, axis=2), jnp.concatenate(dk, axis=2), jnp.concatenate(dv, axis=2),
-            None)
+    if causal:
+        # Key block j is seen by query blocks j, j+1, ...: their columns of P and dS, stacked.
+        dk, dv = [], []
+        for j, (start, end) in enumerate(blocks):
+            p_cols = jnp.concatenate([p[..., start:end] for p in probs[j:]], axis=2)
+            ds_cols = jnp.concatenate([ds[..., start:end] for ds in dscores[j:]], axis=2)
+            dv.append(jnp.einsum("bnqk,bnqh->bnkh", p_cols, dout_BNTH[:, :, start:]))
+            dk.append(jnp.einsum("bnqk,bnqh->bnkh", ds_cols, q_BNTH[:, :, start:]))
+        dk_BNSH, dv_BNSH = jnp.concatenate(dk, axis=2), jnp.concatenate(dv, axis=2)
+    else:  # Every query block sees every key: one product each over all queries.
+        p_all, ds_all = jnp.concatenate(probs, axis=2), jnp.concatenate(dscores, axis=2)
+        dv_BNSH = jnp.einsum("bnqk,bnqh->bnkh", p_all, dout_BNTH)
+        dk_BNSH = jnp.einsum("bnqk,bnqh->bnkh", ds_all, q_BNTH)
+    return jnp.concatenate(dq, axis=2), dk_BNSH, dv_BNSH, None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
