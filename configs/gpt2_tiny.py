@@ -1,10 +1,7 @@
 """configs/tiny.py with the GPT-2 family: seconds-long runs for smoke tests."""
 
-from llmjax.presets import compose
+from llmjax.presets import SMOKE_RUN, compose
 
 
 def get_config():
-    return compose("gpt2-tiny", data="stdlib_json", overrides={
-        "data.seq_len": 64, "train.steps": 20, "train.global_batch_size": 8,
-        "train.log_every": 5, "train.eval_every": 10, "train.eval_batches": 2,
-        "optimizer.warmup_steps": 5})
+    return compose("gpt2-tiny", data="stdlib_json", overrides=SMOKE_RUN)

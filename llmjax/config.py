@@ -24,7 +24,9 @@ MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
 
 
-def default_config(family: str = "llama", objective: str = "causal_lm") -> ml_collections.ConfigDict:
+def default_config(family: str = "llama", objective: str | None = None) -> ml_collections.ConfigDict:
+    """Every section with its defaults; the objective defaults to the family's first (causal LM
+    for decoders, MLM for BERT)."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # Seeds init, data order and any randomness; the run is a function of it.
 
@@ -33,7 +35,7 @@ def default_config(family: str = "llama", objective: str = "causal_lm") -> ml_co
     c.model = ml_collections.ConfigDict(registry.get(family).defaults())
 
     # What the model is trained to predict (llmjax/train/objectives/).
-    c.objective = ml_collections.ConfigDict(objectives.get(objective).defaults())
+    c.objective = ml_collections.ConfigDict(objectives.get(objective or registry.get(family).objectives[0]).defaults())
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "stdlib"  # "stdlib" (this interpreter's stdlib source), a text directory or an llmjax-prepare output.

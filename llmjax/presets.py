@@ -19,6 +19,10 @@ OPTIMIZERS = {
                   min_lr_ratio=0.1, grad_clip=1.0),
 }
 
+# A seconds-long run on DATA["stdlib_json"]: what the tiny configs (configs/*tiny.py) train.
+SMOKE_RUN = {"data.seq_len": 64, "train.steps": 20, "train.global_batch_size": 8, "train.log_every": 5,
+             "train.eval_every": 10, "train.eval_batches": 2, "optimizer.warmup_steps": 5}
+
 DATA = {
     "stdlib": {},  # The whole standard library of this interpreter (the default).
     "stdlib_json": dict(glob="json/*.py", val_percent=20),  # Five files: for tests.
@@ -26,8 +30,9 @@ DATA = {
 
 
 def compose(model: str = "5m", optimizer: str = "adamw", data: str = "stdlib",
-            overrides: dict | None = None):
-    """A full config from presets plus dotted-key `overrides` ({"train.steps": 100})."""
+            overrides: dict | None = None, objective: str | None = None):
+    """A full config from presets plus dotted-key `overrides` ({"train.steps": 100}); the
+    objective is the family's first unless named."""
     found = registry.find_preset(model)
     if found is None:
         raise ConfigError(f"no model preset {model!r}; choose one of {', '.join(model_presets())}.")
@@ -35,7 +40,7 @@ def compose(model: str = "5m", optimizer: str = "adamw", data: str = "stdlib",
         if name not in table:
             raise ConfigError(f"no {kind} preset {name!r}; choose one of {', '.join(table)}.")
     family, shape = found
-    c = default_config(family.name)
+    c = default_config(family.name, objective)
     c.model.update(**shape)
     c.optimizer.update(**OPTIMIZERS[optimizer])
     c.data.update(**DATA[data])

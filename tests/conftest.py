@@ -20,12 +20,14 @@ import pytest  # noqa: E402
 from llmjax.config import default_config  # noqa: E402
 
 
-FAMILIES = ("llama", "gpt2", "lstm")  # Every decoder family: property tests run over all of them.
-TRANSFORMERS = ("llama", "gpt2")  # Those with attention heads (and tensor/sequence sharding).
+FAMILIES = ("llama", "gpt2", "lstm", "bert")  # Every family: property tests run over all of them.
+DECODERS = ("llama", "gpt2", "lstm")  # Those that generate (cached decoding, beam search).
+TRANSFORMERS = ("llama", "gpt2", "bert")  # Those with attention heads (and tensor/sequence sharding).
 # The same tiny shape in each family's own fields.
 _TINY = {"llama": dict(num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64),
          "gpt2": dict(num_heads=4, head_dim=8, mlp_dim=64),
-         "lstm": dict(hidden_dim=32)}
+         "lstm": dict(hidden_dim=32),
+         "bert": dict(num_heads=4, head_dim=8, mlp_dim=64)}
 
 
 def make_tiny_config(family="llama", **model_overrides):

@@ -3,7 +3,8 @@ independent reference for interop tests.
 
   make DIR CONFIG_JSON SEED       a random LlamaForCausalLM saved with save_pretrained
   make-gpt2 DIR CONFIG_JSON SEED  a random GPT2LMHeadModel saved with save_pretrained
-  logits DIR TOKENS.npy OUT.npy   fp32 logits of DIR on the token rows
+  make-bert DIR CONFIG_JSON SEED  a random BertForMaskedLM saved with save_pretrained
+  logits DIR TOKENS.npy OUT.npy   fp32 logits of DIR on the token rows (its LM head: causal or masked)
   encode DIR TEXT OUT.npy         AutoTokenizer(DIR) ids of TEXT
   greedy DIR N OUT.json TEXT...   the N tokens model.generate adds to each TEXT, greedily
   lstm IN.npz OUT.npy             torch.nn.LSTM's outputs [B, T, out] of IN's inputs "x" with
@@ -15,6 +16,7 @@ independent reference for interop tests.
 import json
 import os
 import sys
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # Everything is local; a hub lookup would be a bug.
 
@@ -47,8 +49,29 @@ def make_gpt2(directory, config_json, seed):
     model.save_pretrained(directory, safe_serialization=True)
 
 
+def make_bert(directory, config_json, seed):
+    torch.manual_seed(int(seed))
+    config = transformers.BertConfig(**json.loads(config_json))
+    model = transformers.BertForMaskedLM(config).to(torch.float32)
+    _randomise_norms_and_biases(model)
+    model.save_pretrained(directory, safe_serialization=True)
+
+
+def _randomise_norms_and_biases(model):
+    """LayerNorms start at (1, 0) and biases at 0; random ones catch a misplaced one."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "LayerNorm" in name and name.endswith(".weight"):
+                param.uniform_(0.5, 1.5)
+            elif name.endswith("bias"):
+                param.normal_(0.0, 0.2)
+
+
 def logits(directory, tokens_path, out_path):
-    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    architectures = json.loads((Path(directory) / "config.json").read_text()).get("architectures") or [""]
+    auto = (transformers.AutoModelForMaskedLM if architectures[0].endswith("ForMaskedLM")
+            else transformers.AutoModelForCausalLM)
+    model = auto.from_pretrained(directory, dtype=torch.float32)
     model.eval()
     with torch.no_grad():
         out = model(torch.from_numpy(np.load(tokens_path)).long()).logits
@@ -92,7 +115,7 @@ def batch(commands_json):
         COMMANDS[name](*args)
 
 
-COMMANDS = {"make": make, "make-gpt2": make_gpt2, "logits": logits, "encode": encode,
+COMMANDS = {"make": make, "make-gpt2": make_gpt2, "make-bert": make_bert, "logits": logits, "encode": encode,
             "greedy": greedy, "lstm": lstm, "batch": batch}
 
 if __name__ == "__main__":

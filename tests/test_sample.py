@@ -16,7 +16,7 @@ from llmjax.sample.generate import (Settings, decode_step, generate, left_pad, p
 from llmjax.sample.search import beam_search, sample_tokens
 from llmjax.sample.select import Sampling, choose, filter_logits
 
-from conftest import FAMILIES, make_tiny_config
+from conftest import DECODERS, make_tiny_config
 
 EOS, PAD = 1, 0
 GREEDY = Settings(max_new_tokens=6, sampling=Sampling(temperature=0.0))
@@ -33,7 +33,7 @@ def _setup(family="llama", **overrides):
 PROMPTS = [[5, 9, 17, 33, 2], [40, 41], [7, 8, 9]]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DECODERS)
 def test_cached_decoding_equals_full_forward_and_greedy_is_its_argmax(family):
     config, params = _setup(family)
     out = generate(params, config, PROMPTS, GREEDY, eos_ids=(), pad_id=PAD, keep_logits=True)
@@ -92,7 +92,7 @@ def _log_probs(params, config, prompts, new_tokens):
                        for row, (p, n) in enumerate(zip(prompts, new_tokens))])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DECODERS)
 def test_beam_search_scores_its_sequences_and_one_beam_is_greedy(family):
     # Unscanned layers here (scanned elsewhere): a cache per layer, each reordered by beam.
     config, params = _setup(family, **({} if family == "lstm" else dict(scan_layers=False)))

@@ -17,13 +17,20 @@ from conftest import FAMILIES, TRANSFORMERS, make_tiny_config
 
 
 def random_batch(config, seed=0):
+    """Random tokens in two documents a row, as the config's objective sees them: next-token
+    targets (causal LM), or 15% of the tokens replaced by a mask token and predicted (MLM)."""
     rng = np.random.default_rng(seed)
     b, t = config.train.global_batch_size, config.data.seq_len
     tokens = rng.integers(0, config.model.vocab_size, (b, t + 1)).astype(np.int32)
     segment_ids = np.repeat(np.arange(2, dtype=np.int32), t // 2)[None].repeat(b, 0)
     positions = np.tile(np.concatenate([np.arange(t // 2), np.arange(t - t // 2)]), (b, 1))
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "positions": positions.astype(np.int32),
-            "segment_ids": segment_ids, "weights": np.ones((b, t), np.float32)}
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "positions": positions.astype(np.int32),
+             "segment_ids": segment_ids, "weights": np.ones((b, t), np.float32)}
+    if config.objective.name == "mlm":
+        chosen = rng.random((b, t)) < 0.15
+        batch |= {"inputs": np.where(chosen, config.model.vocab_size - 1, tokens[:, :-1]).astype(np.int32),
+                  "targets": tokens[:, :-1], "weights": chosen.astype(np.float32)}
+    return batch
 
 
 def run_steps(config, batches, devices=None):
@@ -52,8 +59,11 @@ def test_overfits_one_batch(family):
 
 
 # 8 query and 8 key/value heads, so that tensor=8 splits every head axis.
-EIGHT_HEADS = {"llama": dict(num_heads=8, num_kv_heads=8, head_dim=4), "gpt2": dict(num_heads=8, head_dim=4)}
-FIRST_MLP_KERNEL = {"llama": "gate", "gpt2": "fc"}  # [embed, mlp] in both families.
+EIGHT_HEADS = {"llama": dict(num_heads=8, num_kv_heads=8, head_dim=4), "gpt2": dict(num_heads=8, head_dim=4),
+               "bert": dict(num_heads=8, head_dim=4)}
+FIRST_MLP_KERNEL = {"llama": "gate", "gpt2": "fc", "bert": "fc"}  # [embed, mlp] in every family.
+KEY_BIAS = {"gpt2": lambda attention: attention["qkv"]["bias"][:, 1],  # Views into the params.
+            "bert": lambda attention: attention["key"]["bias"]}
 
 
 @pytest.mark.parametrize("family", TRANSFORMERS)
@@ -71,14 +81,14 @@ def test_sharded_step_matches_single_device(mesh, family):
     losses_8, state_8 = run_steps(sharded, batches, jax.devices())
     np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
     params_8, params_1 = (jax.tree.map(np.array, jax.device_get(s.params)) for s in (state_8, state_1))
-    if family == "gpt2":
+    if family in KEY_BIAS:
         # The key bias adds the same q.b_k to every score of a row, which softmax ignores: its
         # gradient is 0 up to rounding, and Adam turns that rounding (which depends on the
         # mesh's reduction order) into steps of either sign. It must stay rounding-sized.
         for params in (params_8, params_1):
-            key_bias = params["layers"]["attention"]["qkv"]["bias"][:, 1]
+            key_bias = KEY_BIAS[family](params["layers"]["attention"])
             assert np.abs(key_bias).max() < 1e-4
-            params["layers"]["attention"]["qkv"]["bias"][:, 1] = 0.0
+            key_bias[...] = 0.0
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params_8, params_1)
     # The layout follows the rules table: [layers, embed -> fsdp, mlp -> tensor].
     gate = state_8.params["layers"]["mlp"][FIRST_MLP_KERNEL[family]]["kernel"]

@@ -62,11 +62,14 @@ def is_prepared(spec: str) -> bool:
     return spec != "stdlib" and any((Path(spec).expanduser() / f).is_file() for f in (MANIFEST, PLAN))
 
 
-def resolve(data_config, vocab_size: int, cache_dir: Path, log=print) -> list[tuple[Dataset, float]]:
-    """The (dataset, weight) pairs `data_config` names, preparing raw text if needed. All must
-    share one tokenizer, and the model's vocabulary must hold it."""
+def resolve(data_config, vocab_size: int, cache_dir: Path, log=print,
+            special_tokens: tuple[str, ...] = ()) -> list[tuple[Dataset, float]]:
+    """The (dataset, weight) pairs `data_config` names, preparing raw text if needed (a trained
+    tokenizer gets the objective's `special_tokens` too). All must share one tokenizer, and the
+    model's vocabulary must hold it."""
     specs = parse_mixture(data_config.mixture) or [(data_config.source, 1.0)]
-    datasets = [(_open_or_prepare(spec, data_config, vocab_size, cache_dir, log), w) for spec, w in specs]
+    datasets = [(_open_or_prepare(spec, data_config, vocab_size, cache_dir, log, tuple(special_tokens)), w)
+                for spec, w in specs]
     first = datasets[0][0]
     for dataset, _ in datasets[1:]:
         if dataset.fingerprint != first.fingerprint:
@@ -88,7 +91,8 @@ def _check_vocab(tokenizer_vocab: int, fingerprint: str, model_vocab: int) -> No
                            f"--config.model.vocab_size={tokenizer_vocab} or use a smaller tokenizer.")
 
 
-def _open_or_prepare(spec: str, data_config, vocab_size: int, cache_dir: Path, log) -> Dataset:
+def _open_or_prepare(spec: str, data_config, vocab_size: int, cache_dir: Path, log,
+                     special_tokens: tuple[str, ...]) -> Dataset:
     if is_prepared(spec):
         return open_dataset(spec)
     root = sources.stdlib_root() if spec == "stdlib" else Path(spec).expanduser()
@@ -100,7 +104,8 @@ def _open_or_prepare(spec: str, data_config, vocab_size: int, cache_dir: Path, l
         _check_vocab(given.vocab_size, given.fingerprint, vocab_size)
     options = PrepareOptions(inputs=(str(root),), pattern=data_config.glob, vocab_size=vocab_size,
                              tokenizer=data_config.tokenizer, eos_id=data_config.eos_id,
-                             val_percent=data_config.val_percent, max_files=data_config.max_files)
+                             val_percent=data_config.val_percent, max_files=data_config.max_files,
+                             special_tokens=special_tokens)
     try:
         out = cache_dir / f"dataset-{dataset_key(options)}"
     except sources.SourceError as error:

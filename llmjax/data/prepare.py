@@ -46,12 +46,17 @@ class PrepareOptions:
     max_files: int = 0  # Only the first N input files (0 = all): for quick runs.
     shard_mb: float = 64.0  # Input megabytes per unit (one train and one val shard each), at most.
     workers: int = 0  # Tokenizing processes (0 = one per CPU core).
+    # Special tokens trained into the BPE beside llmjax's own (an objective's mask token or
+    # sentinels); ignored with `tokenizer`, which must already have them.
+    special_tokens: tuple[str, ...] = ()
 
     def identity(self, files: list[sources.InputFile]) -> dict:
         """What makes two preparations the same dataset (not how many workers made it)."""
         tokenizer = ({"fingerprint": TextTokenizer(Path(self.tokenizer), self.eos_id).fingerprint,
                       "eos_id": self.eos_id} if self.tokenizer
                      else {"train_vocab_size": self.vocab_size, "sample_mb": self.tokenizer_sample_mb})
+        if self.special_tokens and not self.tokenizer:  # Absent when empty: older datasets keep their keys.
+            tokenizer["special_tokens"] = list(self.special_tokens)
         return {"format_version": FORMAT_VERSION, "text_field": self.text_field,
                 "val_percent": self.val_percent, "tokenizer": tokenizer,
                 "files": [[f.relpath, f.size, f.path.stat().st_mtime_ns] for f in files]}
@@ -236,7 +241,7 @@ def _train(options, files, plan, out: Path, log) -> None:
                 if seen >= budget:
                     return
 
-    train_tokenizer(sample(), options.vocab_size, out / HF_FILE)
+    train_tokenizer(sample(), options.vocab_size, out / HF_FILE, options.special_tokens)
 
 
 def _manifest(out, options, tokenizer: TextTokenizer, records: list[dict], dtype) -> dict:

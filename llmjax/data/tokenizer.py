@@ -21,6 +21,9 @@ PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
 # End-of-document tokens of common tokenizers, looked up in a tokenizer.json that llmjax did not train.
 EOS_NAMES = (EOS, "</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>")
+# The masked-language-model's mask token: llmjax's own, BERT's and RoBERTa's names.
+MASK = "<|mask|>"
+MASK_NAMES = (MASK, "[MASK]", "<mask>")
 HF_FILE, SENTENCEPIECE_FILE = "tokenizer.json", "tokenizer.model"
 
 
@@ -73,6 +76,23 @@ class TextTokenizer:
         ids = [int(i) for i in ids]
         return self._hf.decode(ids) if self._hf is not None else self._spm.decode(ids)
 
+    def token_id(self, names: Iterable[str]) -> int | None:
+        """The id of the first of `names` the vocabulary has, or None."""
+        for name in names:
+            i = self._hf.token_to_id(name) if self._hf is not None else self._spm.piece_to_id(name)
+            if i is not None and (self._hf is not None or self._spm.id_to_piece(i) == name):
+                return int(i)
+        return None
+
+    def special_ids(self) -> np.ndarray:
+        """Ids of the special tokens (padding, end of document, mask, sentinels, ...): those that
+        stand for no text. Objectives never corrupt or predict them as text."""
+        if self._spm is not None:
+            return np.asarray([i for i in range(self.vocab_size)
+                               if self._spm.is_control(i) or self._spm.is_unknown(i)], np.int64)
+        return np.asarray(sorted(i for i, t in self._hf.get_added_tokens_decoder().items()
+                                 if t.special and i < self.vocab_size), np.int64)
+
     def token_bytes(self) -> np.ndarray:
         """UTF-8 bytes each token stands for (0 for special tokens): the denominator of bits per
         byte, which compares models whatever their tokenizers."""
@@ -114,13 +134,15 @@ def load_from_dir(directory: Path) -> TextTokenizer:
     raise TokenizerError(f"{directory} holds neither {HF_FILE} nor {SENTENCEPIECE_FILE}.")
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, path: Path) -> TextTokenizer:
-    """Trains a byte-level BPE of `vocab_size` tokens (specials included) and saves it to `path`
+def train_tokenizer(texts: Iterable[str], vocab_size: int, path: Path,
+                    extra_special: tuple[str, ...] = ()) -> TextTokenizer:
+    """Trains a byte-level BPE of `vocab_size` tokens (specials included: llmjax's own and
+    `extra_special`, those an objective needs, e.g. the mask token) and saves it to `path`
     (whole or not at all)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[*SPECIAL_TOKENS, *extra_special],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)

@@ -18,7 +18,8 @@ AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("qkv", None),  # The query/key/value index of a fused projection (GPT-2).
-    ("position", None),  # Rows of a learned position table (GPT-2).
+    ("position", None),  # Rows of a learned position table (GPT-2, BERT).
+    ("token_type", None),  # Rows of BERT's token-type table.
     ("mlp", "tensor"),
     ("norm", None),
     ("layers", None),

@@ -17,6 +17,7 @@ from llmjax.config import apply_overrides
 from llmjax.data import pipeline
 from llmjax.data.dataset import DatasetError, cache_dir, check_tokenizer, resolve
 from llmjax.run import bootstrap
+from llmjax.train import objectives
 from llmjax.rundir import RunDir
 
 
@@ -26,7 +27,8 @@ class Evaluator:
     def __init__(self, datasets, run, batch_size: int, max_batches: int):
         config, self.objective = run.config, run.objective
         shardings = run.batch_shardings(batch_size)
-        to_rows = functools.partial(self.objective.rows, config=config, seed=config.seed)
+        to_rows = functools.partial(self.objective.rows, config=config, seed=config.seed,
+                                    token_ids=self.objective.token_ids(datasets[0][0].tokenizer))
         self.sets = []
         for dataset, _ in datasets:
             stream = dataset.stream("val")
@@ -91,7 +93,8 @@ def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, 
         overrides |= {"data.source": specs[0].rpartition(":")[0] or specs[0], "data.mixture":
                       ",".join(s if ":" in s else f"{s}:1" for s in specs) if len(specs) > 1 else ""}
     config = apply_overrides(config, overrides)
-    datasets = resolve(config.data, config.model.vocab_size, cache_dir(config), log)
+    datasets = resolve(config.data, config.model.vocab_size, cache_dir(config), log,
+                       objectives.of(config).special_tokens)
     check_tokenizer(run_dir.path, datasets[0][0].tokenizer)
     run = bootstrap(config, train=False)  # Parameters only: no optimizer is built.
     eval_fn = run.compile_eval_step()

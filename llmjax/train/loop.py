@@ -21,6 +21,7 @@ from llmjax.metrics import MetricsWriter
 from llmjax.parallel import distributed
 from llmjax.parallel.describe import sharding_table
 from llmjax.run import bootstrap
+from llmjax.train import objectives
 from llmjax.train import hooks
 from llmjax.train.evaluate import Evaluator
 from llmjax.train.guard import DivergenceGuard
@@ -31,11 +32,13 @@ from llmjax.rundir import RunDir
 
 def _datasets(config, log):
     """Process 0 prepares the data (into the cache); the others then read what it built."""
+    load = functools.partial(resolve, config.data, config.model.vocab_size, cache_dir(config), log,
+                             objectives.of(config).special_tokens)
     if distributed.is_primary():
-        datasets = resolve(config.data, config.model.vocab_size, cache_dir(config), log)
+        datasets = load()
     distributed.barrier("data")
     if not distributed.is_primary():
-        datasets = resolve(config.data, config.model.vocab_size, cache_dir(config), log)
+        datasets = load()
     return datasets
 
 
@@ -65,6 +68,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
         return None
     datasets = _datasets(config, log)
     tokenizer = datasets[0][0].tokenizer
+    run.objective.token_ids(tokenizer)  # An objective's special tokens are checked before compiling.
     for other in (run_dir.path, init_source and init_source.workdir):
         if other:  # A model only makes sense of the tokens it was trained on.
             check_tokenizer(other, tokenizer)
@@ -124,7 +128,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     set_status("done", progress.step)
     summary = {"steps": t.steps, "final_train_loss": progress.train_loss,
                "final_val_loss": progress.val["loss"],
-               "final_val_bits_per_byte": progress.val["bits_per_byte"],
+               "final_val_bits_per_byte": progress.val.get("bits_per_byte", float("nan")),
                "unigram_entropy": datasets[0][0].manifest["unigram_entropy_nats"],
                "skipped_steps": int(progress.state.skipped_steps), "rollbacks": guard.rollbacks,
                "checkpoint_saves": checkpointer.saves,
@@ -133,7 +137,8 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     if distributed.is_primary():
         run_dir.write_summary(summary)
     log(f"done in {hooks.duration(summary['wall_seconds'])}: train loss {progress.train_loss:.4f}, "
-        f"val loss {progress.val['loss']:.4f}, val bits/byte {progress.val['bits_per_byte']:.4f} "
+        f"val loss {progress.val['loss']:.4f}" + (f", val bits/byte {progress.val['bits_per_byte']:.4f}"
+                                                   if "bits_per_byte" in progress.val else "") + " "
         f"(unigram entropy of the corpus: {summary['unigram_entropy']:.4f} nats/token); checkpoint "
         f"saves blocked training for {summary['checkpoint_blocked_seconds']:.2f}s in all")
     return summary

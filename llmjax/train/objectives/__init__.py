@@ -3,6 +3,9 @@
 An objective decides what a batch is and what is predicted from it. It owns
   - its batch specification (`fields`: names, shapes, dtypes, logical axes): the one place the
     compiled step, the data pipeline and the benchmark read a batch's layout from;
+  - the special tokens it needs (`special_tokens` here, trained into llmjax's tokenizer;
+    `token_ids(tokenizer)` finds their ids, refusing a tokenizer without them before anything
+    compiles);
   - its transform from packed token windows to rows (`rows`), a pure function of (seed, row
     index), so the batch of step s depends only on (data, seed, s) and resume stays exact;
   - its loss (`loss_sums`) and its evaluation (`eval_sums`, `target_bytes`, `metrics`, and
@@ -22,6 +25,7 @@ import dataclasses
 import importlib
 from typing import Callable, Mapping
 
+from llmjax.data.tokenizer import MASK
 from llmjax.errors import ConfigError, config_error
 
 
@@ -30,16 +34,27 @@ class Objective:
     name: str
     impl: Callable[[], object]  # Loads the implementation (see llmjax/train/objectives/causal_lm.py).
     fields: Mapping[str, object] = dataclasses.field(default_factory=dict)  # config.objective keys.
+    special_tokens: tuple[str, ...] = ()  # Trained into llmjax's BPE for this objective.
 
     def defaults(self) -> dict:
         return {"name": self.name, **self.fields}
 
     def check(self, config, family) -> None:
-        """Refuses a family that cannot be trained on this objective, before anything runs."""
+        """Refuses a family that cannot be trained on this objective, and an objective section
+        that is not this objective's, before anything runs."""
         if self.name not in family.objectives:
             raise config_error("objective.name", self.name,
                                f"the {family.name} family does not train on it; it trains on "
                                f"{', '.join(family.objectives)}.")
+        section, expected = config.objective, self.defaults()
+        for key in [*section, *expected]:
+            if (key in section) != (key in expected):
+                raise config_error(f"objective.{key}", section.get(key),
+                                   f"{'is not a field' if key in section else 'is missing'} of "
+                                   f"objective {self.name!r} (its fields: {', '.join(expected)}); "
+                                   f"build the config with compose(preset, objective={self.name!r}) "
+                                   f"or default_config(family, {self.name!r}) instead of renaming "
+                                   f"another objective's section.")
 
 
 def _load(module: str) -> Callable[[], object]:
@@ -67,3 +82,8 @@ def of(config) -> Objective:
 
 
 register(Objective("causal_lm", _load("llmjax.train.objectives.causal_lm")))
+register(Objective("mlm", _load("llmjax.train.objectives.mlm"), special_tokens=(MASK,), fields={
+    "mask_rate": 0.15,  # Of the text tokens, the fraction chosen for prediction.
+    "mask_token_rate": 0.8,  # Of the chosen, the fraction replaced by the mask token ...
+    "random_token_rate": 0.1,  # ... and by a random text token; the rest are kept as they are.
+}))

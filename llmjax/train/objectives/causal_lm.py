@@ -27,9 +27,14 @@ class CausalLM:
                 "segment_ids": Field(shape, "int32", ROW_AXES, "segments"),
                 "weights": Field(shape, "float32", ROW_AXES, "weights")}
 
-    def rows(self, windows, config, seed: int):
+    def token_ids(self, tokenizer) -> dict:
+        """No special tokens beyond end-of-document, which every tokenizer here has."""
+        del tokenizer
+        return {}
+
+    def rows(self, windows, config, seed: int, token_ids: dict):
         """Rows of the objective from a grain.MapDataset of packed windows."""
-        del config, seed  # A window is a causal-LM row as it is.
+        del config, seed, token_ids  # A window is a causal-LM row as it is.
         return windows
 
     def loss_sums(self, params, batch, *, config, z_loss: float):
