@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from llmjax.data.tokenizer import BOS, EOS, PAD
+from llmjax.data.tokenizer import BOS, EOS, MASK, PAD
 from llmjax.rundir import TOKENIZER, TOKENIZER_CONFIG, RunDir
 
 SPECIAL_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -47,6 +47,8 @@ def write_hf_tokenizer(run: RunDir, out: Path) -> None:
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": EOS,
         "pad_token": PAD, "add_bos_token": False, "add_eos_token": False,
         "clean_up_tokenization_spaces": False, "model_max_length": 1 << 30}
+    if not run.tokenizer_config and run.tokenizer.token_to_id(MASK) is not None:  # Trained for MLM.
+        config["mask_token"] = MASK
     (out / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2))
 
 

@@ -4,7 +4,9 @@ for every tensor, its HF name, its llmjax parameter path and the reshape between
 HF's projections are `nn.Linear` ([out, in]), so every kernel is transposed; the query, key and
 value weights [d, d] split their outputs into heads, llmjax's [d, heads, head_dim], and the
 attention output's inputs are the heads concatenated, llmjax's [heads, head_dim, d]. The MLM
-decoder's weight is the word embedding (tied) and its bias is `cls.predictions.bias`.
+decoder's weight is the word embedding and its bias `cls.predictions.bias` when tied; untied,
+transformers' decoder has a weight and a bias of its own (`cls.predictions.decoder.*`), which
+are what its forward pass reads, and `cls.predictions.bias` is left unused.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 from llmjax.interop.tensor_map import InteropError, TensorMap, refuse_unsupported
 
 MODEL_TYPE = "bert"
-BASE_MODEL_PREFIX = "bert."  # Absent from checkpoints saved from BertModel (which have no MLM head).
 # The tied decoder weight and bias that some checkpoints store (copies of the embedding and of
-# cls.predictions.bias), the position-id buffer older versions saved, and the pooler and
-# next-sentence head of BertForPreTraining checkpoints, which MLM does not use.
-OPTIONAL_TENSORS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
+# cls.predictions.bias), the bias an untied decoder leaves unused, the position-id buffer older
+# versions saved, and the pooler and next-sentence head of BertForPreTraining checkpoints,
+# which MLM does not use.
+OPTIONAL_TENSORS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "cls.predictions.bias",
                     "embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias",
                     "cls.seq_relationship.weight", "cls.seq_relationship.bias")
 
@@ -101,8 +103,10 @@ def tensor_maps(model) -> list[TensorMap]:
     maps += [TensorMap("cls.predictions.transform.dense.weight", ("head", "kernel"), None, (d, d), (d, d), True),
              TensorMap("cls.predictions.transform.dense.bias", ("head", "bias"), None, (d,), (d,), False),
              TensorMap("cls.predictions.transform.LayerNorm.weight", ("head_norm", "scale"), None, (d,), (d,), False),
-             TensorMap("cls.predictions.transform.LayerNorm.bias", ("head_norm", "bias"), None, (d,), (d,), False),
-             TensorMap("cls.predictions.bias", ("output_bias",), None, (v,), (v,), False)]
-    if not model.tie_embeddings:
-        maps.append(TensorMap("cls.predictions.decoder.weight", ("lm_head",), None, (v, d), (v, d), False))
+             TensorMap("cls.predictions.transform.LayerNorm.bias", ("head_norm", "bias"), None, (d,), (d,), False)]
+    if model.tie_embeddings:
+        maps.append(TensorMap("cls.predictions.bias", ("output_bias",), None, (v,), (v,), False))
+    else:
+        maps += [TensorMap("cls.predictions.decoder.weight", ("lm_head",), None, (v, d), (v, d), False),
+                 TensorMap("cls.predictions.decoder.bias", ("output_bias",), None, (v,), (v,), False)]
     return maps
