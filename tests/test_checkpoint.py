@@ -78,7 +78,8 @@ def assert_same_run(resumed, reference, rtol=0.0):
 @pytest.mark.parametrize("config, microbatches, sig", [("configs/tiny.py", 1, signal.SIGTERM),
                                                        ("configs/tiny.py", 2, signal.SIGINT),
                                                        ("configs/gpt2_tiny.py", 1, signal.SIGTERM),
-                                                       ("configs/lstm_tiny.py", 1, signal.SIGTERM)])
+                                                       ("configs/lstm_tiny.py", 1, signal.SIGTERM),
+                                                       ("configs/bert_tiny.py", 1, signal.SIGTERM)])
 def test_preempted_run_continues_bit_identically(tmp_path, config, microbatches, sig):
     overrides = ("--config.train.steps=60", "--config.train.log_every=1",
                  "--config.checkpoint.every_steps=10", f"--config.train.microbatches={microbatches}")
@@ -97,17 +98,24 @@ def test_preempted_run_continues_bit_identically(tmp_path, config, microbatches,
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
-def test_resume_on_other_meshes_and_device_counts(tmp_path):
-    overrides = (*FP32, "--config.model.num_kv_heads=4", "--config.train.steps=45",
+# Four of every head, so that tensor=4 splits them.
+FOUR_HEADS = {"configs/tiny.py": ("--config.model.num_kv_heads=4",),
+              "configs/bert_tiny.py": ("--config.model.num_heads=4", "--config.model.head_dim=16")}
+
+
+@pytest.mark.parametrize("config", FOUR_HEADS)
+def test_resume_on_other_meshes_and_device_counts(tmp_path, config):
+    overrides = (*FP32, *FOUR_HEADS[config], "--config.train.steps=45",
                  "--config.train.log_every=1", "--config.checkpoint.every_steps=100")
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     data8 = ("--config.mesh.ici.data=8",)
-    assert run_train(reference, *overrides, *data8, cache=tmp_path / "cache", devices=8).returncode == 0
-    preempt(resumed, 10, (*overrides, *data8), tmp_path / "cache", devices=8)
+    cache, run = tmp_path / "cache", dict(config=config)
+    assert run_train(reference, *overrides, *data8, cache=cache, devices=8, **run).returncode == 0
+    preempt(resumed, 10, (*overrides, *data8), cache, devices=8, **run)
     out = preempt(resumed, 25, (*overrides, "--config.mesh.ici.data=1", "--config.mesh.ici.fsdp=2",
-                                "--config.mesh.ici.tensor=4"), tmp_path / "cache", devices=8)
+                                "--config.mesh.ici.tensor=4"), cache, devices=8, **run)
     assert "mesh: {'data': 1, 'fsdp': 2, 'sequence': 1, 'tensor': 4}" in out and "resuming from checkpoint" in out
-    finished = run_train(resumed, *overrides, cache=tmp_path / "cache", devices=1)
+    finished = run_train(resumed, *overrides, cache=cache, devices=1, **run)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "over 1 cpu devices" in finished.stdout
     assert_same_run(resumed, reference, rtol=1e-4)

@@ -30,7 +30,8 @@ def test_recurrence_equals_torch_lstm(shape, reference_python, tmp_path):
     params = jax.tree.map(lambda x: 2.0 * x, _params(config))
     tokens = np.random.default_rng(0).integers(0, config.model.vocab_size, (3, 20))
     hidden, _ = model.apply_hidden(params, jnp.asarray(tokens), config=config)
-    weights = {"x": np.asarray(params["embed"]["embedding"])[tokens]}
+    # The first layer reads the embedding rows at unit variance (1 / init_scale of them).
+    weights = {"x": np.asarray(params["embed"]["embedding"])[tokens] / config.model.init_scale}
     for layer in range(config.model.num_layers):
         p = params[f"layers_{layer}"]
         h = config.model.hidden_dim

@@ -27,6 +27,12 @@ _PER_POSITION = flags.DEFINE_boolean("per_position", False, "Also the loss at ea
 flags.mark_flags_as_required(["workdir"])
 
 
+# What a result line shows of the objective's metrics, where it has them (MLM has accuracy and
+# no bits per byte).
+SHOWN = (("loss", "loss", ".4f"), ("perplexity", "ppl", ".2f"), ("accuracy", "accuracy", ".4f"),
+         ("bits_per_byte", "bits/byte", ".4f"))
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -41,8 +47,8 @@ def main(argv) -> None:
                            per_position=_PER_POSITION.value)
     step, positions = results.pop("step"), results.pop("per_position", {})
     for name, values in results.items():
-        print(f"step {step} | {name} | loss {values['loss']:.4f} | ppl {values['perplexity']:.2f} "
-              f"| bits/byte {values['bits_per_byte']:.4f}")
+        print(f"step {step} | {name} | " + " | ".join(f"{label} {values[key]:{form}}" for key, label, form in SHOWN
+                                                    if key in values))
     for name, curve in positions.items():
         shown = [p for p in (0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 1023) if p < len(curve["loss"])]
         print(f"step {step} | {name} | loss at position " + ", ".join(f"{p}: {curve['loss'][p]:.3f}" for p in shown))

@@ -25,7 +25,8 @@ def non_embedding_params(m) -> int:
 
 def param_count(m) -> int:
     out = m.proj_dim or m.hidden_dim
-    return non_embedding_params(m) + m.vocab_size * m.d_model + (0 if m.tie_embeddings else m.vocab_size * out)
+    output = m.vocab_size * (1 if m.tie_embeddings else 1 + out)  # Its bias, and its own matrix if untied.
+    return non_embedding_params(m) + m.vocab_size * m.d_model + output
 
 
 def flops_per_token(m, seq_len: int) -> float:
