@@ -8,7 +8,7 @@ import flax.linen as nn
 import pytest
 
 from llmjax import model
-from llmjax.model.layers.attention import bidirectional_attention, select_attention_impl
+from llmjax.model.layers.attention import attention_kernel, bidirectional_attention, select_attention_impl
 from llmjax.model.llama.model import Attention
 from llmjax.model.layers.blockwise import blockwise_attention
 from llmjax.model.layers.rope import apply_rope, rope_tables
@@ -302,6 +302,23 @@ def test_cross_attention_keeps_packed_examples_apart(impl):
         np.testing.assert_allclose(packed[:, qs], alone, rtol=1e-5, atol=1e-6)
     mask = q_segments[:, None, :, None] == kv_segments[:, None, None, :]
     _assert_same_attention(lambda q, k, v: blockwise_attention(q, k, v, q_segments, 8, False, kv_segments),
+                           lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask), q, k, v)
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "xla"])
+def test_prefix_attention_sees_the_whole_prefix_and_the_past(impl):
+    """Prefix LM's mask, per document: a key is seen by every query of its document when it is
+    in the document's prefix, else only by the queries at or after it. Both CPU paths equal
+    XLA's attention with that mask written out (outputs and gradients)."""
+    b, t, n, h = 2, 40, 4, 8
+    q = jax.random.normal(jax.random.key(0), (b, t, n, h))
+    k, v = (jax.random.normal(jax.random.key(i), (b, t, 2, h)) for i in (1, 2))
+    segments = jnp.asarray((np.arange(t) >= 17)[None].repeat(b, 0), jnp.int32)
+    offset = np.where(np.arange(t) >= 17, np.arange(t) - 17, np.arange(t))
+    prefix = jnp.asarray(offset[None] < np.array([[5], [11]]), jnp.int32)  # Per row, per document.
+    i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+    mask = (segments[:, None, :, None] == segments[:, None, None, :]) & ((j <= i) | prefix[:, None, None, :].astype(bool))
+    _assert_same_attention(lambda q, k, v: attention_kernel(q, k, v, segments, segments, impl, True, prefix),
                            lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask), q, k, v)
 
 

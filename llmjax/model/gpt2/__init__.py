@@ -9,4 +9,5 @@ from llmjax.model.gpt2.spec import GPT2Spec
 from llmjax.model.family import Family, lazy
 
 FAMILY = Family(name="gpt2", spec=GPT2Spec, flops=flops, presets=PRESETS,
-                math=lazy("llmjax.model.gpt2.model", "MATH"), hf=lazy("llmjax.model.gpt2.hf"))
+                math=lazy("llmjax.model.gpt2.model", "MATH"), hf=lazy("llmjax.model.gpt2.hf"),
+                objectives=("causal_lm", "prefix_lm"))

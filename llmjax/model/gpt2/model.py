@@ -26,13 +26,13 @@ class Attention(nn.Module):
     spec: GPT2Spec
 
     @nn.compact
-    def __call__(self, x_BTD, segment_ids_BT):
+    def __call__(self, x_BTD, segment_ids_BT, prefix_BT=None):
         s = self.spec
         d, n, h = s.d_model, s.num_heads, s.head_dim
         qkv_BT3NH = Projection(s, (d, 3, n, h), ("embed", "qkv", "heads", "head_dim"), use_bias=True,
                                name="qkv")(x_BTD)
         q_BTNH, k_BTNH, v_BTNH = (qkv_BT3NH[:, :, i] for i in range(3))
-        out_BTNH = causal_attention(self, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, s.attention_impl)
+        out_BTNH = causal_attention(self, q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, s.attention_impl, prefix_BT)
         return Projection(s, (n, h, d), ("heads", "head_dim", "embed"), in_ndim=2, use_bias=True,
                           scale=residual_scale(s), name="out")(out_BTNH)
 
@@ -55,9 +55,10 @@ class Block(nn.Module):
     spec: GPT2Spec
 
     @nn.compact
-    def __call__(self, x_BTD, segment_ids_BT):
+    def __call__(self, x_BTD, segment_ids_BT, prefix_BT=None):
         s = self.spec
-        x_BTD = x_BTD + Attention(s, name="attention")(layer_norm(s, "attention_norm")(x_BTD), segment_ids_BT)
+        x_BTD = x_BTD + Attention(s, name="attention")(layer_norm(s, "attention_norm")(x_BTD), segment_ids_BT,
+                                                       prefix_BT)
         x_BTD = x_BTD + Mlp(s, name="mlp")(layer_norm(s, "mlp_norm")(x_BTD))
         return nn.with_logical_constraint(x_BTD, EMBED_ACT), None
 
@@ -66,15 +67,16 @@ class GPT2(nn.Module):
     spec: GPT2Spec
 
     @nn.compact
-    def __call__(self, tokens_BT, positions_BT, segment_ids_BT, with_head: bool = True):
+    def __call__(self, tokens_BT, positions_BT, segment_ids_BT, with_head: bool = True, prefix_BT=None):
         """fp32 logits; with `with_head=False`, (final hidden states, logits_fn). Positions are
-        per document (packed rows restart them), as the learned table is indexed."""
+        per document (packed rows restart them), as the learned table is indexed. `prefix_BT`
+        (prefix LM) marks the tokens every query of their document attends to."""
         s = self.spec
         positions_BT = positions_or_default(tokens_BT, positions_BT)
         embed = embedding(s, s.vocab_size, ("vocab", "embed"), "embed")
         position_embed = embedding(s, s.max_seq_len, ("position", "embed"), "position_embed")
         x_BTD = nn.with_logical_constraint(embed(tokens_BT) + position_embed(positions_BT), EMBED_ACT)
-        x_BTD = stack_blocks(Block, s, x_BTD, segment_ids_BT)
+        x_BTD = stack_blocks(Block, s, x_BTD, segment_ids_BT, prefix_BT)
         x_BTD = layer_norm(s, "final_norm")(x_BTD)
         return head_output(x_BTD, output_matrix(self, s, embed), s, with_head)
 

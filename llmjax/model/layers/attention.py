@@ -38,10 +38,11 @@ def select_attention_impl(requested: str, platform: str, dtype, head_dim: int, l
     return "xla"
 
 
-def causal_attention(module: nn.Module, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, impl: str):
+def causal_attention(module: nn.Module, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, impl: str, prefix_BT=None):
     """Attention output [B, T, N, H]. `module` is the calling Flax module: when its "cache"
     collection is mutable (decoding), the keys and values are appended to its cache and the
-    queries attend to everything cached so far instead."""
+    queries attend to everything cached so far instead. `prefix_BT` (prefix LM, training)
+    marks the tokens every query of their document sees, ahead of it or not."""
     q_BTNH = nn.with_logical_constraint(q_BTNH, HEADS_ACT)
     k_BTKH = nn.with_logical_constraint(k_BTKH, KV_ACT)
     v_BTKH = nn.with_logical_constraint(v_BTKH, KV_ACT)
@@ -51,7 +52,8 @@ def causal_attention(module: nn.Module, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, 
         out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_B1TT,
                                                 implementation="xla")
     else:
-        out_BTNH = _kernel(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, segment_ids_BT, impl, causal=True)
+        out_BTNH = attention_kernel(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, segment_ids_BT, impl, causal=True,
+                           prefix_BT=prefix_BT)
     return nn.with_logical_constraint(out_BTNH, HEADS_ACT)
 
 
@@ -64,24 +66,32 @@ def bidirectional_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, impl: str, k
     v_BSKH = nn.with_logical_constraint(v_BSKH, KV_ACT)
     if kv_segment_ids_BS is None:
         kv_segment_ids_BS = segment_ids_BT
-    out_BTNH = _kernel(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, kv_segment_ids_BS, impl, causal=False)
+    out_BTNH = attention_kernel(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, kv_segment_ids_BS, impl, causal=False)
     return nn.with_logical_constraint(out_BTNH, HEADS_ACT)
 
 
-def _kernel(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, kv_segments_BS, impl: str, causal: bool):
+def attention_kernel(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, kv_segments_BS, impl: str, causal: bool, prefix_BT=None):
     """The platform's attention kernel (see `select_attention_impl`) with the segment mask,
-    and the causal one when `causal`."""
+    and the causal one (opened over the prefix, with `prefix_BT`) when `causal`."""
     impl = select_attention_impl(impl, jax.default_backend(), q_BTNH.dtype, q_BTNH.shape[-1],
                                  q_BTNH.shape[1])
+    if impl == "splash" and prefix_BT is not None:
+        impl = "xla"  # Splash's masks are fixed when the kernel is built; a prefix differs per row.
     if impl == "splash":
         return splash_attention(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, causal=causal,
                                 kv_segment_ids_BS=kv_segments_BS)
     if impl == "blockwise":
         # 128-query blocks, at most 8 of them: the backward pass's ops grow as blocks^2.
         block = max(128, -(-q_BTNH.shape[1] // 8))
-        return blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, block, causal, kv_segments_BS)
+        return blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, block, causal, kv_segments_BS,
+                                   prefix_BT)
     mask_B1TS = None
     if q_segments_BT is not None:
         mask_B1TS = q_segments_BT[:, None, :, None] == kv_segments_BS[:, None, None, :]
+    if prefix_BT is not None:
+        t = q_BTNH.shape[1]
+        seen_B1TS = (jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]) | prefix_BT[:, None, None, :].astype(bool)
+        mask_B1TS = seen_B1TS if mask_B1TS is None else mask_B1TS & seen_B1TS
+        causal = False  # The mask holds the causal part.
     return jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS, is_causal=causal,
                                         implementation=impl)

@@ -27,12 +27,13 @@ _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def blockwise_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, block: int, causal: bool = True,
-                        kv_segment_ids_BS=None):
+                        kv_segment_ids_BS=None, prefix_BT=None):
     """Document-masked (when `segment_ids_BT` is given), grouped-query attention, equal to
     `jax.nn.dot_product_attention(..., is_causal=causal)`, computed `block` queries at a time.
-    Causal, the upper triangle of blocks is never computed. Bidirectional, keys may be a
-    different sequence (cross-attention, S keys) with their own segment ids
-    (`kv_segment_ids_BS`, default: the queries')."""
+    Causal, the upper triangle of blocks is never computed, unless `prefix_BT` marks a prefix
+    every query of its document may see (prefix LM: key j is seen by query i when j <= i or j
+    is in the prefix). Bidirectional, keys may be a different sequence (cross-attention, S
+    keys) with their own segment ids (`kv_segment_ids_BS`, default: the queries')."""
     groups = q_BTNH.shape[2] // k_BSKH.shape[2]
     if groups > 1:  # Query head n reads key/value head n // groups, as in XLA's attention.
         k_BSKH, v_BSKH = (jnp.repeat(x, groups, axis=2) for x in (k_BSKH, v_BSKH))
@@ -40,7 +41,7 @@ def blockwise_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, block: int, caus
         kv_segment_ids_BS = segment_ids_BT
     heads_major = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  [B,T,N,H] <-> [B,N,T,H]
     out_BNTH = _attention(heads_major(q_BTNH), heads_major(k_BSKH), heads_major(v_BSKH),
-                          segment_ids_BT, kv_segment_ids_BS, block, causal)
+                          segment_ids_BT, kv_segment_ids_BS, prefix_BT, block, causal)
     return heads_major(out_BNTH)
 
 
@@ -48,32 +49,34 @@ def _blocks(length: int, block: int) -> list[tuple[int, int]]:
     return [(start, min(start + block, length)) for start in range(0, length, block)]
 
 
-def _keys(start: int, end: int, keys: int, causal: bool) -> int:
+def _keys(start: int, end: int, keys: int, causal: bool, prefix_BT) -> int:
     """How many keys query block [start, end) sees (a prefix of them)."""
-    return end if causal else keys
+    return end if causal and prefix_BT is None else keys
 
 
-def _mask(q_segments_BT, kv_segments_BS, start: int, end: int, keys: int, causal: bool):
+def _mask(q_segments_BT, kv_segments_BS, prefix_BT, start: int, end: int, keys: int, causal: bool):
     """[B or 1, 1, end - start, keys] or None: query start + i may see key j."""
     mask = None
     if causal:
         mask = (jnp.arange(start, end)[:, None] >= jnp.arange(keys)[None, :])[None, None]
+        if prefix_BT is not None:
+            mask = mask | prefix_BT[:, None, None, :keys].astype(bool)
     if q_segments_BT is not None:
         same = q_segments_BT[:, None, start:end, None] == kv_segments_BS[:, None, None, :keys]
         mask = same if mask is None else mask & same
     return mask
 
 
-def _forward(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, block, causal):
+def _forward(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, prefix_BT, block, causal):
     """(output, per query block its probabilities [B, N, block, keys it sees] in the inputs'
     dtype). Scores and softmax in fp32, as XLA's attention computes them."""
     scale = q_BNTH.shape[-1] ** -0.5
     outs, probs = [], []
     for start, end in _blocks(q_BNTH.shape[2], block):
-        keys = _keys(start, end, k_BNSH.shape[2], causal)
+        keys = _keys(start, end, k_BNSH.shape[2], causal, prefix_BT)
         scores = jnp.einsum("bnqh,bnkh->bnqk", q_BNTH[:, :, start:end], k_BNSH[:, :, :keys],
                             preferred_element_type=jnp.float32) * scale
-        mask = _mask(q_segments_BT, kv_segments_BS, start, end, keys, causal)
+        mask = _mask(q_segments_BT, kv_segments_BS, prefix_BT, start, end, keys, causal)
         p = jax.nn.softmax(scores if mask is None else jnp.where(mask, scores, _MASKED), axis=-1)
         p = p.astype(q_BNTH.dtype)
         outs.append(jnp.einsum("bnqk,bnkh->bnqh", p, v_BNSH[:, :, :keys]))
@@ -81,18 +84,18 @@ def _forward(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, block, causa
     return jnp.concatenate(outs, axis=2), probs
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _attention(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, block, causal):
-    return _forward(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, block, causal)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _attention(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, prefix_BT, block, causal):
+    return _forward(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, prefix_BT, block, causal)[0]
 
 
-def _attention_fwd(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, block, causal):
-    out_BNTH, probs = _forward(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, block, causal)
-    return out_BNTH, (q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, out_BNTH, probs)
+def _attention_fwd(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, prefix_BT, block, causal):
+    out_BNTH, probs = _forward(q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, prefix_BT, block, causal)
+    return out_BNTH, (q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, prefix_BT, out_BNTH, probs)
 
 
 def _attention_bwd(block, causal, residuals, dout_BNTH):
-    q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, out_BNTH, probs = residuals
+    q_BNTH, k_BNSH, v_BNSH, q_segments_BT, kv_segments_BS, prefix_BT, out_BNTH, probs = residuals
     scale = q_BNTH.shape[-1] ** -0.5
     blocks = _blocks(q_BNTH.shape[2], block)
     # dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O): a [B, N, T] sum.
@@ -106,7 +109,7 @@ def _attention_bwd(block, causal, residuals, dout_BNTH):
         ds = (p.astype(jnp.float32) * (dp - delta_BNT1[:, :, start:end]) * scale).astype(p.dtype)
         dq.append(jnp.einsum("bnqk,bnkh->bnqh", ds, k_BNSH[:, :, :keys]))
         dscores.append(ds)
-    if causal:
+    if causal and prefix_BT is None:
         # Key block j is seen by query blocks j, j+1, ...: their columns of P and dS, stacked.
         dk, dv = [], []
         for j, (start, end) in enumerate(blocks):
@@ -115,11 +118,11 @@ def _attention_bwd(block, causal, residuals, dout_BNTH):
             dv.append(jnp.einsum("bnqk,bnqh->bnkh", p_cols, dout_BNTH[:, :, start:]))
             dk.append(jnp.einsum("bnqk,bnqh->bnkh", ds_cols, q_BNTH[:, :, start:]))
         dk_BNSH, dv_BNSH = jnp.concatenate(dk, axis=2), jnp.concatenate(dv, axis=2)
-    else:  # Every query block sees every key: one product each over all queries.
+    else:  # Every query block sees every key (masked or not): one product each over all queries.
         p_all, ds_all = jnp.concatenate(probs, axis=2), jnp.concatenate(dscores, axis=2)
         dv_BNSH = jnp.einsum("bnqk,bnqh->bnkh", p_all, dout_BNTH)
         dk_BNSH = jnp.einsum("bnqk,bnqh->bnkh", ds_all, q_BNTH)
-    return jnp.concatenate(dq, axis=2), dk_BNSH, dv_BNSH, None, None
+    return jnp.concatenate(dq, axis=2), dk_BNSH, dv_BNSH, None, None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

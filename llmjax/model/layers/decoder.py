@@ -21,11 +21,13 @@ class DecoderMath:
         return self.module(spec).init(rng, tokens, None, None)["params"]
 
     def apply(self, params, batch, *, config, with_head: bool = True):
-        """fp32 logits [B, T, V] of batch["inputs"] (positions and segment ids optional); without
-        the head, (final hidden states, logits_fn), see `layers.output.head_output`."""
+        """fp32 logits [B, T, V] of batch["inputs"] (positions, segment ids and a prefix LM's
+        "prefix" optional); without the head, (final hidden states, logits_fn), see
+        `layers.output.head_output`."""
         spec = self.spec.from_config(config.model)
+        prefix = {"prefix_BT": batch["prefix"]} if "prefix" in batch else {}  # Prefix LM only.
         return self.module(spec).apply({"params": params}, batch["inputs"], batch.get("positions"),
-                                       batch.get("segment_ids"), with_head=with_head)
+                                       batch.get("segment_ids"), with_head=with_head, **prefix)
 
     def decoder(self, config):
         """(module, spec) for cached decoding: the spec without rematerialisation, since

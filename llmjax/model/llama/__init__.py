@@ -8,4 +8,5 @@ from llmjax.model.llama.spec import LlamaSpec
 from llmjax.model.family import Family, lazy
 
 FAMILY = Family(name="llama", spec=LlamaSpec, flops=flops, presets=PRESETS,
-                math=lazy("llmjax.model.llama.model", "MATH"), hf=lazy("llmjax.model.llama.hf"))
+                math=lazy("llmjax.model.llama.model", "MATH"), hf=lazy("llmjax.model.llama.hf"),
+                objectives=("causal_lm", "prefix_lm"))

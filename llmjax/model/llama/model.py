@@ -28,7 +28,7 @@ class Attention(nn.Module):
     spec: LlamaSpec
 
     @nn.compact
-    def __call__(self, x_BTD, rope, segment_ids_BT):
+    def __call__(self, x_BTD, rope, segment_ids_BT, prefix_BT=None):
         """`rope`: the (sin, cos) tables of `rope_tables` for the tokens' positions."""
         s = self.spec
         d, n, k, h = s.d_model, s.num_heads, s.num_kv_heads, s.head_dim
@@ -36,7 +36,7 @@ class Attention(nn.Module):
         k_BTKH = Projection(s, (d, k, h), ("embed", "kv_heads", "head_dim"), name="key")(x_BTD)
         v_BTKH = Projection(s, (d, k, h), ("embed", "kv_heads", "head_dim"), name="value")(x_BTD)
         out_BTNH = causal_attention(self, apply_rope(q_BTNH, rope), apply_rope(k_BTKH, rope), v_BTKH,
-                                    segment_ids_BT, s.attention_impl)
+                                    segment_ids_BT, s.attention_impl, prefix_BT)
         return Projection(s, (n, h, d), ("heads", "head_dim", "embed"), in_ndim=2,
                           scale=residual_scale(s), name="out")(out_BTNH)
 
@@ -59,10 +59,10 @@ class Block(nn.Module):
     spec: LlamaSpec
 
     @nn.compact
-    def __call__(self, x_BTD, rope, segment_ids_BT):
+    def __call__(self, x_BTD, rope, segment_ids_BT, prefix_BT=None):
         s = self.spec
         h_BTD = rms_norm(s, "attention_norm")(x_BTD)
-        x_BTD = x_BTD + Attention(s, name="attention")(h_BTD, rope, segment_ids_BT)
+        x_BTD = x_BTD + Attention(s, name="attention")(h_BTD, rope, segment_ids_BT, prefix_BT)
         h_BTD = rms_norm(s, "mlp_norm")(x_BTD)
         x_BTD = x_BTD + Mlp(s, name="mlp")(h_BTD)
         return nn.with_logical_constraint(x_BTD, EMBED_ACT), None
@@ -72,14 +72,15 @@ class Transformer(nn.Module):
     spec: LlamaSpec
 
     @nn.compact
-    def __call__(self, tokens_BT, positions_BT, segment_ids_BT, with_head: bool = True):
-        """fp32 logits; with `with_head=False`, (final hidden states, logits_fn)."""
+    def __call__(self, tokens_BT, positions_BT, segment_ids_BT, with_head: bool = True, prefix_BT=None):
+        """fp32 logits; with `with_head=False`, (final hidden states, logits_fn). `prefix_BT`
+        (prefix LM) marks the tokens every query of their document attends to."""
         s = self.spec
         positions_BT = positions_or_default(tokens_BT, positions_BT)
         embed = embedding(s, s.vocab_size, ("vocab", "embed"), "embed")
         x_BTD = nn.with_logical_constraint(embed(tokens_BT), EMBED_ACT)
         rope = rope_tables(positions_BT, s.head_dim, s.rope_theta)
-        x_BTD = stack_blocks(Block, s, x_BTD, rope, segment_ids_BT)
+        x_BTD = stack_blocks(Block, s, x_BTD, rope, segment_ids_BT, prefix_BT)
         x_BTD = rms_norm(s, "final_norm")(x_BTD)
         return head_output(x_BTD, output_matrix(self, s, embed), s, with_head)
 

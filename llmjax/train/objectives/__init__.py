@@ -82,6 +82,7 @@ def of(config) -> Objective:
 
 
 register(Objective("causal_lm", _load("llmjax.train.objectives.causal_lm")))
+register(Objective("prefix_lm", _load("llmjax.train.objectives.prefix_lm")))
 register(Objective("mlm", _load("llmjax.train.objectives.mlm"), special_tokens=(MASK,), fields={
     "mask_rate": 0.15,  # Of the text tokens, the fraction chosen for prediction.
     "mask_token_rate": 0.8,  # Of the chosen, the fraction replaced by the mask token ...
