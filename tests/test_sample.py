@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from llmjax import model
+from llmjax.errors import LlmjaxError
 from llmjax.sample.cached import inference_decoder
 from llmjax.sample.generate import (Settings, decode_step, generate, left_pad, prefill,
                                     reorder_state)
@@ -151,3 +152,8 @@ def test_beam_search_finds_the_more_likely_sequence():
                               sampling=Sampling(temperature=0.0), eos_ids=jnp.asarray([EOS]),
                               pad_id=PAD)
     assert greedy[0, 0] == 2  # The myopic choice.
+
+
+def test_a_family_without_a_cached_decoder_is_refused_by_name():
+    with pytest.raises(LlmjaxError, match="the bert family has no cached decoder; it cannot generate text"):
+        inference_decoder(make_tiny_config("bert"))

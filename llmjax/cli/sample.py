@@ -31,6 +31,7 @@ def main(argv) -> None:
     from llmjax.checkpoint import restore_params  # noqa: PLC0415
     from llmjax.interop.run_files import eos_ids, special_ids  # noqa: PLC0415
     from llmjax.rundir import RunDir  # noqa: PLC0415
+    from llmjax.sample.cached import inference_decoder  # noqa: PLC0415
     from llmjax.sample.generate import Settings, check, generate  # noqa: PLC0415
     from llmjax.sample.select import Sampling  # noqa: PLC0415
 
@@ -39,6 +40,7 @@ def main(argv) -> None:
                         sampling=Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value))
     logging.set_verbosity(logging.ERROR)  # Orbax warns that it opens the run read-only.
     config = run.config
+    inference_decoder(config)  # A family that cannot generate is refused first.
     step = run.resolve_step(_STEP.value)
     tokenizer = run.tokenizer
     ends = eos_ids(run)
