@@ -1,5 +1,8 @@
 """What the parity tests of every family share: a few steps of continued training on a tiny
-corpus, llmjax's fp32 logits of a run, and the tolerance against transformers'."""
+corpus, random token rows, transformers' logits of several models from one reference process,
+llmjax's fp32 logits of a run, and the tolerance against transformers'."""
+
+import json
 
 import numpy as np
 
@@ -7,11 +10,33 @@ from llmjax import model
 from llmjax.checkpoint import restore_params
 from llmjax.rundir import RunDir
 
+from conftest import run_reference
+
 CONTINUE = ("--config.data.glob=json/*.py", "--config.data.val_percent=20",
             "--config.data.seq_len=64", "--config.train.steps=4", "--config.train.log_every=2",
             "--config.train.eval_every=0", "--config.train.eval_batches=1",
             "--config.train.global_batch_size=8", "--config.optimizer.warmup_steps=1",
             "--config.checkpoint.every_steps=4", "--config.model.dtype=float32")
+
+
+QUIET = dict(log=lambda *_: None)
+
+
+def random_tokens(seed, vocab, shape=(3, 24)):
+    return np.random.default_rng(seed).integers(0, vocab, shape).astype(np.int32)
+
+
+def reference_logits(reference_python, tmp, commands, models) -> None:
+    """Runs `commands` and then transformers' fp32 logits of every model {"hf", "tokens"} of
+    `models` (name -> model, files under tmp / name) in one reference process (importing
+    transformers' models takes seconds); stores each model's as its "logits"."""
+    commands = list(commands)
+    for name, m in models.items():
+        np.save(tmp / name / "tokens.npy", m["tokens"])
+        commands.append(["logits", m["hf"], tmp / name / "tokens.npy", tmp / name / "logits.npy"])
+    run_reference(reference_python, "batch", json.dumps(commands, default=str))
+    for name, m in models.items():
+        m["logits"] = np.load(tmp / name / "logits.npy")
 
 
 def llmjax_logits(workdir, tokens):

@@ -17,8 +17,8 @@ from llmjax.interop.safetensors_io import SafetensorsReader
 from llmjax.interop.tensor_map import InteropError
 from llmjax.rundir import RunDir
 
-from conftest import ROOT, run_reference, train_command, train_env
-from hf_parity import CONTINUE, assert_logits_match, llmjax_logits
+from conftest import ROOT, train_command, train_env
+from hf_parity import CONTINUE, QUIET, assert_logits_match, llmjax_logits, random_tokens, reference_logits
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +28,6 @@ HF_CONFIG = dict(vocab_size=384, hidden_size=64, num_hidden_layers=2, num_attent
                  pad_token_id=0, eos_token_id=2)
 VARIANTS = {"tied": {}, "untied": dict(tie_word_embeddings=False, intermediate_size=96)}
 TEXTS = ["import json\nclass Encoder:\n    def encode(self, o):\n        return json.dumps(o)\n"] * 20
-QUIET = dict(log=lambda *_: None)
-
-
-def random_tokens(seed, vocab, shape=(3, 24)):
-    return np.random.default_rng(seed).integers(0, vocab, shape).astype(np.int32)
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +55,7 @@ def bert(reference_python, tmp_path_factory):
     trained["tokens"] = random_tokens(2, RunDir(trained["run"]).config.model.vocab_size)
     commands.append(["encode", trained["hf"], MASK, tmp / "trained" / "mask.npy"])
     everything = models | {"trained": trained}
-    for name, m in everything.items():
-        np.save(tmp / name / "tokens.npy", m["tokens"])
-        commands.append(["logits", m["hf"], tmp / name / "tokens.npy", tmp / name / "logits.npy"])
-    run_reference(reference_python, "batch", json.dumps(commands, default=str))
-    for name, m in everything.items():
-        m["logits"] = np.load(tmp / name / "logits.npy")
+    reference_logits(reference_python, tmp, commands, everything)
     for m in models.values():
         import_hf(m["hf"], m["run"], **QUIET)
     trained["mask"] = np.load(tmp / "trained" / "mask.npy").tolist()

@@ -27,8 +27,8 @@ from llmjax.rundir import RunDir
 from llmjax.sample.generate import Settings, generate
 from llmjax.sample.select import Sampling
 
-from conftest import ROOT, run_reference, train_command, train_env
-from hf_parity import CONTINUE, assert_logits_match, llmjax_logits
+from conftest import ROOT, train_command, train_env
+from hf_parity import CONTINUE, QUIET, assert_logits_match, llmjax_logits, random_tokens, reference_logits
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +43,6 @@ PROMPTS = ["def ", "import json\nclass Encoder"]
 TEXT = "import json\ndef f(x):\n    return json.dumps({'a': [1, 2.5]})\n"
 NEW_TOKENS = 8
 EOS = HF_CONFIG["eos_token_id"]
-QUIET = dict(log=lambda *_: None)
-
-
-def random_tokens(seed, vocab, shape=(3, 24)):
-    return np.random.default_rng(seed).integers(0, vocab, shape).astype(np.int32)
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +73,7 @@ def gpt2(reference_python, tmp_path_factory):
     trained["tokens"] = random_tokens(2, RunDir(trained["run"]).config.model.vocab_size)
     commands.append(["encode", trained["hf"], TEXT, tmp / "trained" / "ids.npy"])
     everything = models | {"trained": trained}
-    for name, m in everything.items():
-        np.save(tmp / name / "tokens.npy", m["tokens"])
-        commands.append(["logits", m["hf"], tmp / name / "tokens.npy", tmp / name / "logits.npy"])
-    run_reference(reference_python, "batch", json.dumps(commands, default=str))
-    for name, m in everything.items():
-        m["logits"] = np.load(tmp / name / "logits.npy")
+    reference_logits(reference_python, tmp, commands, everything)
     for m in models.values():
         import_hf(m["hf"], m["run"], **QUIET)
     trained["ids"] = np.load(tmp / "trained" / "ids.npy").tolist()

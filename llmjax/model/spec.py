@@ -88,6 +88,20 @@ class TransformerSpec(ModelSpec):
                                f"must be one of {', '.join(ATTENTION_IMPLS)}.")
 
 
+def check_heads(model, mesh_shape) -> None:
+    """The attention and MLP widths of a family with num_heads heads of head_dim filling
+    d_model (GPT-2, BERT): positive, consistent, and split evenly by the tensor axis."""
+    positive(model, "num_heads", "head_dim", "mlp_dim")
+    if model.d_model != model.num_heads * model.head_dim:
+        raise config_error("model.d_model", model.d_model,
+                           f"must equal model.num_heads * model.head_dim = {model.num_heads} * "
+                           f"{model.head_dim} = {model.num_heads * model.head_dim}; change one "
+                           f"of the three.")
+    if mesh_shape:
+        divisible(model, "num_heads", mesh_shape, "tensor")
+        divisible(model, "mlp_dim", mesh_shape, "tensor")
+
+
 def positive(model, *keys: str) -> None:
     for key in keys:
         value = model[key]

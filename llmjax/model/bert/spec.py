@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from llmjax.errors import config_error
-from llmjax.model.spec import TransformerSpec, divisible, positive
+from llmjax.model.spec import TransformerSpec, check_heads
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -22,15 +22,7 @@ class BertSpec(TransformerSpec):
     @classmethod
     def validate(cls, model, mesh_shape) -> None:
         super().validate(model, mesh_shape)
-        positive(model, "num_heads", "head_dim", "mlp_dim")
+        check_heads(model, mesh_shape)
         if not isinstance(model.type_vocab_size, int) or model.type_vocab_size < 0:
             raise config_error("model.type_vocab_size", model.type_vocab_size,
                                "must be 0 (no token types) or a positive integer.")
-        if model.d_model != model.num_heads * model.head_dim:
-            raise config_error("model.d_model", model.d_model,
-                               f"must equal model.num_heads * model.head_dim = {model.num_heads} * "
-                               f"{model.head_dim} = {model.num_heads * model.head_dim}; change one "
-                               f"of the three.")
-        if mesh_shape:
-            divisible(model, "num_heads", mesh_shape, "tensor")
-            divisible(model, "mlp_dim", mesh_shape, "tensor")

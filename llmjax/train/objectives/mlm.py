@@ -24,22 +24,16 @@ import numpy as np
 from llmjax.data.errors import DataError
 from llmjax.data.tokenizer import MASK_NAMES
 from llmjax.model import registry
-from llmjax.train.objectives.cross_entropy import chunked_cross_entropy_sums, cross_entropy_sums, token_nll
-from llmjax.train.objectives.fields import ROW_AXES, Field
+from llmjax.train.objectives.causal_lm import CausalLM
+from llmjax.train.objectives.cross_entropy import token_nll
 
 _STREAM = 0x6D6C6D  # Separates this objective's random stream from any other drawn from the seed.
 
 
-class MaskedLM:
+class MaskedLM(CausalLM):
+    """Causal LM's batch fields and loss sums, over other rows: targets are the original tokens
+    at the chosen positions, the only ones with weight."""
     name = "mlm"
-
-    def fields(self, config, batch_size: int) -> dict[str, Field]:
-        shape = (batch_size, config.data.seq_len)
-        return {"inputs": Field(shape, "int32", ROW_AXES, "tokens"),
-                "targets": Field(shape, "int32", ROW_AXES, "tokens"),
-                "positions": Field(shape, "int32", ROW_AXES, "positions"),
-                "segment_ids": Field(shape, "int32", ROW_AXES, "segments"),
-                "weights": Field(shape, "float32", ROW_AXES, "weights")}
 
     def token_ids(self, tokenizer) -> dict:
         """The mask token, the special tokens never chosen, and the text tokens a random
@@ -59,16 +53,6 @@ class MaskedLM:
         generator seeded by (seed, g)."""
         return windows.map_with_index(functools.partial(corrupt, seed=seed, token_ids=token_ids,
                                                         rates=rates(config)))
-
-    def loss_sums(self, params, batch, *, config, z_loss: float):
-        """(NLL sum, z-loss sum, weight sum) over the chosen positions."""
-        apply = registry.of(config).math().apply
-        if config.train.loss_chunk_len:
-            h_BTD, logits_fn = apply(params, batch, config=config, with_head=False)
-            return chunked_cross_entropy_sums(h_BTD, logits_fn, batch["targets"], batch["weights"],
-                                              z_loss, config.train.loss_chunk_len)
-        logits = apply(params, batch, config=config)
-        return cross_entropy_sums(logits, batch["targets"], batch["weights"], z_loss)
 
     def eval_sums(self, params, batch, *, config):
         """(NLL sum, chosen tokens, correctly predicted chosen tokens): sums, so batches add."""
