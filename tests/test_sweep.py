@@ -97,11 +97,12 @@ def test_bad_sweeps_are_refused_before_any_run(tmp_path, sweep, message):
 
 
 def test_shipped_experiments_plan(tmp_path):
-    for name, count in (("default", 1), ("lr_sweep", 6), ("scaling_ladder", 4), ("families", 6)):
+    for name, count in (("default", 1), ("lr_sweep", 6), ("scaling_ladder", 4), ("families", 8)):
         _, runs, _ = plan(str(ROOT / "experiments" / f"{name}.py"), 1)
         assert len(runs) == count
     _, families, _ = plan(str(ROOT / "experiments" / "families.py"), 1)
-    assert [r.name for r in families] == [f"config={f}-{s}" for s in ("small", "base") for f in ("llama", "gpt2", "lstm")]
+    assert [r.name for r in families] == [f"config={f}-{s}" for s in ("small", "base")
+                                              for f in ("llama", "gpt2", "lstm", "bert")]
     _, ladder, sweep = plan(str(ROOT / "experiments" / "scaling_ladder.py"), 1)
     assert sweep["scaling"] is True
     steps = [r.overrides["train.steps"] for r in ladder]
@@ -225,7 +226,8 @@ def get_config(arg="tiny"):
         "optimizer.warmup_steps": 2})
 
 def get_sweep():
-    return {"runs": [{"config": "tiny"}, {"config": "lstm-tiny"}], "families": True, "per_position": True}
+    return {"runs": [{"config": "tiny"}, {"config": "lstm-tiny"}, {"config": "bert-tiny"}], "families": True,
+            "per_position": True}
 """
 
 
@@ -239,14 +241,19 @@ def test_families_sweep_reports_each_family_and_its_loss_by_position(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_dir = tmp_path / "sweep"
-    for name, family in (("config=tiny", "llama"), ("config=lstm-tiny", "lstm")):
+    for name, family in (("config=tiny", "llama"), ("config=lstm-tiny", "lstm"), ("config=bert-tiny", "bert")):
         assert json.loads((sweep_dir / "runs" / name / "config.json").read_text())["model"]["family"] == family
     logged = []
     text, plots = report(sweep_dir, log=logged.append)
     assert sorted(logged) == ["evaluating per-position losses of config=lstm-tiny ...",
                               "evaluating per-position losses of config=tiny ..."]
     family_lines = {line.split()[0]: line.split() for line in text.splitlines()
-                    if line.split()[:1] in (["llama"], ["lstm"])}
+                    if line.split()[:1] in (["llama"], ["lstm"], ["bert"])}
+    # BERT's MLM loss is in the table of other objectives, beside its accuracy, and in no plot.
+    bert = json.loads((sweep_dir / "runs" / "config=bert-tiny" / "summary.json").read_text())
+    assert family_lines["bert"][1] == "mlm"
+    assert float(family_lines["bert"][4]) == pytest.approx(bert["final_val_loss"], abs=1e-4)
+    assert text.index("other objectives") < text.rindex("config=bert-tiny")
     for family, name in (("llama", "config=tiny"), ("lstm", "config=lstm-tiny")):
         summary = json.loads((sweep_dir / "runs" / name / "summary.json").read_text())
         assert float(family_lines[family][3]) == pytest.approx(summary["final_val_loss"], abs=1e-4)

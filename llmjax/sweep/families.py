@@ -1,6 +1,8 @@
 """The report of a sweep across model families (experiments/families.py): final loss and bits
 per byte per family and size, loss against training compute per family, and the validation
-loss at each position in the context (Kaplan et al. 2020, figure 7).
+loss at each position in the context (Kaplan et al. 2020, figure 7). Runs trained on another
+objective than causal LM (BERT's MLM) have a table of their own: their loss is over other
+targets, so it is neither plotted nor compared with the others'.
 
 Per-position losses come from `llmjax-eval --per_position` on each finished run, written once
 to the run's `per_position.json` (a subprocess, so the report itself needs no JAX and a run
@@ -21,13 +23,33 @@ PER_POSITION = "per_position.json"
 
 
 def table(rows: list[dict]) -> str:
-    """One line per run, grouped by family, smallest first."""
+    """One line per causal-LM run, grouped by family, smallest first; then the runs of other
+    objectives, with the accuracy of their predictions."""
     header = f"{'family':8} {'non-emb params':>14} {'params':>10} {'val loss':>9} {'val bpb':>8} {'tok/s':>8}  run"
     lines = [header, "-" * len(header)]
-    for r in sorted(rows, key=lambda r: (r.get("family", ""), r.get("non_embedding_params", 0))):
+    for r in sorted(causal(rows), key=_order):
         lines.append(f"{r.get('family', '?'):8} {r.get('non_embedding_params', 0):>14,} {r.get('params', 0):>10,} "
                      f"{r['val_loss']:>9.4f} {r['val_bpb']:>8.4f} {r['tokens_per_sec']:>8,.0f}  {r['name']}")
+    others = [r for r in rows if r not in causal(rows)]
+    if others:
+        header = (f"{'family':8} {'objective':10} {'non-emb params':>14} {'params':>10} {'val loss':>9} "
+                  f"{'val acc':>8} {'tok/s':>8}  run")
+        lines += ["", "other objectives (loss over their own targets: not comparable with the above)",
+                  header, "-" * len(header)]
+        for r in sorted(others, key=_order):
+            lines.append(f"{r.get('family', '?'):8} {r.get('objective', '?'):10} {r.get('non_embedding_params', 0):>14,} "
+                         f"{r.get('params', 0):>10,} {r['val_loss']:>9.4f} {r.get('val_accuracy', math.nan):>8.4f} "
+                         f"{r['tokens_per_sec']:>8,.0f}  {r['name']}")
     return "\n".join(lines)
+
+
+def causal(rows: list[dict]) -> list[dict]:
+    """The runs trained on next-token prediction: those the plots compare."""
+    return [r for r in rows if r.get("objective", "causal_lm") == "causal_lm"]
+
+
+def _order(r: dict):
+    return r.get("family", ""), r.get("non_embedding_params", 0)
 
 
 def per_position(workdir: Path, log=print) -> dict | None:
@@ -103,7 +125,7 @@ def plot_per_position(rows: list[dict], path: Path, figure) -> None:
     """Validation loss at each position in the context, one curve per run."""
     plt, fig, ax = figure()
     style = _style(rows)
-    for r in sorted(rows, key=lambda r: (r.get("family", ""), r.get("non_embedding_params", 0))):
+    for r in sorted(rows, key=_order):
         if r.get("per_position"):
             x, y = binned(r["per_position"])
             colour, line = style(r)
@@ -119,12 +141,12 @@ def plot_per_position(rows: list[dict], path: Path, figure) -> None:
 
 def report(sweep_dir: Path, rows: list[dict], sweep: dict, figure, log=print) -> tuple[str, list[Path]]:
     """(the family table, the plots written) for a sweep whose spec says `families`."""
-    plots = [sweep_dir / "loss_vs_compute_by_family.png"]
-    plot_loss_vs_compute(rows, plots[0], figure)
+    plots, compared = [sweep_dir / "loss_vs_compute_by_family.png"], causal(rows)
+    plot_loss_vs_compute(compared, plots[0], figure)
     if sweep.get("per_position"):
-        for r in rows:
+        for r in compared:
             r["per_position"] = per_position(sweep_dir / "runs" / r["name"], log) if r["status"] == "done" else None
-        if any(r["per_position"] for r in rows):
+        if any(r["per_position"] for r in compared):
             plots.append(sweep_dir / "loss_by_position.png")
-            plot_per_position(rows, plots[-1], figure)
+            plot_per_position(compared, plots[-1], figure)
     return table(rows), plots

@@ -60,6 +60,8 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
             row["params"] = flops.param_count(config.model)
             row["non_embedding_params"] = flops.non_embedding_params(config.model)
             row["family"] = config.model.get("family", "llama")
+            row["objective"] = config.get("objective", {}).get("name", "causal_lm")
+            row["val_accuracy"] = val[-1].get("accuracy", math.nan) if val else math.nan
             row["compute"] = flops.flops_per_token(config.model, config.data.seq_len) * row["tokens"]
         rows.append(row)
     return rows, manifest.get("sweep", {})
