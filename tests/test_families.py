@@ -103,8 +103,9 @@ def test_stated_parameter_count_is_the_real_one(family):
 @pytest.mark.parametrize("preset, published", [
     ("gpt2", 124_439_808),  # GPT2LMHeadModel.num_parameters() of openai-community/gpt2.
     ("gpt2-medium", 354_823_168),  # ... of gpt2-medium.
+    ("bert-base", 109_514_298),  # BertForMaskedLM(BertConfig()).num_parameters(): bert-base-uncased's shape.
 ])
-def test_gpt2_presets_have_the_published_parameter_counts(preset, published):
+def test_presets_have_the_published_parameter_counts(preset, published):
     assert param_count(compose(preset).model) == published
 
 
