@@ -5,9 +5,12 @@ llmjax's fp32 logits of a run, and the tolerance against transformers'."""
 import json
 
 import numpy as np
+import pytest
 
 from llmjax import model
 from llmjax.checkpoint import restore_params
+from llmjax.interop.import_hf import import_hf
+from llmjax.interop.tensor_map import InteropError
 from llmjax.rundir import RunDir
 
 from conftest import run_reference
@@ -37,6 +40,17 @@ def reference_logits(reference_python, tmp, commands, models) -> None:
     run_reference(reference_python, "batch", json.dumps(commands, default=str))
     for name, m in models.items():
         m["logits"] = np.load(tmp / name / "logits.npy")
+
+
+def assert_config_refused_before_writing(hf_dir, changes: dict, field: str, tmp_path) -> None:
+    """`hf_dir`'s config.json with `changes` (None drops a field) is refused naming `field`,
+    and nothing is written beside the copied config."""
+    hf = json.loads((hf_dir / "config.json").read_text()) | changes
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({k: v for k, v in hf.items() if v is not None}))
+    with pytest.raises(InteropError, match=field):
+        import_hf(tmp_path / "hf", tmp_path / "run", **QUIET)
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]
 
 
 def llmjax_logits(workdir, tokens):

@@ -28,7 +28,8 @@ from llmjax.sample.generate import Settings, generate
 from llmjax.sample.select import Sampling
 
 from conftest import ROOT, train_command, train_env
-from hf_parity import CONTINUE, QUIET, assert_logits_match, llmjax_logits, random_tokens, reference_logits
+from hf_parity import (CONTINUE, QUIET, assert_config_refused_before_writing, assert_logits_match, llmjax_logits,
+                       random_tokens, reference_logits)
 
 pytestmark = pytest.mark.slow
 
@@ -159,12 +160,7 @@ def test_greedy_generation_matches_transformers(gpt2):
     (dict(n_embd=None), "n_embd"),
 ])
 def test_unsupported_configs_are_refused_before_anything_is_written(gpt2, tmp_path, changes, field):
-    hf = json.loads((gpt2["tied"]["hf"] / "config.json").read_text()) | changes
-    (tmp_path / "hf").mkdir()
-    (tmp_path / "hf" / "config.json").write_text(json.dumps({k: v for k, v in hf.items() if v is not None}))
-    with pytest.raises(InteropError, match=field):
-        import_hf(tmp_path / "hf", tmp_path / "run", **QUIET)
-    assert [p.name for p in tmp_path.iterdir()] == ["hf"]
+    assert_config_refused_before_writing(gpt2["tied"]["hf"], changes, field, tmp_path)
 
 
 def copy_hf(source, target, drop=(), add=None):
