@@ -76,8 +76,8 @@ class Run:
     def train_batches(self, datasets) -> pipeline.GlobalBatches:
         """The batch of every step: the objective's rows of the (mixed) packed windows of
         `datasets`, each process loading only the rows its devices hold."""
-        seq, seed = self.config.data.seq_len, self.config.seed
-        token_ids = self.objective.token_ids(datasets[0][0].tokenizer)  # One tokenizer for all.
+        seq, seed = self.objective.window_len(self.config), self.config.seed
+        token_ids = self.objective.token_ids(datasets[0][0].tokenizer, self.config)  # One tokenizer for all.
         rows = self.objective.rows(pipeline.mixture_rows(datasets, seq, seed), self.config, seed, token_ids)
         return pipeline.GlobalBatches(rows, {k: f.shape for k, f in self.batch_fields().items()},
                                       self.batch_shardings())

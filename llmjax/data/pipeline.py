@@ -55,6 +55,7 @@ class PackedWindows:
             "segment_ids": segment_ids,
             "weights": weights.astype(np.float32),
             "index": np.int64(index),
+            "length": np.int32(real),  # Tokens before the last window's padding.
         }
 
 

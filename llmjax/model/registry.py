@@ -13,7 +13,7 @@ formulas and presets alone, and the model code is loaded on first use (`Family.m
 from __future__ import annotations
 
 from llmjax.errors import ConfigError
-from llmjax.model import bert, gpt2, llama, lstm
+from llmjax.model import bert, gpt2, llama, lstm, t5
 from llmjax.model.family import Family
 
 
@@ -62,5 +62,5 @@ def find_preset(name: str) -> tuple[Family, dict] | None:
     return None
 
 
-for _builtin in (llama.FAMILY, gpt2.FAMILY, lstm.FAMILY, bert.FAMILY):
+for _builtin in (llama.FAMILY, gpt2.FAMILY, lstm.FAMILY, bert.FAMILY, t5.FAMILY):
     register(_builtin)

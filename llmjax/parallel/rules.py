@@ -26,9 +26,12 @@ AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("gates", None),  # Input/forget/cell/output index of an LSTM's gate kernels.
     ("lstm_in", "fsdp"),  # An LSTM layer's input or output width after the first layer.
     ("lstm_hidden", None),  # LSTM hidden units: the recurrence needs them whole at every step.
+    ("relative_buckets", None),  # Rows of T5's relative position bias tables.
     # Activations.
     ("activation_batch", ("data", "fsdp")),
-    ("activation_length", "sequence"),
+    ("activation_length", "sequence"),  # Tokens of a decoder, an encoder (T5's inputs) ...
+    ("activation_decoder_length", "sequence"),  # ... and an encoder-decoder's decoder (its targets).
+    ("activation_kv_length", None),  # Cross-attention's keys: every query shard reads all of them.
     ("activation_embed", None),
     ("activation_heads", "tensor"),
     ("activation_kv_heads", "tensor"),

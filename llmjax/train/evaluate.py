@@ -28,7 +28,7 @@ class Evaluator:
         config, self.objective = run.config, run.objective
         shardings = run.batch_shardings(batch_size)
         to_rows = functools.partial(self.objective.rows, config=config, seed=config.seed,
-                                    token_ids=self.objective.token_ids(datasets[0][0].tokenizer))
+                                    token_ids=self.objective.token_ids(datasets[0][0].tokenizer, config))
         self.sets = []
         for dataset, _ in datasets:
             stream = dataset.stream("val")
@@ -36,7 +36,7 @@ class Evaluator:
                 raise DatasetError(f"dataset {dataset.name} ({dataset.directory}) has no validation "
                                    f"tokens; prepare it with a larger --val_percent.")
             try:
-                host = pipeline.eval_batches(stream, config.data.seq_len, dataset.eos_id, batch_size,
+                host = pipeline.eval_batches(stream, self.objective.window_len(config), dataset.eos_id, batch_size,
                                              max_batches, dataset.pad_id, to_rows)
             except ValueError as error:
                 raise DatasetError(f"dataset {dataset.name}: {error}") from None

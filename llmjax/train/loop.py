@@ -68,7 +68,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
         return None
     datasets = _datasets(config, log)
     tokenizer = datasets[0][0].tokenizer
-    run.objective.token_ids(tokenizer)  # An objective's special tokens are checked before compiling.
+    run.objective.token_ids(tokenizer, config)  # An objective's special tokens are checked before compiling.
     for other in (run_dir.path, init_source and init_source.workdir):
         if other:  # A model only makes sense of the tokens it was trained on.
             check_tokenizer(other, tokenizer)

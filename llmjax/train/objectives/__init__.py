@@ -27,6 +27,7 @@ from typing import Callable, Mapping
 
 from llmjax.data.tokenizer import MASK
 from llmjax.errors import ConfigError, config_error
+from llmjax.train.objectives import span_lengths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,8 @@ class Objective:
     impl: Callable[[], object]  # Loads the implementation (see llmjax/train/objectives/causal_lm.py).
     fields: Mapping[str, object] = dataclasses.field(default_factory=dict)  # config.objective keys.
     special_tokens: tuple[str, ...] = ()  # Trained into llmjax's BPE for this objective.
+    # Checks of lengths against the mesh, (config, mesh shape) -> None, raising ConfigError.
+    check_lengths: Callable[[object, dict], None] | None = None
 
     def defaults(self) -> dict:
         return {"name": self.name, **self.fields}
@@ -87,4 +90,11 @@ register(Objective("mlm", _load("llmjax.train.objectives.mlm"), special_tokens=(
     "mask_rate": 0.15,  # Of the text tokens, the fraction chosen for prediction.
     "mask_token_rate": 0.8,  # Of the chosen, the fraction replaced by the mask token ...
     "random_token_rate": 0.1,  # ... and by a random text token; the rest are kept as they are.
+}))
+register(Objective("span", _load("llmjax.train.objectives.span"), check_lengths=span_lengths.check,
+                   special_tokens=tuple(f"<|sentinel_{i}|>" for i in range(span_lengths.SENTINELS)), fields={
+    "noise_density": 0.15,  # Fraction of each document's tokens replaced (T5's default).
+    "mean_span_length": 3.0,  # Mean length of a replaced span, in tokens.
+    # Decoder length; 0: what the encoder's data.seq_len needs (span_lengths), e.g. 114 for 512.
+    "targets_length": 0,
 }))

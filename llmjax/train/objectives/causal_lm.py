@@ -27,9 +27,13 @@ class CausalLM:
                 "segment_ids": Field(shape, "int32", ROW_AXES, "segments"),
                 "weights": Field(shape, "float32", ROW_AXES, "weights")}
 
-    def token_ids(self, tokenizer) -> dict:
+    def window_len(self, config) -> int:
+        """Tokens of the packed windows rows are made from."""
+        return config.data.seq_len
+
+    def token_ids(self, tokenizer, config=None) -> dict:
         """No special tokens beyond end-of-document, which every tokenizer here has."""
-        del tokenizer
+        del tokenizer, config
         return {}
 
     def rows(self, windows, config, seed: int, token_ids: dict):

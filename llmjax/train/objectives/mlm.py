@@ -35,9 +35,10 @@ class MaskedLM(CausalLM):
     at the chosen positions, the only ones with weight."""
     name = "mlm"
 
-    def token_ids(self, tokenizer) -> dict:
+    def token_ids(self, tokenizer, config=None) -> dict:
         """The mask token, the special tokens never chosen, and the text tokens a random
         replacement is drawn from; refuses a tokenizer without a mask token."""
+        del config
         mask = tokenizer.token_id(MASK_NAMES)
         if mask is None:
             raise DataError(f"objective mlm needs a mask token, and tokenizer {tokenizer.path} has none "
