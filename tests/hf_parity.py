@@ -9,6 +9,7 @@ import pytest
 
 from llmjax import model
 from llmjax.checkpoint import restore_params
+from llmjax.model import registry
 from llmjax.interop.import_hf import import_hf
 from llmjax.interop.tensor_map import InteropError
 from llmjax.rundir import RunDir
@@ -54,10 +55,16 @@ def assert_config_refused_before_writing(hf_dir, changes: dict, field: str, tmp_
 
 
 def llmjax_logits(workdir, tokens):
+    """fp32 logits of the run's latest checkpoint on token rows; an encoder-decoder's `tokens`
+    are [2, B, T] (encoder inputs, decoder inputs) and the logits the decoder's."""
     config = RunDir(workdir).config
     config.model.dtype = "float32"
     step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    return np.asarray(model.apply(restore_params(workdir, config, step), tokens, config=config))
+    params = restore_params(workdir, config, step)
+    if tokens.ndim == 3:
+        batch = {"inputs": tokens[0], "decoder_inputs": tokens[1]}
+        return np.asarray(registry.of(config).math().apply(params, batch, config=config))
+    return np.asarray(model.apply(params, tokens, config=config))
 
 
 def assert_logits_match(ours, theirs):

@@ -4,7 +4,14 @@ independent reference for interop tests.
   make DIR CONFIG_JSON SEED       a random LlamaForCausalLM saved with save_pretrained
   make-gpt2 DIR CONFIG_JSON SEED  a random GPT2LMHeadModel saved with save_pretrained
   make-bert DIR CONFIG_JSON SEED  a random BertForMaskedLM saved with save_pretrained
-  logits DIR TOKENS.npy OUT.npy   fp32 logits of DIR on the token rows (its LM head: causal or masked)
+  make-t5 DIR CONFIG_JSON SEED    a random T5ForConditionalGeneration saved with save_pretrained
+  logits DIR TOKENS.npy OUT.npy   fp32 logits of DIR on the token rows (its LM head: causal or
+                                  masked; an encoder-decoder's TOKENS are [2, B, T]: encoder
+                                  inputs, then decoder inputs, and the logits the decoder's)
+  seq2seq DIR N BEAMS PENALTY TOKENS.npy OUT.json
+                                  the sequences (decoder start token first) model.generate gives
+                                  for each encoder row of TOKENS, with at most N new tokens,
+                                  BEAMS beams and length penalty PENALTY
   encode DIR TEXT OUT.npy         AutoTokenizer(DIR) ids of TEXT
   greedy DIR N OUT.json TEXT...   the N tokens model.generate adds to each TEXT, greedily
   lstm IN.npz OUT.npy             torch.nn.LSTM's outputs [B, T, out] of IN's inputs "x" with
@@ -57,6 +64,16 @@ def make_bert(directory, config_json, seed):
     model.save_pretrained(directory, safe_serialization=True)
 
 
+def make_t5(directory, config_json, seed):
+    torch.manual_seed(int(seed))
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**json.loads(config_json)))
+    with torch.no_grad():  # RMSNorm scales start at 1; random ones catch a misplaced one.
+        for name, param in model.named_parameters():
+            if "layer_norm" in name:
+                param.uniform_(0.5, 1.5)
+    model.to(torch.float32).save_pretrained(directory, safe_serialization=True)
+
+
 def _randomise_norms_and_biases(model):
     """LayerNorms start at (1, 0) and biases at 0; random ones catch a misplaced one."""
     with torch.no_grad():
@@ -70,11 +87,16 @@ def _randomise_norms_and_biases(model):
 def logits(directory, tokens_path, out_path):
     architectures = json.loads((Path(directory) / "config.json").read_text()).get("architectures") or [""]
     auto = (transformers.AutoModelForMaskedLM if architectures[0].endswith("ForMaskedLM")
+            else transformers.AutoModelForSeq2SeqLM if architectures[0].endswith("ForConditionalGeneration")
             else transformers.AutoModelForCausalLM)
     model = auto.from_pretrained(directory, dtype=torch.float32)
     model.eval()
+    tokens = torch.from_numpy(np.load(tokens_path)).long()
     with torch.no_grad():
-        out = model(torch.from_numpy(np.load(tokens_path)).long()).logits
+        if model.config.is_encoder_decoder:
+            out = model(input_ids=tokens[0], decoder_input_ids=tokens[1]).logits
+        else:
+            out = model(tokens).logits
     np.save(out_path, out.float().numpy())
 
 
@@ -97,6 +119,21 @@ def greedy(directory, new_tokens, out_path, *texts):
         json.dump(outputs, f)
 
 
+def seq2seq(directory, new_tokens, beams, length_penalty, tokens_path, out_path):
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(directory, dtype=torch.float32)
+    model.eval()
+    outputs = []
+    for row in np.load(tokens_path):
+        ids = torch.from_numpy(row[None]).long()
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=int(beams),
+                                 length_penalty=float(length_penalty), max_new_tokens=int(new_tokens),
+                                 early_stopping=False)
+        outputs.append(out[0].tolist())
+    with open(out_path, "w") as f:
+        json.dump(outputs, f)
+
+
 def lstm(in_path, out_path):
     arrays = dict(np.load(in_path))
     x = torch.from_numpy(arrays.pop("x"))
@@ -115,8 +152,8 @@ def batch(commands_json):
         COMMANDS[name](*args)
 
 
-COMMANDS = {"make": make, "make-gpt2": make_gpt2, "make-bert": make_bert, "logits": logits, "encode": encode,
-            "greedy": greedy, "lstm": lstm, "batch": batch}
+COMMANDS = {"make": make, "make-gpt2": make_gpt2, "make-bert": make_bert, "make-t5": make_t5, "logits": logits,
+            "encode": encode, "greedy": greedy, "seq2seq": seq2seq, "lstm": lstm, "batch": batch}
 
 if __name__ == "__main__":
     COMMANDS[sys.argv[1]](*sys.argv[2:])
