@@ -20,14 +20,15 @@ import pytest  # noqa: E402
 from llmjax.config import default_config  # noqa: E402
 
 
-FAMILIES = ("llama", "gpt2", "lstm", "bert")  # Every family: property tests run over all of them.
+FAMILIES = ("llama", "gpt2", "lstm", "bert", "t5")  # Every family: property tests run over all of them.
 DECODERS = ("llama", "gpt2", "lstm")  # Those that generate (cached decoding, beam search).
-TRANSFORMERS = ("llama", "gpt2", "bert")  # Those with attention heads (and tensor/sequence sharding).
+TRANSFORMERS = ("llama", "gpt2", "bert", "t5")  # Those with attention heads (and tensor/sequence sharding).
 # The same tiny shape in each family's own fields.
 _TINY = {"llama": dict(num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64),
          "gpt2": dict(num_heads=4, head_dim=8, mlp_dim=64),
          "lstm": dict(hidden_dim=32),
-         "bert": dict(num_heads=4, head_dim=8, mlp_dim=64)}
+         "bert": dict(num_heads=4, head_dim=8, mlp_dim=64),
+         "t5": dict(num_heads=4, head_dim=8, mlp_dim=64, relative_buckets=8, relative_max_distance=12)}
 
 
 def make_tiny_config(family="llama", **model_overrides):
@@ -36,6 +37,8 @@ def make_tiny_config(family="llama", **model_overrides):
     c.model.update(vocab_size=128, d_model=32, num_layers=2, max_seq_len=32, dtype="float32", **_TINY[family])
     c.model.update(**model_overrides)
     c.data.update(seq_len=16)
+    if family == "t5":
+        c.objective.targets_length = 8  # Span corruption needs 5; 8 splits over a sequence axis of 4.
     c.train.update(steps=10, global_batch_size=8, log_every=5, eval_every=0, eval_batches=1)
     c.optimizer.update(warmup_steps=2, learning_rate=1e-2)
     return c

@@ -79,7 +79,8 @@ def assert_same_run(resumed, reference, rtol=0.0):
                                                        ("configs/tiny.py", 2, signal.SIGINT),
                                                        ("configs/gpt2_tiny.py", 1, signal.SIGTERM),
                                                        ("configs/lstm_tiny.py", 1, signal.SIGTERM),
-                                                       ("configs/bert_tiny.py", 1, signal.SIGTERM)])
+                                                       ("configs/bert_tiny.py", 1, signal.SIGTERM),
+                                                       ("configs/t5_tiny.py", 1, signal.SIGTERM)])
 def test_preempted_run_continues_bit_identically(tmp_path, config, microbatches, sig):
     overrides = ("--config.train.steps=60", "--config.train.log_every=1",
                  "--config.checkpoint.every_steps=10", f"--config.train.microbatches={microbatches}")
@@ -100,7 +101,8 @@ def test_preempted_run_continues_bit_identically(tmp_path, config, microbatches,
 
 # Four of every head, so that tensor=4 splits them.
 FOUR_HEADS = {"configs/tiny.py": ("--config.model.num_kv_heads=4",),
-              "configs/bert_tiny.py": ("--config.model.num_heads=4", "--config.model.head_dim=16")}
+              "configs/bert_tiny.py": ("--config.model.num_heads=4", "--config.model.head_dim=16"),
+              "configs/t5_tiny.py": ("--config.model.num_heads=4", "--config.model.head_dim=16")}
 
 
 @pytest.mark.parametrize("config", FOUR_HEADS)

@@ -22,7 +22,8 @@ def losses(workdir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["configs/tiny.py", "configs/gpt2_tiny.py", "configs/bert_tiny.py"])
+@pytest.mark.parametrize("config", ["configs/tiny.py", "configs/gpt2_tiny.py", "configs/bert_tiny.py",
+                                    "configs/t5_tiny.py"])
 def test_local_launch_of_two_processes_matches_one_process(tmp_path, config):
     overrides = ("--config.model.dtype=float32", "--config.train.steps=10", "--config.train.log_every=1")
     assert run_train(tmp_path / "one", *overrides, cache=tmp_path / "cache", devices=8,

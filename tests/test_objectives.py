@@ -18,6 +18,8 @@ from llmjax.data.errors import DataError
 from llmjax.data.pipeline import PackedWindows
 from llmjax.data.tokenizer import MASK, train_tokenizer
 from llmjax.train import objectives
+from llmjax.train.objectives.span import lengths as span_lengths
+from llmjax.train.objectives.span_lengths import noise_counts
 from llmjax.train.loop import train
 
 from conftest import make_tiny_config
@@ -154,3 +156,105 @@ def test_a_decoder_trains_on_prefix_lm_with_the_whole_trainer(tmp_path):
     losses = [r["loss"] for r in records if r["split"] == "train"]
     assert losses[-1] < losses[0]
     assert np.isfinite(summary["final_val_bits_per_byte"])
+
+
+SENTINEL_IDS = np.arange(1000, 1100, dtype=np.int32)  # Outside the documents' token range.
+
+
+def span_rows(seed=0, seq_len=128, documents_every=150):
+    tokens = np.random.default_rng(0).integers(3, 300, 60_000).astype(np.int32)
+    tokens[::documents_every] = 2  # EOS.
+    config = default_config("t5")
+    config.data.seq_len = seq_len
+    span = objectives.get("span").impl()
+    windows = grain.MapDataset.source(PackedWindows(tokens, span.window_len(config), eos_id=2, pad_id=0))
+    ids = {"sentinels": SENTINEL_IDS, "start": 0, "eos": 2}
+    return windows, span.rows(windows, config, seed, ids), config
+
+
+def uncorrupted(inputs, targets):
+    """The text an example's inputs and targets were cut from: each sentinel of the inputs
+    replaced by what follows the same sentinel in the targets."""
+    targets = targets[:-1] if targets[-1] == 2 else targets  # End-of-document ends both sides.
+    at = np.flatnonzero(np.isin(targets, SENTINEL_IDS))
+    spans = {int(targets[i]): targets[i + 1:j] for i, j in zip(at, [*at[1:], len(targets)])}
+    return np.concatenate([spans[int(t)] if t in spans else [t] for t in inputs]).astype(np.int32)
+
+
+def test_span_corruption_noises_15_percent_in_spans_of_3_and_keeps_examples_apart():
+    windows, rows, config = span_rows()
+    decoder = span_lengths(config)[2]
+    noise = spans = text = dropped = 0
+    for g in range(len(windows)):
+        window, row = windows[g], rows[g]
+        assert row["inputs"].shape == (128,) and row["targets"].shape == (decoder,)
+        real = int(row["weights"].sum())
+        assert (row["weights"][:real] == 1).all() and (row["weights"][real:] == 0).all()
+        examples = np.unique(row["decoder_segment_ids"][:real])
+        # Example k is segment k on both sides; padding is one segment more on both.
+        np.testing.assert_array_equal(examples, np.unique(row["segment_ids"])[:len(examples)])
+        rebuilt = []
+        for k in examples:
+            enc, dec = row["segment_ids"] == k, row["decoder_segment_ids"] == k
+            inputs, targets = row["inputs"][enc], row["targets"][dec]
+            # Positions restart in every example; the decoder reads its targets shifted right
+            # behind the start token.
+            np.testing.assert_array_equal(row["positions"][enc], np.arange(enc.sum()))
+            np.testing.assert_array_equal(row["decoder_positions"][dec], np.arange(dec.sum()))
+            np.testing.assert_array_equal(row["decoder_inputs"][dec], np.append(0, targets[:-1]))
+            sentinels = inputs[np.isin(inputs, SENTINEL_IDS)]
+            np.testing.assert_array_equal(sentinels, SENTINEL_IDS[:len(sentinels)])  # In order, from 0.
+            np.testing.assert_array_equal(targets[np.isin(targets, SENTINEL_IDS)], sentinels)
+            rebuilt.append(uncorrupted(inputs, targets))
+            noise += len(targets) - len(sentinels) - (targets[-1] == 2)
+            spans += len(sentinels)
+            text += len(rebuilt[-1]) - (rebuilt[-1][-1] == 2)
+        # The examples are the window's document pieces, in order, less those too short to hold a
+        # noise span (a lone end-of-document); the last may be cut to fit, and the rest left out.
+        pieces = np.split(window["inputs"], np.flatnonzero(np.diff(window["segment_ids"])) + 1)
+        pieces = [p for p in pieces[:len(np.unique(window["segment_ids"][:int(window["length"])]))]
+                  if noise_counts(len(p) - (p[-1] == 2), 0.15, 3.0)[1] > 0]
+        assert len(rebuilt) <= len(pieces)
+        for k, (got, piece) in enumerate(zip(rebuilt, pieces)):
+            assert len(got) == len(piece) or k == len(rebuilt) - 1
+            np.testing.assert_array_equal(got, piece[:len(got)])
+        dropped += sum(map(len, pieces)) - sum(map(len, rebuilt))
+    assert dropped < 0.02 * text
+    assert text > 50_000
+    assert abs(noise / text - 0.15) < 0.005
+    assert abs(noise / spans - 3.0) < 0.1
+
+
+def test_span_rows_are_a_function_of_seed_and_row_index():
+    _, rows, _ = span_rows()
+    _, again, _ = span_rows()
+    _, other_seed, _ = span_rows(seed=1)
+    for key in ("inputs", "targets"):
+        np.testing.assert_array_equal(rows[5][key], again[5][key])
+        assert not np.array_equal(rows[5][key], other_seed[5][key])
+
+
+def test_span_corruption_without_sentinels_in_the_vocabulary_is_refused(tmp_path):
+    plain = train_tokenizer(TEXTS, 300, tmp_path / "tokenizer.json")
+    config = default_config("t5")
+    with pytest.raises(DataError, match=r"objective span needs 14 sentinel tokens for windows of 285 tokens, "
+                                        r"and tokenizer .* lacks <\|sentinel_0\|> / <extra_id_0>"):
+        objectives.get("span").impl().token_ids(plain, config)
+
+
+def test_encoder_and_decoder_lengths_that_do_not_fit_are_refused():
+    config = default_config("t5")
+    config.data.seq_len = 64
+    config.objective.targets_length = 10
+    with pytest.raises(ConfigError, match=r"objective.targets_length=10: must be 0 \(derived: 15\) or at least 15"):
+        validate(config, 1)
+    config.objective.targets_length = 0
+    config.mesh.ici.update(data=2, sequence=4)
+    with pytest.raises(ConfigError, match=r"a decoder of 15 tokens, which the sequence mesh axis of 4 does not "
+                                          r"divide; set objective.targets_length=16"):
+        validate(config, 8)
+    config.objective.targets_length = 16
+    validate(config, 8)
+    config.data.seq_len = 66  # The encoder's length must split over the sequence axis as well.
+    with pytest.raises(ConfigError, match="data.seq_len=66"):
+        validate(config, 8)

@@ -10,8 +10,9 @@ noise span i for every i; a piece that ends its document has end-of-document at 
 both. Pieces are packed into the encoder's `data.seq_len` tokens and the decoder's
 `span_lengths` targets, each with its own segment ids and positions on both sides, so neither
 self- nor cross-attention mixes examples. The window holds the longest text whose inputs fit
-(`span_lengths`); a piece that would overflow either side (rare: many short documents each
-adding a sentinel) is left out of the row, with the rest of the window.
+(`span_lengths`); a piece that would overflow either side (each piece rounds its noise and
+adds its own sentinels and end-of-document) is cut to its longest prefix that fits, and the
+rest of the window is left out.
 
 The corruption of global row g is drawn from a generator seeded by (seed, g): the batch of a
 step is a function of (data, seed, step), and resume is exact on any mesh. The loss is the
@@ -28,7 +29,7 @@ import numpy as np
 from llmjax.data.errors import DataError
 from llmjax.train.objectives.fields import Field
 from llmjax.train.objectives.mlm import MaskedLM
-from llmjax.train.objectives.span_lengths import noise_counts, span_lengths
+from llmjax.train.objectives.span_lengths import corrupted_lengths, noise_counts, span_lengths
 
 _STREAM = 0x737063  # Separates this objective's random stream from any other drawn from the seed.
 ENCODER_AXES = ("activation_batch", "activation_length")
@@ -118,6 +119,19 @@ def corrupt_text(text, noise_density: float, mean_span_length: float, sentinels,
     return np.concatenate(inputs), np.concatenate(targets)
 
 
+def fitted(piece, ends_document: bool, room: tuple[int, int], noise_density: float, mean_span_length: float):
+    """(piece, ends_document) if its corrupted inputs and targets fit in `room`, else its longest
+    prefix that does (a cut piece no longer ends its document; empty if none fits)."""
+    def fits(tokens, ends):
+        return all(n <= r for n, r in zip(corrupted_lengths(tokens, noise_density, mean_span_length, ends), room))
+    if fits(piece.size, ends_document):
+        return piece, ends_document
+    tokens = piece.size - 1
+    while tokens > 0 and not fits(tokens, False):
+        tokens -= 1
+    return piece[:tokens], False
+
+
 def corrupt_spans(index: int, window: dict, *, seed: int, token_ids: dict, shape: tuple) -> dict:
     """The span-corruption row of one packed window (its global row index `index`)."""
     noise_density, mean_span_length, encoder, decoder = shape
@@ -127,17 +141,18 @@ def corrupt_spans(index: int, window: dict, *, seed: int, token_ids: dict, shape
     starts = np.flatnonzero(np.diff(segments, prepend=-1))
     enc, dec = [], []
     for start, end in zip(starts, np.append(starts[1:], length)):
-        piece = tokens[start:end]
-        ends_document = piece[-1] == eos
+        room = (encoder - sum(map(len, enc)), decoder - sum(map(len, dec)))
+        piece, ends_document = fitted(tokens[start:end], tokens[end - 1] == eos, room, noise_density,
+                                      mean_span_length)
         corrupted = corrupt_text(piece[:-1] if ends_document else piece, noise_density, mean_span_length,
                                  token_ids["sentinels"], rng)
         if corrupted is None:
             continue
-        inputs, targets = (np.append(x, eos) if ends_document else x for x in corrupted)
-        if sum(map(len, enc)) + inputs.size > encoder or sum(map(len, dec)) + targets.size > decoder:
-            break
-        enc.append(inputs)
-        dec.append(targets)
+        enc_, dec_ = (np.append(x, eos) if ends_document else x for x in corrupted)
+        enc.append(enc_)
+        dec.append(dec_)
+        if piece.size < end - start:
+            break  # Cut to fit: the window is full.
     inputs, positions, segments = packed(enc, encoder, eos)
     targets, decoder_positions, decoder_segments = packed(dec, decoder, eos)
     # The decoder reads each example's targets shifted right, behind the start token.
