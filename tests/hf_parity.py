@@ -72,3 +72,32 @@ def assert_logits_match(ours, theirs):
     rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
     assert rel < 1e-4, rel
     return rel
+
+
+# (beams, length penalty): greedy, beam search as transformers defaults it, unpenalised, and
+# favouring longer hypotheses.
+GENERATIONS = [(1, 1.0), (5, 1.0), (5, 0.0), (5, 2.0)]
+NEW_TOKENS = 12
+
+
+def generation_inputs(seed, vocab):
+    """Inputs (prompts) of 10, 7, 4 and 10 tokens, generated from as one padded batch."""
+    tokens = random_tokens(seed, vocab, (4, 10)).tolist()
+    return [tokens[0], tokens[1][:7], tokens[2][:4], tokens[3]]
+
+
+def generation_commands(m, tmp, eos):
+    """Transformers' generate for each of GENERATIONS, each input alone (no padding)."""
+    (tmp / "inputs.json").write_text(json.dumps(m["inputs"]))
+    m["eos"] = eos
+    return [["generate", m["hf"], NEW_TOKENS, beams, penalty, json.dumps(eos), tmp / "inputs.json",
+             tmp / f"generated_{beams}_{penalty}.json"] for beams, penalty in GENERATIONS]
+
+
+def read_generated(m, tmp) -> None:
+    m["generated"] = {(beams, penalty): json.loads((tmp / f"generated_{beams}_{penalty}.json").read_text())
+                      for beams, penalty in GENERATIONS}
+
+
+def until_end(tokens, eos):
+    return next((tokens[:i + 1] for i, token in enumerate(tokens) if token in eos), tokens)

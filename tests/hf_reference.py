@@ -8,10 +8,11 @@ independent reference for interop tests.
   logits DIR TOKENS.npy OUT.npy   fp32 logits of DIR on the token rows (its LM head: causal or
                                   masked; an encoder-decoder's TOKENS are [2, B, T]: encoder
                                   inputs, then decoder inputs, and the logits the decoder's)
-  seq2seq DIR N BEAMS PENALTY TOKENS.npy OUT.json
-                                  the sequences (decoder start token first) model.generate gives
-                                  for each encoder row of TOKENS, with at most N new tokens,
-                                  BEAMS beams and length penalty PENALTY
+  generate DIR N BEAMS PENALTY EOS_JSON TOKENS.json OUT.json
+                                  the new tokens model.generate gives for each row of TOKENS (a
+                                  prompt, or an encoder-decoder's inputs; the decoder start token
+                                  left out), with at most N new tokens, BEAMS beams (1: greedy),
+                                  length penalty PENALTY and the end tokens of EOS_JSON (a list)
   encode DIR TEXT OUT.npy         AutoTokenizer(DIR) ids of TEXT
   greedy DIR N OUT.json TEXT...   the N tokens model.generate adds to each TEXT, greedily
   lstm IN.npz OUT.npy             torch.nn.LSTM's outputs [B, T, out] of IN's inputs "x" with
@@ -84,12 +85,15 @@ def _randomise_norms_and_biases(model):
                 param.normal_(0.0, 0.2)
 
 
-def logits(directory, tokens_path, out_path):
+def _auto_model(directory):
     architectures = json.loads((Path(directory) / "config.json").read_text()).get("architectures") or [""]
-    auto = (transformers.AutoModelForMaskedLM if architectures[0].endswith("ForMaskedLM")
+    return (transformers.AutoModelForMaskedLM if architectures[0].endswith("ForMaskedLM")
             else transformers.AutoModelForSeq2SeqLM if architectures[0].endswith("ForConditionalGeneration")
             else transformers.AutoModelForCausalLM)
-    model = auto.from_pretrained(directory, dtype=torch.float32)
+
+
+def logits(directory, tokens_path, out_path):
+    model = _auto_model(directory).from_pretrained(directory, dtype=torch.float32)
     model.eval()
     tokens = torch.from_numpy(np.load(tokens_path)).long()
     with torch.no_grad():
@@ -119,17 +123,17 @@ def greedy(directory, new_tokens, out_path, *texts):
         json.dump(outputs, f)
 
 
-def seq2seq(directory, new_tokens, beams, length_penalty, tokens_path, out_path):
-    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(directory, dtype=torch.float32)
+def generate(directory, new_tokens, beams, length_penalty, eos_json, tokens_path, out_path):
+    model = _auto_model(directory).from_pretrained(directory, dtype=torch.float32)
     model.eval()
     outputs = []
-    for row in np.load(tokens_path):
-        ids = torch.from_numpy(row[None]).long()
+    for row in json.loads(Path(tokens_path).read_text()):
+        ids = torch.tensor([row])
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=int(beams),
                                  length_penalty=float(length_penalty), max_new_tokens=int(new_tokens),
-                                 early_stopping=False)
-        outputs.append(out[0].tolist())
+                                 early_stopping=False, eos_token_id=json.loads(eos_json))
+        outputs.append(out[0, 1 if model.config.is_encoder_decoder else ids.shape[1]:].tolist())
     with open(out_path, "w") as f:
         json.dump(outputs, f)
 
@@ -153,7 +157,7 @@ def batch(commands_json):
 
 
 COMMANDS = {"make": make, "make-gpt2": make_gpt2, "make-bert": make_bert, "make-t5": make_t5, "logits": logits,
-            "encode": encode, "greedy": greedy, "seq2seq": seq2seq, "lstm": lstm, "batch": batch}
+            "encode": encode, "greedy": greedy, "generate": generate, "lstm": lstm, "batch": batch}
 
 if __name__ == "__main__":
     COMMANDS[sys.argv[1]](*sys.argv[2:])

@@ -28,8 +28,10 @@ from llmjax.sample.generate import Settings, generate
 from llmjax.sample.select import Sampling
 
 from conftest import ROOT, train_command, train_env
-from hf_parity import (CONTINUE, QUIET, assert_config_refused_before_writing, assert_logits_match, llmjax_logits,
-                       random_tokens, reference_logits)
+from hf_parity import NEW_TOKENS as GENERATED
+from hf_parity import (CONTINUE, QUIET, assert_config_refused_before_writing, assert_logits_match,
+                       generation_commands, generation_inputs, llmjax_logits, random_tokens, read_generated,
+                       reference_logits, until_end)
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +70,9 @@ def gpt2(reference_python, tmp_path_factory):
                                tokens=random_tokens(seed, HF_CONFIG["vocab_size"]))
         commands.append(["make-gpt2", hf_dir, json.dumps(HF_CONFIG | changes), seed])
     commands.append(["greedy", models["tied"]["hf"], NEW_TOKENS, tmp / "greedy.json", *PROMPTS])
+    # Beam search with 40 end tokens, so that beams end at different lengths.
+    models["tied"]["inputs"] = generation_inputs(5, HF_CONFIG["vocab_size"])
+    commands += generation_commands(models["tied"], tmp / "tied", list(range(1, 41)))
     _, stderr = training.communicate(timeout=600)
     assert training.returncode == 0, stderr[-3000:]
     export_hf(trained["run"], trained["hf"], **QUIET)
@@ -78,6 +83,7 @@ def gpt2(reference_python, tmp_path_factory):
     for m in models.values():
         import_hf(m["hf"], m["run"], **QUIET)
     trained["ids"] = np.load(tmp / "trained" / "ids.npy").tolist()
+    read_generated(models["tied"], tmp / "tied")
     return everything | {"greedy": json.loads((tmp / "greedy.json").read_text())}
 
 
@@ -148,6 +154,23 @@ def test_greedy_generation_matches_transformers(gpt2):
                    eos_ids=(), pad_id=HF_CONFIG["pad_token_id"])["tokens"].tolist()
     ours = [ids[:ids.index(EOS) + 1] if EOS in ids else ids for ids in out]
     assert ours == gpt2["greedy"]
+
+
+def test_greedy_and_beam_search_give_the_sequences_of_transformers(gpt2):
+    """Prompts of several lengths in one left-padded batch, against transformers' generate on
+    each alone, greedy and with beam search under length penalties."""
+    m = gpt2["tied"]
+    config = RunDir(m["run"]).config
+    config.model.dtype = "float32"
+    params = restore_params(m["run"], config, 0)
+    for (beams, penalty), theirs in m["generated"].items():
+        settings = Settings(max_new_tokens=GENERATED, num_beams=beams, length_penalty=penalty,
+                            sampling=Sampling(temperature=0.0))
+        out = generate(params, config, m["inputs"], settings, eos_ids=tuple(m["eos"]),
+                       pad_id=HF_CONFIG["pad_token_id"])["tokens"].tolist()
+        assert [until_end(tokens, m["eos"]) for tokens in out] == theirs, (beams, penalty)
+    generated = m["generated"]  # The settings change the answer: the test sees the length penalty.
+    assert generated[(1, 1.0)] != generated[(5, 1.0)] != generated[(5, 0.0)]
 
 
 @pytest.mark.parametrize("changes, field", [

@@ -6,19 +6,26 @@ the same logits; configs llmjax would not reproduce are refused before anything 
 
 import json
 import subprocess
+import sys
 
 import pytest
 
+from llmjax.checkpoint import restore_params
 from llmjax.data.tokenizer import train_tokenizer
 from llmjax.interop.export import export_hf
 from llmjax.interop.import_hf import import_hf
+from llmjax.interop.run_files import decoder_start_id, eos_ids
 from llmjax.interop.safetensors_io import SafetensorsReader
 from llmjax.interop.tensor_map import InteropError
 from llmjax.rundir import RunDir
+from llmjax.sample.search import Settings
+from llmjax.sample.select import Sampling
+from llmjax.sample.seq2seq import generate_seq2seq
 
 from conftest import ROOT, train_command, train_env
-from hf_parity import (CONTINUE, QUIET, assert_config_refused_before_writing, assert_logits_match, llmjax_logits,
-                       random_tokens, reference_logits)
+from hf_parity import (CONTINUE, NEW_TOKENS, QUIET, assert_config_refused_before_writing, assert_logits_match,
+                       generation_commands, generation_inputs, llmjax_logits, random_tokens, read_generated,
+                       reference_logits, until_end)
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +68,16 @@ def t5(reference_python, tmp_path_factory):
     export_hf(trained["run"], trained["hf"], **QUIET)
     trained["tokens"] = seq2seq_tokens(2, RunDir(trained["run"]).config.model.vocab_size)
     everything = models | {"trained": trained}
+    # Generation: the random model with 40 end tokens (a tenth of its vocabulary, so that beams
+    # end at different lengths and the length penalty decides), and the trained one with its own.
+    models["scaled"]["inputs"] = generation_inputs(3, HF_CONFIG["vocab_size"])
+    commands += generation_commands(models["scaled"], tmp / "scaled", list(range(1, 41)))
+    trained["inputs"] = generation_inputs(4, RunDir(trained["run"]).config.model.vocab_size)
+    commands += generation_commands(trained, tmp / "trained", eos_ids(RunDir(trained["run"])))
     reference_logits(reference_python, tmp, commands, everything)
+    for name, m in everything.items():
+        if "inputs" in m:
+            read_generated(m, tmp / name)
     for m in models.values():
         import_hf(m["hf"], m["run"], **QUIET)
     return everything
@@ -91,6 +107,45 @@ def test_trained_t5_export_loads_in_transformers_with_its_logits(t5):
     m = t5["trained"]
     rel = assert_logits_match(llmjax_logits(m["run"], m["tokens"]), m["logits"])
     print(f"exported parity: max |diff| / max |logit| = {rel:.2e}")
+
+
+@pytest.mark.parametrize("model", ["scaled", "trained"])
+def test_greedy_and_beam_search_give_the_sequences_of_transformers(t5, model):
+    """All inputs in one right-padded batch, against transformers' generate on each alone."""
+    m = t5[model]
+    run = RunDir(m["run"])
+    config = run.config
+    config.model.dtype = "float32"
+    params = restore_params(run.path, config, run.resolve_step(None))
+    for (beams, penalty), theirs in m["generated"].items():
+        settings = Settings(max_new_tokens=NEW_TOKENS, num_beams=beams, length_penalty=penalty,
+                            sampling=Sampling(temperature=0.0))
+        out = generate_seq2seq(params, config, m["inputs"], settings, eos_ids=tuple(m["eos"]), pad_id=0,
+                               start_id=decoder_start_id(run))["tokens"].tolist()
+        assert [until_end(tokens, m["eos"]) for tokens in out] == theirs, (beams, penalty)
+    if model == "scaled":  # The settings change the answer: the test sees the length penalty.
+        generated = m["generated"]
+        assert generated[(1, 1.0)] != generated[(5, 1.0)] != generated[(5, 0.0)]
+
+
+def test_sample_command_writes_the_text_an_encoder_decoder_generates(t5):
+    m = t5["trained"]
+    run = RunDir(m["run"])
+    prompt = "import json\n<|sentinel_0|> Encoder:"
+    result = subprocess.run([sys.executable, "-m", "llmjax.cli.sample", f"--workdir={m['run']}",
+                             f"--prompt={prompt}", "--num_beams=5", "--length_penalty=0.5", "--max_new_tokens=8"],
+                            cwd=ROOT, env=train_env(m["run"].parent / "cache"), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = run.config
+    settings = Settings(max_new_tokens=8, num_beams=5, length_penalty=0.5)
+    ends = eos_ids(run)
+    out = generate_seq2seq(restore_params(run.path, config, run.resolve_step(None)), config,
+                           [run.tokenizer.encode(prompt).ids], settings, eos_ids=tuple(ends), pad_id=0,
+                           start_id=decoder_start_id(run))["tokens"][0].tolist()
+    end = next((i for i, token in enumerate(out) if token in ends), len(out))
+    expected = run.tokenizer.decode(out[:end], skip_special_tokens=False)
+    assert result.stdout == f"=== {prompt!r}\n{expected}\n"
 
 
 def test_untied_t5_is_refused_by_export_naming_the_reason(t5, tmp_path):

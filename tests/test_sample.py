@@ -154,6 +154,18 @@ def test_beam_search_finds_the_more_likely_sequence():
     assert greedy[0, 0] == 2  # The myopic choice.
 
 
+def test_the_length_penalty_decides_between_hypotheses_of_different_lengths():
+    """[3, EOS] has log-probability log 0.4 over 2 tokens, [2, 3, EOS] log 0.2 over 3: ranked
+    by log p / length ** penalty, penalty 0 (or 1) keeps the shorter, 3 the longer."""
+    step = _markov(TABLE)
+    start = jnp.log(jnp.asarray([TABLE[0]] * 2))
+    for penalty, expected in [(0.0, [3, EOS, PAD]), (1.0, [3, EOS, PAD]), (3.0, [2, 3, EOS])]:
+        tokens, score = beam_search(step, lambda s, rows: s, None, start, num_beams=2, max_new_tokens=3,
+                                    eos_ids=jnp.asarray([EOS]), pad_id=PAD, length_penalty=penalty)
+        assert tokens.tolist() == [expected], penalty
+        np.testing.assert_allclose(score, [np.log(0.4 if expected[0] == 3 else 0.6 / 3)], rtol=1e-5)
+
+
 def test_a_family_without_a_cached_decoder_is_refused_by_name():
     with pytest.raises(LlmjaxError, match="the bert family has no cached decoder; it cannot generate text"):
         inference_decoder(make_tiny_config("bert"))

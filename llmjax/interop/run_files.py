@@ -39,6 +39,15 @@ def eos_ids(run: RunDir) -> list[int]:
     return [] if eos is None else list(eos) if isinstance(eos, list) else [eos]
 
 
+def decoder_start_id(run: RunDir) -> int:
+    """The token an encoder-decoder's decoder starts from: the imported model's own, else
+    padding (T5's choice, which llmjax's span corruption makes too), else end-of-document."""
+    if run.imported is not None and run.imported["config"].get("decoder_start_token_id") is not None:
+        return run.imported["config"]["decoder_start_token_id"]
+    ids = special_ids(run)
+    return next(i for i in (ids["pad_token_id"], ids["eos_token_id"]) if i is not None)
+
+
 def write_hf_tokenizer(run: RunDir, out: Path) -> None:
     """tokenizer.json plus a tokenizer_config.json that `AutoTokenizer` loads offline."""
     run.tokenizer  # noqa: B018 - fails clearly when missing.

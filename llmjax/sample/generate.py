@@ -3,7 +3,6 @@ forward pass, then decode one token per step inside a jitted loop (sampling or b
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -11,27 +10,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from llmjax.sample import cached
-from llmjax.sample.search import beam_search, sample_tokens
-from llmjax.sample.select import SampleError, Sampling
+from llmjax.sample.search import Settings, search
+from llmjax.sample.select import SampleError
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    max_new_tokens: int = 64
-    sampling: Sampling = Sampling()
-    num_beams: int = 1  # Above 1: beam search (deterministic; the sampling settings are unused).
-
-
-def check(prompts: list[list[int]], settings: Settings, max_seq_len: int) -> None:
+def check(prompts: list[list[int]], settings: Settings, max_seq_len: int | None) -> None:
     """Raises SampleError naming the setting that cannot work; cheap, so callers can run it
-    before loading a model."""
-    settings.sampling.check()
-    if settings.max_new_tokens < 1 or settings.num_beams < 1:
-        raise SampleError("--max_new_tokens and --num_beams must be at least 1.")
+    before loading a model. `max_seq_len` None: the model has no length limit (an
+    encoder-decoder with relative positions, whose prompts are its inputs)."""
+    settings.check()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise SampleError("every prompt needs at least one token.")
     longest = max(len(p) for p in prompts)
-    if longest + settings.max_new_tokens > max_seq_len:
+    if max_seq_len is not None and longest + settings.max_new_tokens > max_seq_len:
         raise SampleError(f"the longest prompt ({longest} tokens) plus --max_new_tokens "
                          f"{settings.max_new_tokens} exceeds model.max_seq_len={max_seq_len}; "
                          f"shorten one of them.")
@@ -90,18 +81,8 @@ def generate(params, config, prompts: list[list[int]], settings: Settings, *,
 @functools.partial(jax.jit, static_argnames=("decoder", "settings", "cache_length", "keep_logits"))
 def _run(params, tokens_BT, mask_BT, rng, eos_ids, pad_id, *, decoder, settings: Settings,
          cache_length: int, keep_logits: bool):
-    width = settings.num_beams
-    if width > 1:  # Every beam starts as a copy of its prompt.
-        tokens_BT, mask_BT = jnp.repeat(tokens_BT, width, 0), jnp.repeat(mask_BT, width, 0)
+    if settings.num_beams > 1:  # Every beam starts as a copy of its prompt.
+        tokens_BT, mask_BT = (jnp.repeat(x, settings.num_beams, 0) for x in (tokens_BT, mask_BT))
     logits_BTV, state = prefill(params, decoder, tokens_BT, mask_BT, cache_length)
-    step = decode_step(params, decoder)
-    if width > 1:
-        new, scores = beam_search(step, reorder_state, state, logits_BTV[:, -1], num_beams=width,
-                                  max_new_tokens=settings.max_new_tokens, eos_ids=eos_ids,
-                                  pad_id=pad_id)
-        return {"tokens": new, "scores": scores}
-    new, history = sample_tokens(step, state, logits_BTV[:, -1], rng,
-                                 max_new_tokens=settings.max_new_tokens,
-                                 sampling=settings.sampling, eos_ids=eos_ids, pad_id=pad_id,
-                                 keep_logits=keep_logits)
-    return {"tokens": new} | ({"logits": history} if keep_logits else {})
+    return search(decode_step(params, decoder), reorder_state, state, logits_BTV[:, -1], rng, eos_ids, pad_id,
+                  settings=settings, keep_logits=keep_logits)
