@@ -33,6 +33,10 @@ BENCHMARKS = {
     # all computed, as BERT's head does).
     "bert-bench36m": ("bert-bench36m", {"data.seq_len": 512, "train.global_batch_size": 8,
                                         "model.fp32_logits": False, "model.scan_layers": False}),
+    # T5 at bench36m's width: 4 encoder + 4 decoder layers, an encoder of 512 tokens and span
+    # corruption's decoder of 114 (T5's C4 pretraining shape).
+    "t5-bench36m": ("t5-bench36m", {"data.seq_len": 512, "train.global_batch_size": 8,
+                                    "model.fp32_logits": False, "model.scan_layers": False}),
     # The default training run's shape, for quick checks.
     "5m": ("5m", {"data.seq_len": 256, "train.global_batch_size": 16}),
     # The LSTM baseline at the default run's shape (scripts/bench_lstm.py times it against torch).

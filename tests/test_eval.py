@@ -132,3 +132,22 @@ def test_tokenizer_mismatches_are_refused_before_training(tmp_path, datasets):
                        f"--config.checkpoint.init_from={tmp_path / 'first'}", cache=tmp_path / "cache")
     assert branch.returncode == 2 and "is not the one the run in" in branch.stderr
     assert "compiled" not in branch.stdout and not (tmp_path / "branch").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["configs/bert_tiny.py", "configs/t5_tiny.py"])
+def test_standalone_eval_of_mlm_and_span_runs_reproduces_their_metrics(tmp_path, config):
+    """Each objective's own evaluation (loss, perplexity, accuracy of its scored tokens; no bits
+    per byte for either) from llmjax-eval equals the run's last validation record."""
+    run = tmp_path / "run"
+    result = run_train(run, "--config.train.steps=10", "--config.train.eval_every=10", cache=tmp_path / "cache",
+                       config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = _records(run, "val")[-1]
+    result = _eval(tmp_path, f"--workdir={run}", f"--out={tmp_path / 'eval.json'}")
+    assert result.returncode == 0, result.stderr
+    (name, values), = json.loads((tmp_path / "eval.json").read_text())["results"].items()
+    assert set(values) >= {"loss", "perplexity", "accuracy"} and "bits_per_byte" not in values
+    for key in ("loss", "perplexity", "accuracy"):
+        assert values[key] == pytest.approx(final[key], rel=1e-5), key
+    assert f"step 10 | {name} | loss {values['loss']:.4f} | ppl" in result.stdout
