@@ -21,17 +21,23 @@ def losses(workdir):
             if r["split"] == "train"]
 
 
+# The other families' two processes form a hybrid mesh: data across them (DCN), fsdp within.
+HYBRID = ("--config.mesh.dcn.data=2", "--config.mesh.ici.data=1", "--config.mesh.ici.fsdp=4")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["configs/tiny.py", "configs/gpt2_tiny.py", "configs/bert_tiny.py",
-                                    "configs/t5_tiny.py"])
-def test_local_launch_of_two_processes_matches_one_process(tmp_path, config):
+@pytest.mark.parametrize("config, mesh", [("configs/tiny.py", ()), ("configs/gpt2_tiny.py", HYBRID),
+                                          ("configs/bert_tiny.py", HYBRID), ("configs/t5_tiny.py", HYBRID)])
+def test_local_launch_of_two_processes_matches_one_process(tmp_path, config, mesh):
     overrides = ("--config.model.dtype=float32", "--config.train.steps=10", "--config.train.log_every=1")
     assert run_train(tmp_path / "one", *overrides, cache=tmp_path / "cache", devices=8,
                      config=config).returncode == 0
     result = launch(tmp_path, f"--workdir={tmp_path / 'two'}", "--cluster=local", "--num_processes=2",
-                    "--devices_per_process=4", *overrides, config=config)
+                    "--devices_per_process=4", *overrides, *mesh, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data: process 1 of 2 reads rows 4..7" in result.stdout
+    if mesh:
+        assert "mesh: {'data': 2, 'fsdp': 4, 'sequence': 1, 'tensor': 1} over 8 cpu devices" in result.stdout
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
 
 
