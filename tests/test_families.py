@@ -104,6 +104,10 @@ def test_stated_parameter_count_is_the_real_one(family):
     ("gpt2", 124_439_808),  # GPT2LMHeadModel.num_parameters() of openai-community/gpt2.
     ("gpt2-medium", 354_823_168),  # ... of gpt2-medium.
     ("bert-base", 109_514_298),  # BertForMaskedLM(BertConfig()).num_parameters(): bert-base-uncased's shape.
+    # T5ForConditionalGeneration(google/t5-v1_1-small's and -base's configs).num_parameters() in
+    # transformers 5, which ties the output layer to the embedding as llmjax does.
+    ("t5-small", 60_511_616),
+    ("t5-base", 222_903_552),
 ])
 def test_presets_have_the_published_parameter_counts(preset, published):
     assert param_count(compose(preset).model) == published
