@@ -8,7 +8,8 @@ import flax.linen as nn
 import pytest
 
 from llmjax import model
-from llmjax.model.layers.attention import attention_kernel, bidirectional_attention, select_attention_impl
+from llmjax.model.layers.attention import (attention_kernel, bidirectional_attention, biased_attention_impl,
+                                          select_attention_impl)
 from llmjax.model.llama.model import Attention
 from llmjax.model.layers.blockwise import blockwise_attention
 from llmjax.model.layers.rope import apply_rope, rope_tables
@@ -231,6 +232,17 @@ def test_untied_embeddings_have_their_own_output_projection():
 def test_auto_attention_picks_each_platforms_kernel(platform, dtype, head_dim, length, splash,
                                                     expected):
     assert select_attention_impl("auto", platform, dtype, head_dim, length, splash) == expected
+
+
+@pytest.mark.parametrize("platform, dtype, head_dim, expected", [
+    ("gpu", jnp.bfloat16, 64, "cudnn"),
+    ("gpu", jnp.float32, 64, "xla"),
+    ("gpu", jnp.bfloat16, 256, "xla"),
+    ("tpu", jnp.bfloat16, 128, "xla"),  # Splash takes no bias.
+    ("cpu", jnp.bfloat16, 64, "xla"),  # Nor does the blockwise kernel.
+])
+def test_attention_with_a_position_bias_picks_a_kernel_that_takes_one(platform, dtype, head_dim, expected):
+    assert biased_attention_impl("auto", platform, dtype, head_dim) == expected
 
 
 def test_explicit_attention_choice_is_honoured():

@@ -97,14 +97,17 @@ def attention_kernel(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, kv_segments_BS, impl
                                         implementation=impl)
 
 
+def biased_attention_impl(requested: str, platform: str, dtype, head_dim: int) -> str:
+    """The kernel of attention with a bias on its scores: only XLA's and cuDNN's take one, so
+    `auto` picks cuDNN on GPU where it applies (see select_attention_impl) and XLA elsewhere."""
+    impl = select_attention_impl(requested, platform, dtype, head_dim, 0, splash=False)
+    return impl if impl == "cudnn" else "xla"
+
+
 def biased_attention(q_BTNH, k_BSNH, v_BSNH, bias_1NTS, mask_B1TS, impl: str):
     """Attention with an additive bias on the scores (T5's relative positions; None for none)
-    and a boolean mask, scores not scaled (the family folds the scale into its query). Only
-    XLA's kernel and cuDNN's take a bias: `auto` picks cuDNN on GPU where it applies, else
-    XLA."""
-    impl = select_attention_impl(impl, jax.default_backend(), q_BTNH.dtype, q_BTNH.shape[-1], q_BTNH.shape[1],
-                                 splash=False)
-    impl = impl if impl == "cudnn" else "xla"
+    and a boolean mask, scores not scaled (the family folds the scale into its query)."""
+    impl = biased_attention_impl(impl, jax.default_backend(), q_BTNH.dtype, q_BTNH.shape[-1])
     q_BTNH = nn.with_logical_constraint(q_BTNH, HEADS_ACT)
     bias = None if bias_1NTS is None else bias_1NTS.astype(q_BTNH.dtype)
     out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSNH, v_BSNH, bias=bias, mask=mask_B1TS, scale=1.0,
