@@ -394,3 +394,8 @@ def test_hybrid_mesh_across_two_processes_matches_one_process(tmp_path):
     assert [p.returncode for p in processes] == [0, 0], outputs[0][1][-3000:]
     assert "mesh: {'data': 2, 'fsdp': 4, 'sequence': 1, 'tensor': 1} over 8 cpu devices" in outputs[0][0]
     assert_same_run(tmp_path / "hybrid", reference, rtol=1e-5)
+    # Each process builds only its own rows of the validation batches; the metrics are the same.
+    validation = [records(run, "val") for run in (tmp_path / "hybrid", reference)]
+    assert [r["step"] for r in validation[0]] == [10, 12]
+    for key in ("loss", "bits_per_byte"):
+        np.testing.assert_allclose([r[key] for r in validation[0]], [r[key] for r in validation[1]], rtol=1e-5)

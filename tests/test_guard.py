@@ -35,3 +35,28 @@ def test_no_spike_detection_before_warmup_or_when_disabled():
         off.observe(1.0)
     assert not off.observe(100.0)
     assert off.observe(math.nan)
+
+
+def _guard():
+    return DivergenceGuard(spike_factor=2.0, patience=3, max_rollbacks=1, warmup_steps=5)
+
+
+def test_a_guard_continued_from_its_recorded_state_decides_as_the_original():
+    """What a checkpoint records: a resumed run sees the same spike, finishes the same bad
+    streak, and has no fresh rollback budget."""
+    losses = [3.0] * 8 + [math.nan, 7.0, 3.0, 6.5, math.nan, 9.0]
+    original = _guard()
+    original.rollbacks = 1  # One rollback already spent.
+    reference = [original.observe(loss) for loss in losses]
+    assert reference[-1] and not any(reference[:-1])  # (spike, NaN, spike) ends in a rollback.
+    for cut in range(len(losses) + 1):
+        first = _guard()
+        first.rollbacks = 1
+        head = [first.observe(loss) for loss in losses[:cut]]
+        resumed = _guard()
+        resumed.load(first.state())
+        assert head + [resumed.observe(loss) for loss in losses[cut:]] == reference, cut
+    with pytest.raises(DivergenceError):  # The budget the state carried is spent.
+        resumed.rolled_back()
+    fresh = _guard()
+    assert not any(fresh.observe(loss) for loss in losses[-6:])  # Without it the spikes pass unseen.

@@ -87,7 +87,9 @@ def test_batches_are_a_seeded_function_of_the_step():
 def test_eval_batches_are_fixed_and_in_order():
     tokens = _stream(seed=3)
     batches = eval_batches(tokens, 8, EOS, batch_size=2, max_batches=3)
-    assert [b["index"].tolist() for b in batches] == [[0, 1], [2, 3], [4, 5]]
+    assert [[int(b[r]["index"]) for r in sorted(b)] for b in batches] == [[0, 1], [2, 3], [4, 5]]
+    second_rows = eval_batches(tokens, 8, EOS, batch_size=2, max_batches=3, rows=[1])
+    assert [[int(row["index"]) for row in b.values()] for b in second_rows] == [[1], [3], [5]]
     with pytest.raises(ValueError, match="raise data.val_percent"):
         eval_batches(tokens[:20], 8, EOS, batch_size=4, max_batches=3)
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 from llmjax.config import default_config
-from llmjax.data.dataset import open_dataset, resolve
+from llmjax.data.dataset import check_tokenizer, open_dataset, resolve
 from llmjax.data.errors import DataError
 from llmjax.data.prepare import PrepareOptions, prepare
 from llmjax.data.tokenizer import TextTokenizer
@@ -232,11 +232,25 @@ def test_a_given_tokenizer_prepares_raw_text_as_it_is(tmp_path, tokenizer_file):
     logs = []
     [(dataset, _)] = resolve(config, 300, tmp_path / "cache", logs.append)
     assert not any("training" in line for line in logs)
-    assert dataset.eos_id == 1 and dataset.fingerprint == TextTokenizer(tokenizer_file).fingerprint
+    assert dataset.eos_id == 1 and dataset.fingerprint == TextTokenizer(tokenizer_file, 1).fingerprint
+    assert dataset.fingerprint != TextTokenizer(tokenizer_file).fingerprint  # The ids are in it.
     stream = np.asarray(dataset.stream("train"))
     assert int((stream == 1).sum()) == dataset.manifest["splits"]["train"]["documents"]
     config.eos_id = 2  # Another end-of-document id is another dataset.
     assert resolve(config, 300, tmp_path / "cache", logs.append)[0][0].directory != dataset.directory
+
+
+def test_a_run_refuses_its_tokenizer_file_with_another_end_of_document_id(tmp_path, tokenizer_file):
+    """The fingerprint covers the special ids: the same file, documents ending elsewhere, is
+    another tokenizer; a run's saved tokenizer keeps the ids it was trained with."""
+    by_name = TextTokenizer(tokenizer_file)
+    other = 1 if by_name.eos_id != 1 else 2
+    (tmp_path / "run").mkdir()
+    TextTokenizer(tokenizer_file, other).save(tmp_path / "run")
+    check_tokenizer(tmp_path / "run", TextTokenizer(tokenizer_file, other))
+    with pytest.raises(DataError, match=f"end of document {by_name.eos_id}.* end of document {other}.*"
+                                        f"--eos_id {other}"):
+        check_tokenizer(tmp_path / "run", by_name)
 
 
 @pytest.mark.parametrize("tokenizer, eos_id, vocab_size, message", [

@@ -21,7 +21,7 @@ from llmjax.config import parse_mixture
 from llmjax.data import sources
 from llmjax.data.prepare import MANIFEST, PLAN, PrepareOptions, dataset_key, prepare
 from llmjax.data.shards import TokenStream
-from llmjax.data.tokenizer import HF_FILE, SENTENCEPIECE_FILE, TextTokenizer
+from llmjax.data.tokenizer import TextTokenizer, load_from_dir
 
 
 class DatasetError(DataError):
@@ -39,7 +39,7 @@ class Dataset:
 
     @functools.cached_property
     def tokenizer(self) -> TextTokenizer:
-        return TextTokenizer(self.directory / self.manifest["tokenizer"]["file"])
+        return TextTokenizer(self.directory / self.manifest["tokenizer"]["file"], self.eos_id)
 
     def stream(self, split: str) -> TokenStream:
         shards = self.manifest["splits"][split]["shards"]
@@ -130,13 +130,12 @@ def cache_dir(config) -> Path:
 
 def check_tokenizer(workdir: Path, tokenizer: TextTokenizer) -> None:
     """Refuses data tokenized differently from what the run in `workdir` was trained on: its
-    token ids would mean other strings to the model. A workdir without a tokenizer passes."""
-    for name in (HF_FILE, SENTENCEPIECE_FILE):
-        if (Path(workdir) / name).is_file():
-            saved = TextTokenizer(Path(workdir) / name)
-            if saved.fingerprint != tokenizer.fingerprint:
-                raise DatasetError(f"the data's tokenizer ({tokenizer.fingerprint}, {tokenizer.vocab_size} "
-                                   f"tokens) is not the one the run in {workdir} was trained with "
-                                   f"({saved.fingerprint}, {saved.vocab_size} tokens); prepare the data "
-                                   f"with it: llmjax-prepare --tokenizer {saved.path} ...")
-            return
+    token ids would mean other strings to the model, or its documents would end elsewhere. A
+    workdir without a tokenizer passes."""
+    saved = load_from_dir(workdir)
+    if saved is not None and saved.fingerprint != tokenizer.fingerprint:
+        raise DatasetError(f"the data's tokenizer ({tokenizer.fingerprint}: {tokenizer.vocab_size} "
+                           f"tokens, end of document {tokenizer.eos_id}) is not the one the run in "
+                           f"{workdir} was trained with ({saved.fingerprint}: {saved.vocab_size} "
+                           f"tokens, end of document {saved.eos_id}); prepare the data with it: "
+                           f"llmjax-prepare --tokenizer {saved.path} --eos_id {saved.eos_id} ...")

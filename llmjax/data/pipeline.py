@@ -59,10 +59,6 @@ class PackedWindows:
         }
 
 
-def _stack(rows):
-    return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
-
-
 def train_rows(tokens, seq_len: int, eos_id: int, seed: int, pad_id: int | None = None) -> grain.MapDataset:
     """`ds[i]` is the i-th sequence of the endless, per-epoch reshuffled stream."""
     source = grain.MapDataset.source(PackedWindows(tokens, seq_len, eos_id, pad_id))
@@ -86,27 +82,28 @@ def _tag(row: dict, source: int) -> dict:
     return row | {"source": np.int32(source)}
 
 
-class GlobalBatches:
-    """The global batch of step s is rows s*B .. s*B+B-1 of the objective's rows, and each
-    process reads only the rows its own devices hold: on N hosts each reads 1/N of the data, and
-    the result does not depend on how many hosts there are. `shapes` and `shardings` (field name
-    -> global shape, NamedSharding) come from the objective's batch fields; every field has the
-    batch on its first axis."""
+class RowLayout:
+    """Where the rows of a global batch live: `shapes` and `shardings` (field name -> global
+    shape, NamedSharding) come from the objective's batch fields; every field has the batch on
+    its first axis. Each process loads only `local_rows` (those its own devices hold), so on N
+    hosts each reads 1/N of the data; `owned_rows` are the local rows no lower-numbered process
+    holds, so that per-row sums over processes count each row once."""
 
-    def __init__(self, rows: grain.MapDataset, shapes: dict[str, tuple[int, ...]],
-                 shardings: dict[str, jax.sharding.NamedSharding]):
-        self.rows, self.shapes, self.shardings = rows, shapes, shardings
+    def __init__(self, shapes: dict[str, tuple[int, ...]], shardings: dict[str, jax.sharding.NamedSharding]):
+        self.shapes, self.shardings = shapes, shardings
         self.batch_size = next(iter(shapes.values()))[0]
+        holder = {}  # Row -> the lowest process index holding it.
+        for key, sharding in shardings.items():
+            for device, index in sharding.devices_indices_map(shapes[key]).items():
+                for r in range(*index[0].indices(self.batch_size)):
+                    holder[r] = min(holder.get(r, device.process_index), device.process_index)
         self.local_rows = sorted({r for key, sharding in shardings.items()
                                   for index in sharding.addressable_devices_indices_map(shapes[key]).values()
                                   for r in range(*index[0].indices(self.batch_size))})
+        self.owned_rows = [r for r in self.local_rows if holder[r] == jax.process_index()]
 
-    def device_batch(self, step: int, poison: bool = False) -> dict:
-        """The step's batch as global jax.Arrays. `poison` makes every weight NaN (fault injection)."""
-        loaded = {r: self.rows[step * self.batch_size + r] for r in self.local_rows}
-        if poison:
-            loaded = {r: row | {"weights": np.full_like(row["weights"], np.nan)} for r, row in loaded.items()}
-
+    def place(self, loaded: dict[int, dict]) -> dict:
+        """Global jax.Arrays from this process's rows ({row index: row}) of one batch."""
         def part(key):
             def callback(index):
                 rows = range(*index[0].indices(self.batch_size))
@@ -116,20 +113,44 @@ class GlobalBatches:
         return {key: part(key) for key in self.shapes}
 
 
+class GlobalBatches:
+    """The global batch of step s is rows s*B .. s*B+B-1 of the objective's rows, of which each
+    process loads only its `RowLayout.local_rows`: the result does not depend on how many hosts
+    there are."""
+
+    def __init__(self, rows: grain.MapDataset, shapes: dict[str, tuple[int, ...]],
+                 shardings: dict[str, jax.sharding.NamedSharding]):
+        self.rows, self.layout = rows, RowLayout(shapes, shardings)
+        self.batch_size, self.local_rows = self.layout.batch_size, self.layout.local_rows
+
+    def device_batch(self, step: int, poison: bool = False) -> dict:
+        """The step's batch as global jax.Arrays. `poison` makes every weight NaN (fault injection)."""
+        loaded = {r: self.rows[step * self.batch_size + r] for r in self.local_rows}
+        if poison:
+            loaded = {r: row | {"weights": np.full_like(row["weights"], np.nan)} for r, row in loaded.items()}
+        return self.layout.place(loaded)
+
+
 def eval_batches(tokens, seq_len: int, eos_id: int, batch_size: int, max_batches: int,
-                 pad_id: int | None = None, to_rows=None) -> list[dict]:
-    """The first `max_batches` in-order batches of held-out windows: the same ones every time, so
-    validation losses of different steps and runs compare. `to_rows` turns the MapDataset of
-    windows into the objective's rows (default: the windows themselves)."""
+                 pad_id: int | None = None, to_rows=None, rows: list[int] | None = None) -> list[dict]:
+    """The first `max_batches` in-order batches of held-out windows, each as {row index: row}
+    for the `rows` given (default: all): the same ones every time, so validation losses of
+    different steps and runs compare. `to_rows` turns the MapDataset of windows into the
+    objective's rows (default: the windows themselves)."""
     source = grain.MapDataset.source(PackedWindows(tokens, seq_len, eos_id, pad_id))
     if to_rows is not None:
         source = to_rows(source)
-    batches = source.batch(batch_size, drop_remainder=True, batch_fn=_stack)
-    count = min(max_batches, len(batches))
+    count = min(max_batches, len(source) // batch_size)
     if count == 0:
         raise ValueError(f"the validation split has {len(source)} windows, fewer than one batch "
                          f"of train.global_batch_size={batch_size}; raise data.val_percent.")
-    return [batches[i] for i in range(count)]
+    rows = range(batch_size) if rows is None else rows
+    return [{r: source[b * batch_size + r] for r in rows} for b in range(count)]
+
+
+def stack(rows: dict[int, dict]) -> dict[str, np.ndarray]:
+    """{row index: row} as one host batch, rows in index order."""
+    return {key: np.stack([rows[r][key] for r in sorted(rows)]) for key in rows[min(rows)]}
 
 
 def to_device(batch: dict[str, np.ndarray], shardings: dict[str, jax.sharding.NamedSharding]) -> dict:

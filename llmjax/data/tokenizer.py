@@ -1,13 +1,16 @@
 """Tokenizers: a byte-level BPE trained here, or a local `tokenizer.json` / SentencePiece model.
 
 Nothing is downloaded. Byte-level BPE is the default because every input is representable (no
-unknown token, whatever the corpus holds). A tokenizer is identified by the fingerprint of its
-file, so a dataset, a checkpoint and a model can be checked to agree before training starts.
+unknown token, whatever the corpus holds). A tokenizer is identified by a fingerprint of its
+file and of the special ids read from it (end of document, padding), so a dataset, a checkpoint
+and a model can be checked to agree before training starts: the same file with another
+end-of-document id splits documents elsewhere, and is another tokenizer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +28,7 @@ EOS_NAMES = (EOS, "</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>")
 MASK = "<|mask|>"
 MASK_NAMES = (MASK, "[MASK]", "<mask>")
 HF_FILE, SENTENCEPIECE_FILE = "tokenizer.json", "tokenizer.model"
+IDS_FILE = "tokenizer_ids.json"  # Beside a saved tokenizer: the special ids it was used with.
 
 
 class TokenizerError(DataError):
@@ -41,7 +45,7 @@ class TextTokenizer:
         if not self.path.is_file():
             raise TokenizerError(f"tokenizer file {self.path} does not exist; give a tokenizer.json "
                                  f"or a SentencePiece .model file, or train one with --vocab_size.")
-        self.fingerprint = hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+        file_bytes = self.path.read_bytes()
         if self.path.suffix == ".json":
             self._hf = Tokenizer.from_file(str(self.path))
             self._spm = None
@@ -66,6 +70,8 @@ class TextTokenizer:
         if self.eos_id is None:
             raise TokenizerError(f"tokenizer {self.path} has no end-of-document token (looked for "
                                  f"{', '.join(EOS_NAMES)}); documents must be separated by one.")
+        ids = json.dumps({"eos_id": self.eos_id, "pad_id": self.pad_id}, sort_keys=True).encode()
+        self.fingerprint = hashlib.sha256(file_bytes + b"\0" + ids).hexdigest()[:16]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if self._hf is not None:
@@ -118,20 +124,28 @@ class TextTokenizer:
         return counts
 
     def save(self, directory: Path) -> Path:
-        """Copies the tokenizer file byte for byte, so its fingerprint travels with it."""
+        """Copies the tokenizer file byte for byte and records its special ids beside it, so
+        that its fingerprint travels with it."""
         target = Path(directory) / (HF_FILE if self._hf is not None else SENTENCEPIECE_FILE)
         if target.resolve() != self.path.resolve():
             tmp = target.with_name(target.name + ".tmp")
             shutil.copyfile(self.path, tmp)
             tmp.rename(target)
+        ids, tmp = Path(directory) / IDS_FILE, Path(directory) / f"{IDS_FILE}.tmp"
+        tmp.write_text(json.dumps({"eos_id": self.eos_id, "pad_id": self.pad_id}))
+        tmp.rename(ids)
         return target
 
 
-def load_from_dir(directory: Path) -> TextTokenizer:
+def load_from_dir(directory: Path) -> TextTokenizer | None:
+    """The tokenizer saved in `directory` with the special ids it was used with (by name when
+    no record of them is there), or None when there is none."""
+    ids = Path(directory) / IDS_FILE
+    eos_id = json.loads(ids.read_text())["eos_id"] if ids.is_file() else -1
     for name in (HF_FILE, SENTENCEPIECE_FILE):
         if (Path(directory) / name).is_file():
-            return TextTokenizer(Path(directory) / name)
-    raise TokenizerError(f"{directory} holds neither {HF_FILE} nor {SENTENCEPIECE_FILE}.")
+            return TextTokenizer(Path(directory) / name, eos_id)
+    return None
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, path: Path,

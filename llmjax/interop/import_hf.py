@@ -24,6 +24,7 @@ from llmjax.checkpoint import Checkpointer, metadata, save_host_params
 from llmjax.config import default_config
 from llmjax.interop import adapters
 from llmjax.interop.tensor_map import InteropError, TensorMap
+from llmjax.data.tokenizer import TextTokenizer
 from llmjax.interop.run_files import copy_hf_tokenizer
 from llmjax.interop.safetensors_io import SafetensorsReader
 from llmjax.rundir import TOKENIZER, RunDir
@@ -136,6 +137,8 @@ def import_hf(hf_dir: Path, workdir: Path, log=print) -> Path:
         Checkpointer(staged.checkpoints, config).close()  # Records the integrity manifest.
         staged.write_config(config)
         copy_hf_tokenizer(hf_dir, tmp)
+        if config.data.eos_id >= 0:  # The model's own end of document, which its name may not say.
+            TextTokenizer(tmp / TOKENIZER, config.data.eos_id).save(tmp)
         staged.write_imported(hf_dir, hf, dtype)
         if workdir.exists():
             workdir.rmdir()

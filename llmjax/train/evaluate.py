@@ -21,12 +21,22 @@ from llmjax.train import objectives
 from llmjax.rundir import RunDir
 
 
+def _sum_over_processes(value: float) -> float:
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    return float(np.sum(multihost_utils.process_allgather(np.float64(value))))
+
+
 class Evaluator:
-    """Places each dataset's validation batches on the devices once, then evaluates any params."""
+    """Places each dataset's validation batches on the devices once, then evaluates any params.
+    As for training batches, each process builds only the rows its devices hold."""
 
     def __init__(self, datasets, run, batch_size: int, max_batches: int):
         config, self.objective = run.config, run.objective
-        shardings = run.batch_shardings(batch_size)
+        self.layout = pipeline.RowLayout({k: f.shape for k, f in run.batch_fields(batch_size).items()},
+                                         run.batch_shardings(batch_size))
         to_rows = functools.partial(self.objective.rows, config=config, seed=config.seed,
                                     token_ids=self.objective.token_ids(datasets[0][0].tokenizer, config))
         self.sets = []
@@ -37,12 +47,14 @@ class Evaluator:
                                    f"tokens; prepare it with a larger --val_percent.")
             try:
                 host = pipeline.eval_batches(stream, self.objective.window_len(config), dataset.eos_id, batch_size,
-                                             max_batches, dataset.pad_id, to_rows)
+                                             max_batches, dataset.pad_id, to_rows, self.layout.local_rows)
             except ValueError as error:
                 raise DatasetError(f"dataset {dataset.name}: {error}") from None
             token_bytes = dataset.tokenizer.token_bytes()
-            num_bytes = sum(self.objective.target_bytes(b, token_bytes) for b in host)
-            self.sets.append((dataset.name, [pipeline.to_device(b, shardings) for b in host], num_bytes))
+            owned = [{r: rows[r] for r in self.layout.owned_rows} for rows in host]
+            num_bytes = _sum_over_processes(sum(self.objective.target_bytes(pipeline.stack(rows), token_bytes)
+                                                for rows in owned if rows))
+            self.sets.append((dataset.name, [self.layout.place(rows) for rows in host], num_bytes))
 
     def __call__(self, eval_fn, params) -> dict[str, dict[str, float]]:
         """{dataset name: metrics}, plus "all" (the datasets pooled) when there are several."""

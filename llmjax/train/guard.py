@@ -3,7 +3,8 @@
 A step is bad when its loss is not finite or exceeds `spike_factor` x the running mean of
 recent good losses. After `patience` bad steps in a row the loop restores the last checkpoint
 and skips the data batches seen since (they are what led here); after `max_rollbacks` such
-rollbacks the run stops, since retrying is no longer helping.
+rollbacks the run stops, since retrying is no longer helping. Its state travels in each
+checkpoint, so restarts change none of these decisions.
 """
 
 from __future__ import annotations
@@ -39,6 +40,17 @@ class DivergenceGuard:
             self.good_steps += 1
             self.mean = loss if self.mean is None else self.decay * self.mean + (1 - self.decay) * loss
         return self.bad_streak >= self.patience
+
+    def state(self) -> dict:
+        """What a checkpoint records, so that a resumed run judges its next steps exactly as the
+        uninterrupted run would: the same running mean, and no fresh rollback budget."""
+        return {"mean": self.mean, "good_steps": self.good_steps, "bad_streak": self.bad_streak,
+                "rollbacks": self.rollbacks}
+
+    def load(self, state: dict | None) -> None:
+        """Continues from `state()` of a checkpoint (checkpoints older than it start afresh)."""
+        for key, value in (state or {}).items():
+            setattr(self, key, value)
 
     @property
     def healthy(self) -> bool:

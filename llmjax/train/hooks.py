@@ -41,11 +41,13 @@ class Progress:
     metrics: dict | None = None  # The last step's metrics (device arrays).
     train_loss: float = float("nan")  # Mean loss of the last logged interval.
     val: dict = dataclasses.field(default_factory=lambda: {"loss": float("nan"), "bits_per_byte": float("nan")})
+    guard: object = None  # The DivergenceGuard, whose state each checkpoint records.
 
     def meta(self) -> dict:
         """What a checkpoint records beside the arrays."""
         return metadata(self.step, self.data_step, self.train_loss, self.config, self.started) | {
-            "skipped_steps": int(self.state.skipped_steps)}
+            "skipped_steps": int(self.state.skipped_steps)} | (
+            {"guard": self.guard.state()} if self.guard is not None else {})
 
 
 class Hook:

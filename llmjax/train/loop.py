@@ -89,12 +89,13 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
         run_dir.write_config(config)
         tokenizer.save(run_dir.path)
     checkpointer = Checkpointer(run_dir.checkpoints, config, log)
-    state, data_step = initial_state(config, run.tx, run.state, checkpointer, log)
+    state, data_step, resumed = initial_state(config, run.tx, run.state, checkpointer, log)
+    guard = DivergenceGuard(t.guard_spike_factor, t.guard_patience, t.guard_max_rollbacks)
+    guard.load(resumed.get("guard"))
     progress = hooks.Progress(config=config, state=state, step=int(state.step), data_step=data_step,
-                              started=time.perf_counter())
+                              started=time.perf_counter(), guard=guard)
     writer = MetricsWriter(run_dir.path, enabled=distributed.is_primary(), resume_step=progress.step,
                            config=config)
-    guard = DivergenceGuard(t.guard_spike_factor, t.guard_patience, t.guard_max_rollbacks)
 
     def set_status(phase, step, error=None):
         if distributed.is_primary():

@@ -50,14 +50,15 @@ def state_from_checkpoint(restored, target: TrainState, keep_optimizer: bool) ->
 
 
 def initial_state(config, tx, target: TrainState, checkpointer: Checkpointer, log):
-    """(state, data_step) to start training from."""
+    """(state, data_step, meta) to start training from; meta is the resumed checkpoint's
+    (what the loop's other state continues from), {} when the run starts afresh."""
     restored = checkpointer.restore_latest(target.params, target.opt_state)
     if restored is not None:
         log(f"resuming from checkpoint step {restored.step} (data step {restored.meta['data_step']})")
-        return state_from_checkpoint(restored, target, True), restored.meta["data_step"]
+        return state_from_checkpoint(restored, target, True), restored.meta["data_step"], restored.meta
     source = parse_init_from(config.checkpoint.init_from)  # Checked once already, at the start.
     if source is None:
-        return create_train_state(config, tx, jax.tree.map(lambda x: x.sharding, target)), 0
+        return create_train_state(config, tx, jax.tree.map(lambda x: x.sharding, target)), 0, {}
     full = config.checkpoint.init_mode == "full"
     other = Checkpointer(RunDir(source.workdir).checkpoints, config, log, read_only=True)
     step = source.step if source.step is not None else other.steps()[-1]
@@ -65,6 +66,6 @@ def initial_state(config, tx, target: TrainState, checkpointer: Checkpointer, lo
     other.close()
     log(f"initialised from {source.workdir} step {step} ({'full state' if full else 'params only'})")
     if full:
-        return state_from_checkpoint(restored, target, True), restored.meta["data_step"]
+        return state_from_checkpoint(restored, target, True), restored.meta["data_step"], {}
     fresh = create_train_state(config, tx, jax.tree.map(lambda x: x.sharding, target))
-    return dataclasses.replace(fresh, params=restored.params), 0
+    return dataclasses.replace(fresh, params=restored.params), 0, {}
