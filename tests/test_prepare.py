@@ -1,7 +1,9 @@
 """llmjax-prepare: input formats, tokenizers, parallel and resumed preparation, bad input."""
 
 import gzip
+import hashlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -267,3 +269,79 @@ def test_a_bad_given_tokenizer_is_refused_before_any_work(tmp_path, tokenizer_fi
     with pytest.raises(DataError, match=message):
         resolve(config, vocab_size, tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
+
+
+def _flip_byte(path, offset=0):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _prepared(tmp_path, tokenizer_file, name="ds"):
+    _raw_text(tmp_path / "src", count=30)
+    return prepare(PrepareOptions(inputs=(str(tmp_path / "src"),), tokenizer=str(tokenizer_file), val_percent=20,
+                                  workers=1, shard_mb=0.002), tmp_path / name, **QUIET)
+
+
+def test_manifest_records_the_sha256_of_every_file_a_reader_opens(tmp_path, tokenizer_file):
+    out = _prepared(tmp_path, tokenizer_file)
+    read = sorted(p.name for p in out.iterdir() if p.name.endswith((".bin", ".idx.npy")) or p.name == "tokenizer.json")
+    assert len(read) > 5  # Several units: train and val shards, each with its index.
+    recorded = json.loads((out / "manifest.json").read_text())["sha256"]
+    assert recorded == {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in read}
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+@pytest.mark.parametrize("pattern, change, message", [
+    ("train-*.bin", _flip_byte, "has changed since the dataset was prepared"),
+    ("val-*.bin.idx.npy", _flip_byte, "has changed since the dataset was prepared"),
+    ("train-*.bin.idx.npy", _truncate, "has changed since the dataset was prepared"),
+    ("val-*.bin", lambda p: p.unlink(), "is missing from the prepared dataset"),
+    ("tokenizer.json", lambda p: _flip_byte(p, 10), "has changed since the dataset was prepared"),
+])
+def test_a_prepared_dataset_changed_on_disk_is_refused_naming_the_file(tmp_path, tokenizer_file, pattern,
+                                                                       change, message):
+    out = _prepared(tmp_path, tokenizer_file)
+    config = default_config().data
+    config.update(source=str(out))
+    logs = []
+    [(dataset, _)] = resolve(config, 300, tmp_path / "cache", log=logs.append)  # Untouched: it opens.
+    assert "unverified" not in logs[-1]
+    assert np.asarray(dataset.stream("train")).size == dataset.manifest["splits"]["train"]["tokens"]
+    victim = max((p for p in out.glob(pattern) if p.stat().st_size), key=lambda p: p.name)
+    size = victim.stat().st_size
+    change(victim)
+    assert not victim.exists() or victim.stat().st_size in (size, size - 1)
+    with pytest.raises(DataError, match=re.escape(str(victim)) + f" {message}.*delete "
+                                        + re.escape(str(out)) + " and prepare it again"):
+        resolve(config, 300, tmp_path / "cache", log=lambda *_: None)
+
+
+def test_a_cached_dataset_changed_on_disk_is_refused(tmp_path, tokenizer_file):
+    """Raw text (the stdlib corpus too) is prepared into the cache once; later runs open that
+    copy, so it is checked as any prepared dataset is."""
+    _raw_text(tmp_path / "src")
+    config = default_config().data
+    config.update(source=str(tmp_path / "src"), glob="*.txt", tokenizer=str(tokenizer_file))
+    [(dataset, _)] = resolve(config, 300, tmp_path / "cache", log=lambda *_: None)
+    shard = dataset.directory / dataset.manifest["splits"]["train"]["shards"][0]["file"]
+    _flip_byte(shard, shard.stat().st_size // 2)
+    with pytest.raises(DataError, match=re.escape(str(shard)) + " has changed"):
+        resolve(config, 300, tmp_path / "cache", log=lambda *_: None)
+
+
+def test_a_manifest_from_before_checksums_still_opens(tmp_path, tokenizer_file):
+    out = _prepared(tmp_path, tokenizer_file)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["sha256"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    _flip_byte(next(out.glob("train-*.bin")))  # Nothing recorded, so nothing to find, and it says so.
+    config = default_config().data
+    config.update(source=str(out))
+    logs = []
+    [(dataset, _)] = resolve(config, 300, tmp_path / "cache", log=logs.append)
+    assert dataset.manifest["splits"] == manifest["splits"]
+    assert logs[-1].endswith(f"in {out} (unverified: prepared before llmjax recorded checksums)")

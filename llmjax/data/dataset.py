@@ -3,7 +3,9 @@
 `data.source` is "stdlib", a directory of raw text, or a prepared dataset (made by
 `llmjax-prepare`); `data.mixture` ("DIR:WEIGHT,DIR:WEIGHT") names several. Raw text is prepared
 on the fly into the cache, keyed by its contents' identity, under a file lock so that
-concurrent runs on one machine prepare it once.
+concurrent runs on one machine prepare it once. Opening a dataset checks its files against
+the checksums its manifest recorded, so that data changed on disk since (a flipped byte, a
+truncated or deleted shard) stops a run before it trains or evaluates on it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import numpy as np
 from llmjax.data.errors import DataError
 from llmjax.config import parse_mixture
 from llmjax.data import sources
-from llmjax.data.prepare import MANIFEST, PLAN, PrepareOptions, dataset_key, prepare
-from llmjax.data.shards import TokenStream
+from llmjax.data.prepare import CHECKSUMS, MANIFEST, PLAN, PrepareOptions, dataset_key, prepare
+from llmjax.data.shards import TokenStream, file_checksum
 from llmjax.data.tokenizer import TextTokenizer, load_from_dir
 
 
@@ -54,8 +56,32 @@ def open_dataset(path, name: str | None = None) -> Dataset:
                                f"llmjax-prepare command to finish it.")
         raise DatasetError(f"{directory} is not a prepared dataset (no {MANIFEST}); make one with "
                            f"llmjax-prepare, or give a directory of raw text files.")
-    manifest = json.loads((directory / MANIFEST).read_text())
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except json.JSONDecodeError:
+        raise DatasetError(f"{directory / MANIFEST} is not valid JSON; {_REPREPARE.format(directory)}") from None
+    _verify(directory, manifest)
     return Dataset(directory, manifest, name or directory.name)
+
+
+_REPREPARE = ("delete {} and prepare it again (rerun the llmjax-prepare command that made it; a "
+              "dataset in the cache is prepared again by the next run that needs it).")
+
+
+def _verify(directory: Path, manifest: dict) -> None:
+    """Refuses a dataset whose files differ from what was prepared. Every open checks (the
+    default corpus's 17 MB take ~0.02 s; large datasets ~1 s per GB, once per run); a manifest
+    made before checksums were recorded has none to check."""
+    for name, expected in manifest.get(CHECKSUMS, {}).items():
+        path = directory / name
+        try:
+            changed = file_checksum(path) != expected
+        except FileNotFoundError:
+            raise DatasetError(f"{path} is missing from the prepared dataset; "
+                               f"{_REPREPARE.format(directory)}") from None
+        if changed:
+            raise DatasetError(f"{path} has changed since the dataset was prepared (its sha256 is not "
+                               f"the one in {MANIFEST}); {_REPREPARE.format(directory)}")
 
 
 def is_prepared(spec: str) -> bool:
@@ -80,7 +106,8 @@ def resolve(data_config, vocab_size: int, cache_dir: Path, log=print,
     for dataset, _ in datasets:
         log(f"data: {dataset.name}: {dataset.manifest['splits']['train']['tokens']:,} train / "
             f"{dataset.manifest['splits']['val']['tokens']:,} val tokens, tokenizer "
-            f"{dataset.fingerprint} ({dataset.vocab_size} tokens) in {dataset.directory}")
+            f"{dataset.fingerprint} ({dataset.vocab_size} tokens) in {dataset.directory}"
+            + ("" if CHECKSUMS in dataset.manifest else " (unverified: prepared before llmjax recorded checksums)"))
     return datasets
 
 

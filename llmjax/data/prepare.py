@@ -4,7 +4,9 @@ The inputs are cut into units of whole files; each unit is tokenized by a worker
 written as one train and one validation shard, then marked done. The manifest is written
 last, so a directory without one is an unfinished preparation: rerunning the same command
 skips the finished units and does the rest. The token stream of a split is its shards in unit
-order, i.e. the documents in sorted-path order, however the inputs were cut into units.
+order, i.e. the documents in sorted-path order, however the inputs were cut into units. The
+manifest records the sha256 of every file a reader opens (the tokenizer, each shard and its
+index), which opening the dataset checks.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ import numpy as np
 
 from llmjax.data.errors import DataError
 from llmjax.data import sources
-from llmjax.data.shards import ShardWriter, token_dtype
+from llmjax.data.shards import ShardWriter, file_checksum, index_path, token_dtype
 from llmjax.data.tokenizer import HF_FILE, TextTokenizer, train_tokenizer
 
 FORMAT_VERSION = 2
 MANIFEST, PLAN = "manifest.json", "plan.json"
+# The manifest's {file: sha256} of the files a reader opens. Manifests made before it lack it
+# and are read unchecked: the shard format did not change, so FORMAT_VERSION (part of the
+# dataset's identity and cache key) stays, and no existing dataset must be prepared again.
+CHECKSUMS = "sha256"
 SPLITS = ("train", "val")
 
 
@@ -267,7 +273,14 @@ def _manifest(out, options, tokenizer: TextTokenizer, records: list[dict], dtype
                           "pad_id": tokenizer.pad_id},
             "token_dtype": np.dtype(dtype).name, "splits": splits,
             "read_stats": dataclasses.asdict(stats), "sources": [f for r in records for f in r["files"]],
-            "unigram_entropy_nats": unigram_entropy(counts)}
+            "unigram_entropy_nats": unigram_entropy(counts),
+            CHECKSUMS: {name: file_checksum(out / name) for name in _read_files(tokenizer, splits)}}
+
+
+def _read_files(tokenizer: TextTokenizer, splits: dict) -> list[str]:
+    """The files a reader of the dataset opens: the tokenizer, and each shard with its index."""
+    shards = [Path(s["file"]) for split in SPLITS for s in splits[split]["shards"]]
+    return [tokenizer.path.name] + [name for shard in shards for name in (shard.name, index_path(shard).name)]
 
 
 def unigram_entropy(counts: np.ndarray) -> float:

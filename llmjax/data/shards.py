@@ -4,11 +4,14 @@ A shard is a fixed-width binary file of token ids (uint16 when the vocabulary fi
 uint32; documents joined with EOS after each) plus an index of where each document ends.
 Shards are written under a temporary name and renamed when complete, so a reader never sees
 a partial one. `TokenStream` concatenates a split's shards into one random-access stream
-without copying: windows of it are what training reads.
+without copying: windows of it are what training reads. `file_checksum` is what a manifest
+records of each file, so that a shard changed on disk after it was prepared is found before
+anything trains on it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -52,6 +55,12 @@ class ShardWriter:
 
 def index_path(path: Path) -> Path:
     return path.with_name(path.name + ".idx.npy")
+
+
+def file_checksum(path: Path) -> str:
+    """sha256 of the whole file (about 1 GB/s with the CPU's SHA instructions)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 class TokenStream:
