@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from llmjax.config import default_config
 from llmjax.data.dataset import check_tokenizer, open_dataset, resolve
 from llmjax.data.errors import DataError
 from llmjax.data.prepare import PrepareOptions, prepare
+from llmjax.data.shards import ShardWriter, index_path
 from llmjax.data.tokenizer import TextTokenizer
 
 QUIET = dict(log=lambda *_: None, progress=False)
@@ -161,6 +163,51 @@ def test_interrupted_preparation_resumes_and_matches(tmp_path):
         assert (tmp_path / "ref" / shard["file"]).read_bytes() == (tmp_path / "cut" / shard["file"]).read_bytes()
     again = subprocess.run(args + [f"--out={tmp_path / 'cut'}"], cwd=ROOT, capture_output=True, text=True)
     assert "nothing to do" in again.stdout
+
+
+def _digests(directory):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_an_interrupted_shard_writer_leaves_only_tmp_files(tmp_path, monkeypatch):
+    """What a rerun sweeps away before it starts: *.tmp, the index's temporary file too."""
+    writer = ShardWriter(tmp_path / "train-00000.bin", 0, np.uint16)
+    writer.append([5, 6, 7])
+
+    def killed(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "rename", killed)  # Killed as the shard is about to appear.
+    with pytest.raises(KeyboardInterrupt):
+        writer.close()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 2 and all(name.endswith(".tmp") for name in left), left
+
+
+def test_a_unit_written_twice_at_once_is_whole(tmp_path):
+    """A killed preparation's orphaned worker may still be writing a unit when the rerun's
+    worker starts on it: the one that finishes must not take the other's partial file."""
+    path = tmp_path / "train-00000.bin"
+    orphan = ShardWriter(path, 0, np.uint16)
+    orphan.append([5, 6, 7])
+    orphan.append([8])
+    rerun = ShardWriter(path, 0, np.uint16)
+    rerun.append([5, 6, 7])
+    orphan.close()  # ... and the rerun is killed before it closes.
+    np.testing.assert_array_equal(np.fromfile(path, np.uint16), [5, 6, 7, 0, 8, 0])
+    np.testing.assert_array_equal(np.load(index_path(path)), [4, 6])
+
+
+def test_a_given_tokenizer_interrupted_while_saved_is_saved_whole_on_resume(tmp_path, tokenizer_file):
+    """Saving a given tokenizer writes the file, then its special ids beside it: a rerun after
+    a kill between the two writes both, as an uninterrupted preparation does."""
+    _raw_text(tmp_path / "src")
+    options = PrepareOptions(inputs=(str(tmp_path / "src"),), tokenizer=str(tokenizer_file), eos_id=1, workers=1)
+    reference = prepare(options, tmp_path / "ref", **QUIET)
+    (tmp_path / "cut").mkdir()
+    for name in ("plan.json", "tokenizer.json"):  # What the kill left.
+        (tmp_path / "cut" / name).write_bytes((reference / name).read_bytes())
+    assert _digests(prepare(options, tmp_path / "cut", **QUIET)) == _digests(reference)
 
 
 def test_empty_files_and_invalid_utf8_are_counted_not_fatal(tmp_path):

@@ -23,7 +23,7 @@ import numpy as np
 
 from llmjax.data.errors import DataError
 from llmjax.data import sources
-from llmjax.data.shards import ShardWriter, file_checksum, index_path, token_dtype
+from llmjax.data.shards import ShardWriter, file_checksum, index_path, temporary_path, token_dtype
 from llmjax.data.tokenizer import HF_FILE, TextTokenizer, train_tokenizer
 
 FORMAT_VERSION = 2
@@ -148,7 +148,7 @@ def _tokenizer_file(out: Path) -> str | None:
 
 
 def _write_json(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_path(path)
     tmp.write_text(json.dumps(value, indent=1))
     tmp.rename(path)
 
@@ -184,7 +184,7 @@ def prepare(options: PrepareOptions, out: Path, log=print, progress: bool = True
                 "forced_val": _forced_validation(files, options.val_percent)}
         _write_json(out / PLAN, plan)
     for leftover in out.glob("*.tmp"):  # An interrupted run's partial files; never read.
-        leftover.unlink()
+        leftover.unlink(missing_ok=True)  # Or renamed meanwhile by the run's orphaned worker.
     start = time.perf_counter()
     tokenizer = _tokenizer(options, files, plan, out, log)
     done = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in out.glob("unit-*.json")}
@@ -223,11 +223,10 @@ def _run(jobs, workers: int):
 
 
 def _tokenizer(options, files, plan, out: Path, log) -> TextTokenizer:
-    if not _tokenizer_file(out):  # Else trained or copied by the interrupted run this one resumes.
-        if options.tokenizer:
-            TextTokenizer(Path(options.tokenizer), options.eos_id).save(out)
-        else:
-            _train(options, files, plan, out, log)
+    if options.tokenizer:  # Copied again on a rerun: the interrupted one may have saved only part.
+        TextTokenizer(Path(options.tokenizer), options.eos_id).save(out)
+    elif not _tokenizer_file(out):  # Else trained by the interrupted run this one resumes.
+        _train(options, files, plan, out, log)
     return _open_tokenizer(out, options)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,21 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
+def temporary_path(path: Path) -> Path:
+    """A name beside `path`, ending in .tmp, that no other writer uses: a file is written
+    under it whole, then renamed to `path`. Two writers of one file at once (a killed
+    preparation's orphaned worker and its rerun's) then never write into each other's."""
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
 class ShardWriter:
     """Appends documents to `path` (.bin) and their end offsets to `path`.idx.npy. Nothing is
     visible under the final names until `close()`; an interrupted writer leaves only .tmp files."""
 
     def __init__(self, path: Path, eos_id: int, dtype: np.dtype):
         self.path, self.eos_id, self.dtype = Path(path), eos_id, np.dtype(dtype)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._handle = open(self._tmp, "wb")
+        self._tmp = temporary_path(self.path)
+        self._handle = open(self._tmp, "xb")
         self.ends: list[int] = []
         self.tokens = 0
 
@@ -45,8 +53,9 @@ class ShardWriter:
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self._handle.close()
-        index, index_tmp = index_path(self.path), index_path(self._tmp)
-        with open(index_tmp, "wb") as handle:
+        index = index_path(self.path)
+        index_tmp = temporary_path(index)
+        with open(index_tmp, "xb") as handle:
             np.save(handle, np.asarray(self.ends, np.int64))
         index_tmp.rename(index)
         self._tmp.rename(self.path)
