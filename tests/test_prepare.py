@@ -3,6 +3,8 @@
 import gzip
 import hashlib
 import json
+import os
+import random
 import re
 import signal
 import subprocess
@@ -167,6 +169,70 @@ def test_interrupted_preparation_resumes_and_matches(tmp_path):
 
 def _digests(directory):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def _units_done(out):
+    return len(list(out.glob("unit-*.json")))
+
+
+def _kill_at(args, out, units, seconds):
+    """Runs `args`, SIGKILLs its main process `seconds` after `units` units of `out` are done
+    (unless it ends first) and returns where the preparation then stood and the session id.
+    Its tokenizing workers are orphaned mid-unit, as when kill -9 or the OOM killer hits it."""
+    job = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.time() + 120
+    while job.poll() is None and _units_done(out) < units and time.time() < deadline:
+        time.sleep(0.005)
+    try:
+        job.wait(timeout=seconds)
+        return "ended", job.pid
+    except subprocess.TimeoutExpired:
+        job.kill()
+        job.wait()
+    if (out / "manifest.json").exists():
+        return "finished", job.pid
+    return ("no tokenizer" if not (out / "tokenizer.json").exists() else f"{_units_done(out)} units"), job.pid
+
+
+def test_preparation_killed_at_random_moments_finishes_byte_identical(tmp_path):
+    """SIGKILLed at seeded random moments, each rerun continuing the same directory while the
+    killed one's orphaned workers may still write, and the last let finish: every file
+    (shards, indexes, tokenizer, plan, unit records, manifest with its checksums; none holds a
+    time or a worker count) equals an uninterrupted preparation's. A moment is a number of
+    units done plus a fraction of a second, so that it lands in the work however loaded the
+    machine is; the first is a time into the first run (reading, training the tokenizer)."""
+    rng = np.random.default_rng(10)
+    words = ["def", "return", "alpha", "beta", "(x):", "é", "日本", "\n", "  ", "+", "1", "self", "for"]
+    (tmp_path / "in").mkdir()
+    for i in range(1000):  # 8.6 MB: 68 units, 3.5 s here unloaded.
+        (tmp_path / "in" / f"{i:04d}.txt").write_text(" ".join(rng.choice(words, rng.integers(200, 3000))))
+    args = [sys.executable, "-m", "llmjax.cli.prepare", f"--input={tmp_path / 'in'}", "--vocab_size=1000",
+            "--tokenizer_sample_mb=0.5", "--workers=2", "--shard_mb=0.1"]
+    reference = subprocess.run(args + [f"--out={tmp_path / 'ref'}"], cwd=ROOT, capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+    units = len(json.loads((tmp_path / "ref" / "plan.json").read_text())["units"])
+    draw = random.Random(20240611)
+    moments = [(0, draw.uniform(0.3, 1.0))] + [(u, draw.uniform(0, 0.3)) for u in sorted(draw.sample(range(units), 5))]
+    cut, killed, sessions = tmp_path / "cut", [], []
+    try:
+        for done, seconds in moments:
+            state, session = _kill_at(args + [f"--out={cut}"], cut, done, seconds)
+            killed.append(state)
+            sessions.append(session)
+        final = subprocess.run(args + [f"--out={cut}"], cwd=ROOT, capture_output=True, text=True)
+    finally:
+        for session in sessions:  # Orphaned workers, had they outlived the test.
+            try:
+                os.killpg(session, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert sum(state.endswith(" units") for state in killed) >= 3, killed  # Killed mid-work, not after.
+    assert final.returncode == 0, final.stderr
+    assert _digests(cut) == _digests(tmp_path / "ref"), killed
+    recorded = json.loads((cut / "manifest.json").read_text())["sha256"]
+    assert recorded == {name: digest for name, digest in _digests(cut).items() if name in recorded}
+    assert len(recorded) == 1 + 2 * 2 * units
 
 
 def test_an_interrupted_shard_writer_leaves_only_tmp_files(tmp_path, monkeypatch):
