@@ -3,6 +3,8 @@ report, with real training subprocesses of the tiny model."""
 
 import json
 import math
+import os
+import random
 import signal
 import subprocess
 import sys
@@ -186,6 +188,79 @@ def test_sweep_skips_finished_resumes_interrupted_and_marks_failures(tmp_path):
         data = (sweep_dir / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert (sweep_dir / "report.txt").read_text().startswith("run")
+
+
+def _kill_sweep_when(command, env, log, ready, what):
+    """Starts the sweep in a session of its own, polls `ready()` and SIGKILLs the whole
+    session (the sweep and its training) as soon as it holds, as a dying node would."""
+    with open(log, "a") as out:
+        sweep = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    deadline = time.time() + 300
+    while sweep.poll() is None and time.time() < deadline and not ready():
+        time.sleep(0.01)
+    assert sweep.poll() is None, f"the sweep ended before {what}: {log.read_text()[-2000:]}"
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+
+
+def _records(workdir):
+    """(step, split) of every record in the run's metrics.jsonl, in order."""
+    return [(r["step"], r["split"]) for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
+
+
+@pytest.mark.slow
+def test_sweep_killed_mid_training_and_between_runs_finishes_each_run_once(tmp_path):
+    """A sweep of three runs SIGKILLed with its training, at seeded random moments: once while
+    a drawn run is at a drawn step of training, once after a drawn run has finished and
+    before the next starts; the same command is rerun each time. At the end each run finished
+    exactly once (one trainer completed it), at its configured step, with each logged step
+    once in its metrics; the sweep directory and sweep.json hold each run once."""
+    steps, log_every, eval_every, checkpoint_every = 40, 5, 20, 10
+    experiment = _experiment(tmp_path, {"seeds": [0, 1, 2]})
+    command = _sweep(tmp_path, experiment, f"--config.train.steps={steps}", f"--config.train.log_every={log_every}",
+                     f"--config.train.eval_every={eval_every}", f"--config.checkpoint.every_steps={checkpoint_every}")
+    env, runs, log = _sweep_env(tmp_path), tmp_path / "sweep" / "runs", tmp_path / "sweep.log"
+    names = ["seed=0", "seed=1", "seed=2"]
+    draw = random.Random(5)
+    mid_run, mid_step, finished = draw.randrange(3), draw.randrange(log_every, steps, log_every), draw.randrange(2)
+
+    def training():  # status.json's step moves every log_every steps.
+        status = runs / names[mid_run] / "status.json"
+        if not status.exists():
+            return False
+        status = json.loads(status.read_text())
+        return status["state"] == "running" and mid_step <= status["step"] < steps
+
+    def between():  # The trainer of one run said it is done; the next has no directory yet.
+        train_log = runs / names[finished] / "train.log"
+        return (train_log.exists() and "done in" in train_log.read_text()
+                and not (runs / names[finished + 1]).exists())
+
+    kills = [(training, f"{names[mid_run]} reached step {mid_step}"),
+             (between, f"{names[finished]} finished")]
+    for ready, what in kills if mid_run <= finished else kills[::-1]:  # In the order the sweep meets them.
+        _kill_sweep_when(command, env, log, ready, what)
+        if ready is training:
+            killed_at = json.loads((runs / names[mid_run] / "status.json").read_text())["step"]
+    final = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-2000:]
+    assert "sweep: 3 done" in final.stdout
+
+    assert sorted(p.name for p in runs.iterdir()) == names
+    assert [r["name"] for r in json.loads((tmp_path / "sweep" / "sweep.json").read_text())["runs"]] == names
+    expected = [(step, "train") for step in range(log_every, steps + 1, log_every)]
+    expected += [(step, "val") for step in range(eval_every, steps + 1, eval_every)]
+    for name in names:
+        status = json.loads((runs / name / "status.json").read_text())
+        assert (status["state"], status["step"]) == ("done", steps), name
+        assert sorted(_records(runs / name)) == sorted(expected), name
+        lines = (runs / name / "train.log").read_text().splitlines()  # Each start of its trainer logs the config.
+        assert lines.count("config:") == (2 if name == names[mid_run] else 1), name
+        assert sum(line.startswith("done in ") for line in lines) == 1, name
+    assert f"skip    {names[finished]} (done at step {steps})" in final.stdout
+    assert mid_step <= killed_at < steps
+    assert killed_at < checkpoint_every or "resuming from checkpoint" in (runs / names[mid_run] / "train.log").read_text()
 
 
 def test_scaling_report_fits_the_ladder(tmp_path):
