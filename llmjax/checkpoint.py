@@ -7,8 +7,9 @@ wall time, llmjax version and commit, the resolved config). The data order is a 
 
 Orbax writes each checkpoint under a temporary name and renames it when complete, so a save
 killed midway is never mistaken for a checkpoint. Once a checkpoint is complete, llmjax
-records the size of each of its files in `checkpoints/integrity/STEP.json`, so that a file
-truncated or deleted later is named when the checkpoint is read. A checkpoint that fails to
+records the size of each of its files in `checkpoints/integrity/STEP.json` (within a step of
+completing, and only for checkpoints it saw complete), so that a file truncated or deleted
+later is named when the checkpoint is read. A checkpoint that fails to
 load is moved aside to `checkpoints/damaged/`, never deleted, and the previous one is tried.
 """
 
@@ -72,6 +73,7 @@ def _options(config, read_only: bool) -> ocp.CheckpointManagerOptions:
         save_decision_policy=when.AnySavePolicy(save_policies),
         preservation_policy=keep.AnyPreservationPolicy(keep_policies),
         enable_async_checkpointing=c.async_save, read_only=read_only,
+        async_options=ocp.AsyncOptions(timeout_secs=max(1, int(c.save_timeout_minutes * 60))),
         cleanup_tmp_directories=not read_only, create=not read_only)
 
 
@@ -83,6 +85,7 @@ class Checkpointer:
         self.read_only = read_only
         self.blocked_seconds = 0.0  # Time the training loop spent inside save() calls.
         self.saves = 0
+        self._unrecorded: set[int] = set()  # Saved by this Checkpointer, manifest not yet written.
         try:
             self.manager = ocp.CheckpointManager(self.directory, options=_options(config, read_only))
         except OSError as error:
@@ -93,24 +96,41 @@ class Checkpointer:
         return self.directory / "integrity" / f"{step}.json"
 
     def _record_integrity(self) -> None:
-        """Writes the file-size manifest of every completed checkpoint that lacks one."""
-        if self.read_only or not distributed.is_primary() or self.manager.is_saving_in_progress():
+        """Writes the file-size manifest of each checkpoint this Checkpointer saved, as soon as
+        its save has completed. A checkpoint found on disk without one (its writer was killed
+        in between) is never recorded later: its files as they are now may already be damaged.
+        A disk too full for the manifest is a failed save like any other."""
+        if (self.read_only or not distributed.is_primary() or not self._unrecorded
+                or self.manager.is_saving_in_progress()):
             return
         steps = self.steps()
-        for stale in (self.directory / "integrity").glob("*.json"):  # Deleted by keep_last.
-            if int(stale.stem) not in steps:
-                stale.unlink()
-        for step in steps:
-            path = self._integrity_path(step)
-            if path.exists():
-                continue
-            root = self.directory / str(step)
-            sizes = {str(f.relative_to(root)): f.stat().st_size for f in sorted(root.rglob("*"))
-                     if f.is_file()}
-            path.parent.mkdir(exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(sizes))
-            tmp.replace(path)
+        try:
+            for stale in (self.directory / "integrity").glob("*.json"):  # Deleted by keep_last.
+                if int(stale.stem) not in steps:
+                    stale.unlink()
+            for step in sorted(self._unrecorded & set(steps)):
+                root, path = self.directory / str(step), self._integrity_path(step)
+                sizes = {str(f.relative_to(root)): f.stat().st_size for f in sorted(root.rglob("*"))
+                         if f.is_file()}
+                path.parent.mkdir(exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                try:
+                    tmp.write_text(json.dumps(sizes))
+                    tmp.replace(path)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            self._unrecorded.clear()
+        except OSError as error:
+            self._failed(steps[-1], error)
+
+    def poll(self) -> None:
+        """Called every step: records the integrity of saves that have completed since."""
+        self._record_integrity()
+
+    def adopt(self, step: int) -> None:
+        """Takes a checkpoint written by other means (an import) as this Checkpointer's own, to
+        be recorded like one it saved."""
+        self._unrecorded.add(step)
 
     def _verify(self, step: int) -> None:
         """Raises naming the first missing or truncated file of a checkpoint."""
@@ -138,19 +158,34 @@ class Checkpointer:
                 params=ocp.args.StandardSave(state.params),
                 opt_state=ocp.args.StandardSave(state.opt_state),
                 meta=ocp.args.JsonSave(meta())), force=force)
-        except (OSError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - a full disk, a timeout, another process's failure.
             self._failed(step, error)
             return False
         if saved:
             self.blocked_seconds += time.perf_counter() - start
             self.saves += 1
+            self._unrecorded.add(step)
         return saved
+
+    def _disk_full(self) -> str:
+        """"the disk is full: ..." when the checkpoint's filesystem has less room than the newest
+        checkpoint takes: in a multi-process job the process that met the full disk may not be
+        the one reporting (the others see only a timed-out wait for it)."""
+        try:
+            free = shutil.disk_usage(self.directory).free
+            newest = self.directory / str(self.steps()[-1]) if self.steps() else None
+            need = sum(f.stat().st_size for f in newest.rglob("*") if f.is_file()) if newest else 0
+        except OSError:
+            return ""
+        return (f"the disk is full ({free / 1e6:.1f} MB free, the last checkpoint took {need / 1e6:.1f} MB); "
+                if free < need else "")
 
     def _failed(self, step: int, error: Exception) -> None:
         detail = " ".join(str(error).split())
         if len(detail) > 400:  # Orbax nests causes: keep the start (what) and the end (why).
             detail = f"{detail[:150]} ... {detail[-220:]}"
-        message = f"a checkpoint save to {self.directory} failed (noticed at step {step}): {detail}"
+        message = (f"a checkpoint save to {self.directory} failed (noticed at step {step}): "
+                   f"{self._disk_full()}{detail}")
         if self.config.checkpoint.required:
             raise CheckpointError(message + "; free space or fix permissions, or set "
                                             "--config.checkpoint.required=False to train on "
@@ -161,7 +196,7 @@ class Checkpointer:
         """Blocks until pending asynchronous saves are on disk; surfaces their errors."""
         try:
             self.manager.wait_until_finished()
-        except (OSError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - as in save().
             self._failed(self.manager.latest_step() or -1, error)
         self._record_integrity()
 

@@ -70,6 +70,9 @@ def default_config(family: str = "llama", objective: str | None = None) -> ml_co
     ck.keep_every = 0  # ... plus every step divisible by M, forever (0 = none).
     ck.async_save = True  # Write in the background; the loop blocks only for the host copy.
     ck.required = True  # A failed save stops the run (False: warn and train on without it).
+    # A save still unfinished after this long fails instead of hanging the job: in a
+    # multi-process job one process's failed write leaves the others waiting for it.
+    ck.save_timeout_minutes = 10.0
     ck.init_from = ""  # Start from another run: "WORKDIR" or "WORKDIR@STEP" (latest if no step).
     ck.init_mode = "params"  # What init_from takes: params (new optimizer) | full (also its state).
 
@@ -252,6 +255,9 @@ def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]
             _fail(key, value, "must be an integer >= 0.")
     if config.checkpoint.every_minutes < 0:
         _fail("checkpoint.every_minutes", config.checkpoint.every_minutes, "must be >= 0.")
+    if not config.checkpoint.save_timeout_minutes * 60 >= 1:
+        _fail("checkpoint.save_timeout_minutes", config.checkpoint.save_timeout_minutes,
+              "must be at least one second (1/60); raise it if large saves take longer.")
     try:
         inject_nan_steps(config)
     except ValueError:

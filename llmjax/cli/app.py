@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
+import traceback
 
 from absl import app, flags, logging
 
@@ -65,13 +66,22 @@ def load_config(config_flag):
     return config
 
 
+def _exit(code: int) -> None:
+    from llmjax.parallel import distributed  # noqa: PLC0415 - JAX is not imported for --help.
+
+    distributed.exit_after_error(code)
+
+
 def _reporting_errors(main):
     def wrapped(argv):
         try:
             return main(argv)
         except LlmjaxError as error:
             print(f"error: {error}", file=sys.stderr, flush=True)
-            sys.exit(error.exit_code)
+            _exit(error.exit_code)
+        except Exception:  # A bug: its traceback, and no hang in a multi-process job.
+            traceback.print_exc()
+            _exit(1)
     return wrapped
 
 

@@ -134,7 +134,9 @@ def import_hf(hf_dir: Path, workdir: Path, log=print) -> Path:
         save_host_params(staged.checkpoints, 0, params, meta)
         del params
         shutil.rmtree(staging)
-        Checkpointer(staged.checkpoints, config).close()  # Records the integrity manifest.
+        imported = Checkpointer(staged.checkpoints, config)
+        imported.adopt(0)
+        imported.close()  # Records its integrity manifest.
         staged.write_config(config)
         copy_hf_tokenizer(hf_dir, tmp)
         if config.data.eos_id >= 0:  # The model's own end of document, which its name may not say.

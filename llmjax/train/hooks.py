@@ -195,5 +195,6 @@ class CheckpointHook(Hook):
         self.checkpointer, self.guard = checkpointer, guard
 
     def after_step(self, p: Progress):
+        self.checkpointer.poll()
         if self.guard.healthy:
             self.checkpointer.save(p.step, p.state, p.meta, force=p.step == p.config.train.steps)

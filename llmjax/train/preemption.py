@@ -6,11 +6,14 @@ checkpoint is being written is ignored, so an impatient Ctrl-C cannot corrupt it
 
 In a multi-process job every process must stop at the same step, or the others would wait
 forever in the next step's collectives. There JAX's own preemption service (which handles
-SIGTERM once `jax.distributed` is initialised) tells all processes the same agreed step.
+SIGTERM once `jax.distributed` is initialised) tells all processes the same agreed step, and a
+SIGINT (Ctrl-C reaches every process of a local job at its own moment) is handed to it as a
+SIGTERM.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 
 import jax
@@ -31,6 +34,8 @@ class PreemptionFlag:
 
     def _handle(self, signum, _frame) -> None:
         self.signal_name = self.signal_name or signal.Signals(signum).name
+        if self._multi_process:  # Only the preemption service can agree on a step.
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -43,4 +48,6 @@ class PreemptionFlag:
 
             if multihost_utils.reached_preemption_sync_point(step):
                 self.signal_name = self.signal_name or "SIGTERM"
+                return True
+            return False
         return self.signal_name is not None
