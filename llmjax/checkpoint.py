@@ -258,6 +258,35 @@ class Checkpointer:
         self.manager.reload()
 
 
+def check_same_model(directory: Path, step: int | None, params_target) -> None:
+    """Refuses, before anything compiles, a checkpoint (`step`, or the newest) whose parameters
+    are not this model's: another shape, or other names (a checkpoint copied from another run,
+    an edited config.json). Reads the checkpoint's metadata only; one that cannot be read is
+    left to the restore, which sets damaged checkpoints aside."""
+    from llmjax.rundir import saved_steps  # noqa: PLC0415
+
+    steps = saved_steps(directory)
+    if not steps or (step is not None and step not in steps):
+        return
+    step = steps[-1] if step is None else step
+    try:
+        saved = ocp.StandardCheckpointer().metadata(Path(directory) / str(step) / "params").item_metadata
+    except Exception:  # noqa: BLE001 - unreadable: not this check's call.
+        return
+    shapes = [{jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+              for t in (saved, params_target)]
+    problems = ([f"{k} is missing there" for k in shapes[1].keys() - shapes[0].keys()] +
+                [f"{k} is there but not in this model" for k in shapes[0].keys() - shapes[1].keys()] +
+                [f"{k} has shape {shapes[0][k]} there, {shapes[1][k]} in this model"
+                 for k in sorted(shapes[0].keys() & shapes[1].keys()) if shapes[0][k] != shapes[1][k]])
+    if problems:
+        raise CheckpointError(f"checkpoint step {step} in {directory} holds another model than this "
+                              f"config's: {'; '.join(sorted(problems)[:3])}"
+                              f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}. "
+                              f"Train this config in a new --workdir, or run the config that wrote "
+                              f"the checkpoint.")
+
+
 def metadata(step: int, data_step: int, loss: float, config, started: float) -> dict:
     return {"step": step, "data_step": data_step, "loss": loss, "time": time.time(),
             "wall_seconds": time.time() - started, "llmjax_version": llmjax.__version__,

@@ -399,3 +399,41 @@ def test_hybrid_mesh_across_two_processes_matches_one_process(tmp_path):
     assert [r["step"] for r in validation[0]] == [10, 12]
     for key in ("loss", "bits_per_byte"):
         np.testing.assert_allclose([r[key] for r in validation[0]], [r[key] for r in validation[1]], rtol=1e-5)
+
+
+def test_a_checkpoint_of_another_model_is_refused_from_its_metadata(tmp_path):
+    """Found before anything compiles (train() calls this first): the parameter that differs is
+    named; the same model passes, and so does a directory without checkpoints."""
+    from conftest import make_tiny_config  # noqa: PLC0415
+    from llmjax.checkpoint import CheckpointError, Checkpointer, check_same_model, metadata  # noqa: PLC0415
+    from llmjax.run import abstract_params, bootstrap  # noqa: PLC0415
+
+    config = make_tiny_config()
+    config.mesh.ici.data = 8
+    run = bootstrap(config)
+    checkpointer = Checkpointer(tmp_path / "checkpoints", config)
+    checkpointer.save(5, run.create_state(), lambda: metadata(5, 5, 1.0, config, 0.0), force=True)
+    checkpointer.close()
+    check_same_model(tmp_path / "checkpoints", None, abstract_params(config)[0])
+    check_same_model(tmp_path / "nothing", None, abstract_params(config)[0])
+    wider = make_tiny_config(mlp_dim=96)
+    with pytest.raises(CheckpointError, match=r"checkpoint step 5 .* another model .*\['mlp'\].* has shape "
+                                              r"\(2, 32, 64\) there, \(2, 32, 96\) in this model.*new --workdir"):
+        check_same_model(tmp_path / "checkpoints", 5, abstract_params(wider)[0])
+    with pytest.raises(CheckpointError, match=r"\['final_norm'\]\['bias'\] is missing there"):
+        check_same_model(tmp_path / "checkpoints", None, abstract_params(make_tiny_config("gpt2"))[0])
+
+
+def test_a_run_resumed_at_its_last_step_keeps_its_summary(tmp_path):
+    """A rerun that finds the last checkpoint (killed after saving it, or simply run again)
+    trains nothing and reports the same final figures, not NaN."""
+    workdir, overrides = tmp_path / "run", ("--config.train.steps=10", "--config.checkpoint.every_steps=5")
+    assert run_train(workdir, *overrides, cache=tmp_path / "cache").returncode == 0
+    first = json.loads((workdir / "summary.json").read_text())
+    again = run_train(workdir, *overrides, cache=tmp_path / "cache")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming from checkpoint step 10" in again.stdout
+    second = json.loads((workdir / "summary.json").read_text())
+    for key in ("final_train_loss", "final_val_loss", "final_val_bits_per_byte"):
+        assert second[key] == pytest.approx(first[key], rel=1e-6), key
+    assert json.loads((workdir / "status.json").read_text())["state"] == "done"

@@ -15,7 +15,7 @@ import jax
 
 from llmjax import config as config_lib
 from llmjax import flops
-from llmjax.checkpoint import Checkpointer
+from llmjax.checkpoint import Checkpointer, check_same_model
 from llmjax.data.dataset import cache_dir, check_tokenizer, resolve
 from llmjax.metrics import MetricsWriter
 from llmjax.parallel import distributed
@@ -72,6 +72,9 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     for other in (run_dir.path, init_source and init_source.workdir):
         if other:  # A model only makes sense of the tokens it was trained on.
             check_tokenizer(other, tokenizer)
+    check_same_model(run_dir.checkpoints, None, run.params)
+    if init_source:
+        check_same_model(RunDir(init_source.workdir).checkpoints, init_source.step, run.params)
     start = time.perf_counter()
     train_fn, eval_fn = run.compile_steps()
     log(f"compiled train and eval steps in {time.perf_counter() - start:.1f}s")
@@ -93,7 +96,8 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     guard = DivergenceGuard(t.guard_spike_factor, t.guard_patience, t.guard_max_rollbacks)
     guard.load(resumed.get("guard"))
     progress = hooks.Progress(config=config, state=state, step=int(state.step), data_step=data_step,
-                              started=time.perf_counter(), guard=guard)
+                              started=time.perf_counter(), guard=guard,
+                              train_loss=resumed.get("loss", float("nan")))
     writer = MetricsWriter(run_dir.path, enabled=distributed.is_primary(), resume_step=progress.step,
                            config=config)
 
@@ -102,6 +106,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
             run_dir.write_status(phase, step, error)
 
     set_status("running", progress.step)
+    run_start_step = progress.step
     try:
         with PreemptionFlag() as preemption:
             meter = hooks.Throughput()
@@ -126,7 +131,8 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
         raise
     finally:
         writer.close()
-    set_status("done", progress.step)
+    if progress.step == run_start_step:  # Resumed at the last step: the summary's figures still.
+        progress.val = Evaluator.headline(evaluator(eval_fn, progress.state.params))
     summary = {"steps": t.steps, "final_train_loss": progress.train_loss,
                "final_val_loss": progress.val["loss"],
                "final_val_bits_per_byte": progress.val.get("bits_per_byte", float("nan")),
@@ -137,6 +143,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
                "wall_seconds": time.perf_counter() - progress.started}
     if distributed.is_primary():
         run_dir.write_summary(summary)
+    set_status("done", progress.step)  # After the summary: a run marked done always has one.
     log(f"done in {hooks.duration(summary['wall_seconds'])}: train loss {progress.train_loss:.4f}, "
         f"val loss {progress.val['loss']:.4f}" + (f", val bits/byte {progress.val['bits_per_byte']:.4f}"
                                                    if "bits_per_byte" in progress.val else "") + " "
