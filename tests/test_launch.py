@@ -1,6 +1,9 @@
 """llmjax-launch: a real local multi-process job, and the SLURM and TPU commands it writes."""
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -39,6 +42,35 @@ def test_local_launch_of_two_processes_matches_one_process(tmp_path, config, mes
     if mesh:
         assert "mesh: {'data': 2, 'fsdp': 4, 'sequence': 1, 'tensor': 1} over 8 cpu devices" in result.stdout
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_ctrl_c_reaches_every_process_and_the_job_checkpoints_once(tmp_path):
+    """SIGINT to the job's whole process group, as Ctrl-C in a terminal sends it: each process
+    receives it at its own moment, yet all stop on one agreed step, write one checkpoint
+    together and exit 75; rerunning the command continues from it to the end."""
+    workdir = tmp_path / "run"
+    args = [sys.executable, "-m", "llmjax.cli.launch", "--config=configs/tiny.py", f"--workdir={workdir}",
+            "--cluster=local", "--num_processes=2", "--devices_per_process=1", "--config.train.steps=400",
+            "--config.train.log_every=1", "--config.checkpoint.every_steps=1000"]
+    job = subprocess.Popen(args, cwd=ROOT, env=train_env(tmp_path / "cache"), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in job.stdout:
+        if line.startswith("step     10/"):
+            os.killpg(job.pid, signal.SIGINT)
+            break
+    out = job.communicate(timeout=300)[0]
+    assert job.returncode == 75, out[-3000:]
+    stopped = re.findall(r"step\s+(\d+)/400 \| SIG\w+: checkpoint written", out)
+    assert len(stopped) == 1 and 10 <= int(stopped[0]) < 400, out[-3000:]
+    assert [p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()] == stopped
+    assert {p.name for p in (workdir / "checkpoints" / stopped[0] / "params").iterdir()} >= {
+        "ocdbt.process_0", "ocdbt.process_1"}  # Both processes wrote their shards of it.
+    args[args.index("--config.train.steps=400")] = f"--config.train.steps={int(stopped[0]) + 5}"
+    resumed = subprocess.run(args, cwd=ROOT, env=train_env(tmp_path / "cache"), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from checkpoint step {stopped[0]} (data step {stopped[0]})" in resumed.stdout
 
 
 def test_slurm_script(tmp_path):
