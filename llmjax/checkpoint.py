@@ -270,7 +270,7 @@ def check_same_model(directory: Path, step: int | None, params_target) -> None:
         return
     step = steps[-1] if step is None else step
     try:
-        saved = ocp.StandardCheckpointer().metadata(Path(directory) / str(step) / "params").item_metadata
+        saved = ocp.StandardCheckpointHandler().metadata(Path(directory) / str(step) / "params")
     except Exception:  # noqa: BLE001 - unreadable: not this check's call.
         return
     shapes = [{jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}

@@ -371,7 +371,7 @@ def same_params(workdir: Path, reference: Path, step: int) -> tuple[bool, int]:
     checkpointer, trees = ocp.StandardCheckpointer(), []
     for run in (workdir, reference):
         path = run / "checkpoints" / str(step) / "params"
-        shapes = checkpointer.metadata(path).item_metadata
+        shapes = ocp.StandardCheckpointHandler().metadata(path)
         trees.append(checkpointer.restore(path, jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)))
     leaves = [jax.tree.leaves(jax.tree.map(np.asarray, t)) for t in trees]
