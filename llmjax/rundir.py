@@ -65,7 +65,7 @@ def saved_steps(directory: Path) -> list[int]:
                   if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
 
 
-def _write_json(path: Path, value, **dump) -> None:
+def write_json(path: Path, value, **dump) -> None:
     """Written under a temporary name and renamed: a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, **dump))
@@ -143,7 +143,7 @@ class RunDir:
 
     def write_config(self, config) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        _write_json(self.path / CONFIG, config.to_dict(), indent=2, sort_keys=True)
+        write_json(self.path / CONFIG, config.to_dict(), indent=2, sort_keys=True)
         self.__dict__.pop("config", None)
 
     # Status and summary.
@@ -151,7 +151,7 @@ class RunDir:
         """status.json: running | done | failed | preempted, the last step, and for a failure
         its last error line; what sweeps and reports read to know a run's fate without
         parsing logs."""
-        _write_json(self.path / STATUS, {"state": state, "step": step, "time": time.time()}
+        write_json(self.path / STATUS, {"state": state, "step": step, "time": time.time()}
                     | ({"error": error} if error else {}))
 
     def status(self) -> dict:
@@ -159,7 +159,7 @@ class RunDir:
         return json.loads(path.read_text()) if path.exists() else {"state": "new", "step": 0}
 
     def write_summary(self, summary: dict) -> None:
-        _write_json(self.path / SUMMARY, summary, indent=2)
+        write_json(self.path / SUMMARY, summary, indent=2)
 
     # Tokenizer and import record.
     @cached_property
@@ -185,7 +185,7 @@ class RunDir:
         return json.loads(path.read_text()) if path.exists() else None
 
     def write_imported(self, source: Path, hf_config: dict, dtype: str) -> None:
-        _write_json(self.path / IMPORTED, {"source": str(source), "config": hf_config, "dtype": dtype},
+        write_json(self.path / IMPORTED, {"source": str(source), "config": hf_config, "dtype": dtype},
                     indent=2)
         self.__dict__.pop("imported", None)
 

@@ -7,7 +7,6 @@ skips runs whose status is done and reruns the others, which resume from their c
 
 from __future__ import annotations
 
-import json
 import shlex
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from llmjax.sweep.expand import CONFIG_ARG, Run
 from llmjax.errors import EXIT_PREEMPTED
-from llmjax.rundir import RunDir
+from llmjax.rundir import RunDir, write_json
 from llmjax.slurm import sbatch_script
 
 
@@ -40,7 +39,7 @@ def write_manifest(sweep_dir: Path, experiment: str, runs: list[Run], sweep: dic
     sweep_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"experiment": str(Path(experiment).resolve()), "sweep": sweep,
                 "runs": [{"name": r.name, "overrides": r.overrides} for r in runs]}
-    (sweep_dir / "sweep.json").write_text(json.dumps(manifest, indent=1, default=str))
+    write_json(sweep_dir / "sweep.json", manifest, indent=1, default=str)  # Whole, even if killed.
 
 
 def _last_error_line(log: Path) -> str:
