@@ -133,17 +133,7 @@ class Checkpointer:
         self._unrecorded.add(step)
 
     def _verify(self, step: int) -> None:
-        """Raises naming the first missing or truncated file of a checkpoint."""
-        path = self._integrity_path(step)
-        if not path.exists():
-            return
-        root = self.directory / str(step)
-        for name, size in json.loads(path.read_text()).items():
-            file = root / name
-            if not file.exists():
-                raise CheckpointError(f"file {file} is missing")
-            if file.stat().st_size != size:
-                raise CheckpointError(f"file {file} has {file.stat().st_size} bytes, {size} were written")
+        verify_sizes(self.directory, step)
 
     def save(self, step: int, state, meta, force: bool = False) -> bool:
         """Starts a save if the policy (or `force`) says so; returns whether it did. With async
@@ -258,6 +248,21 @@ class Checkpointer:
         self.manager.reload()
 
 
+def verify_sizes(directory: Path, step: int) -> None:
+    """Raises naming the first missing or truncated file of a checkpoint whose file sizes were
+    recorded (see `Checkpointer._record_integrity`)."""
+    path = Path(directory) / "integrity" / f"{step}.json"
+    if not path.exists():
+        return
+    root = Path(directory) / str(step)
+    for name, size in json.loads(path.read_text()).items():
+        file = root / name
+        if not file.exists():
+            raise CheckpointError(f"file {file} is missing")
+        if file.stat().st_size != size:
+            raise CheckpointError(f"file {file} has {file.stat().st_size} bytes, {size} were written")
+
+
 def check_same_model(directory: Path, step: int | None, params_target) -> None:
     """Refuses, before anything compiles, a checkpoint (`step`, or the newest) whose parameters
     are not this model's: another shape, or other names (a checkpoint copied from another run,
@@ -269,9 +274,10 @@ def check_same_model(directory: Path, step: int | None, params_target) -> None:
     if not steps or (step is not None and step not in steps):
         return
     step = steps[-1] if step is None else step
-    try:
+    try:  # A damaged checkpoint is not this check's call: the restore sets it aside.
+        verify_sizes(directory, step)
         saved = ocp.StandardCheckpointHandler().metadata(Path(directory) / str(step) / "params")
-    except Exception:  # noqa: BLE001 - unreadable: not this check's call.
+    except Exception:  # noqa: BLE001
         return
     shapes = [{jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
               for t in (saved, params_target)]
