@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -146,12 +147,16 @@ def complete_steps(checkpoints: Path) -> list[int]:
 
 
 class TmpfsCheckpoints:
-    """The job's checkpoint directory on a 64 MB tmpfs, which `fill` fills up to half a
-    checkpoint of free space. Needs root; `available` says why not otherwise."""
+    """The job's checkpoint directory on a 64 MB tmpfs, which `fill` keeps full (as another
+    writer on the same disk would: the space Orbax frees by deleting an old checkpoint is taken
+    again at once) until `free`. Needs root; `reason` says why it is not mounted otherwise."""
 
     def __init__(self, directory: Path):
-        self.directory, self.filler, self.mounted = directory, directory.parent / "filler", False
+        self.directory, self.mounted = directory, False
+        self.filler = directory / "filler"
         self.reason = "not root" if os.geteuid() != 0 else None
+        self._stop = threading.Event()
+        self._thread = None
 
     def __enter__(self):
         if self.reason is None:
@@ -162,22 +167,24 @@ class TmpfsCheckpoints:
             self.reason = None if self.mounted else f"mount failed: {result.stderr.strip()}"
         return self
 
+    def _keep_full(self) -> None:
+        chunk = bytes(1 << 16)
+        with open(self.filler, "ab") as handle:
+            while not self._stop.is_set():
+                try:
+                    handle.write(chunk)
+                    handle.flush()
+                except OSError:  # Full: try again in a moment, in case something was freed.
+                    time.sleep(0.005)
+
     def fill(self) -> None:
-        newest = self.directory / str(complete_steps(self.directory)[-1])
-        size = sum(f.stat().st_size for f in newest.rglob("*") if f.is_file())
-        stat = os.statvfs(self.directory)
-        free = stat.f_bavail * stat.f_frsize
-        self.filler = self.directory / "filler"
-        left, chunk = free - size // 2, bytes(1 << 20)
-        with open(self.filler, "wb") as handle:
-            try:
-                while left > 0:
-                    left -= handle.write(chunk[:left])
-                handle.flush()
-            except OSError:  # Fuller than asked is as good.
-                pass
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._keep_full, daemon=True)
+        self._thread.start()
 
     def free(self) -> None:
+        self._stop.set()
+        self._thread.join()
         self.filler.unlink(missing_ok=True)
 
     def __exit__(self, *exc):
@@ -202,8 +209,8 @@ class Campaign:
     def command(self, workdir: Path) -> list[str]:
         overrides = {"train.steps": self.steps, "train.log_every": 1, "train.eval_every": 50,
                      "checkpoint.every_steps": _EVERY, "checkpoint.keep_last": 3,
-                     "checkpoint.save_timeout_minutes": 0.5,
-                     "train.inject_nan_at": ",".join(map(str, self.nan)) or "''"}
+                     "checkpoint.save_timeout_minutes": 0.5} | (
+            {"train.inject_nan_at": ",".join(map(str, self.nan))} if self.nan else {})
         return [sys.executable, "-m", "llmjax.cli.launch", "--config=configs/tiny.py",
                 f"--workdir={workdir}", "--cluster=local", "--num_processes=2", "--devices_per_process=1",
                 *(f"--config.{k}={v}" for k, v in overrides.items())]
