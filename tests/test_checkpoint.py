@@ -2,7 +2,6 @@
 subprocesses, real signals, real files."""
 
 import json
-import random
 import signal
 import subprocess
 import time
@@ -128,26 +127,6 @@ def test_resume_on_other_meshes_and_device_counts(tmp_path, config):
     assert_same_run(resumed, reference, rtol=1e-4)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
                  final_params(resumed)[1], final_params(reference)[1])
-
-
-def test_kill_9_at_random_moments_loses_nothing(tmp_path):
-    overrides = ("--config.train.steps=120", "--config.train.log_every=1",
-                 "--config.checkpoint.every_steps=3", "--config.checkpoint.keep_last=2")
-    reference, crashed = tmp_path / "reference", tmp_path / "crashed"
-    assert run_train(reference, *overrides, cache=tmp_path / "cache").returncode == 0
-    rng = random.Random(0)
-    reached = 0
-    for _ in range(5):
-        process = start_train(crashed, *overrides, cache=tmp_path / "cache")
-        wait_for_step(crashed, reached + 1, process)
-        time.sleep(rng.uniform(0.0, 0.4))  # Lands in steps and in asynchronous saves alike.
-        process.kill()
-        process.communicate()
-        reached = max([r["step"] for r in records(crashed)] or [0])
-    finished = run_train(crashed, *overrides, cache=tmp_path / "cache")
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    assert_same_run(crashed, reference)
-    jax.tree.map(np.testing.assert_array_equal, final_params(crashed)[1], final_params(reference)[1])
 
 
 def _largest_file(directory):
