@@ -347,10 +347,15 @@ class Campaign:
         self.lost = lost
         if lost:
             problems.append(f"{lost} per-step records differ from the uninterrupted run's")
-        seen = {r[1] for r in ours if r[3]}  # Data steps whose update was skipped.
-        self.nan_landed = len(seen & set(self.nan))
+        consumed = max((r[1] for r in ours), default=-1)  # The last data step the job trained on.
+        self.nan_landed = sum(1 for step in self.nan if step <= consumed)
         if self.nan_landed != len(self.nan):
             problems.append(f"only {self.nan_landed} of {len(self.nan)} NaN batches reached the job")
+        summaries = [json.loads((w / "summary.json").read_text()) for w in (self.workdir, self.reference)]
+        self.guard = {key: [s[key] for s in summaries] for key in ("skipped_steps", "rollbacks")}
+        for key, (ours_value, theirs_value) in self.guard.items():
+            if ours_value != theirs_value:
+                problems.append(f"{key}: {ours_value}, the uninterrupted run {theirs_value}")
         same, leaves = same_params(self.workdir, self.reference, self.steps)
         self.leaves = leaves
         if not same:
@@ -405,7 +410,10 @@ def report(campaign: Campaign, problems: list[str], seconds: float) -> None:
     if c.others_exit:
         print(f"after one process was killed the job ended in: median {statistics.median(c.others_exit):.1f} s, "
               f"max {max(c.others_exit):.1f} s (heartbeat timeout {HEARTBEAT_SECONDS} s)")
-    print(f"steps lost: {c.lost}; NaN batches that reached the job: {c.nan_landed} of {len(c.nan)}; "
+    print(f"NaN batches: {c.nan_landed} of {len(c.nan)} reached the job; steps skipped by the step "
+          f"{c.guard['skipped_steps'][0]} and guard rollbacks {c.guard['rollbacks'][0]}, as in the "
+          f"uninterrupted run ({c.guard['skipped_steps'][1]}, {c.guard['rollbacks'][1]})")
+    print(f"steps lost: {c.lost}; "
           f"final parameters ({c.leaves} arrays): "
           f"{'bit-identical' if not any('parameters' in p for p in problems) else 'DIFFERENT'}")
     print("PASSED" if not problems else "FAILED: " + "; ".join(problems))
