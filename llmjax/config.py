@@ -132,6 +132,35 @@ def _positive(config, keys) -> None:
             _fail(key, value, "must be a positive integer.")
 
 
+# Numbers a run cannot use outside their range: (key, test, what the key must be). NaN and the
+# infinities pass no test: NaN compares false with everything, and the values must be finite.
+RANGES = (
+    ("seed", lambda v: isinstance(v, int) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    ("optimizer.learning_rate", lambda v: v > 0, "positive"),
+    ("optimizer.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.eps", lambda v: v > 0, "positive (it keeps the Adam update finite)"),
+    ("optimizer.weight_decay", lambda v: v >= 0, ">= 0 (0 = none)"),
+    ("optimizer.min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("optimizer.grad_clip", lambda v: v >= 0, ">= 0 (0 disables clipping)"),
+    ("train.z_loss", lambda v: v >= 0, ">= 0 (0 = off)"),
+    ("train.guard_spike_factor", lambda v: v == 0 or v > 1,
+     "0 (only non-finite losses are bad) or above 1 (a multiple of the running mean loss)"),
+    ("checkpoint.every_minutes", lambda v: 0 <= v * 60 < math.inf, ">= 0 (0 = off), finite in seconds"),
+    ("checkpoint.save_timeout_minutes", lambda v: 1 <= v * 60 < math.inf,
+     "at least one second (1/60), finite in seconds; raise it if large saves take longer"),
+    ("data.val_percent", lambda v: 0 <= v < 100, "in [0, 100)"),
+    ("data.max_files", lambda v: v >= 0, ">= 0 (0 = all)"),
+    ("data.eos_id", lambda v: v >= -1, "a token id, or -1 (found by name)"),
+)
+
+
+def _in_range(config, key: str, test, requirement: str) -> None:
+    value = _value(config, key)
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and test(value)):
+        _fail(key, value, f"must be {requirement}.")
+
+
 def apply_overrides(config, overrides: dict):
     """A copy of `config` with dotted keys set ({"optimizer.learning_rate": 1e-3}); a key the
     schema lacks or a value of the wrong type is refused with the key named."""
@@ -253,11 +282,8 @@ def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]
         value = _value(config, key)
         if not isinstance(value, int) or value < 0:
             _fail(key, value, "must be an integer >= 0.")
-    if config.checkpoint.every_minutes < 0:
-        _fail("checkpoint.every_minutes", config.checkpoint.every_minutes, "must be >= 0.")
-    if not config.checkpoint.save_timeout_minutes * 60 >= 1:
-        _fail("checkpoint.save_timeout_minutes", config.checkpoint.save_timeout_minutes,
-              "must be at least one second (1/60); raise it if large saves take longer.")
+    for key, test, requirement in RANGES:
+        _in_range(config, key, test, requirement)
     try:
         inject_nan_steps(config)
     except ValueError:
@@ -268,24 +294,16 @@ def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]
     try:
         parse_mixture(d.mixture)
     except ValueError as error:
-        _fail("data.mixture", d.mixture, f"entry {error} is not PATH:WEIGHT with a positive weight "
-                                         f"(e.g. 'web:0.7,code:0.3').")
-    if not 0 <= d.val_percent < 100:
-        _fail("data.val_percent", d.val_percent, "must be in [0, 100).")
+        _fail("data.mixture", d.mixture, f"entry {error} is not PATH:WEIGHT with a positive weight; "
+                                         f"give entries like 'web:0.7,code:0.3'.")
     if t.loss_chunk_len < 0 or (t.loss_chunk_len and d.seq_len % t.loss_chunk_len):
         _fail("train.loss_chunk_len", t.loss_chunk_len,
               f"must be 0 (off) or a divisor of data.seq_len={d.seq_len}.")
     if t.eval_every < 0:
         _fail("train.eval_every", t.eval_every, "must be >= 0 (0 = evaluate only at the end).")
-    if o.learning_rate <= 0:
-        _fail("optimizer.learning_rate", o.learning_rate, "must be positive.")
-    if not 0 <= o.min_lr_ratio <= 1:
-        _fail("optimizer.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1].")
     if o.warmup_steps < 0 or o.warmup_steps >= t.steps:
         _fail("optimizer.warmup_steps", o.warmup_steps,
               f"must be in [0, train.steps={t.steps}).")
-    if o.grad_clip < 0:
-        _fail("optimizer.grad_clip", o.grad_clip, "must be >= 0 (0 disables clipping).")
 
     if config.tracking.wandb and importlib.util.find_spec("wandb") is None:
         _fail("tracking.wandb", True, "the wandb package is not installed; pip install "
