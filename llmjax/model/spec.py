@@ -10,6 +10,7 @@ static arguments. This module imports no JAX: configs are built and checked befo
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from llmjax.errors import config_error
 
@@ -51,6 +52,7 @@ class ModelSpec:
         """Raises ConfigError naming the first field that cannot work; `mesh_shape` (axis ->
         size) is None when no mesh is known yet."""
         positive(model, "vocab_size", "d_model", "num_layers", "max_seq_len")
+        finite(model, "init_scale", positive=True)
         for key in ("dtype", "param_dtype"):
             if model[key] not in DTYPES:
                 raise config_error(f"model.{key}", model[key], f"must be one of {', '.join(DTYPES)}.")
@@ -107,6 +109,15 @@ def positive(model, *keys: str) -> None:
         value = model[key]
         if not isinstance(value, int) or value < 1:
             raise config_error(f"model.{key}", value, "must be a positive integer.")
+
+
+def finite(model, *keys: str, positive: bool = False) -> None:
+    """Real-valued fields: finite numbers (NaN or infinity would reach the weights), with
+    `positive` also above 0."""
+    for key in keys:
+        value = model[key]
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and (value > 0 or not positive)):
+            raise config_error(f"model.{key}", value, f"must be a {'positive ' if positive else ''}finite number.")
 
 
 def divisible(model, key: str, mesh_shape: dict[str, int], axis: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from llmjax.errors import config_error
-from llmjax.model.spec import TransformerSpec, check_heads
+from llmjax.model.spec import TransformerSpec, check_heads, finite
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -23,6 +23,7 @@ class BertSpec(TransformerSpec):
     def validate(cls, model, mesh_shape) -> None:
         super().validate(model, mesh_shape)
         check_heads(model, mesh_shape)
+        finite(model, "norm_eps", positive=True)
         if not isinstance(model.type_vocab_size, int) or model.type_vocab_size < 0:
             raise config_error("model.type_vocab_size", model.type_vocab_size,
                                "must be 0 (no token types) or a positive integer.")

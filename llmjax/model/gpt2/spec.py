@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from llmjax.model.spec import TransformerSpec, check_heads
+from llmjax.model.spec import TransformerSpec, check_heads, finite
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -19,3 +19,4 @@ class GPT2Spec(TransformerSpec):
     def validate(cls, model, mesh_shape) -> None:
         super().validate(model, mesh_shape)
         check_heads(model, mesh_shape)
+        finite(model, "norm_eps", positive=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from llmjax.errors import config_error
-from llmjax.model.spec import TransformerSpec, divisible, positive
+from llmjax.model.spec import TransformerSpec, divisible, finite, positive
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -22,6 +22,7 @@ class LlamaSpec(TransformerSpec):
     def validate(cls, model, mesh_shape) -> None:
         super().validate(model, mesh_shape)
         positive(model, "num_heads", "num_kv_heads", "head_dim", "mlp_dim")
+        finite(model, "rope_theta", "norm_eps", positive=True)
         if model.num_heads % model.num_kv_heads:
             raise config_error("model.num_kv_heads", model.num_kv_heads,
                                f"must divide model.num_heads={model.num_heads} (grouped-query "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from llmjax.errors import config_error
-from llmjax.model.spec import ModelSpec, divisible, positive
+from llmjax.model.spec import ModelSpec, divisible, finite, positive
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -29,6 +29,7 @@ class LSTMSpec(ModelSpec):
     def validate(cls, model, mesh_shape) -> None:
         super().validate(model, mesh_shape)
         positive(model, "hidden_dim", "scan_unroll")
+        finite(model, "forget_bias")
         if not isinstance(model.proj_dim, int) or model.proj_dim < 0:
             raise config_error("model.proj_dim", model.proj_dim, "must be 0 (no projection) or a positive integer.")
         out_dim = model.proj_dim or model.hidden_dim

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from llmjax.errors import config_error
-from llmjax.model.spec import TransformerSpec, divisible, positive
+from llmjax.model.spec import TransformerSpec, divisible, finite, positive
 
 # Relative position biases are added to the attention scores, which only the kernels that take
 # an additive bias do (XLA's, and cuDNN's through jax.nn.dot_product_attention).
@@ -35,6 +35,7 @@ class T5Spec(TransformerSpec):
     def validate(cls, model, mesh_shape) -> None:
         super().validate(model, mesh_shape)
         positive(model, "num_heads", "head_dim", "mlp_dim", "relative_buckets", "relative_max_distance")
+        finite(model, "norm_eps", positive=True)
         if model.attention_impl not in T5_ATTENTION_IMPLS:
             raise config_error("model.attention_impl", model.attention_impl,
                                f"must be one of {', '.join(T5_ATTENTION_IMPLS)} for T5: its relative "
@@ -44,6 +45,11 @@ class T5Spec(TransformerSpec):
             raise config_error("model.relative_buckets", model.relative_buckets,
                                "must be a multiple of 4 (half per direction in the encoder, half of "
                                "those exact offsets).")
+        if model.relative_max_distance <= model.relative_buckets // 2:
+            raise config_error("model.relative_max_distance", model.relative_max_distance,
+                               f"must exceed the decoder's {model.relative_buckets // 2} exact offsets "
+                               f"(model.relative_buckets // 2): the logarithmic buckets span the "
+                               f"distances from there to it; raise it or lower relative_buckets.")
         if model.rescale_output and not model.tie_embeddings:
             raise config_error("model.rescale_output", True,
                                "applies to a tied output projection only; set it False or "
