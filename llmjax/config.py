@@ -313,8 +313,8 @@ def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]
     if d.seq_len % shape["sequence"]:
         _fail("data.seq_len", d.seq_len, f"must be divisible by the sequence axis size "
                                          f"{shape['sequence']}.")
-    if objective.check_lengths is not None:
-        objective.check_lengths(config, shape)
+    if objective.check_fields is not None:
+        objective.check_fields(config, shape)
     batch_shards = shape["data"] * shape["fsdp"]
     if t.global_batch_size % t.microbatches:
         _fail("train.global_batch_size", t.global_batch_size,

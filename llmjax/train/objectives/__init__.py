@@ -36,8 +36,9 @@ class Objective:
     impl: Callable[[], object]  # Loads the implementation (see llmjax/train/objectives/causal_lm.py).
     fields: Mapping[str, object] = dataclasses.field(default_factory=dict)  # config.objective keys.
     special_tokens: tuple[str, ...] = ()  # Trained into llmjax's BPE for this objective.
-    # Checks of lengths against the mesh, (config, mesh shape) -> None, raising ConfigError.
-    check_lengths: Callable[[object, dict], None] | None = None
+    # Checks of the objective's own fields and of lengths against the mesh, (config, mesh
+    # shape) -> None, raising ConfigError.
+    check_fields: Callable[[object, dict], None] | None = None
 
     def defaults(self) -> dict:
         return {"name": self.name, **self.fields}
@@ -84,14 +85,30 @@ def of(config) -> Objective:
     return get(section.get("name", "causal_lm"))
 
 
+def _check_mlm_rates(config, mesh_shape: dict[str, int]) -> None:
+    """Probabilities in [0, 1] (the chosen fraction above 0), and a chosen token replaced by
+    the mask or a random token with at most probability 1 in all."""
+    del mesh_shape
+    o = config.objective
+    if not 0 < o.mask_rate <= 1:
+        raise config_error("objective.mask_rate", o.mask_rate, "must be in (0, 1].")
+    for key in ("mask_token_rate", "random_token_rate"):
+        if not 0 <= o[key] <= 1:
+            raise config_error(f"objective.{key}", o[key], "must be in [0, 1].")
+    if o.mask_token_rate + o.random_token_rate > 1:
+        raise config_error("objective.random_token_rate", o.random_token_rate,
+                           f"plus objective.mask_token_rate={o.mask_token_rate} must be at most 1 (the "
+                           f"rest of the chosen tokens are kept as they are); lower one of them.")
+
+
 register(Objective("causal_lm", _load("llmjax.train.objectives.causal_lm")))
 register(Objective("prefix_lm", _load("llmjax.train.objectives.prefix_lm")))
-register(Objective("mlm", _load("llmjax.train.objectives.mlm"), special_tokens=(MASK,), fields={
+register(Objective("mlm", _load("llmjax.train.objectives.mlm"), special_tokens=(MASK,), check_fields=_check_mlm_rates, fields={
     "mask_rate": 0.15,  # Of the text tokens, the fraction chosen for prediction.
     "mask_token_rate": 0.8,  # Of the chosen, the fraction replaced by the mask token ...
     "random_token_rate": 0.1,  # ... and by a random text token; the rest are kept as they are.
 }))
-register(Objective("span", _load("llmjax.train.objectives.span"), check_lengths=span_lengths.check,
+register(Objective("span", _load("llmjax.train.objectives.span"), check_fields=span_lengths.check,
                    special_tokens=tuple(f"<|sentinel_{i}|>" for i in range(span_lengths.SENTINELS)), fields={
     "noise_density": 0.15,  # Fraction of each document's tokens replaced (T5's default).
     "mean_span_length": 3.0,  # Mean length of a replaced span, in tokens.

@@ -9,6 +9,8 @@ needs that text's targets."""
 
 from __future__ import annotations
 
+import math
+
 from llmjax.errors import config_error
 
 SENTINELS = 100  # Sentinel tokens trained into llmjax's tokenizer, as T5's 100 extra ids.
@@ -52,8 +54,8 @@ def check(config, mesh_shape: dict[str, int]) -> None:
     o, seq_len = config.objective, config.data.seq_len
     if not 0 < o.noise_density < 1:
         raise config_error("objective.noise_density", o.noise_density, "must be in (0, 1).")
-    if o.mean_span_length < 1:
-        raise config_error("objective.mean_span_length", o.mean_span_length, "must be >= 1.")
+    if not 1 <= o.mean_span_length < math.inf:
+        raise config_error("objective.mean_span_length", o.mean_span_length, "must be a finite number >= 1.")
     text, needed = span_lengths(seq_len, o.noise_density, o.mean_span_length)
     spans = noise_counts(text, o.noise_density, o.mean_span_length)[1]
     if spans > SENTINELS:
