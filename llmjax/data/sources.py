@@ -16,6 +16,7 @@ import io
 import itertools
 import json
 import sysconfig
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,7 +76,11 @@ def find_inputs(inputs: list[str], pattern: str = "**/*") -> list[InputFile]:
     for spec in inputs:
         path = Path(spec).expanduser()
         if path.is_dir():
-            files = [(p, p.relative_to(path)) for p in path.glob(pattern) if p.is_file()]
+            try:
+                files = [(p, p.relative_to(path)) for p in path.glob(pattern) if p.is_file()]
+            except (ValueError, NotImplementedError, IndexError) as error:  # pathlib's refusals.
+                raise SourceError(f"file pattern {pattern!r} cannot be used ({error}); give a relative "
+                                  f"glob such as '**/*.txt' (--pattern; data.glob for llmjax-train).") from None
         elif path.is_file():
             files = [(path, Path(path.name))]
         else:
@@ -112,9 +117,52 @@ def _open_binary(file: InputFile):
     if file.compression == "gz":
         return gzip.open(file.path, "rb")
     if file.compression == "zst":
-        import zstandard  # noqa: PLC0415 - only needed for .zst inputs.
-        return zstandard.ZstdDecompressor().stream_reader(open(file.path, "rb"), closefd=True)
+        return _ZstdReader(file.path)
     return open(file.path, "rb")
+
+
+class _ZstdReader(io.RawIOBase):
+    """A .zst file's decompressed bytes, frame after frame. A file that ends inside a frame
+    (truncated) raises EOFError, as gzip does; zstandard's own stream_reader ends quietly
+    there, handing on a prefix of the text as if it were all of it. Bytes that are not zstd
+    data raise OSError, as they do from gzip."""
+
+    def __init__(self, path: Path):
+        import zstandard  # noqa: PLC0415 - only needed for .zst inputs.
+
+        self._file, self._zstd = open(path, "rb"), zstandard.ZstdDecompressor()
+        self._zstd_error = zstandard.ZstdError
+        self._frame, self._fed = self._zstd.decompressobj(), False
+        self._out, self._at = b"", 0  # Decompressed bytes not yet read, and where reading is.
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._at == len(self._out):
+            chunk = self._file.read(1 << 20)
+            if not chunk:
+                if self._fed and not self._frame.eof:
+                    raise EOFError("compressed file ended before the end of its last frame")
+                return 0
+            self._out, self._at = b"", 0
+            while chunk:
+                if self._frame.eof:  # The next frame of a multi-frame file.
+                    self._frame, self._fed = self._zstd.decompressobj(), False
+                try:
+                    self._out += self._frame.decompress(chunk)
+                except self._zstd_error as error:
+                    raise OSError(f"not zstd data: {error}") from None
+                self._fed = True
+                chunk = self._frame.unused_data if self._frame.eof else b""
+        n = min(len(buffer), len(self._out) - self._at)
+        buffer[:n] = self._out[self._at:self._at + n]
+        self._at += n
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def _decode(raw: bytes, stats: ReadStats) -> str:
@@ -132,10 +180,29 @@ def _decode(raw: bytes, stats: ReadStats) -> str:
 
 def read_documents(file: InputFile, text_field: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
     """(document id, text) for each non-empty document of `file`. Invalid UTF-8 is replaced
-    (U+FFFD) and counted; empty documents are counted and skipped."""
-    for doc_id, text in _documents(file, text_field, stats):
-        if text.strip():
-            yield doc_id, text
+    (U+FFFD) and counted; empty documents are counted and skipped. A file that cannot be read
+    (damaged, truncated, not in its suffix's format) raises SourceError naming it."""
+    try:
+        for doc_id, text in _documents(file, text_field, stats):
+            if text.strip():
+                yield doc_id, text
+    except (OSError, EOFError, zlib.error) as error:
+        raise _unreadable(file, error) from None
+
+
+def _unreadable(file: InputFile, error: Exception) -> SourceError:
+    if isinstance(error, OSError) and error.errno is not None:  # Permissions, a file gone since.
+        return SourceError(f"{file.path}: cannot be read ({error.strerror}); make it readable or "
+                           f"remove it from the inputs.")
+    form = {"parquet": "Parquet", "jsonl": "JSON lines", "text": "text"}[file.kind]
+    return SourceError(f"{file.path}: cannot be read as {form}"
+                       f"{f' ({file.compression}-compressed)' if file.compression else ''}: "
+                       f"{' '.join(str(error).split())}; the file is damaged or truncated: replace it "
+                       f"with an intact copy or remove it from the inputs.")
+
+
+_TEXT_FIELD_FIX = ("name the JSONL field or Parquet column that holds the text with llmjax-prepare "
+                   "--text_field (raw data given to llmjax-train must call it 'text').")
 
 
 def _documents(file: InputFile, text_field: str, stats: ReadStats):
@@ -150,34 +217,46 @@ def _documents(file: InputFile, text_field: str, stats: ReadStats):
             if not line.strip():
                 continue
             try:
+                line, replaced = line.decode("utf-8"), False
+            except UnicodeDecodeError:  # Replaced and counted, as in text files.
+                line, replaced = line.decode("utf-8", errors="replace"), True
+            try:
                 record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise SourceError(f"{file.path}:{number}: not valid JSON ({error.msg}); each line "
+            except (json.JSONDecodeError, RecursionError) as error:
+                reason = error.msg if isinstance(error, json.JSONDecodeError) else "nested too deeply"
+                raise SourceError(f"{file.path}:{number}: not valid JSON ({reason}); each line "
                                   f"of a JSONL file must be one JSON object.") from None
             if not isinstance(record, dict) or text_field not in record:
                 keys = sorted(record) if isinstance(record, dict) else type(record).__name__
                 raise SourceError(f"{file.path}:{number}: no text field {text_field!r} (has "
-                                  f"{keys}); set --text_field to the field that holds the text.")
+                                  f"{keys}); {_TEXT_FIELD_FIX}")
             value = record[text_field]
             if not isinstance(value, str):
                 raise SourceError(f"{file.path}:{number}: field {text_field!r} is "
-                                  f"{type(value).__name__}, not a string.")
-            yield f"{file.relpath}:{number}", _decode(value.encode("utf-8", "surrogatepass"), stats)
+                                  f"{type(value).__name__}, not a string; {_TEXT_FIELD_FIX}")
+            text = _decode(value.encode("utf-8", "surrogatepass"), stats)
+            stats.invalid_utf8_documents += replaced
+            yield f"{file.relpath}:{number}", text
 
 
 def _parquet_documents(file: InputFile, text_field: str, stats: ReadStats):
-    import pyarrow.parquet as pq  # noqa: PLC0415 - heavy; only needed for Parquet inputs.
+    import pyarrow as pa  # noqa: PLC0415 - heavy; only needed for Parquet inputs.
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
     with _open_binary(file) as handle:
-        parquet = pq.ParquetFile(handle if not file.compression else io.BytesIO(handle.read()))
-        if text_field not in parquet.schema_arrow.names:
-            raise SourceError(f"{file.path}: no column {text_field!r} (has "
-                              f"{parquet.schema_arrow.names}); set --text_field to the text column.")
-        row = 0
-        for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
-            for value in batch.column(0).to_pylist():
-                row += 1
-                if value is None:
-                    stats.documents += 1
-                    stats.empty_documents += 1
-                    continue
-                yield f"{file.relpath}:{row}", _decode(value.encode("utf-8", "surrogatepass"), stats)
+        try:
+            parquet = pq.ParquetFile(handle if not file.compression else io.BytesIO(handle.read()))
+            if text_field not in parquet.schema_arrow.names:
+                raise SourceError(f"{file.path}: no column {text_field!r} (has "
+                                  f"{parquet.schema_arrow.names}); {_TEXT_FIELD_FIX}")
+            row = 0
+            for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
+                for value in batch.column(0).to_pylist():
+                    row += 1
+                    if value is None:
+                        stats.documents += 1
+                        stats.empty_documents += 1
+                        continue
+                    yield f"{file.relpath}:{row}", _decode(value.encode("utf-8", "surrogatepass"), stats)
+        except pa.ArrowException as error:
+            raise _unreadable(file, error) from None
