@@ -16,15 +16,17 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from llmjax.data.errors import DataError
+from llmjax.data.jsonfile import read_json_object
 from llmjax.data import sources
 from llmjax.data.shards import ShardWriter, file_checksum, index_path, temporary_path, token_dtype
-from llmjax.data.tokenizer import HF_FILE, TextTokenizer, train_tokenizer
+from llmjax.data.tokenizer import HF_FILE, SPECIAL_TOKENS, TextTokenizer, train_tokenizer
 
 FORMAT_VERSION = 2
 MANIFEST, PLAN = "manifest.json", "plan.json"
@@ -66,6 +68,16 @@ class PrepareOptions:
         return {"format_version": FORMAT_VERSION, "text_field": self.text_field,
                 "val_percent": self.val_percent, "tokenizer": tokenizer,
                 "files": [[f.relpath, f.size, f.path.stat().st_mtime_ns] for f in files]}
+
+
+def check_vocab_size(options: PrepareOptions) -> None:
+    """A byte-level BPE holds every byte and the special tokens at least: a smaller size would
+    come out larger than asked for, and larger than the model's vocabulary."""
+    least = 256 + len(SPECIAL_TOKENS) + len(options.special_tokens)
+    if not options.tokenizer and options.vocab_size < least:
+        raise PrepareError(f"a byte-level BPE of {options.vocab_size} tokens cannot be trained: it holds "
+                           f"256 bytes and {least - 256} special tokens; raise the vocabulary size to "
+                           f"at least {least} (--vocab_size; model.vocab_size for llmjax-train).")
 
 
 def input_files(options: PrepareOptions) -> list[sources.InputFile]:
@@ -160,17 +172,23 @@ def _check_output(out: Path, identity: dict) -> dict | None:
     if not (out / PLAN).is_file():
         raise PrepareError(f"--out {out} is a non-empty directory that is not an llmjax dataset; "
                            f"choose an empty or new directory.")
-    plan = json.loads((out / PLAN).read_text())
+    plan = read_json_object(out / PLAN, PrepareError, f"delete {out} and run the command again.",
+                            keys=("identity", "units", "forced_val"))
     if plan["identity"] != identity:
-        changed = [k for k in identity if plan["identity"].get(k) != identity[k]]
+        changed = [k for k in identity if not isinstance(plan["identity"], dict)
+                   or plan["identity"].get(k) != identity[k]]
         raise PrepareError(f"--out {out} already holds a different dataset (differs in: "
                            f"{', '.join(changed)}); choose another --out or delete that directory.")
     return plan
 
 
 def prepare(options: PrepareOptions, out: Path, log=print, progress: bool = True) -> Path:
-    """Prepares (or finishes preparing) the dataset `options` describe in `out`."""
+    """Prepares (or finishes preparing) the dataset `options` describe in `out`. A preparation
+    this call starts and bad input stops (a damaged file, no text) leaves `out` as it found it:
+    after the input is fixed, the same command starts afresh instead of finding `out` holding
+    another dataset."""
     out = Path(out)
+    check_vocab_size(options)
     files = input_files(options)
     identity = options.identity(files)
     plan = _check_output(out, identity)
@@ -178,16 +196,31 @@ def prepare(options: PrepareOptions, out: Path, log=print, progress: bool = True
         log(f"prepare: {out} already holds this dataset; nothing to do.")
         return out
     workers = options.workers or os.cpu_count() or 1
-    if plan is None:
-        out.mkdir(parents=True, exist_ok=True)
-        plan = {"identity": identity, "units": _units(files, options.shard_mb * 2**20, workers),
-                "forced_val": _forced_validation(files, options.val_percent)}
+    if plan is not None:
+        return _prepare(options, out, files, plan, workers, log, progress)
+    existed = out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    plan = {"identity": identity, "units": _units(files, options.shard_mb * 2**20, workers),
+            "forced_val": _forced_validation(files, options.val_percent)}
+    try:
         _write_json(out / PLAN, plan)
+        return _prepare(options, out, files, plan, workers, log, progress)
+    except DataError:
+        for written in out.iterdir() if existed else [out]:
+            if written.is_dir():
+                shutil.rmtree(written)
+            else:
+                written.unlink()
+        raise
+
+
+def _prepare(options: PrepareOptions, out: Path, files, plan: dict, workers: int, log, progress: bool) -> Path:
     for leftover in out.glob("*.tmp"):  # An interrupted run's partial files; never read.
         leftover.unlink(missing_ok=True)  # Or renamed meanwhile by the run's orphaned worker.
     start = time.perf_counter()
     tokenizer = _tokenizer(options, files, plan, out, log)
-    done = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in out.glob("unit-*.json")}
+    done = {int(p.stem.split("-")[1]): read_json_object(p, PrepareError, "delete it and rerun: its unit is prepared again.")
+            for p in out.glob("unit-*.json")}
     todo = [u for u in range(len(plan["units"])) if u not in done]
     if done:
         log(f"prepare: resuming {out}: {len(done)} of {len(plan['units'])} units already done")
@@ -195,10 +228,12 @@ def prepare(options: PrepareOptions, out: Path, log=print, progress: bool = True
     jobs = [(out, u, [files[i] for i in plan["units"][u]], options, frozenset(plan["forced_val"]), dtype)
             for u in todo]
     meter = _Progress(sum(f.size for job in jobs for f in job[2]), enabled=progress)
-    for record in _run(jobs, workers):
-        done[record["unit"]] = record
-        meter.update(record)
-    meter.close()
+    try:
+        for record in _run(jobs, workers):
+            done[record["unit"]] = record
+            meter.update(record)
+    finally:  # Its line ended before anything else is printed, an error too.
+        meter.close()
     manifest = _manifest(out, options, tokenizer, [done[u] for u in range(len(plan["units"]))], dtype)
     _write_json(out / MANIFEST, manifest)
     seconds = time.perf_counter() - start
@@ -261,7 +296,7 @@ def _manifest(out, options, tokenizer: TextTokenizer, records: list[dict], dtype
                          "bytes": sum(s["bytes"] for s in shards)}
     if not splits["train"]["tokens"]:
         raise PrepareError(f"no training text in {list(options.inputs)} (all documents empty or held "
-                           f"out); check the inputs or lower --val_percent.")
+                           f"out); check the inputs or lower --val_percent (data.val_percent for llmjax-train).")
     counts = np.zeros(tokenizer.vocab_size, np.int64)
     for shard in splits["train"]["shards"]:
         counts += np.bincount(np.memmap(out / shard["file"], dtype=dtype, mode="r"),
