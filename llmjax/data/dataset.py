@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from llmjax.data.errors import DataError
+from llmjax.data.jsonfile import read_json_object
 from llmjax.config import parse_mixture
 from llmjax.data import sources
-from llmjax.data.prepare import CHECKSUMS, MANIFEST, PLAN, PrepareOptions, dataset_key, prepare
+from llmjax.data.prepare import (CHECKSUMS, MANIFEST, PLAN, SPLITS, PrepareError, PrepareOptions, check_vocab_size,
+                                 dataset_key, prepare)
 from llmjax.data.shards import TokenStream, file_checksum
 from llmjax.data.tokenizer import TextTokenizer, load_from_dir
 
@@ -31,21 +32,31 @@ class DatasetError(DataError):
 
 
 class Dataset:
-    """A prepared dataset: its manifest, tokenizer and one token stream per split."""
+    """A prepared dataset: its manifest, tokenizer and one token stream per split. Every field a
+    reader uses is read here, so an edited manifest fails when opened (KeyError, TypeError or
+    ValueError), not in the middle of a run."""
 
     def __init__(self, directory: Path, manifest: dict, name: str):
         self.directory, self.manifest, self.name = Path(directory), manifest, name
         tokenizer = manifest["tokenizer"]
-        self.fingerprint, self.vocab_size = tokenizer["fingerprint"], tokenizer["vocab_size"]
-        self.eos_id, self.pad_id = tokenizer["eos_id"], tokenizer["pad_id"]
+        self.fingerprint, self.vocab_size = str(tokenizer["fingerprint"]), int(tokenizer["vocab_size"])
+        self.eos_id, self.pad_id = int(tokenizer["eos_id"]), tokenizer["pad_id"]
+        self.tokenizer_file = self.directory / tokenizer["file"]
+        self.dtype = np.dtype(manifest["token_dtype"])
+        if self.dtype.kind != "u":  # Token ids, as prepare.token_dtype writes them.
+            raise ValueError(f"token_dtype {self.dtype} is not an unsigned integer type")
+        self.shards = {split: [self.directory / s["file"] for s in manifest["splits"][split]["shards"]]
+                       for split in SPLITS}
+        self.tokens = {split: int(manifest["splits"][split]["tokens"]) for split in SPLITS}
+        self.checksums = dict(manifest.get(CHECKSUMS, {}))
+        self.unigram_entropy = float(manifest["unigram_entropy_nats"])
 
     @functools.cached_property
     def tokenizer(self) -> TextTokenizer:
-        return TextTokenizer(self.directory / self.manifest["tokenizer"]["file"], self.eos_id)
+        return TextTokenizer(self.tokenizer_file, self.eos_id)
 
     def stream(self, split: str) -> TokenStream:
-        shards = self.manifest["splits"][split]["shards"]
-        return TokenStream([self.directory / s["file"] for s in shards], np.dtype(self.manifest["token_dtype"]))
+        return TokenStream(self.shards[split], self.dtype)
 
 
 def open_dataset(path, name: str | None = None) -> Dataset:
@@ -56,23 +67,25 @@ def open_dataset(path, name: str | None = None) -> Dataset:
                                f"llmjax-prepare command to finish it.")
         raise DatasetError(f"{directory} is not a prepared dataset (no {MANIFEST}); make one with "
                            f"llmjax-prepare, or give a directory of raw text files.")
+    manifest = read_json_object(directory / MANIFEST, DatasetError, _REPREPARE.format(directory))
     try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except json.JSONDecodeError:
-        raise DatasetError(f"{directory / MANIFEST} is not valid JSON; {_REPREPARE.format(directory)}") from None
-    _verify(directory, manifest)
-    return Dataset(directory, manifest, name or directory.name)
+        dataset = Dataset(directory, manifest, name or directory.name)
+    except (KeyError, TypeError, ValueError) as error:
+        raise DatasetError(f"{directory / MANIFEST} is not a manifest llmjax can read ({type(error).__name__}: "
+                           f"{error}); {_REPREPARE.format(directory)}") from None
+    _verify(directory, dataset.checksums)
+    return dataset
 
 
 _REPREPARE = ("delete {} and prepare it again (rerun the llmjax-prepare command that made it; a "
               "dataset in the cache is prepared again by the next run that needs it).")
 
 
-def _verify(directory: Path, manifest: dict) -> None:
+def _verify(directory: Path, checksums: dict) -> None:
     """Refuses a dataset whose files differ from what was prepared. Every open checks (the
     default corpus's 17 MB take ~0.02 s; large datasets ~1 s per GB, once per run); a manifest
     made before checksums were recorded has none to check."""
-    for name, expected in manifest.get(CHECKSUMS, {}).items():
+    for name, expected in checksums.items():
         path = directory / name
         try:
             changed = file_checksum(path) != expected
@@ -104,8 +117,8 @@ def resolve(data_config, vocab_size: int, cache_dir: Path, log=print,
                                f"them with one tokenizer (llmjax-prepare --tokenizer FILE).")
     _check_vocab(first.vocab_size, first.fingerprint, vocab_size)
     for dataset, _ in datasets:
-        log(f"data: {dataset.name}: {dataset.manifest['splits']['train']['tokens']:,} train / "
-            f"{dataset.manifest['splits']['val']['tokens']:,} val tokens, tokenizer "
+        log(f"data: {dataset.name}: {dataset.tokens['train']:,} train / "
+            f"{dataset.tokens['val']:,} val tokens, tokenizer "
             f"{dataset.fingerprint} ({dataset.vocab_size} tokens) in {dataset.directory}"
             + ("" if CHECKSUMS in dataset.manifest else " (unverified: prepared before llmjax recorded checksums)"))
     return datasets
@@ -134,11 +147,17 @@ def _open_or_prepare(spec: str, data_config, vocab_size: int, cache_dir: Path, l
                              val_percent=data_config.val_percent, max_files=data_config.max_files,
                              special_tokens=special_tokens)
     try:
+        check_vocab_size(options)
         out = cache_dir / f"dataset-{dataset_key(options)}"
-    except sources.SourceError as error:
+    except (sources.SourceError, PrepareError) as error:
         raise DatasetError(str(error)) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{out}.lock", "w") as lock:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(f"{out}.lock", "w")
+    except OSError as error:
+        raise DatasetError(f"cannot write prepared data to {out.parent} ({error.strerror}); set "
+                           f"data.cache_dir (or $LLMJAX_CACHE) to a directory you can write to.") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / MANIFEST).is_file():
             prepare(options, out, log, progress=False)
