@@ -19,6 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from llmjax.data.errors import DataError
+from llmjax.data.jsonfile import read_json_object
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
@@ -47,7 +48,12 @@ class TextTokenizer:
                                  f"or a SentencePiece .model file, or train one with --vocab_size.")
         file_bytes = self.path.read_bytes()
         if self.path.suffix == ".json":
-            self._hf = Tokenizer.from_file(str(self.path))
+            try:
+                self._hf = Tokenizer.from_file(str(self.path))
+            except Exception as error:  # noqa: BLE001 - the tokenizers library raises bare Exceptions.
+                raise TokenizerError(f"tokenizer file {self.path} cannot be read ({' '.join(str(error).split())}); "
+                                     f"it is damaged or not a tokenizer.json: replace it with an intact "
+                                     f"copy.") from None
             self._spm = None
             self.vocab_size = self._hf.get_vocab_size()
             self.eos_id = next((i for i in map(self._hf.token_to_id, EOS_NAMES) if i is not None), None)
@@ -137,11 +143,18 @@ class TextTokenizer:
         return target
 
 
+_IDS_FIX = "restore it from an intact copy."
+
+
 def load_from_dir(directory: Path) -> TextTokenizer | None:
     """The tokenizer saved in `directory` with the special ids it was used with (by name when
     no record of them is there), or None when there is none."""
     ids = Path(directory) / IDS_FILE
-    eos_id = json.loads(ids.read_text())["eos_id"] if ids.is_file() else -1
+    eos_id = -1
+    if ids.is_file():
+        eos_id = read_json_object(ids, TokenizerError, _IDS_FIX, keys=("eos_id",))["eos_id"]
+        if not isinstance(eos_id, int) or isinstance(eos_id, bool) or eos_id < 0:
+            raise TokenizerError(f"{ids}: eos_id={eos_id!r} is not a token id; {_IDS_FIX}")
     for name in (HF_FILE, SENTENCEPIECE_FILE):
         if (Path(directory) / name).is_file():
             return TextTokenizer(Path(directory) / name, eos_id)
