@@ -18,8 +18,11 @@ import time
 from functools import cached_property
 from pathlib import Path
 
+from ml_collections import ConfigDict
+
 from llmjax.config import apply_overrides, default_config
-from llmjax.errors import LlmjaxError
+from llmjax.data.jsonfile import read_json_object
+from llmjax.errors import ConfigError, LlmjaxError
 
 IDENTITY_SECTIONS = ("model", "objective", "data", "seed")  # What makes two configs the same run.
 CONFIG, STATUS, SUMMARY = "config.json", "status.json", "summary.json"
@@ -40,10 +43,11 @@ def _flatten(tree, prefix=""):
     return out
 
 
-def config_changes(saved: dict, config) -> dict[str, tuple]:
-    """{dotted key: (saved value, new value)} for every field that differs (a key the saved
-    config lacks counts as its default)."""
-    old, new = _flatten(config_from_dict(saved).to_dict()), _flatten(config.to_dict())
+def config_changes(saved, config) -> dict[str, tuple]:
+    """{dotted key: (saved value, new value)} for every field that differs between a saved
+    config (a dict or a full ConfigDict; a key the dict lacks counts as its default) and `config`."""
+    saved = saved if isinstance(saved, ConfigDict) else config_from_dict(saved)
+    old, new = _flatten(saved.to_dict()), _flatten(config.to_dict())
     return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
             if old.get(k) != new.get(k)}
 
@@ -109,10 +113,12 @@ class RunDir:
         if self.is_import:  # Its checkpoint has no optimizer state to resume.
             raise WorkdirError(f"--workdir {path}: holds an imported model; train a new run from it "
                                f"with --workdir NEW --config.checkpoint.init_from={workdir}.")
+        if self.checkpoints.exists() and not self.checkpoints.is_dir():
+            raise WorkdirError(f"--workdir {path}: {self.checkpoints} is a file, where the run keeps "
+                               f"its checkpoints; move it away or choose a new --workdir.")
         changes = {}
-        saved = workdir / CONFIG
-        if saved.exists():
-            changes = config_changes(json.loads(saved.read_text()), config)
+        if (workdir / CONFIG).exists():
+            changes = config_changes(self.config, config)
             conflicts = {k: v for k, v in changes.items() if k.split(".")[0] in IDENTITY_SECTIONS}
             if conflicts:
                 shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(conflicts.items())[:5])
@@ -139,7 +145,13 @@ class RunDir:
         path = self.path / CONFIG
         if not path.exists():
             raise WorkdirError(f"{self.given} has no {CONFIG}; give the --workdir of an llmjax run.")
-        return config_from_dict(json.loads(path.read_text()))
+        fix = ("it was damaged or edited: restore it (each checkpoint's meta holds the config it was "
+               "saved with), or choose a new --workdir.")
+        saved = read_json_object(path, WorkdirError, fix)
+        try:
+            return config_from_dict(saved)
+        except (ConfigError, AttributeError, TypeError) as error:
+            raise WorkdirError(f"{path} is not a config this llmjax can read ({error}); {fix}") from None
 
     def write_config(self, config) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -171,7 +183,11 @@ class RunDir:
         if not path.exists():
             raise WorkdirError(f"{self.given} has no {TOKENIZER}; runs write it when training starts "
                                f"(rerun llmjax-train on this workdir with a newer llmjax to add it).")
-        return Tokenizer.from_file(str(path))
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as error:  # noqa: BLE001 - the tokenizers library raises bare Exceptions.
+            raise WorkdirError(f"{path} cannot be read ({' '.join(str(error).split())}); it is damaged: "
+                               f"restore it (the run's dataset has the same tokenizer.json).") from None
 
     @property
     def is_import(self) -> bool:
