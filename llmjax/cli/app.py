@@ -4,9 +4,13 @@ handler of `LlmjaxError`: whatever a command raises that the user can fix is pri
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import traceback
+
+import ml_collections
+from ml_collections import config_flags
 
 from absl import app, flags, logging
 
@@ -16,19 +20,60 @@ from llmjax.model import registry
 
 
 def _parse_flags(argv):
-    """absl's parser, except that a misspelt `--config.a.b=...` override (which ml_collections
-    reports as a bare AttributeError/KeyError traceback) becomes one line naming the key."""
+    """absl's parser, except that every way a command line fails is one line with its fix: a
+    flag error, a `--config.a.b=...` override of the wrong type or misspelt (which
+    ml_collections reports as a bare AttributeError/KeyError traceback), or a --config file
+    that raises (a traceback inside ml_collections' message, or none at all)."""
     try:
         return flags.FLAGS(argv)
-    except flags.Error as error:
-        sys.exit(f"error: {error}\nPass --helpfull to see all flags.")
-    except (AttributeError, KeyError) as error:
+    except Exception as error:  # noqa: BLE001 - sorted below; anything else is a bug and re-raised.
+        line = _config_file_error(error, argv) or _flag_error(error)
+        if line is None:
+            raise
+        sys.exit(line)
+
+
+def _flag_error(error: Exception) -> str | None:
+    if isinstance(error, flags.IllegalFlagValueError):
+        override = re.match(r"flag --(config\.[\w.]+)=", str(error))
+        if override and override.group(1) in flags.FLAGS:  # A config value of the wrong type.
+            name, parser = override.group(1), flags.FLAGS[override.group(1)].parser
+            return f"error: {error}; " + (f"{name} is a section: set its keys, --{name}.KEY=VALUE."
+                                          if "ConfigDict" in type(parser).__name__ else
+                                          f"give --{name} a value of its type ({parser.flag_type()}), "
+                                          f"as in llmjax/config.py.")
+    if isinstance(error, flags.Error):
+        return f"error: {error}; pass --helpfull to see all flags."
+    if isinstance(error, (AttributeError, KeyError)):
         text = str(error).encode().decode("unicode_escape")
         key = re.search(r"'(\w+)'", text)
         hint = re.search(r"(Did you mean .*\?)", text)
-        sys.exit(f"error: a --config override names a key the config does not have: "
-                 f"{key.group(1) if key else text}. {hint.group(1) if hint else ''}".rstrip()
-                 + (family_hint(key.group(1)) if key else ""))
+        return (f"error: a --config override names a key the config does not have: "
+                f"{key.group(1) if key else text}. "
+                f"{hint.group(1) if hint else 'See llmjax/config.py for the keys there are.'}"
+                + (family_hint(key.group(1)) if key else ""))
+    return None
+
+
+def _config_file_error(error: BaseException | None, argv) -> str | None:
+    """For an exception the --config file raised while loading (or one it caused: absl and
+    ml_collections wrap it in others), one line with its message and the file's line."""
+    given = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), "")
+    path = os.path.abspath(given.split(":", 1)[0]) if given else None
+    if path and isinstance(error, AttributeError) and "'get_config'" in str(error):
+        return f"error: --config={given} defines no get_config(); define one that returns the config (see configs/)."
+    while path and error is not None:
+        if isinstance(error, SyntaxError) and error.filename:
+            line = error.lineno if os.path.abspath(error.filename) == path else None
+        else:
+            line = next((lineno for frame, lineno in reversed(list(traceback.walk_tb(error.__traceback__)))
+                         if os.path.abspath(frame.f_code.co_filename) == path), None)
+        if line is not None:
+            text = " ".join((str(error) if isinstance(error, LlmjaxError) else f"{type(error).__name__}: {error}").split())
+            return (f"error: --config={given}, line {line}: {text[:300]}{'...' * (len(text) > 300)}; fix "
+                    f"the config file there.")
+        error = error.__context__
+    return None
 
 
 def family_hint(key: str) -> str:
@@ -62,7 +107,12 @@ def load_config(config_flag):
         config = config_flag.value
         config.keys()
     except OSError as error:
-        sys.exit(f"error: {str(error).splitlines()[0]}: {' '.join(str(error).split()[-6:])}")
+        sys.exit(f"error: {str(error).splitlines()[0]}: {' '.join(str(error).split()[-6:])}; give "
+                 f"--config the path of a config file (see configs/).")
+    if not isinstance(config, ml_collections.ConfigDict):
+        sys.exit(f"error: --config={config_flags.get_config_filename(flags.FLAGS[config_flag.name])}: get_config() returned "
+                 f"a {type(config).__name__}, not a ConfigDict; build it with llmjax.presets.compose or "
+                 f"llmjax.config.default_config (see configs/).")
     return config
 
 
