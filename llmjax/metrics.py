@@ -15,11 +15,11 @@ def _drop_records_after(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text().splitlines(keepends=True):
+    for line in path.read_text(errors="replace").splitlines(keepends=True):
         try:
             if json.loads(line)["step"] <= step:
                 kept.append(line if line.endswith("\n") else line + "\n")
-        except (json.JSONDecodeError, KeyError):  # A line cut short by a crash.
+        except (json.JSONDecodeError, KeyError, TypeError):  # A line cut short by a crash, or garbage.
             continue
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(kept))

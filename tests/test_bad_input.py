@@ -970,12 +970,6 @@ def test_in_process_outcomes_match_the_real_commands(harness, trained_run, token
         assert snapshot(workdir) == was
 
 
-# Found by this file, and not fixed yet -------------------------------------------------------
-
-@pytest.mark.xfail(strict=True, reason="an attention kernel the platform lacks (cuDNN without a GPU, splash off "
-                                       "TPU) fails with a traceback from JAX while the model is traced for its shapes "
-                                       "(run.bootstrap); llmjax/model/layers/attention.py's select_attention_impl, or "
-                                       "llmjax/train/loop.py before bootstrap, should refuse it naming model.attention_impl")
 @pytest.mark.parametrize("impl", ["cudnn", "splash"])
 def test_an_attention_kernel_the_platform_lacks_is_refused_before_compiling(harness, impl):
     workdir = harness.tmpdir() / "run"

@@ -56,3 +56,14 @@ def test_wandb_receives_the_same_records(tmp_path, monkeypatch):
     assert calls[0][0] == "init" and calls[0][1]["project"] == "llmjax" and calls[0][1]["name"] == "run"
     assert calls[0][1]["resume"] == "allow" and calls[0][1]["config"]["model"]["d_model"] == 32
     assert calls[1] == ("log", {"val/loss": 2.5}, 7) and calls[2] == ("finish",)
+
+
+def test_a_resumed_run_keeps_the_records_up_to_its_checkpoint_whatever_else_the_file_holds(tmp_path):
+    """Records after the checkpoint are recomputed; lines cut short by a crash, or damaged into
+    garbage, are dropped rather than stopping the resumed run."""
+    lines = [json.dumps({"step": s, "split": "train", "loss": 1.0}) for s in range(1, 6)]
+    (tmp_path / "metrics.jsonl").write_bytes(("\n".join(lines[:4]) + "\n").encode() + b"\xff\xfe garbage\n"
+                                             + b"[1, 2]\n" + lines[4][:10].encode())
+    MetricsWriter(tmp_path, resume_step=3).close()
+    kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in kept] == [1, 2, 3]

@@ -7,6 +7,8 @@ import numpy as np
 import flax.linen as nn
 import pytest
 
+from llmjax.errors import ConfigError
+
 from llmjax import model
 from llmjax.model.layers.attention import (attention_kernel, bidirectional_attention, biased_attention_impl,
                                           select_attention_impl)
@@ -245,9 +247,13 @@ def test_attention_with_a_position_bias_picks_a_kernel_that_takes_one(platform, 
     assert biased_attention_impl("auto", platform, dtype, head_dim) == expected
 
 
-def test_explicit_attention_choice_is_honoured():
+def test_explicit_attention_choice_is_honoured_where_the_platform_has_it():
     assert select_attention_impl("xla", "gpu", jnp.bfloat16, 64, 512, True) == "xla"
-    assert select_attention_impl("cudnn", "cpu", jnp.float32, 64, 512, False) == "cudnn"
+    assert select_attention_impl("cudnn", "gpu", jnp.float32, 64, 512, False) == "cudnn"
+    assert select_attention_impl("splash", "tpu", jnp.float32, 64, 512, True) == "splash"
+    for impl, platform, splash in (("cudnn", "cpu", False), ("splash", "gpu", True), ("splash", "tpu", False)):
+        with pytest.raises(ConfigError, match=f"model.attention_impl='{impl}': .* only"):
+            select_attention_impl(impl, platform, jnp.float32, 64, 512, splash)
 
 
 def test_splash_is_found_in_this_jax():

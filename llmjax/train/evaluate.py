@@ -12,7 +12,7 @@ import functools
 import jax
 import numpy as np
 
-from llmjax.checkpoint import Checkpointer
+from llmjax.checkpoint import Checkpointer, check_same_model
 from llmjax.config import apply_overrides
 from llmjax.data import pipeline
 from llmjax.data.dataset import DatasetError, cache_dir, check_tokenizer, resolve
@@ -109,6 +109,7 @@ def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, 
                        objectives.of(config).special_tokens)
     check_tokenizer(run_dir.path, datasets[0][0].tokenizer)
     run = bootstrap(config, train=False)  # Parameters only: no optimizer is built.
+    check_same_model(run_dir.checkpoints, step, run.params)
     eval_fn = run.compile_eval_step()
     position_fn = run.compile_eval_step(per_position=True) if per_position else None
     evaluator = Evaluator(datasets, run, batch_size, max_batches or config.train.eval_batches)

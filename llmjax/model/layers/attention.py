@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llmjax.errors import config_error
 from llmjax.model.layers.blockwise import blockwise_attention
 from llmjax.model.layers.kv_cache import attend_to_cache
 from llmjax.model.layers.splash import splash_attention, splash_available
@@ -25,7 +26,15 @@ def select_attention_impl(requested: str, platform: str, dtype, head_dim: int, l
     attention where this JAX ships it (`splash`, by default looked up) and the length fills
     its 128-wide blocks; on CPU causal query blocks with a hand-written backward pass
     (`llmjax.model.layers.blockwise`); XLA's reference path everywhere else. An explicit
-    choice is honoured as given."""
+    choice is honoured as given where the platform has that kernel, and refused otherwise
+    (when the model is first traced for its shapes, before anything compiles)."""
+    if requested in ("cudnn", "splash"):
+        kernel_platform = "gpu" if requested == "cudnn" else "tpu"
+        if platform != kernel_platform or (requested == "splash" and not (
+                splash_available() if splash is None else splash)):
+            raise config_error("model.attention_impl", requested,
+                               f"that kernel runs on {kernel_platform.upper()} only (this is {platform}); "
+                               f"use auto, which picks the platform's fastest, or xla.")
     if requested != "auto":
         return requested
     if (platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
