@@ -93,7 +93,7 @@ class Checkpointer:
                                   f"choose a writable --workdir.") from None
 
     def _integrity_path(self, step: int) -> Path:
-        return self.directory / "integrity" / f"{step}.json"
+        return integrity_path(self.directory, step)
 
     def _record_integrity(self) -> None:
         """Writes the file-size manifest of each checkpoint this Checkpointer saved, as soon as
@@ -248,10 +248,15 @@ class Checkpointer:
         self.manager.reload()
 
 
+def integrity_path(directory: Path, step: int) -> Path:
+    """Where the file sizes of checkpoint `step` are recorded."""
+    return Path(directory) / "integrity" / f"{step}.json"
+
+
 def verify_sizes(directory: Path, step: int) -> None:
     """Raises naming the first missing or truncated file of a checkpoint whose file sizes were
     recorded (see `Checkpointer._record_integrity`)."""
-    path = Path(directory) / "integrity" / f"{step}.json"
+    path = integrity_path(directory, step)
     if not path.exists():
         return
     root = Path(directory) / str(step)
