@@ -85,6 +85,7 @@ class Checkpointer:
         self.read_only = read_only
         self.blocked_seconds = 0.0  # Time the training loop spent inside save() calls.
         self.saves = 0
+        self._last_started = -1  # The step of the newest save started, for error messages.
         self._unrecorded: set[int] = set()  # Saved by this Checkpointer, manifest not yet written.
         try:
             self.manager = ocp.CheckpointManager(self.directory, options=_options(config, read_only))
@@ -152,6 +153,7 @@ class Checkpointer:
             self._failed(step, error)
             return False
         if saved:
+            self._last_started = step
             self.blocked_seconds += time.perf_counter() - start
             self.saves += 1
             self._unrecorded.add(step)
@@ -182,17 +184,26 @@ class Checkpointer:
                                             "without checkpoints.") from None
         self.log(f"warning: {message}; continuing without it (checkpoint.required=False)")
 
-    def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk; surfaces their errors."""
+    def wait(self) -> bool:
+        """Blocks until pending asynchronous saves are on disk; surfaces their errors. Returns
+        whether they all succeeded (a failure that did not raise was reported as a warning)."""
         try:
             self.manager.wait_until_finished()
+            succeeded = True
         except Exception as error:  # noqa: BLE001 - as in save().
-            self._failed(self.manager.latest_step() or -1, error)
+            self._failed(self._last_started, error)
+            succeeded = False
         self._record_integrity()
+        return succeeded
 
     def close(self) -> None:
-        self.wait()
-        self.manager.close()
+        if not self.wait():  # Reported already; Orbax's close() would raise the same error again.
+            self.abandon()
+            return
+        try:
+            self.manager.close()
+        except Exception as error:  # noqa: BLE001 - as in save().
+            self._failed(self._last_started, error)
 
     def abandon(self) -> None:
         """After a failure: ends Orbax's background work now, so that none of its threads is
