@@ -13,6 +13,7 @@ import math
 
 import ml_collections
 
+from llmjax import finetune
 from llmjax.errors import ConfigError, config_error  # noqa: F401 - ConfigError is caught from here.
 from llmjax.model import registry
 from llmjax.train import objectives
@@ -86,6 +87,14 @@ def default_config(family: str = "llama", objective: str | None = None) -> ml_co
     o.eps = 1e-8
     o.weight_decay = 0.1  # Decoupled (AdamW); never applied to norms and embeddings.
     o.grad_clip = 1.0  # Global-norm clipping threshold (0 = off).
+
+    # Adapting a pretrained run (checkpoint.init_from) to a task (llmjax/finetune/).
+    c.finetune = ft = ml_collections.ConfigDict()
+    ft.lora_rank = 0  # LoRA adapters of this rank on lora_targets, all else frozen (0 = off).
+    ft.lora_alpha = 16.0  # An adapter's update is scaled by lora_alpha / lora_rank.
+    ft.lora_targets = "query,value"  # Projections that get adapters, by module name (e.g. q,v for T5).
+    ft.freeze = ""  # Comma-separated regexes of parameter paths kept as they are (e.g. "embed,layers/attention").
+    ft.lr_multipliers = ""  # Per-group learning rates, "REGEX=MULTIPLIER,..." (e.g. "task_head=10").
 
     c.tracking = tr = ml_collections.ConfigDict()
     tr.wandb = False  # Also log to Weights & Biases (needs `pip install 'llmjax[wandb]'`).
@@ -305,6 +314,7 @@ def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]
         _fail("optimizer.warmup_steps", o.warmup_steps,
               f"must be in [0, train.steps={t.steps}).")
 
+    finetune.check(config)
     if config.tracking.wandb and importlib.util.find_spec("wandb") is None:
         _fail("tracking.wandb", True, "the wandb package is not installed; pip install "
                                       "'llmjax[wandb]' or set --config.tracking.wandb=False.")

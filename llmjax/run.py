@@ -76,9 +76,8 @@ class Run:
     def train_batches(self, datasets) -> pipeline.GlobalBatches:
         """The batch of every step: the objective's rows of the (mixed) packed windows of
         `datasets`, each process loading only the rows its devices hold."""
-        seq, seed = self.objective.window_len(self.config), self.config.seed
         token_ids = self.objective.token_ids(datasets[0][0].tokenizer, self.config)  # One tokenizer for all.
-        rows = self.objective.rows(pipeline.mixture_rows(datasets, seq, seed), self.config, seed, token_ids)
+        rows = self.objective.train_rows(datasets, self.config, token_ids)
         return pipeline.GlobalBatches(rows, {k: f.shape for k, f in self.batch_fields().items()},
                                       self.batch_shardings())
 
@@ -130,8 +129,11 @@ def bootstrap(config, *, train: bool = True, devices=None) -> Run:
     tx = build_optimizer(config)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_shapes = jax.eval_shape(tx.init, params)
-    opt_shardings = optax.tree_map_params(tx, lambda _, sharding: sharding, opt_shapes, param_shardings,
-                                          transform_non_params=lambda _: replicated)
+    # A fine-tuning optimizer keeps no state for frozen parameters (optax.MaskedNode there).
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    opt_shardings = optax.tree_map_params(tx, lambda x, sharding: x if masked(x) else sharding, opt_shapes,
+                                          param_shardings, transform_non_params=lambda _: replicated,
+                                          is_leaf=masked)
     scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
     run.tx = tx
     run.state = TrainState(step=scalar, params=run.params, opt_state=with_shardings(opt_shapes, opt_shardings),

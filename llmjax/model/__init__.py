@@ -10,21 +10,32 @@ from llmjax.model import registry
 
 
 def init(rng, config):
-    return registry.of(config).math().init(rng, config)
+    """The run's parameters: the family's, plus a fine-tuning run's task head and adapters."""
+    from llmjax.finetune.params import extend  # noqa: PLC0415 - it needs the objectives, which need the registry.
+
+    return extend(rng, config, registry.of(config).math().init(rng, config))
+
+
+def forward(params, batch, *, config, with_head: bool = True):
+    """The family's `apply` on a run's parameters (`llmjax.finetune.params.backbone`): what
+    every objective calls."""
+    from llmjax.finetune.params import backbone  # noqa: PLC0415
+
+    return registry.of(config).math().apply(backbone(params, config), batch, config=config, with_head=with_head)
 
 
 def apply(params, tokens_BT, positions_BT=None, segment_ids_BT=None, *, config):
     """Logits [batch, length, vocab] in fp32 of a decoder family. Positions default to 0..T-1;
     segment ids, when given, stop attention between documents packed into one row."""
     batch = {"inputs": tokens_BT, "positions": positions_BT, "segment_ids": segment_ids_BT}
-    return registry.of(config).math().apply(params, batch, config=config)
+    return forward(params, batch, config=config)
 
 
 def apply_hidden(params, tokens_BT, positions_BT=None, segment_ids_BT=None, *, config):
     """(final hidden states [batch, length, d_model], logits_fn): `logits_fn(h_BCD)` gives the
     fp32 logits of any slice of the hidden states, so a loss need never hold all of them."""
     batch = {"inputs": tokens_BT, "positions": positions_BT, "segment_ids": segment_ids_BT}
-    return registry.of(config).math().apply(params, batch, config=config, with_head=False)
+    return forward(params, batch, config=config, with_head=False)
 
 
-__all__ = ["apply", "apply_hidden", "init", "registry"]
+__all__ = ["apply", "apply_hidden", "forward", "init", "registry"]

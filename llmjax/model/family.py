@@ -31,6 +31,9 @@ class Family:
     math: Callable[[], object]
     hf: Callable[[], object] | None = None
     objectives: tuple[str, ...] = ("causal_lm",)  # What it can be trained on.
+    # The token whose final hidden state a sequence classifier reads: a decoder's last (the
+    # only one that has seen the whole text), a bidirectional encoder's first (BERT's [CLS]).
+    pooling: str = "last"
 
     def defaults(self) -> dict:
         return self.spec.defaults() | {"family": self.name}

@@ -7,15 +7,13 @@ for, which makes models with different tokenizers comparable; loss per token doe
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import numpy as np
 
 from llmjax.checkpoint import Checkpointer, check_same_model
 from llmjax.config import apply_overrides
 from llmjax.data import pipeline
-from llmjax.data.dataset import DatasetError, cache_dir, check_tokenizer, resolve
+from llmjax.data.dataset import cache_dir, check_tokenizer, resolve
 from llmjax.run import bootstrap
 from llmjax.train import objectives
 from llmjax.rundir import RunDir
@@ -34,37 +32,30 @@ class Evaluator:
     As for training batches, each process builds only the rows its devices hold."""
 
     def __init__(self, datasets, run, batch_size: int, max_batches: int):
-        config, self.objective = run.config, run.objective
+        config, self.objective, self.config = run.config, run.objective, run.config
         self.layout = pipeline.RowLayout({k: f.shape for k, f in run.batch_fields(batch_size).items()},
                                          run.batch_shardings(batch_size))
-        to_rows = functools.partial(self.objective.rows, config=config, seed=config.seed,
-                                    token_ids=self.objective.token_ids(datasets[0][0].tokenizer, config))
+        self.token_ids = self.objective.token_ids(datasets[0][0].tokenizer, config)
         self.sets = []
-        for dataset, _ in datasets:
-            stream = dataset.stream("val")
-            if stream.size < 2:
-                raise DatasetError(f"dataset {dataset.name} ({dataset.directory}) has no validation "
-                                   f"tokens; prepare it with a larger --val_percent.")
-            try:
-                host = pipeline.eval_batches(stream, self.objective.window_len(config), dataset.eos_id, batch_size,
-                                             max_batches, dataset.pad_id, to_rows, self.layout.local_rows)
-            except ValueError as error:
-                raise DatasetError(f"dataset {dataset.name}: {error}") from None
-            token_bytes = dataset.tokenizer.token_bytes()
+        for name, host, token_bytes in self.objective.eval_sets(datasets, config, self.token_ids, batch_size,
+                                                                max_batches, self.layout.local_rows):
             owned = [{r: rows[r] for r in self.layout.owned_rows} for rows in host]
             num_bytes = _sum_over_processes(sum(self.objective.target_bytes(pipeline.stack(rows), token_bytes)
                                                 for rows in owned if rows))
-            self.sets.append((dataset.name, [self.layout.place(rows) for rows in host], num_bytes))
+            self.sets.append((name, [self.layout.place(rows) for rows in host], num_bytes))
 
     def __call__(self, eval_fn, params) -> dict[str, dict[str, float]]:
         """{dataset name: metrics}, plus "all" (the datasets pooled) when there are several."""
-        results, pooled_sums, pooled_bytes = {}, 0, 0.0
+        results, pooled_sums, pooled_bytes = {}, None, 0.0
         for name, batches, num_bytes in self.sets:
-            sums = np.sum(jax.device_get([eval_fn(params, batch) for batch in batches]), axis=0)
+            outputs = jax.device_get([eval_fn(params, batch) for batch in batches])
+            sums = [np.sum(np.asarray(parts, np.float64), axis=0) for parts in zip(*outputs)]
             results[name] = self.objective.metrics(sums, num_bytes)
-            pooled_sums, pooled_bytes = pooled_sums + np.asarray(sums, np.float64), pooled_bytes + num_bytes
+            pooled_sums = sums if pooled_sums is None else [a + b for a, b in zip(pooled_sums, sums)]
+            pooled_bytes += num_bytes
         if len(self.sets) > 1:
             results["all"] = self.objective.metrics(pooled_sums, pooled_bytes)
+        self.headline(results).update(self.objective.extra_metrics(params, self.config, self.token_ids))
         return results
 
     def per_position(self, position_fn, params) -> dict[str, dict[str, list]]:

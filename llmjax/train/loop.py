@@ -17,6 +17,7 @@ from llmjax import config as config_lib
 from llmjax import flops
 from llmjax.checkpoint import Checkpointer, check_same_model
 from llmjax.data.dataset import cache_dir, check_tokenizer, resolve
+from llmjax.finetune.params import model_part
 from llmjax.metrics import MetricsWriter
 from llmjax.parallel import distributed
 from llmjax.parallel.describe import sharding_table
@@ -50,6 +51,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     config_lib.validate(config, jax.device_count(), jax.process_count())
     if not distributed.is_primary():
         log = lambda *_, **__: None  # noqa: E731 - one process speaks for the job.
+    config = objectives.of(config).impl().resolve(config, cache_dir(config), log)
     run_dir = RunDir(workdir)
     changes = run_dir.check(config)
     init_source = parse_init_from(config.checkpoint.init_from)
@@ -73,8 +75,8 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
         if other:  # A model only makes sense of the tokens it was trained on.
             check_tokenizer(other, tokenizer)
     check_same_model(run_dir.checkpoints, None, run.params)
-    if init_source:
-        check_same_model(RunDir(init_source.workdir).checkpoints, init_source.step, run.params)
+    if init_source:  # A fine-tuning run takes the model's parameters; its own extras start afresh.
+        check_same_model(RunDir(init_source.workdir).checkpoints, init_source.step, model_part(run.params))
     start = time.perf_counter()
     train_fn, eval_fn = run.compile_steps()
     log(f"compiled train and eval steps in {time.perf_counter() - start:.1f}s")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import jax
 import optax
 
+from llmjax import finetune
+from llmjax.finetune import partition
+
 DECAYED_LEAVES = ("kernel", "lm_head")  # Matmul weights; embeddings and norm scales are not.
 
 
@@ -28,9 +31,15 @@ def weight_decay_mask(params):
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
+    """AdamW; for a fine-tuning run that freezes or groups parameters, one per group
+    (llmjax/finetune/partition.py)."""
     o = config.optimizer
-    adamw = optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
-                        weight_decay=o.weight_decay, mask=weight_decay_mask)
+
+    def make(schedule):
+        return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                           mask=weight_decay_mask)
+    adamw = (partition.grouped(make, learning_rate_schedule(config), config) if finetune.is_active(config)
+             else make(learning_rate_schedule(config)))
     if o.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw)
     return adamw

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from llmjax.checkpoint import CheckpointError, Checkpointer
+from llmjax.finetune.params import model_part
 from llmjax.rundir import RunDir, saved_steps
 from llmjax.train.state import TrainState, create_train_state
 
@@ -62,10 +63,10 @@ def initial_state(config, tx, target: TrainState, checkpointer: Checkpointer, lo
     full = config.checkpoint.init_mode == "full"
     other = Checkpointer(RunDir(source.workdir).checkpoints, config, log, read_only=True)
     step = source.step if source.step is not None else other.steps()[-1]
-    restored = other.restore(step, target.params, target.opt_state if full else None)
+    restored = other.restore(step, target.params if full else model_part(target.params), target.opt_state if full else None)
     other.close()
     log(f"initialised from {source.workdir} step {step} ({'full state' if full else 'params only'})")
     if full:
         return state_from_checkpoint(restored, target, True), restored.meta["data_step"], {}
     fresh = create_train_state(config, tx, jax.tree.map(lambda x: x.sharding, target))
-    return dataclasses.replace(fresh, params=restored.params), 0, {}
+    return dataclasses.replace(fresh, params=fresh.params | restored.params), 0, {}

@@ -10,4 +10,4 @@ from llmjax.model.family import Family, lazy
 
 FAMILY = Family(name="bert", spec=BertSpec, flops=flops, presets=PRESETS,
                 math=lazy("llmjax.model.bert.model", "MATH"), hf=lazy("llmjax.model.bert.hf"),
-                objectives=("mlm",))
+                objectives=("mlm", "classify"), pooling="first")

@@ -10,4 +10,4 @@ from llmjax.model.family import Family, lazy
 
 FAMILY = Family(name="gpt2", spec=GPT2Spec, flops=flops, presets=PRESETS,
                 math=lazy("llmjax.model.gpt2.model", "MATH"), hf=lazy("llmjax.model.gpt2.hf"),
-                objectives=("causal_lm", "prefix_lm"))
+                objectives=("causal_lm", "prefix_lm", "classify", "sft"))

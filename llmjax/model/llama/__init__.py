@@ -9,4 +9,4 @@ from llmjax.model.family import Family, lazy
 
 FAMILY = Family(name="llama", spec=LlamaSpec, flops=flops, presets=PRESETS,
                 math=lazy("llmjax.model.llama.model", "MATH"), hf=lazy("llmjax.model.llama.hf"),
-                objectives=("causal_lm", "prefix_lm"))
+                objectives=("causal_lm", "prefix_lm", "classify", "sft"))

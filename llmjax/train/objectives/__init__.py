@@ -27,7 +27,7 @@ from typing import Callable, Mapping
 
 from llmjax.data.tokenizer import MASK
 from llmjax.errors import ConfigError, config_error
-from llmjax.train.objectives import span_lengths
+from llmjax.train.objectives import span_lengths, task_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +107,15 @@ register(Objective("mlm", _load("llmjax.train.objectives.mlm"), special_tokens=(
     "mask_rate": 0.15,  # Of the text tokens, the fraction chosen for prediction.
     "mask_token_rate": 0.8,  # Of the chosen, the fraction replaced by the mask token ...
     "random_token_rate": 0.1,  # ... and by a random text token; the rest are kept as they are.
+}))
+register(Objective("classify", _load("llmjax.train.objectives.classify"), fields=task_fields.FIELDS,
+                   check_fields=task_fields.check_fields))
+register(Objective("sft", _load("llmjax.train.objectives.sft"), check_fields=task_fields.check_fields, fields={
+    **task_fields.FIELDS,
+    "template": "{prompt}\n",  # The prompt as the model reads it; the response follows.
+    "eval_examples": 64,  # Held-out prompts completed at each evaluation, for BLEU, chrF and ROUGE-L.
+    "max_new_tokens": 32,
+    "num_beams": 1,  # 1: greedy; more: beam search.
 }))
 register(Objective("span", _load("llmjax.train.objectives.span"), check_fields=span_lengths.check,
                    special_tokens=tuple(f"<|sentinel_{i}|>" for i in range(span_lengths.SENTINELS)), fields={

@@ -7,11 +7,14 @@ the first token of each next document. So `rows` is the identity and draws no ra
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 
-from llmjax.model import registry
+from llmjax import model
+from llmjax.data import pipeline
+from llmjax.data.errors import DataError
 from llmjax.train.objectives.cross_entropy import chunked_cross_entropy_sums, cross_entropy_sums, token_nll
 from llmjax.train.objectives.fields import ROW_AXES, Field
 
@@ -41,15 +44,49 @@ class CausalLM:
         del config, seed, token_ids  # A window is a causal-LM row as it is.
         return windows
 
+    def resolve(self, config, cache_dir, log):
+        """The config with anything left to the data filled in (a fine-tuning task's labels):
+        nothing here."""
+        del cache_dir, log
+        return config
+
+    def train_rows(self, datasets, config, token_ids: dict):
+        """Row g of the endless training stream (a grain.MapDataset): the objective's rows of
+        the (mixed) packed windows of `datasets`."""
+        windows = pipeline.mixture_rows(datasets, self.window_len(config), config.seed)
+        return self.rows(windows, config, config.seed, token_ids)
+
+    def eval_sets(self, datasets, config, token_ids: dict, batch_size: int, max_batches: int, rows: list[int]):
+        """[(name, batches of {row index: row} for `rows`, token bytes)]: the fixed held-out
+        batches of each dataset."""
+        to_rows = functools.partial(self.rows, config=config, seed=config.seed, token_ids=token_ids)
+        sets = []
+        for dataset, _ in datasets:
+            stream = dataset.stream("val")
+            if stream.size < 2:
+                raise DataError(f"dataset {dataset.name} ({dataset.directory}) has no validation "
+                                f"tokens; prepare it with a larger --val_percent.")
+            try:
+                host = pipeline.eval_batches(stream, self.window_len(config), dataset.eos_id, batch_size,
+                                             max_batches, dataset.pad_id, to_rows, rows)
+            except ValueError as error:
+                raise DataError(f"dataset {dataset.name}: {error}") from None
+            sets.append((dataset.name, host, dataset.tokenizer.token_bytes()))
+        return sets
+
+    def extra_metrics(self, params, config, token_ids: dict) -> dict[str, float]:
+        """Metrics that are not sums over batches (a fine-tuning task's generation scores)."""
+        del params, config, token_ids
+        return {}
+
     def loss_sums(self, params, batch, *, config, z_loss: float):
         """(NLL sum, z-loss sum, weight sum); with train.loss_chunk_len, without ever holding
         the whole batch's logits."""
-        apply = registry.of(config).math().apply
         if config.train.loss_chunk_len:
-            h_BTD, logits_fn = apply(params, batch, config=config, with_head=False)
+            h_BTD, logits_fn = model.forward(params, batch, config=config, with_head=False)
             return chunked_cross_entropy_sums(h_BTD, logits_fn, batch["targets"], batch["weights"],
                                               z_loss, config.train.loss_chunk_len)
-        logits = apply(params, batch, config=config)
+        logits = model.forward(params, batch, config=config)
         return cross_entropy_sums(logits, batch["targets"], batch["weights"], z_loss)
 
     def eval_sums(self, params, batch, *, config):
@@ -63,7 +100,7 @@ class CausalLM:
         against context length (Kaplan et al. 2020, figure 7). Per document rather than per
         column of the packed row, since neither attention nor a recurrent state sees past a
         document's start."""
-        logits = registry.of(config).math().apply(params, batch, config=config)
+        logits = model.forward(params, batch, config=config)
         nll_BT, _ = token_nll(logits, batch["targets"])
         length = config.data.seq_len
         positions = jax.numpy.clip(batch["positions"], 0, length - 1).reshape(-1)

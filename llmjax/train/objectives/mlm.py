@@ -23,7 +23,7 @@ import numpy as np
 
 from llmjax.data.errors import DataError
 from llmjax.data.tokenizer import MASK_NAMES
-from llmjax.model import registry
+from llmjax import model
 from llmjax.train.objectives.causal_lm import CausalLM
 from llmjax.train.objectives.cross_entropy import token_nll
 
@@ -57,7 +57,7 @@ class MaskedLM(CausalLM):
 
     def eval_sums(self, params, batch, *, config):
         """(NLL sum, chosen tokens, correctly predicted chosen tokens): sums, so batches add."""
-        logits = registry.of(config).math().apply(params, batch, config=config)
+        logits = model.forward(params, batch, config=config)
         nll_BT, _ = token_nll(logits, batch["targets"])
         weights = batch["weights"]
         correct = (jnp.argmax(logits, axis=-1) == batch["targets"]) * weights

@@ -1,0 +1,64 @@
+"""Fine-tuning a pretrained run: what of its parameters trains, and how fast.
+
+A fine-tuning run starts from another run's parameters (`checkpoint.init_from`) and may add
+parameters of its own, kept beside the model's under top-level keys the model never sees
+(`EXTRA_KEYS`): a task head (`task_head`, owned by the objective) and LoRA adapters (`lora`).
+`llmjax.finetune.params.backbone` turns a run's parameters into the model's, merging the
+adapters and stopping gradients at frozen weights, so the model code and every objective stay
+as they are; the optimizer (`llmjax.finetune.partition`) leaves frozen weights untouched and
+gives parameter groups their own learning rates.
+
+This module imports no JAX: the config section is checked before anything starts.
+"""
+
+from __future__ import annotations
+
+import re
+
+from llmjax.errors import config_error
+
+EXTRA_KEYS = ("task_head", "lora")  # Parameters of a run that are not the model's.
+
+
+def patterns(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def multipliers(text: str) -> list[tuple[str, float]]:
+    """"REGEX=MULTIPLIER,..." -> [(regex, multiplier)], in order (the first match wins)."""
+    groups = []
+    for part in patterns(text):
+        regex, _, value = part.rpartition("=")
+        groups.append((regex, float(value)))
+    return groups
+
+
+def is_active(config) -> bool:
+    """Whether anything trains differently from pretraining (otherwise the optimizer is the
+    pretraining one, state and checkpoints included)."""
+    f = config.finetune
+    return bool(f.lora_rank or patterns(f.freeze) or patterns(f.lr_multipliers))
+
+
+def check(config) -> None:
+    f = config.finetune
+    if not isinstance(f.lora_rank, int) or f.lora_rank < 0:
+        raise config_error("finetune.lora_rank", f.lora_rank, "must be an integer >= 0 (0 = no LoRA).")
+    if f.lora_rank and not f.lora_alpha > 0:
+        raise config_error("finetune.lora_alpha", f.lora_alpha, "must be positive.")
+    if f.lora_rank and not patterns(f.lora_targets):
+        raise config_error("finetune.lora_targets", f.lora_targets,
+                           "names no projection; give module names such as 'query,value'.")
+    for key in ("freeze", "lr_multipliers"):
+        for part in patterns(f[key]):
+            regex = part.rpartition("=")[0] if key == "lr_multipliers" else part
+            try:
+                re.compile(regex)
+                if key == "lr_multipliers" and not (regex and float(part.rpartition("=")[2]) >= 0):
+                    raise ValueError
+            except (re.error, ValueError):
+                raise config_error(f"finetune.{key}", f[key],
+                                   f"entry {part!r} is not " + ("a regular expression" if key == "freeze" else
+                                                                "REGEX=MULTIPLIER with a multiplier >= 0") +
+                                   "; e.g. " + ("'embed,layers/attention'." if key == "freeze" else
+                                                "'task_head=10,embed=0.1'.")) from None

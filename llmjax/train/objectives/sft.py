@@ -1,0 +1,154 @@
+"""Supervised fine-tuning of a decoder: the loss is on the response only, the prompt is context.
+
+Each example becomes prompt tokens (objective.template around the prompt, or the chat's turns)
+followed by response tokens and end-of-document; its own inputs, next-token targets, positions
+from 0 and weights (1 on response targets only) are computed apart, then examples are packed
+into rows of data.seq_len in file order, each in a segment of its own, so attention never
+crosses from one example to another and no target is another example's token. Evaluation is
+the held-out loss, plus generation: the first objective.eval_examples held-out prompts are
+completed (greedy, or beam search with objective.num_beams) and scored against the responses
+with BLEU, chrF and ROUGE-L (`text_metrics`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from llmjax.data.errors import DataError
+from llmjax.finetune.params import backbone
+from llmjax.sample.generate import generate
+from llmjax.sample.search import Settings
+from llmjax.sample.select import Sampling
+from llmjax.train.objectives import text_metrics
+from llmjax.train.objectives.causal_lm import CausalLM
+from llmjax.train.objectives.task import TaskObjective, fit
+
+
+def template_parts(config) -> tuple[str, str]:
+    before, found, after = config.objective.template.partition("{prompt}")
+    if not found:
+        raise DataError(f"objective.template={config.objective.template!r} has no {{prompt}}; write where "
+                        f"the prompt goes, e.g. '{{prompt}}\\n'.")
+    return before, after
+
+
+def chat_turns(messages: list[dict]) -> tuple[list[str], list[bool]]:
+    """(text pieces, whether each is trained on): every turn's role line is context; an
+    assistant's content is trained on."""
+    pieces, trained = [], []
+    for message in messages:
+        pieces += [f"{message['role']}: ", message["content"] + "\n"]
+        trained += [False, message["role"] == "assistant"]
+    return pieces, trained
+
+
+class SupervisedFineTuning(TaskObjective, CausalLM):
+    name = "sft"
+    kinds = ("generation", "chat")
+
+    def encode(self, task, tokenizer, config) -> dict:
+        length, eos = config.data.seq_len, tokenizer.eos_id
+        before, after = (tokenizer.encode_batch([part])[0] if part else [] for part in template_parts(config))
+        examples = []  # (tokens, trained mask, where)
+        if task.kind == "chat":
+            for e in task.train + task.val:
+                pieces, trained = chat_turns(e.fields["messages"])
+                ids = tokenizer.encode_batch(pieces)
+                tokens = [t for piece in ids for t in piece]
+                mask = [flag for piece, flag in zip(ids, trained) for _ in piece]
+                examples.append((tokens[:length] + [eos], mask[:length] + [True], e.where))
+        else:
+            texts = [e.fields[k] for e in task.train + task.val for k in ("prompt", "response")]
+            ids = tokenizer.encode_batch(texts)
+            for e, prompt, response in zip(task.train + task.val, ids[0::2], ids[1::2]):
+                response = fit(response, length // 2, config, e.where, "response") + [eos]
+                room = length + 1 - len(before) - len(after) - len(response)
+                prompt = [*before, *fit(prompt, room, config, e.where, "prompt"), *after]
+                examples.append((prompt + response, [False] * len(prompt) + [True] * len(response), e.where))
+        train, val = examples[:len(task.train)], examples[len(task.train):]
+        pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos
+        prompts = [self.prompt(e, tokenizer, config, before, after) for e in task.val[:config.objective.eval_examples]]
+        return {"train": pack(train, length, pad), "val": pack(val, length, pad), "prompts": prompts,
+                "references": [reference(e) for e in task.val[:config.objective.eval_examples]]}
+
+    def prompt(self, example, tokenizer, config, before, after) -> list[int]:
+        """What generation continues: the prompt (or the chat up to its last assistant turn),
+        cut so that it and objective.max_new_tokens fit model.max_seq_len."""
+        room = config.model.max_seq_len - config.objective.max_new_tokens
+        if "messages" in example.fields:
+            messages = example.fields["messages"]
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            pieces, _ = chat_turns(messages[:last + 1])
+            ids = [t for piece in tokenizer.encode_batch(pieces[:-1]) for t in piece]
+            return ids[-room:]
+        body = tokenizer.encode_batch([example.fields["prompt"]])[0]
+        return [*before, *body[:max(room - len(before) - len(after), 1)], *after]
+
+    def extra_metrics(self, params, config, token_ids: dict) -> dict[str, float]:
+        o, tokenizer = config.objective, token_ids["tokenizer"]
+        settings = Settings(max_new_tokens=o.max_new_tokens, sampling=Sampling(temperature=0.0), num_beams=o.num_beams)
+        pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+        out = generate(backbone(params, config), config, token_ids["prompts"], settings,
+                       eos_ids=(tokenizer.eos_id,), pad_id=pad)["tokens"]
+        texts = [tokenizer.decode([t for t in row if t not in (tokenizer.eos_id, pad)]).strip() for row in out]
+        return text_metrics.scores(texts, token_ids["references"])
+
+    def baseline(self, task, config) -> tuple[str, dict[str, float]]:
+        """Copying the input (the prompt, or the chat's last user turn) as the answer."""
+        examples = task.val[:config.objective.eval_examples]
+        copies = [e.fields["prompt"] if "prompt" in e.fields else
+                  [m["content"] for m in e.fields["messages"] if m["role"] != "assistant"][-1] for e in examples]
+        return "copy the input", text_metrics.scores(copies, [reference(e) for e in examples])
+
+    def metrics(self, sums, num_bytes: float) -> dict[str, float]:
+        del num_bytes
+        loss = float(sums[0]) / max(float(sums[1]), 1.0)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+    def describe(self, values: dict[str, float]) -> str:
+        text = f"loss {values['loss']:.4f} ppl {values['perplexity']:.2f}"
+        if "bleu" in values:
+            text += f" BLEU {values['bleu']:.2f} chrF {values['chrf']:.2f} ROUGE-L {values['rouge_l']:.2f}"
+        return text
+
+
+def reference(example) -> str:
+    if "response" in example.fields:
+        return example.fields["response"]
+    return [m["content"] for m in example.fields["messages"] if m["role"] == "assistant"][-1]
+
+
+def pack(examples, length: int, pad: int) -> list[dict]:
+    """Rows of `length` holding whole examples (inputs, targets, weights, positions, segments)
+    in order; an example starts a new row when it does not fit the current one."""
+    rows, current = [], []
+
+    def flush():
+        used = sum(len(tokens) - 1 for tokens, _, _ in current)
+        inputs = np.full(length, pad, np.int32)
+        targets, weights = inputs.copy(), np.zeros(length, np.float32)
+        positions, segments = np.zeros(length, np.int32), np.full(length, len(current), np.int32)
+        at = 0
+        for segment, (tokens, trained, _) in enumerate(current):
+            n = len(tokens) - 1
+            inputs[at:at + n], targets[at:at + n] = tokens[:-1], tokens[1:]
+            weights[at:at + n] = trained[1:]
+            positions[at:at + n], segments[at:at + n] = np.arange(n), segment
+            at += n
+        del used
+        rows.append({"inputs": inputs, "targets": targets, "positions": positions, "segment_ids": segments,
+                     "weights": weights})
+        current.clear()
+
+    for example in examples:
+        if sum(len(t) - 1 for t, _, _ in current) + len(example[0]) - 1 > length:
+            flush()
+        current.append(example)
+    if current:
+        flush()
+    return rows
+
+
+OBJECTIVE = SupervisedFineTuning()

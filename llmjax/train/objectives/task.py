@@ -1,0 +1,96 @@
+"""What the fine-tuning objectives share: their task (`llmjax.tasks`), tokenised once, and rows
+made from its examples rather than from packed windows of the pretraining corpus.
+
+The pretraining data is still resolved as for any run (the tokenizer comes with it, and a
+fine-tuning run must use its pretrained model's); the task's examples are tokenised with it at
+start-up, before anything compiles, so an example that does not fit (`truncate="error"`) is
+refused by file and line. Training rows are the task's rows in a seeded order redrawn every
+epoch (Grain's shuffle), so the batch of step s is a function of (task, seed, s) and resume is
+exact; the held-out rows are evaluated in file order, the same every time.
+"""
+
+from __future__ import annotations
+
+import grain
+import numpy as np
+
+from llmjax import tasks
+from llmjax.data.dataset import cache_dir
+from llmjax.data.errors import DataError
+
+
+_TOKENIZED: dict[tuple, object] = {}  # (objective, tokenizer, section) -> tokenised task, built once per process.
+
+
+def load_task(config, log=print) -> tasks.TaskData:
+    return tasks.load(config.objective, cache_dir(config), log)
+
+
+def fit(tokens: list[int], room: int, config, where: str, what: str) -> list[int]:
+    """`tokens` cut to `room` as objective.truncate says, or refused naming the example."""
+    if len(tokens) <= room:
+        return tokens
+    mode = config.objective.truncate
+    if mode == "error":
+        raise DataError(f"{where}: the {what} is {len(tokens)} tokens, over the {room} that fit a row of "
+                        f"data.seq_len={config.data.seq_len}; raise data.seq_len, shorten the example, or set "
+                        f"objective.truncate=right (or left) to cut it.")
+    return tokens[:room] if mode == "right" else tokens[len(tokens) - room:]
+
+
+class TaskObjective:
+    """Subclasses define `kinds` (the task kinds they train on), `encode(task, tokenizer,
+    config)` -> (train rows, val rows, extras) and the batch fields, loss and metrics."""
+    kinds: tuple[str, ...] = ()
+    special_tokens: tuple[str, ...] = ()
+
+    def window_len(self, config) -> int:
+        return config.data.seq_len
+
+    def resolve(self, config, cache_dir_, log):
+        """The task's label set written into the config (objective.labels), so the head's
+        shape, and every later evaluation or export, is fixed by the run's own config."""
+        del cache_dir_
+        task = load_task(config, log)
+        if task.kind not in self.kinds:
+            raise DataError(f"objective {self.name} trains on {' or '.join(self.kinds)} tasks, and "
+                            f"{task.name} is a {task.kind} task; choose the objective for it.")
+        if task.labels and not config.objective.labels:
+            config = config.copy_and_resolve_references()
+            config.objective.labels = ",".join(task.labels)
+        name, scores = self.baseline(task, config)
+        log(f"baseline ({name}) on the held-out examples: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        return config
+
+    def token_ids(self, tokenizer, config=None) -> dict:
+        """The task tokenised (rows and what evaluation needs), built once per process."""
+        key = (self.name, tokenizer.fingerprint, config.data.seq_len, config.objective.to_json())
+        if key not in _TOKENIZED:
+            task = load_task(config, log=lambda *_: None)
+            _TOKENIZED[key] = {"tokenizer": tokenizer, "task": task, **self.encode(task, tokenizer, config)}
+        return _TOKENIZED[key]
+
+    def train_rows(self, datasets, config, token_ids: dict):
+        del datasets
+        rows = token_ids["train"]
+        return grain.MapDataset.source(rows).shuffle(seed=config.seed).repeat()
+
+    def eval_sets(self, datasets, config, token_ids: dict, batch_size: int, max_batches: int, rows: list[int]):
+        """The held-out rows in order, padded with weightless copies of the first to whole
+        batches, as many batches as cover them (at most max_batches)."""
+        del datasets
+        val = token_ids["val"]
+        count = min(max_batches, -(-len(val) // batch_size))
+        filler = {k: np.zeros_like(v) if k == "weights" else v for k, v in val[0].items()}
+        batches = [{r: val[i] if (i := b * batch_size + r) < len(val) else filler for r in rows}
+                   for b in range(count)]
+        return [(token_ids["task"].name, batches, token_ids["tokenizer"].token_bytes())]
+
+    def target_bytes(self, host_batch, token_bytes) -> float:
+        del host_batch, token_bytes
+        return 0.0
+
+    def extra_metrics(self, params, config, token_ids: dict) -> dict[str, float]:
+        del params, config, token_ids
+        return {}
+

@@ -1,0 +1,25 @@
+"""The config fields every fine-tuning objective shares (its task), and their checks; no JAX,
+so a config is built and checked before anything starts."""
+
+from __future__ import annotations
+
+from llmjax.errors import config_error
+
+FIELDS = {
+    "task": "",  # A built-in task (stdlib_package, stdlib_docstring), or "" with task_files.
+    "task_files": "",  # Comma-separated local .jsonl / .parquet files of examples (globs allowed).
+    "val_files": "",  # Held-out files; "" holds out val_percent of task_files by a hash of each example.
+    "kind": "",  # What task_files hold: classification | generation | chat ("" for a built-in task).
+    "fields": "",  # Renames, "canonical=column,...", e.g. "text=sentence,label=sentiment".
+    "labels": "",  # Classification's label set, comma-separated; "" = the train split's, filled in at start.
+    "val_percent": 10.0,
+    "max_examples": 0,  # Train on the first N examples only (0 = all).
+    "truncate": "right",  # An example longer than the row: cut its end (right), its start (left), or refuse (error).
+}
+TRUNCATE = ("right", "left", "error")
+
+def check_fields(config, mesh_shape: dict) -> None:
+    """The task fields' own constraints (the task itself is checked when it is loaded)."""
+    del mesh_shape
+    if config.objective.truncate not in TRUNCATE:
+        raise config_error("objective.truncate", config.objective.truncate, f"must be one of {', '.join(TRUNCATE)}.")
