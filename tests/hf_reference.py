@@ -13,6 +13,12 @@ independent reference for interop tests.
                                   prompt, or an encoder-decoder's inputs; the decoder start token
                                   left out), with at most N new tokens, BEAMS beams (1: greedy),
                                   length penalty PENALTY and the end tokens of EOS_JSON (a list)
+  peft BASE ADAPTER TOKENS.npy OUT.npy
+                                  fp32 logits (as `logits`) of the model of directory BASE with
+                                  the PEFT adapter of directory ADAPTER
+                                  (`peft.PeftModel.from_pretrained`), after checking that every
+                                  tensor of the adapter's file was loaded, none was missing, and
+                                  that its config names BASE as its base model
   encode DIR TEXT OUT.npy         AutoTokenizer(DIR) ids of TEXT
   greedy DIR N OUT.json TEXT...   the N tokens model.generate adds to each TEXT, greedily
   lstm IN.npz OUT.npy             torch.nn.LSTM's outputs [B, T, out] of IN's inputs "x" with
@@ -104,6 +110,29 @@ def logits(directory, tokens_path, out_path):
     np.save(out_path, out.float().numpy())
 
 
+def peft_logits(base_dir, adapter_dir, tokens_path, out_path):
+    import peft  # noqa: PLC0415 - only this command needs it.
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    base = _auto_model(base_dir).from_pretrained(base_dir, dtype=torch.float32)
+    model = peft.PeftModel.from_pretrained(base, adapter_dir)
+    model.eval()
+    config = model.peft_config["default"]
+    assert os.path.samefile(config.base_model_name_or_path, base_dir), config.base_model_name_or_path
+    saved, loaded = load_file(str(Path(adapter_dir) / "adapter_model.safetensors")), \
+        peft.get_peft_model_state_dict(model)
+    assert sorted(saved) == sorted(loaded), sorted(set(saved) ^ set(loaded))
+    for name, tensor in saved.items():
+        assert torch.equal(loaded[name].float(), tensor.float()), name
+    tokens = torch.from_numpy(np.load(tokens_path)).long()
+    with torch.no_grad():
+        if base.config.is_encoder_decoder:
+            out = model(input_ids=tokens[0], decoder_input_ids=tokens[1]).logits
+        else:
+            out = model(input_ids=tokens).logits
+    np.save(out_path, out.float().numpy())
+
+
 def encode(directory, text, out_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
     np.save(out_path, np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"]))
@@ -157,7 +186,7 @@ def batch(commands_json):
 
 
 COMMANDS = {"make": make, "make-gpt2": make_gpt2, "make-bert": make_bert, "make-t5": make_t5, "logits": logits,
-            "encode": encode, "greedy": greedy, "generate": generate, "lstm": lstm, "batch": batch}
+            "peft": peft_logits, "encode": encode, "greedy": greedy, "generate": generate, "lstm": lstm, "batch": batch}
 
 if __name__ == "__main__":
     COMMANDS[sys.argv[1]](*sys.argv[2:])

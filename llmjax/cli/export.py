@@ -1,7 +1,10 @@
 """`llmjax-export --workdir RUN [--step S] --format hf --out DIR`: a run as a Hugging Face model.
 
-The result loads offline with `AutoModelForCausalLM.from_pretrained(DIR)` and
-`AutoTokenizer.from_pretrained(DIR)`.
+The result loads offline with `AutoModelForCausalLM.from_pretrained(DIR)` (or the family's
+model class) and `AutoTokenizer.from_pretrained(DIR)`. A fine-tuning run exports the model it
+applies, LoRA adapters merged in; a LoRA run also gets DIR/adapter, the adapters in PEFT's
+format, and DIR/base, the model they adapt:
+`peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(DIR/base), DIR/adapter)`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,16 @@
 """llmjax run -> Hugging Face model directory (`LlamaForCausalLM`, `GPT2LMHeadModel`, ...: config.json,
 safetensors, tokenizer), through the family's adapter.
 
+A fine-tuning run exports the model it applies (`llmjax.finetune.params.backbone`: LoRA
+adapters merged into their kernels; a task head is not exported). A LoRA run's export also
+holds what PEFT loads: `adapter/`, the adapters in PEFT's format (`llmjax.interop.peft_export`),
+and `base/`, the model they adapt as its own HF directory. With LoRA every weight of the model
+stays as pretrained, so `base/` is the `checkpoint.init_from` run's model, bit for bit; it is
+written here (not left to a separate export of that run) so that the adapter ships with the
+exact weights it was trained against, and `adapter_config.json` names it
+(base_model_name_or_path: the absolute path of `base/`, for `AutoPeftModelFor*`; move the export
+and pass the base yourself).
+
 The directory is assembled under a temporary name beside `out` and renamed into place when
 complete, so an interrupted export never leaves a half-written model that loads.
 """
@@ -12,17 +22,20 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from llmjax.checkpoint import restore_params
-from llmjax.interop import adapters
+from llmjax.finetune.params import backbone, model_part
+from llmjax.interop import adapters, peft_export
 from llmjax.interop.tensor_map import InteropError
 from llmjax.interop.safetensors_io import write_safetensors
 from llmjax.interop.run_files import special_ids, write_hf_tokenizer
 from llmjax.rundir import RunDir
 
 MARKER = "llmjax_export.json"  # What an export directory was made from, to recognise a rerun.
+ADAPTER, BASE = "adapter", "base"  # A LoRA run's PEFT adapter and the model it adapts (subdirectories).
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "float16": np.float16}
 
 
@@ -49,6 +62,19 @@ def _leaf(params: dict, path: tuple[str, ...], layer: int | None) -> np.ndarray:
     return params if layer is None else params[layer]
 
 
+def write_model(directory: Path, model_params: dict, maps: list, hf_config: dict, run: RunDir, dtype: str,
+                max_shard_bytes: int) -> list[str]:
+    """One HF model directory (safetensors, config.json, tokenizer) of `model_params`; returns
+    the safetensors file names."""
+    itemsize = np.dtype(DTYPES[dtype]).itemsize
+    sizes = [(m.hf_name, int(np.prod(m.hf_shape)) * itemsize) for m in maps]
+    tensors = ((m.hf_name, m.to_hf(_leaf(model_params, m.path, m.layer)).astype(DTYPES[dtype])) for m in maps)
+    files = write_safetensors(directory, tensors, sizes, max_shard_bytes)
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
+    write_hf_tokenizer(run, directory)
+    return files
+
+
 def export_hf(workdir: Path, out: Path, step: int | None = None, dtype: str | None = None,
               max_shard_bytes: int = 5 * 10**9, log=print) -> Path:
     """Writes the HF directory for the run's checkpoint of `step` (default: the latest)."""
@@ -63,19 +89,21 @@ def export_hf(workdir: Path, out: Path, step: int | None = None, dtype: str | No
     marker = {"workdir": str(run.path), "step": step, "dtype": dtype}
     check_out(out, marker)
 
-    params = restore_params(run.path, config, step)
+    params = restore_params(run.path, config, step)  # The run's own tree: the model's and any extras.
     maps = adapter.tensor_maps(config.model)
-    itemsize = np.dtype(DTYPES[dtype]).itemsize
-    sizes = [(m.hf_name, int(np.prod(m.hf_shape)) * itemsize) for m in maps]
-    tensors = ((m.hf_name, m.to_hf(_leaf(params, m.path, m.layer)).astype(DTYPES[dtype])) for m in maps)
+    hf_config = adapter.hf_config(config.model, dtype, special_ids(run))
+    written = (maps, hf_config, run, dtype, max_shard_bytes)  # What every model directory of the export shares.
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        files = write_safetensors(tmp, tensors, sizes, max_shard_bytes)
-        (tmp / "config.json").write_text(json.dumps(
-            adapter.hf_config(config.model, dtype, special_ids(run)), indent=2))
-        write_hf_tokenizer(run, tmp)
+        files = write_model(tmp, jax.tree.map(np.asarray, backbone(params, config)), *written)
+        if config.finetune.lora_rank:
+            (tmp / BASE).mkdir()
+            write_model(tmp / BASE, model_part(params), *written)
+            peft_export.write_adapter(tmp / ADAPTER, params["lora"], maps, config.finetune, hf_config,
+                                      base=str(out / BASE))
+            files += [f"{ADAPTER}/", f"{BASE}/"]
         (tmp / MARKER).write_text(json.dumps(marker))
         if out.exists():
             shutil.rmtree(out)
@@ -83,5 +111,7 @@ def export_hf(workdir: Path, out: Path, step: int | None = None, dtype: str | No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if "task_head" in params:
+        log(f"note: {run.path}'s task head is not exported (the export is the model without it)")
     log(f"exported {run.path} step {step} ({dtype}) to {out}: {', '.join(files)}")
     return out
