@@ -84,9 +84,11 @@ def assert_same_run(resumed, reference, rtol=0.0):
                                                        ("configs/lstm_tiny.py", 1, signal.SIGTERM),
                                                        ("configs/bert_tiny.py", 1, signal.SIGTERM),
                                                        ("configs/t5_tiny.py", 1, signal.SIGTERM),
-                                                       ("configs/gpt2_tiny.py:prefix_lm", 1, signal.SIGTERM)])
+                                                       ("configs/gpt2_tiny.py|prefix_lm", 1, signal.SIGTERM),
+                                                       ("configs/finetune.py:package,tiny", 1, signal.SIGTERM),
+                                                       ("configs/finetune.py:docstring,tiny", 1, signal.SIGTERM)])
 def test_preempted_run_continues_bit_identically(tmp_path, config, microbatches, sig):
-    config, _, objective = config.partition(":")
+    config, _, objective = config.partition("|")
     overrides = ("--config.train.steps=60", "--config.train.log_every=1",
                  "--config.checkpoint.every_steps=10", f"--config.train.microbatches={microbatches}",
                  *([f"--config.objective.name={objective}"] if objective else []))

@@ -49,6 +49,6 @@ def backbone(params: dict, config) -> dict:
     if config.finetune.lora_rank or patterns(config.finetune.freeze):
         model = jax.tree_util.tree_map_with_path(
             lambda path, x: jax.lax.stop_gradient(x) if is_frozen(path_name(path), config) else x, model)
-    if config.finetune.lora_rank:
+    if config.finetune.lora_rank and "lora" in params:  # Without it: already the model's (merged).
         model = lora.merge(model, params["lora"], config)
     return model

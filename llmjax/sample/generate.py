@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llmjax.finetune.params import backbone
 from llmjax.sample import cached
 from llmjax.sample.search import Settings, search
 from llmjax.sample.select import SampleError
@@ -68,6 +69,7 @@ def generate(params, config, prompts: list[list[int]], settings: Settings, *,
     """{"tokens": [B, N] new tokens (pad after EOS), and "logits" [B, N, V] (with keep_logits,
     sampling only) or "scores" [B] (beam search)}, as numpy arrays."""
     check(prompts, settings, config.model.max_seq_len)
+    params = backbone(params, config)  # A fine-tuning run's: adapters merged, task head dropped.
     tokens, mask = left_pad(prompts, pad_id)
     cache_length = tokens.shape[1] + settings.max_new_tokens
     # End and pad ids are traced, not static: changing them does not recompile.

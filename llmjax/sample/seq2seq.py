@@ -20,6 +20,7 @@ from llmjax.errors import LlmjaxError
 from llmjax.model import registry
 from llmjax.parallel.rules import AXIS_RULES
 from llmjax.sample import cached
+from llmjax.finetune.params import backbone
 from llmjax.sample.generate import check
 from llmjax.sample.search import Settings, search
 
@@ -52,6 +53,7 @@ def generate_seq2seq(params, config, inputs: list[list[int]], settings: Settings
     """As `llmjax.sample.generate.generate`, the decoder's new tokens for each input (the start
     token not included), as numpy arrays."""
     check(inputs, settings, None)
+    params = backbone(params, config)  # A fine-tuning run's: adapters merged.
     tokens, segments = right_pad(inputs, pad_id)
     eos = jnp.asarray(tuple(eos_ids) or (-1,), jnp.int32)
     out = _run(params, tokens, segments, jax.random.key(seed), eos, jnp.int32(pad_id), jnp.int32(start_id),

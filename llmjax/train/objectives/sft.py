@@ -17,7 +17,6 @@ import math
 import numpy as np
 
 from llmjax.data.errors import DataError
-from llmjax.finetune.params import backbone
 from llmjax.sample.generate import generate
 from llmjax.sample.search import Settings
 from llmjax.sample.select import Sampling
@@ -90,7 +89,7 @@ class SupervisedFineTuning(TaskObjective, CausalLM):
         o, tokenizer = config.objective, token_ids["tokenizer"]
         settings = Settings(max_new_tokens=o.max_new_tokens, sampling=Sampling(temperature=0.0), num_beams=o.num_beams)
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-        out = generate(backbone(params, config), config, token_ids["prompts"], settings,
+        out = generate(params, config, token_ids["prompts"], settings,
                        eos_ids=(tokenizer.eos_id,), pad_id=pad)["tokens"]
         texts = [tokenizer.decode([t for t in row if t not in (tokenizer.eos_id, pad)]).strip() for row in out]
         return text_metrics.scores(texts, token_ids["references"])

@@ -1,0 +1,98 @@
+"""Fine-tuning: every family that classifies learns a task from local files; a pretrained run is
+fine-tuned (fully and with LoRA) with its weights taken over and, under LoRA, left bit-identical;
+the task's label set, baselines and generation metrics are reported. Kill-and-resume of a
+fine-tuning run is in tests/test_checkpoint.py's preemption test."""
+
+import json
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import run_train
+from llmjax.config import default_config
+from llmjax.run import abstract_params
+
+pytestmark = pytest.mark.slow
+
+WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split()
+
+
+def write_task(path, count=48, seed=0):
+    """A classification task a model can only get right by reading the text: the label says
+    which of two marker words it contains."""
+    rng = np.random.default_rng(seed)
+    with path.open("w") as f:
+        for i in range(count):
+            label = ["red", "blue"][i % 2]
+            words = list(rng.choice(WORDS, 6)) + [f"{label}_marker"]
+            rng.shuffle(words)
+            f.write(json.dumps({"sentence": " ".join(words), "colour": label}) + "\n")
+    return path
+
+
+def records(workdir, split):
+    return [r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "gpt2-tiny", "bert-tiny", "lstm-tiny"])
+def test_every_classifying_family_learns_a_task_from_local_files(tmp_path, preset):
+    task = write_task(tmp_path / "task.jsonl")
+    result = run_train(tmp_path / "run", "--config.objective.task=", f"--config.objective.task_files={task}",
+                       f"--config.objective.val_files={task}", "--config.objective.kind=classification",
+                       "--config.objective.fields=text=sentence,label=colour", "--config.train.steps=60",
+                       "--config.train.eval_every=60", "--config.optimizer.learning_rate=3e-3",
+                       cache=tmp_path / "cache", config=f"configs/finetune.py:package,{preset}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "baseline (majority class) on the held-out examples: accuracy 0.5000" in result.stdout
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["objective"]["labels"] == "blue,red"  # Filled in from the train split, sorted.
+    final = records(tmp_path / "run", "val")[-1]
+    assert final["accuracy"] == 1.0 and final["macro_f1"] == 1.0, final
+
+
+def params_of(workdir):
+    directory = workdir / "checkpoints"
+    step = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    return ocp.StandardCheckpointer().restore(directory / str(step) / "params")
+
+
+def test_lora_trains_its_adapters_and_the_head_and_leaves_the_pretrained_weights_bit_identical(tmp_path):
+    pretrained = tmp_path / "pretrained"
+    assert run_train(pretrained, cache=tmp_path / "cache").returncode == 0
+    tuned = tmp_path / "tuned"
+    result = run_train(tuned, "--config.finetune.lora_rank=4", "--config.finetune.lora_targets=query,value,down",
+                       f"--config.checkpoint.init_from={pretrained}", "--config.train.eval_every=0",
+                       cache=tmp_path / "cache", config="configs/finetune.py:package,tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"initialised from {pretrained}" in result.stdout
+    before, after = params_of(pretrained), params_of(tuned)
+    for path, value in jax.tree_util.tree_flatten_with_path(before)[0]:
+        node = after
+        for key in path:
+            node = node[key.key]
+        assert np.array_equal(np.asarray(node), np.asarray(value)), jax.tree_util.keystr(path)
+    adapters = after["lora"]["layers"]
+    assert set(adapters) == {"attention", "mlp"} and set(adapters["attention"]) == {"query", "value"}
+    assert all(np.abs(np.asarray(pair["b"])).max() > 0 for pair in (adapters["attention"]["query"],
+                                                                    adapters["mlp"]["down"]))
+    assert np.abs(np.asarray(after["task_head"]["kernel"])).max() > 0
+
+
+def test_lora_of_rank_8_trains_under_2_percent_of_the_default_model():
+    config = default_config()
+    config.finetune.lora_rank = 8
+    params, _ = abstract_params(config)
+    count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+    assert count(params["lora"]) / count(params) < 0.02
+
+
+def test_generation_task_reports_its_metrics_and_the_copy_baseline(tmp_path):
+    result = run_train(tmp_path / "run", "--config.objective.max_examples=200", "--config.objective.eval_examples=8",
+                       "--config.objective.max_new_tokens=8", cache=tmp_path / "cache",
+                       config="configs/finetune.py:docstring,tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "baseline (copy the input) on the held-out examples: bleu" in result.stdout
+    final = records(tmp_path / "run", "val")[-1]
+    assert {"loss", "bleu", "chrf", "rouge_l"} <= set(final) and 0 <= final["chrf"] <= 100
