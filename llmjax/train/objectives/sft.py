@@ -125,7 +125,6 @@ def pack(examples, length: int, pad: int) -> list[dict]:
     rows, current = [], []
 
     def flush():
-        used = sum(len(tokens) - 1 for tokens, _, _ in current)
         inputs = np.full(length, pad, np.int32)
         targets, weights = inputs.copy(), np.zeros(length, np.float32)
         positions, segments = np.zeros(length, np.int32), np.full(length, len(current), np.int32)
@@ -136,7 +135,6 @@ def pack(examples, length: int, pad: int) -> list[dict]:
             weights[at:at + n] = trained[1:]
             positions[at:at + n], segments[at:at + n] = np.arange(n), segment
             at += n
-        del used
         rows.append({"inputs": inputs, "targets": targets, "positions": positions, "segment_ids": segments,
                      "weights": weights})
         current.clear()
