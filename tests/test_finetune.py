@@ -13,6 +13,7 @@ import pytest
 from conftest import run_train
 from llmjax.config import default_config
 from llmjax.run import abstract_params
+from llmjax.train.objectives.sft import chat_turns
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +30,18 @@ def write_task(path, count=48, seed=0):
             words = list(rng.choice(WORDS, 6)) + [f"{label}_marker"]
             rng.shuffle(words)
             f.write(json.dumps({"sentence": " ".join(words), "colour": label}) + "\n")
+    return path
+
+
+def write_generation_task(path, count=32, seed=0):
+    """A generation task learnt by reading the prompt: answer with the colour it names."""
+    rng = np.random.default_rng(seed)
+    with path.open("w") as f:
+        for i in range(count):
+            colour = ["red", "blue", "green", "yellow"][i % 4]
+            words = list(rng.choice(WORDS, 5)) + [f"{colour}_marker"]
+            rng.shuffle(words)
+            f.write(json.dumps({"prompt": " ".join(words), "response": f"the colour is {colour}"}) + "\n")
     return path
 
 
@@ -96,3 +109,29 @@ def test_generation_task_reports_its_metrics_and_the_copy_baseline(tmp_path):
     assert "baseline (copy the input) on the held-out examples: bleu" in result.stdout
     final = records(tmp_path / "run", "val")[-1]
     assert {"loss", "bleu", "chrf", "rouge_l"} <= set(final) and 0 <= final["chrf"] <= 100
+
+
+@pytest.mark.parametrize("preset", ["tiny", "t5-tiny"])  # sft on a decoder, seq2seq on the encoder-decoder.
+def test_generation_is_learnt_and_scored_by_its_metrics(tmp_path, preset):
+    task = write_generation_task(tmp_path / "task.jsonl")
+    result = run_train(tmp_path / "run", "--config.objective.task=", f"--config.objective.task_files={task}",
+                       f"--config.objective.val_files={task}", "--config.objective.kind=generation",
+                       "--config.objective.template={prompt} =>", "--config.objective.max_new_tokens=16",
+                       "--config.train.steps=150", "--config.train.eval_every=150", "--config.optimizer.learning_rate=3e-3",
+                       cache=tmp_path / "cache", config=f"configs/finetune.py:docstring,{preset}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = records(tmp_path / "run", "val")[-1]
+    assert final["rouge_l"] == 100.0 and final["chrf"] == 100.0, final
+
+
+def test_chat_turns_train_on_the_assistant_as_the_tokenizer_config_template_renders_it():
+    template = {"source": "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n"
+                          "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}",
+                "bos_token": "", "eos_token": "</s>"}
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "and?"}, {"role": "assistant", "content": "bye"}]
+    pieces, trained = chat_turns(messages, template)
+    assert "".join(pieces) == "<|user|>\nhi</s>\n<|assistant|>\nhello</s>\n<|user|>\nand?</s>\n<|assistant|>\nbye</s>\n"
+    assert [p for p, t in zip(pieces, trained) if t] == ["hello</s>\n", "bye</s>\n"]  # Headers are context.
+    plain, plain_trained = chat_turns(messages)
+    assert [p for p, t in zip(plain, plain_trained) if t] == ["hello\n", "bye\n"]

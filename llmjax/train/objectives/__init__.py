@@ -110,13 +110,11 @@ register(Objective("mlm", _load("llmjax.train.objectives.mlm"), special_tokens=(
 }))
 register(Objective("classify", _load("llmjax.train.objectives.classify"), fields=task_fields.FIELDS,
                    check_fields=task_fields.check_fields))
-register(Objective("sft", _load("llmjax.train.objectives.sft"), check_fields=task_fields.check_fields, fields={
-    **task_fields.FIELDS,
-    "template": "{prompt}\n",  # The prompt as the model reads it; the response follows.
-    "eval_examples": 64,  # Held-out prompts completed at each evaluation, for BLEU, chrF and ROUGE-L.
-    "max_new_tokens": 32,
-    "num_beams": 1,  # 1: greedy; more: beam search.
-}))
+register(Objective("sft", _load("llmjax.train.objectives.sft"), check_fields=task_fields.check_fields,
+                   fields=task_fields.GENERATION_FIELDS))
+register(Objective("seq2seq", _load("llmjax.train.objectives.seq2seq"), check_fields=task_fields.check_fields,
+                   fields={**task_fields.GENERATION_FIELDS,
+                           "targets_length": 64}))  # Decoder tokens: the response and end-of-document.
 register(Objective("span", _load("llmjax.train.objectives.span"), check_fields=span_lengths.check,
                    special_tokens=tuple(f"<|sentinel_{i}|>" for i in range(span_lengths.SENTINELS)), fields={
     "noise_density": 0.15,  # Fraction of each document's tokens replaced (T5's default).

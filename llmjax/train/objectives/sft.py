@@ -1,6 +1,7 @@
 """Supervised fine-tuning of a decoder: the loss is on the response only, the prompt is context.
 
-Each example becomes prompt tokens (objective.template around the prompt, or the chat's turns)
+Each example becomes prompt tokens (objective.template around the prompt, or the chat's turns
+rendered by the chat template of the tokenizer's config, `chat_template`)
 followed by response tokens and end-of-document; its own inputs, next-token targets, positions
 from 0 and weights (1 on response targets only) are computed apart, then examples are packed
 into rows of data.seq_len in file order, each in a segment of its own, so attention never
@@ -12,9 +13,12 @@ with BLEU, chrF and ROUGE-L (`text_metrics`).
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llmjax.data.errors import DataError
 from llmjax.sample.generate import generate
@@ -33,13 +37,44 @@ def template_parts(config) -> tuple[str, str]:
     return before, after
 
 
-def chat_turns(messages: list[dict]) -> tuple[list[str], list[bool]]:
-    """(text pieces, whether each is trained on): every turn's role line is context; an
-    assistant's content is trained on."""
-    pieces, trained = [], []
-    for message in messages:
-        pieces += [f"{message['role']}: ", message["content"] + "\n"]
-        trained += [False, message["role"] == "assistant"]
+def chat_template(tokenizer) -> dict | None:
+    """The `chat_template` of the tokenizer_config.json beside the run's tokenizer (an imported
+    model's), with the special-token texts it may use; None: llmjax's own "role: content" lines."""
+    path = Path(tokenizer.path).parent / "tokenizer_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    if not isinstance(config.get("chat_template"), str):
+        return None
+    text = lambda value: value.get("content", "") if isinstance(value, dict) else value or ""  # noqa: E731
+    return {"source": config["chat_template"], "bos_token": text(config.get("bos_token")),
+            "eos_token": text(config.get("eos_token"))}
+
+
+def chat_turns(messages: list[dict], template: dict | None = None) -> tuple[list[str], list[bool]]:
+    """(text pieces, whether each is trained on): an assistant's turn is trained on, all else
+    (and with a template, the header that opens an assistant turn) is context. A template is
+    rendered for every prefix of the chat, each piece being what the next message adds."""
+    if template is None:
+        pieces, trained = [], []
+        for message in messages:
+            pieces += [f"{message['role']}: ", message["content"] + "\n"]
+            trained += [False, message["role"] == "assistant"]
+        return pieces, trained
+    compiled = ImmutableSandboxedEnvironment().from_string(template["source"])
+
+    def render(prefix, opening=False):
+        return compiled.render(messages=prefix, add_generation_prompt=opening, bos_token=template["bos_token"],
+                               eos_token=template["eos_token"])
+    pieces, trained, done = [], [], ""
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            header = render(messages[:i], opening=True)
+            pieces.append(header[len(done):])
+            trained.append(False)
+            done = header
+        text = render(messages[:i + 1])
+        pieces.append(text[len(done):])
+        trained.append(message["role"] == "assistant")
+        done = text
     return pieces, trained
 
 
@@ -52,8 +87,9 @@ class SupervisedFineTuning(TaskObjective, CausalLM):
         before, after = (tokenizer.encode_batch([part])[0] if part else [] for part in template_parts(config))
         examples = []  # (tokens, trained mask, where)
         if task.kind == "chat":
+            template = chat_template(tokenizer)
             for e in task.train + task.val:
-                pieces, trained = chat_turns(e.fields["messages"])
+                pieces, trained = chat_turns(e.fields["messages"], template)
                 ids = tokenizer.encode_batch(pieces)
                 tokens = [t for piece in ids for t in piece]
                 mask = [flag for piece, flag in zip(ids, trained) for _ in piece]
@@ -79,7 +115,7 @@ class SupervisedFineTuning(TaskObjective, CausalLM):
         if "messages" in example.fields:
             messages = example.fields["messages"]
             last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            pieces, _ = chat_turns(messages[:last + 1])
+            pieces, _ = chat_turns(messages[:last + 1], chat_template(tokenizer))
             ids = [t for piece in tokenizer.encode_batch(pieces[:-1]) for t in piece]
             return ids[-room:]
         body = tokenizer.encode_batch([example.fields["prompt"]])[0]

@@ -17,6 +17,14 @@ FIELDS = {
     "truncate": "right",  # An example longer than the row: cut its end (right), its start (left), or refuse (error).
 }
 TRUNCATE = ("right", "left", "error")
+GENERATION_FIELDS = {  # sft and seq2seq: the prompt's template and how evaluation generates.
+    **FIELDS,
+    "template": "{prompt}\n",  # The prompt as the model reads it; the response follows.
+    "eval_examples": 64,  # Held-out prompts completed at each evaluation, for BLEU, chrF and ROUGE-L.
+    "max_new_tokens": 32,
+    "num_beams": 1,  # 1: greedy; more: beam search.
+}
+
 
 def check_fields(config, mesh_shape: dict) -> None:
     """The task fields' own constraints (the task itself is checked when it is loaded)."""
