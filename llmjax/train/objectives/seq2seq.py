@@ -18,7 +18,7 @@ from llmjax.sample.select import Sampling
 from llmjax.sample.seq2seq import generate_seq2seq
 from llmjax.train.objectives import text_metrics
 from llmjax.train.objectives.sft import SupervisedFineTuning, reference, template_parts
-from llmjax.train.objectives.span import DECODER_AXES, ENCODER_AXES
+from llmjax.train.objectives.span import encoder_decoder_fields
 from llmjax.train.objectives.fields import Field
 from llmjax.train.objectives.task import fit
 
@@ -35,15 +35,7 @@ class Seq2Seq(SupervisedFineTuning):
     kinds = ("generation",)
 
     def fields(self, config, batch_size: int) -> dict[str, Field]:
-        enc, dec = (batch_size, config.data.seq_len), (batch_size, config.objective.targets_length)
-        return {"inputs": Field(enc, "int32", ENCODER_AXES, "tokens"),
-                "positions": Field(enc, "int32", ENCODER_AXES, "positions"),
-                "segment_ids": Field(enc, "int32", ENCODER_AXES, "segments"),
-                "decoder_inputs": Field(dec, "int32", DECODER_AXES, "tokens"),
-                "decoder_positions": Field(dec, "int32", DECODER_AXES, "positions"),
-                "decoder_segment_ids": Field(dec, "int32", DECODER_AXES, "segments"),
-                "targets": Field(dec, "int32", DECODER_AXES, "tokens"),
-                "weights": Field(dec, "float32", DECODER_AXES, "weights")}
+        return encoder_decoder_fields(batch_size, config.data.seq_len, config.objective.targets_length)
 
     def encode(self, task, tokenizer, config) -> dict:
         length, targets_length, eos = config.data.seq_len, config.objective.targets_length, tokenizer.eos_id

@@ -48,6 +48,19 @@ def lengths(config) -> tuple[int, int, int]:
     return text, config.data.seq_len, o.targets_length or targets
 
 
+def encoder_decoder_fields(batch_size: int, encoder: int, decoder: int) -> dict[str, Field]:
+    """An encoder-decoder's batch: inputs on the encoder's side, inputs and targets on the decoder's."""
+    enc, dec = (batch_size, encoder), (batch_size, decoder)
+    return {"inputs": Field(enc, "int32", ENCODER_AXES, "tokens"),
+            "positions": Field(enc, "int32", ENCODER_AXES, "positions"),
+            "segment_ids": Field(enc, "int32", ENCODER_AXES, "segments"),
+            "decoder_inputs": Field(dec, "int32", DECODER_AXES, "tokens"),
+            "decoder_positions": Field(dec, "int32", DECODER_AXES, "positions"),
+            "decoder_segment_ids": Field(dec, "int32", DECODER_AXES, "segments"),
+            "targets": Field(dec, "int32", DECODER_AXES, "tokens"),
+            "weights": Field(dec, "float32", DECODER_AXES, "weights")}
+
+
 class SpanCorruption(MaskedLM):
     """MLM's evaluation (loss, perplexity, accuracy over the scored targets), over rows with
     an encoder and a decoder side."""
@@ -55,15 +68,7 @@ class SpanCorruption(MaskedLM):
 
     def fields(self, config, batch_size: int) -> dict[str, Field]:
         _, encoder, decoder = lengths(config)
-        enc, dec = (batch_size, encoder), (batch_size, decoder)
-        return {"inputs": Field(enc, "int32", ENCODER_AXES, "tokens"),
-                "positions": Field(enc, "int32", ENCODER_AXES, "positions"),
-                "segment_ids": Field(enc, "int32", ENCODER_AXES, "segments"),
-                "decoder_inputs": Field(dec, "int32", DECODER_AXES, "tokens"),
-                "decoder_positions": Field(dec, "int32", DECODER_AXES, "positions"),
-                "decoder_segment_ids": Field(dec, "int32", DECODER_AXES, "segments"),
-                "targets": Field(dec, "int32", DECODER_AXES, "tokens"),
-                "weights": Field(dec, "float32", DECODER_AXES, "weights")}
+        return encoder_decoder_fields(batch_size, encoder, decoder)
 
     def window_len(self, config) -> int:
         return lengths(config)[0]
