@@ -50,3 +50,30 @@ def compose(model: str = "5m", optimizer: str = "adamw", data: str = "stdlib",
 
 def model_presets() -> list[str]:
     return [name for family in map(registry.get, registry.names()) for name in family.presets]
+
+
+# Fine-tuning the README's default run on a built-in task (configs/finetune.py, experiments/finetune.py).
+FINETUNE_TASKS = {"package": ("classify", "stdlib_package"), "docstring": ("sft", "stdlib_docstring")}
+
+
+def finetune(arg: str = "package"):
+    """A fine-tuning config of configs/finetune.py (which documents `arg`)."""
+    task, *options = arg.split(",")
+    if task not in FINETUNE_TASKS:
+        raise ConfigError(f"configs/finetune.py:{arg}: choose a task of {', '.join(FINETUNE_TASKS)}.")
+    objective, builtin = FINETUNE_TASKS[task]
+    smoke = next((option for option in options if option in model_presets()), None)
+    if objective == "sft" and smoke and smoke.startswith("t5"):
+        objective = "seq2seq"  # An encoder-decoder writes the response from its encoder's reading.
+    overrides = {"objective.task": builtin, "train.steps": 300, "train.eval_every": 100, "train.log_every": 20,
+                 "train.eval_batches": 16, "optimizer.learning_rate": 1e-3, "optimizer.warmup_steps": 30,
+                 "checkpoint.init_from": "" if smoke or "scratch" in options else "runs/demo"}
+    if objective == "sft":
+        overrides |= {"objective.template": "{prompt}\n# Summary: "}
+    if objective == "seq2seq":
+        overrides |= {"objective.template": "summarize: {prompt}", "objective.targets_length": 32}
+    if smoke:
+        overrides |= SMOKE_RUN | {"train.eval_batches": 2}
+    if "lora" in options:
+        overrides |= {"finetune.lora_rank": 8, "optimizer.learning_rate": 3e-3}
+    return compose(smoke or "5m", data="stdlib_json" if smoke else "stdlib", objective=objective, overrides=overrides)

@@ -4,13 +4,15 @@ the task's label set, baselines and generation metrics are reported. Kill-and-re
 fine-tuning run is in tests/test_checkpoint.py's preemption test."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import run_train
+from conftest import ROOT, run_train, train_env
 from llmjax.config import default_config
 from llmjax.run import abstract_params
 from llmjax.train.objectives.sft import chat_turns
@@ -135,3 +137,26 @@ def test_chat_turns_train_on_the_assistant_as_the_tokenizer_config_template_rend
     assert [p for p, t in zip(pieces, trained) if t] == ["hello</s>\n", "bye</s>\n"]  # Headers are context.
     plain, plain_trained = chat_turns(messages)
     assert [p for p, t in zip(plain, plain_trained) if t] == ["hello\n", "bye\n"]
+
+
+def test_fine_tuning_runs_sweep_and_report_their_task_metrics(tmp_path):
+    task = write_task(tmp_path / "task.jsonl")
+    experiment = tmp_path / "exp.py"
+    experiment.write_text(
+        "from llmjax.presets import finetune\n"
+        "def get_config():\n"
+        "    return finetune('package,tiny')\n"
+        "def get_sweep():\n"
+        "    return {'grid': {'optimizer.learning_rate': [1e-3, 3e-3]}}\n")
+    overrides = [f"--config.objective.task_files={task}", "--config.objective.task=",
+                 "--config.objective.kind=classification", "--config.objective.fields=text=sentence,label=colour"]
+    env = train_env(tmp_path / "cache")
+    sweep = subprocess.run([sys.executable, "-m", "llmjax.cli.sweep", str(experiment), f"--workdir={tmp_path / 'sweep'}",
+                            *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    report = subprocess.run([sys.executable, "-m", "llmjax.cli.report", str(tmp_path / "sweep")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    header = next(line for line in report.stdout.splitlines() if line.startswith("run "))
+    assert "accuracy" in header and "macro_f1" in header and "bleu" not in header
+    assert (tmp_path / "sweep" / "val_accuracy.png").stat().st_size > 0

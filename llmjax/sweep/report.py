@@ -19,6 +19,8 @@ from llmjax.rundir import RunDir
 from llmjax.sweep import families
 
 
+TASK_METRICS = ("accuracy", "macro_f1", "bleu", "chrf", "rouge_l")  # What fine-tuning objectives report.
+
 def _records(workdir: Path) -> list[dict]:
     path = workdir / "metrics.jsonl"
     if not path.exists():
@@ -51,7 +53,10 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
                "val_bpb": val[-1].get("bits_per_byte", math.nan) if val else math.nan,
                "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in train) if train else math.nan,
                "train_curve": [(r["step"], r["loss"]) for r in train],
-               "val_curve": [(r["step"], r["loss"]) for r in val]}
+               "val_curve": [(r["step"], r["loss"]) for r in val],
+               # A fine-tuning task's held-out metrics: final values and their curves.
+               "task_curves": {m: [(r["step"], r[m]) for r in val if m in r] for m in TASK_METRICS
+                               if any(m in r for r in val)}}
         config_path = workdir / "config.json"
         if config_path.exists():
             config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
@@ -68,14 +73,18 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
 
 
 def table(rows: list[dict]) -> str:
+    """One line per run; a column for each task metric any run reports (fine-tuning)."""
     width = max([40] + [len(r["name"]) for r in rows])
+    metrics = [m for m in TASK_METRICS if any(m in r["task_curves"] for r in rows)]
     header = (f"{'run':{width}} {'status':10} {'steps':>6} {'tokens':>12} {'train loss':>10} {'val loss':>9} "
-              f"{'tok/s':>8}  overrides")
+              + "".join(f"{m:>9} " for m in metrics) + f"{'tok/s':>8}  overrides")
     lines = [header, "-" * len(header)]
     for r in rows:
+        finals = {m: curve[-1][1] for m, curve in r["task_curves"].items() if curve}
         lines.append(f"{r['name']:{width}} {r['status']:10} {r['steps']:>6} {r.get('tokens', 0):>12,} "
-                     f"{r['train_loss']:>10.4f} {r['val_loss']:>9.4f} {r['tokens_per_sec']:>8,.0f}  "
-                     f"{json.dumps(r['overrides'])}")
+                     f"{r['train_loss']:>10.4f} {r['val_loss']:>9.4f} "
+                     + "".join(f"{finals.get(m, math.nan):>9.4f} " for m in metrics)
+                     + f"{r['tokens_per_sec']:>8,.0f}  {json.dumps(r['overrides'])}")
     return "\n".join(lines)
 
 
@@ -104,6 +113,20 @@ def plot_curves(rows, path: Path) -> None:
                 vsteps, vlosses = zip(*r["val_curve"])
                 ax.plot(vsteps, vlosses, "o--", color=line.get_color(), alpha=0.8, markersize=3)
     ax.set(xlabel="step", ylabel="loss (nats/token)", title="Training (lines) and validation (dots) loss")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_task_metric(rows, metric: str, path: Path) -> None:
+    """A fine-tuning task's held-out metric against the step, one line per run."""
+    plt, fig, ax = _figure()
+    for r in rows:
+        if r["task_curves"].get(metric):
+            ax.plot(*zip(*r["task_curves"][metric]), "o-", label=r["name"], markersize=3)
+    ax.set(xlabel="step", ylabel=metric, title=f"Held-out {metric}")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -164,6 +187,10 @@ def report(sweep_dir: Path, log=print) -> tuple[str, list[Path]]:
         text += "\n\n" + family_text
     plots = [sweep_dir / "loss_curves.png"]
     plot_curves(rows, plots[0])
+    for metric in TASK_METRICS:
+        if any(r["task_curves"].get(metric) for r in rows):
+            plots.append(sweep_dir / f"val_{metric}.png")
+            plot_task_metric(rows, metric, plots[-1])
     keys = list(dict.fromkeys(k for r in rows for k in r["overrides"]))
     for key in keys:
         values = {json.dumps(r["overrides"].get(key)) for r in rows}
