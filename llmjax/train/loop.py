@@ -51,7 +51,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     config_lib.validate(config, jax.device_count(), jax.process_count())
     if not distributed.is_primary():
         log = lambda *_, **__: None  # noqa: E731 - one process speaks for the job.
-    config = objectives.of(config).impl().resolve(config, cache_dir(config), log)
+    config = objectives.of(config).impl().resolve(config, log)
     run_dir = RunDir(workdir)
     changes = run_dir.check(config)
     init_source = parse_init_from(config.checkpoint.init_from)

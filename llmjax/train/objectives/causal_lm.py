@@ -44,10 +44,10 @@ class CausalLM:
         del config, seed, token_ids  # A window is a causal-LM row as it is.
         return windows
 
-    def resolve(self, config, cache_dir, log):
+    def resolve(self, config, log):
         """The config with anything left to the data filled in (a fine-tuning task's labels):
         nothing here."""
-        del cache_dir, log
+        del log
         return config
 
     def train_rows(self, datasets, config, token_ids: dict):

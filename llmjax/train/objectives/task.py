@@ -47,10 +47,9 @@ class TaskObjective:
     def window_len(self, config) -> int:
         return config.data.seq_len
 
-    def resolve(self, config, cache_dir_, log):
+    def resolve(self, config, log):
         """The task's label set written into the config (objective.labels), so the head's
         shape, and every later evaluation or export, is fixed by the run's own config."""
-        del cache_dir_
         task = load_task(config, log)
         if task.kind not in self.kinds:
             raise DataError(f"objective {self.name} trains on {' or '.join(self.kinds)} tasks, and "
