@@ -158,8 +158,19 @@ def test_val_files_are_the_validation_split_and_max_examples_cuts_train(tmp_path
     task = load(section(**options), tmp_path, **QUIET)
     assert len(task.train) == 30 and fields(task.val) == [{"prompt": "q", "response": "s"}] and task.labels is None
     quick = load(section(**options, max_examples=5), tmp_path, **QUIET)
-    assert fields(quick.train) == fields(task.train)[:5] and quick.val == task.val
-    assert quick.fingerprint != task.fingerprint
+    assert len(quick.train) == 5 and quick.val == task.val and quick.fingerprint != task.fingerprint
+    kept = [task.train.index(e) for e in quick.train]
+    assert kept == sorted(kept) and kept != list(range(5))  # A sample in file order, not the file's head.
+
+
+def test_max_examples_samples_every_group_of_a_grouped_file(tmp_path):
+    """Files often list examples grouped (by label, by source): the subset must not be the first groups."""
+    write_jsonl(tmp_path / "a.jsonl", [{"text": f"t{i}", "label": f"l{i // 100}"} for i in range(800)])
+    options = dict(task_files=str(tmp_path / "a.jsonl"), val_percent=10.0)
+    quick = load(section(**options, max_examples=80), tmp_path, **QUIET)
+    again = load(section(**options, max_examples=80), tmp_path, **QUIET)
+    assert len(quick.train) == 80 and quick.train == again.train
+    assert {e.fields["label"] for e in quick.train} == {f"l{k}" for k in range(8)}
 
 
 def test_given_labels_keep_their_order_and_integer_labels_are_names(tmp_path):

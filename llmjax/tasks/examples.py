@@ -40,9 +40,21 @@ def canonical_json(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def example_hash(fields: dict) -> int:
+    """A number drawn from the example's content alone, so a split or a subset made from it is
+    the same whatever order the files list the examples in."""
+    return int(hashlib.sha256(canonical_json(fields).encode()).hexdigest()[:8], 16)
+
+
 def in_validation(fields: dict, val_percent: float) -> bool:
-    bucket = int(hashlib.sha256(canonical_json(fields).encode()).hexdigest()[:8], 16) % 10_000
-    return bucket < val_percent * 100
+    return example_hash(fields) % 10_000 < val_percent * 100
+
+
+def subset(examples: list[Example], count: int) -> list[Example]:
+    """`count` examples chosen by content hash, kept in their file order: a sample of the whole
+    set, where the first `count` of files grouped by label or source would be a few groups."""
+    chosen = set(sorted(range(len(examples)), key=lambda i: (example_hash(examples[i].fields), i))[:count])
+    return [e for i, e in enumerate(examples) if i in chosen]
 
 
 def fingerprint(kind: str, labels: tuple[str, ...] | None, train: list[Example], val: list[Example]) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from llmjax.data.errors import DataError
 from llmjax.data.sources import stdlib_root
 from llmjax.tasks import stdlib
-from llmjax.tasks.examples import FIELDS, KINDS, Example, TaskData, describe, fingerprint, in_validation
+from llmjax.tasks.examples import FIELDS, KINDS, Example, TaskData, describe, fingerprint, in_validation, subset
 from llmjax.tasks.files import read_examples, resolve
 
 
@@ -62,7 +62,7 @@ def load(section, cache_dir: Path, log=print) -> TaskData:
     _check_split(train, val, source, val_source, val_percent if not val_files else None)
     labels = _labels(section["labels"], kind, train, val, source)
     if max_examples:
-        train = train[:max_examples]
+        train = subset(train, max_examples)
     data = TaskData(name, kind, train, val, labels, fingerprint(kind, labels, train, val))
     log(describe(data))
     return data

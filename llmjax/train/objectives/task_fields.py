@@ -13,7 +13,7 @@ FIELDS = {
     "fields": "",  # Renames, "canonical=column,...", e.g. "text=sentence,label=sentiment".
     "labels": "",  # Classification's label set, comma-separated; "" = the train split's, filled in at start.
     "val_percent": 10.0,
-    "max_examples": 0,  # Train on the first N examples only (0 = all).
+    "max_examples": 0,  # Train on N examples chosen by a hash of each (0 = all).
     "truncate": "right",  # An example longer than the row: cut its end (right), its start (left), or refuse (error).
 }
 TRUNCATE = ("right", "left", "error")
