@@ -19,6 +19,7 @@ from llmjax.model import registry
 from llmjax.train import objectives
 
 SCHEDULES = ("cosine", "linear", "constant")
+OPTIMIZER_NAMES = ("adamw", "muon")
 INIT_MODES = ("params", "full")
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
@@ -78,6 +79,7 @@ def default_config(family: str = "llama", objective: str | None = None) -> ml_co
     ck.init_mode = "params"  # What init_from takes: params (new optimizer) | full (also its state).
 
     c.optimizer = o = ml_collections.ConfigDict()
+    o.name = "adamw"  # adamw | muon (hidden matrices orthogonalised, AdamW for the rest; llmjax/train/muon.py).
     o.learning_rate = 3e-3  # Peak learning rate after warmup.
     o.schedule = "cosine"  # Decay after warmup: cosine | linear | constant.
     o.warmup_steps = 40  # Linear warmup from 0 to the peak.
@@ -87,6 +89,9 @@ def default_config(family: str = "llama", objective: str | None = None) -> ml_co
     o.eps = 1e-8
     o.weight_decay = 0.1  # Decoupled (AdamW); never applied to norms and embeddings.
     o.grad_clip = 1.0  # Global-norm clipping threshold (0 = off).
+    o.muon_beta = 0.95  # Muon's (Nesterov) momentum.
+    o.muon_ns_steps = 5  # Newton-Schulz iterations per update.
+    o.muon_rms = 0.2  # Muon's update RMS (x sqrt(max(rows, columns))): AdamW's, so they share learning rate and decay.
 
     # Adapting a pretrained run (checkpoint.init_from) to a task (llmjax/finetune/).
     c.finetune = ft = ml_collections.ConfigDict()
@@ -152,6 +157,9 @@ RANGES = (
     ("optimizer.weight_decay", lambda v: v >= 0, ">= 0 (0 = none)"),
     ("optimizer.min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("optimizer.grad_clip", lambda v: v >= 0, ">= 0 (0 disables clipping)"),
+    ("optimizer.muon_beta", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.muon_ns_steps", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("optimizer.muon_rms", lambda v: v > 0, "positive"),
     ("train.z_loss", lambda v: v >= 0, ">= 0 (0 = off)"),
     ("train.guard_spike_factor", lambda v: v == 0 or v > 1,
      "0 (only non-finite losses are bad) or above 1 (a multiple of the running mean loss)"),
@@ -285,6 +293,7 @@ def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]
     _positive(config, ["data.seq_len", "train.steps", "train.global_batch_size",
                        "train.microbatches", "train.log_every", "train.eval_batches"])
     _choice(config, "optimizer.schedule", SCHEDULES)
+    _choice(config, "optimizer.name", OPTIMIZER_NAMES)
     _choice(config, "checkpoint.init_mode", INIT_MODES)
     _positive(config, ["checkpoint.keep_last", "train.guard_patience"])
     for key in ("checkpoint.every_steps", "checkpoint.keep_every", "train.guard_max_rollbacks"):

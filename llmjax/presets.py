@@ -17,6 +17,7 @@ OPTIMIZERS = {
     # Llama 2/3 pretraining: peak 3e-4, 2000 warmup steps, cosine to 10%, clip 1.0, wd 0.1.
     "llama": dict(learning_rate=3e-4, warmup_steps=2000, b2=0.95, weight_decay=0.1,
                   min_lr_ratio=0.1, grad_clip=1.0),
+    "muon": dict(name="muon"),  # The defaults' schedule and rates, Muon for the hidden matrices.
 }
 
 # A seconds-long run on DATA["stdlib_json"]: what the tiny configs (configs/*tiny.py) train.

@@ -126,7 +126,7 @@ def bootstrap(config, *, train: bool = True, devices=None) -> Run:
     run = Run(config=config, mesh=mesh, param_axes=axes, params=with_shardings(params, param_shardings))
     if not train:
         return run
-    tx = build_optimizer(config)
+    tx = build_optimizer(config, axes)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_shapes = jax.eval_shape(tx.init, params)
     # A fine-tuning optimizer keeps no state for frozen parameters (optax.MaskedNode there).

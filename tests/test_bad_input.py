@@ -54,7 +54,7 @@ from hypothesis import strategies as st
 import llmjax.cli.train as train_cli
 from conftest import ROOT, train_env
 from llmjax.cli.app import _parse_flags, _reporting_errors
-from llmjax.config import INIT_MODES, SCHEDULES
+from llmjax.config import INIT_MODES, OPTIMIZER_NAMES, SCHEDULES
 from llmjax.data.prepare import PrepareOptions, prepare
 from llmjax.model import registry
 from llmjax.model.spec import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES
@@ -276,6 +276,9 @@ OUT_OF_RANGE = [
     ("llama", "optimizer.weight_decay", floats_outside(lambda v: v >= 0)),
     ("llama", "optimizer.min_lr_ratio", floats_outside(lambda v: 0 <= v <= 1)),
     ("llama", "optimizer.grad_clip", floats_outside(lambda v: v >= 0)),
+    ("llama", "optimizer.muon_beta", floats_outside(lambda v: 0 <= v < 1)),
+    ("llama", "optimizer.muon_ns_steps", ints_outside(lambda v: v >= 1)),
+    ("llama", "optimizer.muon_rms", floats_outside(lambda v: v > 0)),
     ("llama", "train.z_loss", floats_outside(lambda v: v >= 0)),
     ("llama", "train.guard_spike_factor", floats_outside(lambda v: v == 0 or v > 1)),
     ("llama", "checkpoint.every_minutes", floats_outside(lambda v: 0 <= v * 60 < math.inf)),  # Seconds, finite.
@@ -295,6 +298,7 @@ OUT_OF_RANGE = [
     ("bert", "objective.random_token_rate", floats_outside(lambda v: 0 <= v <= 0.2)),  # mask_token_rate is 0.8.
     ("bert", "model.type_vocab_size", ints_outside(lambda v: v >= 0)),
     ("llama", "optimizer.schedule", not_one_of(SCHEDULES)),
+    ("llama", "optimizer.name", not_one_of(OPTIMIZER_NAMES)),
     ("llama", "checkpoint.init_mode", not_one_of(INIT_MODES)),
     ("llama", "model.dtype", not_one_of(DTYPES)),
     ("llama", "model.param_dtype", not_one_of(DTYPES)),

@@ -1,4 +1,5 @@
-"""AdamW with warmup and decay, global-norm clipping, and no weight decay on norms/embeddings."""
+"""AdamW (or Muon for the hidden matrices, llmjax/train/muon.py) with warmup and decay,
+global-norm clipping, and no weight decay on norms/embeddings."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import optax
 
 from llmjax import finetune
 from llmjax.finetune import partition
+from llmjax.train import muon
 
 DECAYED_LEAVES = ("kernel", "lm_head")  # Matmul weights; embeddings and norm scales are not.
 
@@ -30,16 +32,30 @@ def weight_decay_mask(params):
         lambda path, _: getattr(path[-1], "key", None) in DECAYED_LEAVES, params)
 
 
-def build_optimizer(config) -> optax.GradientTransformation:
-    """AdamW; for a fine-tuning run that freezes or groups parameters, one per group
-    (llmjax/finetune/partition.py)."""
+def build_optimizer(config, param_axes=None) -> optax.GradientTransformation:
+    """AdamW; with optimizer.name=muon, Muon for the matrices that `param_axes` (the logical
+    axes of every parameter) show, AdamW for the rest; for a fine-tuning run that freezes or
+    groups parameters, one of each per group (llmjax/finetune/partition.py)."""
     o = config.optimizer
 
-    def make(schedule):
+    def adamw(schedule):
         return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                            mask=weight_decay_mask)
-    adamw = (partition.grouped(make, learning_rate_schedule(config), config) if finetune.is_active(config)
-             else make(learning_rate_schedule(config)))
+    schedule = learning_rate_schedule(config)
+    if o.name == "muon":
+        if param_axes is None:
+            raise ValueError("Muon needs the parameters' logical axes to find their matrices.")
+        matrices = muon.matrices(param_axes)
+
+        def orthogonalised(schedule):
+            return optax.chain(muon.scale_by_muon(matrices, config), optax.add_decayed_weights(o.weight_decay),
+                               optax.scale_by_learning_rate(schedule))
+        tx = partition.grouped({"adamw": adamw, "muon": orthogonalised}, schedule, config,
+                               kind=lambda name: "muon" if name in matrices else "")
+    elif finetune.is_active(config):
+        tx = partition.grouped({"adamw": adamw}, schedule, config)
+    else:
+        tx = adamw(schedule)
     if o.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw)
-    return adamw
+        return optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+    return tx
