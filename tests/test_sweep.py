@@ -17,6 +17,7 @@ from llmjax.config import ConfigError
 from llmjax.flops import param_count
 from llmjax.presets import compose, model_presets
 from llmjax.sweep.expand import SweepError, expand, plan, run_name
+from llmjax.sweep import report
 from llmjax.sweep.report import fit_power_law
 
 from conftest import ROOT, XLA_CACHE
@@ -99,7 +100,7 @@ def test_bad_sweeps_are_refused_before_any_run(tmp_path, sweep, message):
 
 
 def test_shipped_experiments_plan(tmp_path):
-    for name, count in (("default", 1), ("lr_sweep", 6), ("scaling_ladder", 4), ("families", 8)):
+    for name, count in (("default", 1), ("lr_sweep", 6), ("scaling_ladder", 4), ("families", 8), ("optimizers", 8), ("finetune", 5)):
         _, runs, _ = plan(str(ROOT / "experiments" / f"{name}.py"), 1)
         assert len(runs) == count
     _, families, _ = plan(str(ROOT / "experiments" / "families.py"), 1)
@@ -386,3 +387,14 @@ def test_config_overrides_apply_to_every_run_of_a_sweep(tmp_path):
     swept = subprocess.run(_sweep(tmp_path, experiment, "--dry_run", "--config.optimizer.learning_rate=0.1"),
                            cwd=ROOT, env=_sweep_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert swept.returncode == 2 and "--config.optimizer.learning_rate is varied by the sweep" in swept.stderr
+
+
+def test_final_loss_is_plotted_per_optimizer_against_the_learning_rate(tmp_path):
+    rows = [{"overrides": {"optimizer.name": name, "optimizer.learning_rate": lr, "seed": seed},
+             "val_loss": loss + seed * 0.01, "train_loss": math.nan}
+            for name, losses in (("adamw", (4.0, 3.8, 3.9)), ("muon", (3.9, 3.7, 3.6)))
+            for lr, loss in zip((1e-3, 3e-3, 1e-2), losses) for seed in (0, 1)]
+    assert report.categories(rows, "optimizer.learning_rate") == ["optimizer.name"]
+    assert report.categories(rows, "optimizer.name") == []  # Numeric overrides are the x axis, not lines.
+    labels = report.plot_final_vs(rows, "optimizer.learning_rate", tmp_path / "lr.png")
+    assert labels == ["name=adamw", "name=muon"] and (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"

@@ -6,6 +6,7 @@ report works on a sweep that is still running, was interrupted, or ran on a clus
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import statistics
@@ -134,14 +135,35 @@ def plot_task_metric(rows, metric: str, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_final_vs(rows, key: str, path: Path) -> None:
+def categories(rows, key: str) -> list[str]:
+    """The other overrides that take more than one non-numeric value (an optimizer's name, a
+    model preset): one line each when final loss is plotted against `key`."""
+    found = []
+    for other in dict.fromkeys(k for r in rows for k in r["overrides"]):
+        values = {json.dumps(r["overrides"].get(other)) for r in rows}
+        if other not in (key, "seed") and len(values) > 1 and not all(
+                isinstance(r["overrides"].get(other), (int, float)) for r in rows):
+            found.append(other)
+    return found
+
+
+def plot_final_vs(rows, key: str, path: Path) -> list[str]:
+    """Final val loss (train loss where a run has none) against `key`: the runs and their mean,
+    one line per combination of the categorical overrides; returns the lines' labels."""
     plt, fig, ax = _figure()
-    points = [(r["overrides"][key], r["val_loss"] if math.isfinite(r["val_loss"]) else r["train_loss"])
-              for r in rows if key in r["overrides"]]
-    xs = sorted({x for x, _ in points})
-    ax.scatter(*zip(*points), alpha=0.6, label="runs")
-    ax.plot(xs, [statistics.mean(y for x2, y in points if x2 == x) for x in xs], "-", label="mean")
-    if min(xs) > 0 and max(xs) / min(xs) >= 10:
+    groups = categories(rows, key)
+    by_group = collections.defaultdict(list)
+    for r in rows:
+        if key in r["overrides"]:
+            label = ", ".join(f"{g.split('.')[-1]}={r['overrides'].get(g)}" for g in groups) or "mean"
+            by_group[label].append((r["overrides"][key], r["val_loss"] if math.isfinite(r["val_loss"]) else r["train_loss"]))
+    every_x = []
+    for label, points in by_group.items():
+        xs = sorted({x for x, _ in points})
+        every_x += xs
+        line, = ax.plot(xs, [statistics.mean(y for x2, y in points if x2 == x) for x in xs], "-", label=label)
+        ax.scatter(*zip(*points), alpha=0.6, color=line.get_color())
+    if min(every_x) > 0 and max(every_x) / min(every_x) >= 10:
         ax.set_xscale("log")
     ax.set(xlabel=key, ylabel="final val loss", title=f"Final loss against {key}")
     ax.legend()
@@ -149,6 +171,7 @@ def plot_final_vs(rows, key: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return list(by_group)
 
 
 def plot_scaling(rows, path: Path) -> tuple[float, int]:
