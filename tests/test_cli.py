@@ -20,6 +20,7 @@ def test_train_command_end_to_end(tmp_path):
     for field in ("loss", "lr", "grad_norm", "tok/s", "MFU", "ETA"):
         assert field in progress[0]
     assert "mesh: {'data': 2, 'fsdp': 1, 'sequence': 1, 'tensor': 1}" in out
+    assert "attention on cpu: causal: blockwise (model.attention_impl=auto)" in out
     assert "val loss" in out and "unigram entropy" in out
 
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -81,3 +82,17 @@ def test_restarted_run_loads_its_steps_from_the_persistent_compilation_cache(tmp
     assert "PERSISTENT COMPILATION CACHE MISS for 'jit_train_step'" in runs[0].stderr
     assert "Persistent compilation cache hit for 'jit_train_step'" in runs[1].stderr
     assert "PERSISTENT COMPILATION CACHE MISS for 'jit_train_step'" not in runs[1].stderr
+
+
+def test_accelerator_extras_name_extras_the_installed_jax_has():
+    """`pip install -e '.[gpu]'` (or tpu) must resolve: each names a JAX extra that exists."""
+    import importlib.metadata  # noqa: PLC0415
+    import re  # noqa: PLC0415
+    import tomllib  # noqa: PLC0415
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    provided = set(importlib.metadata.metadata("jax").get_all("Provides-Extra"))
+    for name in ("gpu", "gpu-cuda12", "tpu"):
+        (requirement,) = extras[name]
+        wanted = re.fullmatch(r"jax\[(\w+)\]>=0\.12", requirement)
+        assert wanted and wanted.group(1) in provided, (name, requirement, sorted(provided))

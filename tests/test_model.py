@@ -10,7 +10,7 @@ import pytest
 from llmjax.errors import ConfigError
 
 from llmjax import model
-from llmjax.model.layers.attention import (attention_kernel, bidirectional_attention, biased_attention_impl,
+from llmjax.model.layers.attention import (attention_kernel, recorded_kernels, bidirectional_attention, biased_attention_impl,
                                           select_attention_impl)
 from llmjax.model.llama.model import Attention
 from llmjax.model.layers.blockwise import blockwise_attention
@@ -368,3 +368,21 @@ def test_blockwise_attention_in_bf16_stays_close_to_fp32():
         error = lambda g, reference=reference: float(jnp.abs(g.astype(jnp.float32) - reference).max())  # noqa: E731
         assert mine.dtype == jnp.bfloat16
         assert error(mine) <= 2 * error(theirs) + 1e-3, (error(mine), error(theirs))
+
+
+@pytest.mark.parametrize(("family", "objective", "expected"), [
+    ("llama", None, {"causal: blockwise"}), ("llama", "prefix_lm", {"prefix: blockwise"}),
+    ("bert", None, {"bidirectional: blockwise"}), ("t5", None, {"masked: xla", "position-biased: xla"})])
+def test_the_attention_kernels_a_model_traces_are_recorded_for_the_run_to_print(family, objective, expected):
+    from test_train_step import random_batch  # noqa: PLC0415
+
+    config = make_tiny_config(family)
+    if objective:
+        config.objective.name = objective
+    batch = random_batch(config)
+    if objective == "prefix_lm":
+        batch["prefix"] = np.zeros_like(batch["inputs"])
+    params = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), config)))
+    with recorded_kernels() as kernels:
+        jax.eval_shape(lambda p, b: model.forward(p, b, config=config), params, batch)
+    assert kernels == expected

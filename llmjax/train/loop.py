@@ -19,6 +19,7 @@ from llmjax.checkpoint import Checkpointer, check_same_model
 from llmjax.data.dataset import cache_dir, check_tokenizer, resolve
 from llmjax.finetune.params import model_part
 from llmjax.metrics import MetricsWriter
+from llmjax.model.layers import attention
 from llmjax.parallel import distributed
 from llmjax.parallel.describe import sharding_table
 from llmjax.run import bootstrap
@@ -78,8 +79,12 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     if init_source:  # A fine-tuning run takes the model's parameters; its own extras start afresh.
         check_same_model(RunDir(init_source.workdir).checkpoints, init_source.step, model_part(run.params))
     start = time.perf_counter()
-    train_fn, eval_fn = run.compile_steps()
+    with attention.recorded_kernels() as kernels:
+        train_fn, eval_fn = run.compile_steps()
     log(f"compiled train and eval steps in {time.perf_counter() - start:.1f}s")
+    if kernels:  # The LSTM has none.
+        log(f"attention on {jax.default_backend()}: {', '.join(sorted(kernels))} (model.attention_impl="
+            f"{config.model.attention_impl})")
 
     train_data = run.train_batches(datasets)
     print(f"data: process {jax.process_index()} of {jax.process_count()} reads rows "  # Every process.

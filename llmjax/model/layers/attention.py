@@ -6,6 +6,8 @@ blockwise one, cuDNN, splash) serves both masks."""
 
 from __future__ import annotations
 
+import contextlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,6 +19,24 @@ from llmjax.model.layers.splash import splash_attention, splash_available
 
 HEADS_ACT = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
 KV_ACT = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")
+_RECORDERS: list[set] = []
+
+
+@contextlib.contextmanager
+def recorded_kernels():
+    """The attention kernels traced inside the block, as "<mask>: <kernel>" strings: what the
+    platform actually selected, for the run to print (a fallback would otherwise go unseen)."""
+    kernels: set[str] = set()
+    _RECORDERS.append(kernels)
+    try:
+        yield kernels
+    finally:
+        _RECORDERS.remove(kernels)
+
+
+def _record(mask: str, impl: str) -> None:
+    for kernels in _RECORDERS:
+        kernels.add(f"{mask}: {impl}")
 
 
 def select_attention_impl(requested: str, platform: str, dtype, head_dim: int, length: int,
@@ -86,6 +106,7 @@ def attention_kernel(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, kv_segments_BS, impl
                                  q_BTNH.shape[1])
     if impl == "splash" and prefix_BT is not None:
         impl = "xla"  # Splash's masks are fixed when the kernel is built; a prefix differs per row.
+    _record("prefix" if prefix_BT is not None else "causal" if causal else "bidirectional", impl)
     if impl == "splash":
         return splash_attention(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, causal=causal,
                                 kv_segment_ids_BS=kv_segments_BS)
@@ -117,6 +138,7 @@ def biased_attention(q_BTNH, k_BSNH, v_BSNH, bias_1NTS, mask_B1TS, impl: str):
     """Attention with an additive bias on the scores (T5's relative positions; None for none)
     and a boolean mask, scores not scaled (the family folds the scale into its query)."""
     impl = biased_attention_impl(impl, jax.default_backend(), q_BTNH.dtype, q_BTNH.shape[-1])
+    _record("masked" if bias_1NTS is None else "position-biased", impl)
     q_BTNH = nn.with_logical_constraint(q_BTNH, HEADS_ACT)
     bias = None if bias_1NTS is None else bias_1NTS.astype(q_BTNH.dtype)
     out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSNH, v_BSNH, bias=bias, mask=mask_B1TS, scale=1.0,
