@@ -1,7 +1,7 @@
 """AdamW against Muon on the default model and corpus: a learning-rate scan of each, same
 steps and tokens, so that each is compared at its own best rate. Muon updates the hidden
 matrices at AdamW's RMS (optimizer.muon_rms), so the two share a scale of learning rates.
-2 x 4 = 8 runs of 200 steps (about 2-3 minutes each on a 2-core CPU).
+2 x 4 = 8 runs of 150 steps (about 2 minutes each on a 2-core CPU).
 
     llmjax-sweep experiments/optimizers.py --workdir runs/optimizers && llmjax-report runs/optimizers
 """
@@ -10,7 +10,7 @@ from llmjax.presets import compose
 
 
 def get_config():
-    return compose("5m", overrides={"train.steps": 200, "train.eval_every": 50, "optimizer.warmup_steps": 20})
+    return compose("5m", overrides={"train.steps": 150, "train.eval_every": 50, "optimizer.warmup_steps": 15})
 
 
 def get_sweep():
