@@ -12,7 +12,7 @@ import pytest
 from llmjax import model
 from llmjax.errors import LlmjaxError
 from llmjax.sample.cached import inference_decoder
-from llmjax.sample.generate import (Settings, decode_step, generate, left_pad, prefill,
+from llmjax.sample.generate import (Settings, compilations, decode_step, generate, left_pad, prefill,
                                     reorder_state)
 from llmjax.sample.search import beam_search, sample_tokens
 from llmjax.sample.select import Sampling, choose, filter_logits
@@ -169,3 +169,23 @@ def test_the_length_penalty_decides_between_hypotheses_of_different_lengths():
 def test_a_family_without_a_cached_decoder_is_refused_by_name():
     with pytest.raises(LlmjaxError, match="the bert family has no cached decoder; it cannot generate text"):
         inference_decoder(make_tiny_config("bert"))
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_prompt_lengths_within_a_bucket_share_one_compilation_and_padding_changes_nothing(family):
+    config, params = _setup(family)
+    settings = dataclasses.replace(GREEDY, max_new_tokens=4)
+    prompt = [int(t) for t in np.random.default_rng(1).integers(2, config.model.vocab_size, 17)]
+    before = compilations()
+    outs = [generate(params, config, [prompt[-n:]], settings, eos_ids=(), pad_id=PAD)["tokens"][0].tolist()
+            for n in (9, 13, 16)]  # One bucket of 16.
+    assert compilations() - before == 1
+    generate(params, config, [prompt], settings, eos_ids=(), pad_id=PAD)  # 17: the next bucket.
+    assert compilations() - before == 2
+    # The padded generation is the one from the prompt alone, decoded step by step.
+    for n, out in zip((9, 13, 16), outs):
+        tokens = list(prompt[-n:])
+        for _ in range(4):
+            logits = model.apply(params, jnp.asarray([tokens]), config=config)
+            tokens.append(int(jnp.argmax(logits[0, -1])))
+        assert out == tokens[n:]

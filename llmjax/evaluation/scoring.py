@@ -16,20 +16,8 @@ import numpy as np
 
 from llmjax import model
 from llmjax.evaluation.loading import EvaluationError, LoadedRun
-from llmjax.sample.generate import Settings, generate
+from llmjax.sample.generate import Settings, bucket, generate
 from llmjax.sample.select import Sampling
-
-SMALLEST_BUCKET = 16
-
-
-def bucket(length: int, limit: int) -> int:
-    """The padded length of a batch whose longest row has `length` tokens: the next power of
-    two (at least SMALLEST_BUCKET), at most `limit`."""
-    padded = SMALLEST_BUCKET
-    while padded < length:
-        padded *= 2
-    return min(padded, limit)
-
 
 def _target_logprobs(params, inputs_BT, targets_BT, *, config):
     """(log-probability of each target given the inputs up to it [B, T], whether it is the
@@ -110,16 +98,13 @@ class Scorer:
                                   f"max_gen_toks=N with N < {self.max_len}.")
         prompts = [list(p)[-room:] or [self.loaded.prefix_id] for p in prompts]
         settings = Settings(max_new_tokens=max_new_tokens, sampling=sampling, num_beams=num_beams)
-        # generate() left-pads a batch to its longest prompt; the last row, a filler of the
-        # bucket's length, pads every batch to a bucket instead.
-        capacity = max(self.batch_size - 1, 1)
-        rows = -(-(capacity + 1) // self.shards) * self.shards
+        # generate() pads every batch to a length bucket; fillers pad it to the batch size.
         pad, ends = self.loaded.pad_id, set(self.loaded.eos_ids)
         results: list[list[int]] = [[] for _ in prompts]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        for start in range(0, len(order), capacity):
-            chunk = order[start:start + capacity]
-            fillers = [[pad] * bucket(len(prompts[chunk[0]]), room)] + [[pad]] * (rows - len(chunk) - 1)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            fillers = [[pad]] * (self.batch_size - len(chunk))
             with self.loaded.run.context():
                 out = generate(self.loaded.params, self.config, [prompts[i] for i in chunk] + fillers, settings,
                                eos_ids=self.loaded.eos_ids, pad_id=pad, seed=seed + self._generations)

@@ -1,5 +1,7 @@
-"""Generation from token prompts: left-pad the batch, prefill the cache with the prompts in one
-forward pass, then decode one token per step inside a jitted loop (sampling or beam search)."""
+"""Generation from token prompts: left-pad the batch to a length bucket, prefill the cache with
+the prompts in one forward pass, then decode one token per step inside a jitted loop (sampling
+or beam search). Buckets (powers of two) bound the compilations: prompts of 100 or 128 tokens
+run the same compiled loop."""
 
 from __future__ import annotations
 
@@ -13,6 +15,24 @@ from llmjax.finetune.params import backbone
 from llmjax.sample import cached
 from llmjax.sample.search import Settings, search
 from llmjax.sample.select import SampleError
+
+
+SMALLEST_BUCKET = 16
+
+
+def bucket(length: int, limit: int | None) -> int:
+    """The padded length of a batch whose longest row has `length` tokens: the next power of
+    two (at least SMALLEST_BUCKET), at most `limit` (None: no limit)."""
+    padded = SMALLEST_BUCKET
+    while padded < length:
+        padded *= 2
+    return padded if limit is None else max(min(padded, limit), length)
+
+
+def compilations() -> int:
+    """How many versions of the generation loop this process has compiled (one per batch
+    size, bucket and settings)."""
+    return _run._cache_size()
 
 
 def check(prompts: list[list[int]], settings: Settings, max_seq_len: int | None) -> None:
@@ -29,10 +49,11 @@ def check(prompts: list[list[int]], settings: Settings, max_seq_len: int | None)
                          f"shorten one of them.")
 
 
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens [B, T], mask [B, T]) with each prompt flush right, so every row's next token
-    goes in the same column. Positions come from the mask, so padding changes no logit."""
-    length = max(len(p) for p in prompts)
+def left_pad(prompts: list[list[int]], pad_id: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens [B, T], mask [B, T]) with each prompt flush right in T = `length` (default: the
+    longest) columns, so every row's next token goes in the same column. Positions come from
+    the mask, so padding changes no logit."""
+    length = length or max(len(p) for p in prompts)
     tokens = np.full((len(prompts), length), pad_id, np.int32)
     mask = np.zeros((len(prompts), length), np.int32)
     for row, prompt in enumerate(prompts):
@@ -70,7 +91,8 @@ def generate(params, config, prompts: list[list[int]], settings: Settings, *,
     sampling only) or "scores" [B] (beam search)}, as numpy arrays."""
     check(prompts, settings, config.model.max_seq_len)
     params = backbone(params, config)  # A fine-tuning run's: adapters merged, task head dropped.
-    tokens, mask = left_pad(prompts, pad_id)
+    room = None if config.model.max_seq_len is None else config.model.max_seq_len - settings.max_new_tokens
+    tokens, mask = left_pad(prompts, pad_id, bucket(max(len(p) for p in prompts), room))
     cache_length = tokens.shape[1] + settings.max_new_tokens
     # End and pad ids are traced, not static: changing them does not recompile.
     eos = jnp.asarray(tuple(eos_ids) or (-1,), jnp.int32)
