@@ -29,6 +29,9 @@ BENCHMARKS = {
     # 1.03x faster than in 128-position chunks, which recompute the logits in the backward pass.
     "bench36m": ("bench36m", {"data.seq_len": 512, "train.global_batch_size": 8,
                               "model.fp32_logits": False, "model.scan_layers": False}),
+    # GPT-2 at bench36m's scale and step shape (learned positions, LayerNorm, GELU MLP of 4x).
+    "gpt2-bench36m": ("gpt2-bench36m", {"data.seq_len": 512, "train.global_batch_size": 8,
+                                        "model.fp32_logits": False, "model.scan_layers": False}),
     # BERT at bench36m's scale and step shape (MLM: 15% of the positions scored, the logits of
     # all computed, as BERT's head does).
     "bert-bench36m": ("bert-bench36m", {"data.seq_len": 512, "train.global_batch_size": 8,
@@ -37,6 +40,8 @@ BENCHMARKS = {
     # corruption's decoder of 114 (T5's C4 pretraining shape).
     "t5-bench36m": ("t5-bench36m", {"data.seq_len": 512, "train.global_batch_size": 8,
                                     "model.fp32_logits": False, "model.scan_layers": False}),
+    # The LSTM baseline at bench36m's scale and step shape (its recurrence is a scan over time).
+    "lstm-bench36m": ("lstm-bench36m", {"data.seq_len": 512, "train.global_batch_size": 8}),
     # The default training run's shape, for quick checks.
     "5m": ("5m", {"data.seq_len": 256, "train.global_batch_size": 16}),
     # The LSTM baseline at the default run's shape (scripts/bench_lstm.py times it against torch).

@@ -36,3 +36,15 @@ def test_peak_memory_grows_with_the_batch():
         "tiny", {"train.global_batch_size": b}))[0] for b in (8, 64))
     assert benchmark.peak_memory_bytes(large) > benchmark.peak_memory_bytes(small)
 
+
+
+@pytest.mark.parametrize("name", ["gpt2-bench36m", "bert-bench36m", "t5-bench36m", "lstm-bench36m"])
+def test_every_family_has_a_config_of_bench36ms_scale_and_step(name):
+    """Each family's MFU is compared with Llama's at the same step shape and about the same size."""
+    config, reference = benchmark.benchmark_config(name), benchmark.benchmark_config("bench36m")
+    assert config.model.family == name.split("-")[0]
+    assert (config.data.seq_len, config.train.global_batch_size) == (512, 8)
+    assert config.model.d_model == reference.model.d_model and config.model.vocab_size == 8192
+    ratio = flops.non_embedding_params(config.model) / flops.non_embedding_params(reference.model)
+    assert 0.9 < ratio < 1.2, ratio
+    assert flops.flops_per_token(config.model, config.data.seq_len) > 0  # The family's own formula.

@@ -12,4 +12,7 @@ def _model(vocab, d_model, layers, hidden, proj, seq):
 PRESETS = {
     "lstm-tiny": _model(512, 64, 2, 64, 0, 64),  # Tests and smoke runs.
     "lstm-5m": _model(8192, 256, 2, 672, 256, 256),  # The default corpus, beside "5m" and "gpt2-5m".
+    # bench36m's scale (scripts/benchmark.py): 4 layers of 1536 cells projected to 512, 28M
+    # non-embedding parameters against bench36m's 27M.
+    "lstm-bench36m": _model(8192, 512, 4, 1536, 512, 512),
 }
