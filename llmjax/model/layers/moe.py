@@ -1,0 +1,150 @@
+"""A mixture-of-experts SwiGLU MLP: a router picks `top_k` of `num_experts` expert MLPs per
+token (Shazeer et al. 2017; Switch, Fedus et al. 2021; Mixtral, Jiang et al. 2024), optionally
+beside always-on shared experts (DeepSeekMoE, Dai et al. 2024).
+
+Routing, two ways:
+  - `topk_softmax`: the top-k router logits, softmaxed among themselves, weigh the chosen
+    experts (weights sum to 1). This is exactly Mixtral's softmax-then-top-k-then-renormalise.
+  - `softmax_topk`: the softmax over all experts, its top-k values used as they are (weights sum
+    to less than 1; Switch, DeepSeek, Qwen-MoE without renormalisation).
+
+Dispatch, two ways:
+  - dropless (`capacity_factor` 0): token-expert pairs sorted by expert and multiplied group by
+    group with `jax.lax.ragged_dot` (MegaBlocks' grouped matmul, Gale et al. 2022): every token
+    reaches its experts, and no FLOP is spent on padding.
+  - capacity (`capacity_factor` c > 0): each expert takes at most c * tokens * k / experts
+    pairs, filled in order of choice rank then token (a token's first choice before anyone's
+    second, GShard's priority), into fixed [experts, capacity, d_model] buffers multiplied with
+    one batched matmul; pairs over capacity are dropped (the token keeps its residual).
+
+Auxiliary losses, as transformers' Mixtral computes them: the load-balancing loss
+E * sum_k sum_e f_ke * P_e (f_ke: the fraction of tokens whose k-th choice is expert e, P_e:
+its mean router probability; top_k when perfectly balanced), and the router z-loss, the mean squared log-sum-exp of
+the router logits (ST-MoE, Zoph et al. 2022). `moe_mlp` returns them with the routing
+statistics the trainer reports per layer: the fraction of pairs each expert got and the
+fraction dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from llmjax.model.layers.projection import Projection, weight_init
+
+ROUTERS = ("topk_softmax", "softmax_topk")
+
+
+@dataclasses.dataclass(frozen=True)
+class MoeShape:
+    num_experts: int
+    top_k: int
+    expert_dim: int  # Each expert's SwiGLU hidden width.
+    router: str = "topk_softmax"
+    capacity_factor: float = 0.0  # 0: dropless.
+    num_shared_experts: int = 0  # Always-on experts of expert_dim each (one MLP of their total width).
+
+
+def route(logits_TE, top_k: int, router: str):
+    """(weights [T, k], experts [T, k], probabilities [T, E]) of each token's chosen experts."""
+    probs_TE = jax.nn.softmax(logits_TE.astype(jnp.float32), axis=-1)
+    top_logits_TK, experts_TK = jax.lax.top_k(logits_TE.astype(jnp.float32), top_k)
+    if router == "topk_softmax":
+        weights_TK = jax.nn.softmax(top_logits_TK, axis=-1)
+    else:
+        weights_TK = jnp.take_along_axis(probs_TE, experts_TK, axis=-1)
+    return weights_TK, experts_TK, probs_TE
+
+
+def load_balancing_loss(probs_TE, experts_TK, num_experts: int):
+    """E * sum_k sum_e f_ke * P_e (transformers' Mixtral formula; top_k when balanced)."""
+    fraction_KE = jnp.mean(jax.nn.one_hot(experts_TK, num_experts, dtype=jnp.float32), axis=0)
+    return num_experts * jnp.sum(fraction_KE * jnp.mean(probs_TE, axis=0)[None])
+
+
+def router_z_loss(logits_TE):
+    return jnp.mean(jnp.square(jax.nn.logsumexp(logits_TE.astype(jnp.float32), axis=-1)))
+
+
+def expert_swiglu_dropless(x_TD, weights_TK, experts_TK, gate_EDF, up_EDF, down_EFD):
+    """Every (token, expert) pair through its expert: pairs sorted by expert, grouped matmuls."""
+    t, k = experts_TK.shape
+    num_experts = gate_EDF.shape[0]
+    flat_experts = experts_TK.reshape(-1)
+    order = jnp.argsort(flat_experts, stable=True)
+    tokens = order // k  # The token of each sorted pair.
+    sizes = jnp.bincount(flat_experts, length=num_experts).astype(jnp.int32)
+    x_PD = x_TD[tokens]
+    h_PF = nn.silu(jax.lax.ragged_dot(x_PD, gate_EDF, sizes)) * jax.lax.ragged_dot(x_PD, up_EDF, sizes)
+    y_PD = jax.lax.ragged_dot(h_PF, down_EFD, sizes)
+    y_PD = y_PD * weights_TK.reshape(-1)[order][:, None].astype(y_PD.dtype)
+    return jnp.zeros((t, y_PD.shape[-1]), y_PD.dtype).at[tokens].add(y_PD), jnp.float32(0.0)
+
+
+def capacity(tokens: int, top_k: int, num_experts: int, factor: float) -> int:
+    return max(1, math.ceil(factor * tokens * top_k / num_experts))
+
+
+def expert_swiglu_capacity(x_TD, weights_TK, experts_TK, gate_EDF, up_EDF, down_EFD, factor: float):
+    """(output [T, D], fraction of pairs dropped): fixed buffers of `capacity` pairs per expert,
+    filled by choice rank then token."""
+    t, k = experts_TK.shape
+    num_experts = gate_EDF.shape[0]
+    c = capacity(t, k, num_experts, factor)
+    one_hot_KTE = jax.nn.one_hot(experts_TK.T, num_experts, dtype=jnp.int32)  # Rank-major priority.
+    slot_KTE = jnp.cumsum(one_hot_KTE.reshape(k * t, num_experts), axis=0).reshape(k, t, num_experts) - 1
+    slot_TK = jnp.sum(slot_KTE * one_hot_KTE, axis=-1).T  # Each pair's place in its expert's buffer.
+    kept_TK = slot_TK < c
+    # Dropped pairs go to a spare slot c that is cut off after the scatter.
+    slot_TK = jnp.where(kept_TK, slot_TK, c)
+    buffers_ECD = jnp.zeros((num_experts, c + 1, x_TD.shape[-1]), x_TD.dtype)
+    buffers_ECD = buffers_ECD.at[experts_TK, slot_TK].set(jnp.broadcast_to(x_TD[:, None], (t, k, x_TD.shape[-1])))
+    x_ECD = buffers_ECD[:, :c]
+    h_ECF = nn.silu(jnp.einsum("ecd,edf->ecf", x_ECD, gate_EDF)) * jnp.einsum("ecd,edf->ecf", x_ECD, up_EDF)
+    y_ECD = jnp.einsum("ecf,efd->ecd", h_ECF, down_EFD)
+    y_ECD = jnp.concatenate([y_ECD, jnp.zeros_like(y_ECD[:, :1])], axis=1)  # The spare slot: zeros.
+    y_TKD = y_ECD[experts_TK, slot_TK] * (weights_TK * kept_TK)[..., None].astype(y_ECD.dtype)
+    return jnp.sum(y_TKD, axis=1), 1.0 - jnp.mean(kept_TK.astype(jnp.float32))
+
+
+class MoeMlp(nn.Module):
+    """The experts' MLP on [B, T, D]; returns (output, {"load_balancing_loss", "router_z_loss",
+    "expert_fraction" [E], "dropped_fraction"})."""
+    spec: object  # The family's spec: d_model, init scale, dtypes, num_layers (residual scale).
+    shape: MoeShape
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        s, m = self.spec, self.shape
+        d, f, e = s.d_model, m.expert_dim, m.num_experts
+        b, t, _ = x_BTD.shape
+        x_TD = x_BTD.reshape(b * t, d)
+        logits_TE = Projection(s, (d, e), ("embed", "experts_router"), name="router")(x_TD).astype(jnp.float32)
+        weights_TK, experts_TK, probs_TE = route(logits_TE, m.top_k, m.router)
+
+        def experts(name, shape, axes, scale=1.0):
+            return self.param(name, weight_init(s, axes, scale), shape, s.storage_dtype).astype(s.compute_dtype)
+        residual = (2 * s.num_layers) ** -0.5
+        gate = experts("gate", (e, d, f), ("experts", "embed", "mlp"))
+        up = experts("up", (e, d, f), ("experts", "embed", "mlp"))
+        down = experts("down", (e, f, d), ("experts", "mlp", "embed"), residual)
+        x_TD = x_TD.astype(s.compute_dtype)
+        if m.capacity_factor > 0:
+            y_TD, dropped = expert_swiglu_capacity(x_TD, weights_TK, experts_TK, gate, up, down, m.capacity_factor)
+        else:
+            y_TD, dropped = expert_swiglu_dropless(x_TD, weights_TK, experts_TK, gate, up, down)
+        y_BTD = y_TD.reshape(b, t, d)
+        if m.num_shared_experts:
+            width = m.num_shared_experts * f
+            h = (nn.silu(Projection(s, (d, width), ("embed", "mlp"), name="shared_gate")(x_BTD))
+                 * Projection(s, (d, width), ("embed", "mlp"), name="shared_up")(x_BTD))
+            y_BTD = y_BTD + Projection(s, (width, d), ("mlp", "embed"), scale=residual, name="shared_down")(h)
+        fraction_E = jnp.mean(jax.nn.one_hot(experts_TK, e, dtype=jnp.float32), axis=(0, 1))
+        stats = {"load_balancing_loss": load_balancing_loss(probs_TE, experts_TK, e),
+                 "router_z_loss": router_z_loss(logits_TE), "expert_fraction": fraction_E,
+                 "dropped_fraction": dropped}
+        return y_BTD, stats
