@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import ROOT, make_tiny_config, run_train, train_env
-from llmjax.config import default_config
+from llmjax.presets import finetune
 from llmjax.run import abstract_params
 from llmjax.train import objectives
 from llmjax.train.objectives.sft import chat_turns
@@ -97,12 +97,13 @@ def test_lora_trains_its_adapters_and_the_head_and_leaves_the_pretrained_weights
     assert np.abs(np.asarray(after["task_head"]["kernel"])).max() > 0
 
 
-def test_lora_of_rank_8_trains_under_2_percent_of_the_default_model():
-    config = default_config()
-    config.finetune.lora_rank = 8
+@pytest.mark.parametrize("targets", ["query,value", "query,value,out,down"])  # The default; configs/finetune.py:package,lora.
+def test_lora_of_rank_8_trains_under_2_percent_of_the_default_model(targets):
+    config = finetune("package,lora")
+    config.finetune.lora_targets = targets
     params, _ = abstract_params(config)
     count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
-    assert count(params["lora"]) / count(params) < 0.02
+    assert config.finetune.lora_rank == 8 and count(params["lora"]) / count(params) < 0.02
 
 
 def test_generation_task_reports_its_metrics_and_the_copy_baseline(tmp_path):
