@@ -7,7 +7,7 @@ A bench36m-shaped Llama (the preset `bench36m`: 8 layers, d_model 512, 8 heads, 
 trained for one step on the default corpus and exported to Hugging Face's format, so both sides
 run the same weights. Each round runs, per dtype, one llmjax process (this script with
 --worker: `llmjax.sample.generate.generate`, what llmjax-sample calls) and one transformers
-process (scripts/reference_generate.py), each timing every batch size on the same random
+process (scripts/reference_torch_generate.py), each timing every batch size on the same random
 prompts: greedy, KV cache on both sides, exactly --new tokens per row. Prefill is the time to
 produce the first token; decode tokens/s are the other --new - 1 tokens of every row over the
 time a whole generation takes beyond it (medians of --repeats timings in a process, then of the
@@ -131,7 +131,7 @@ def main() -> None:
                     figures.setdefault(("llmjax", dtype, batch), []).append(ours[str(batch)])
                 if args.torch_python:
                     for batch in args.batches:
-                        theirs = run_json([args.torch_python, str(ROOT / "scripts" / "reference_generate.py"),
+                        theirs = run_json([args.torch_python, str(ROOT / "scripts" / "reference_torch_generate.py"),
                                            "--model", str(hf_dir), "--batch", str(batch), "--dtype", dtype, *common])
                         figures.setdefault(("transformers", dtype, batch), []).append(theirs)
                 print(f"round {round_ + 1}/{args.rounds} {dtype} done (load before: {load:.1f})", flush=True)

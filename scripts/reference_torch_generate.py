@@ -1,7 +1,7 @@
 """transformers' `generate` timed as scripts/bench_generate.py times llmjax's: the reference
 side, run under .venv-ref's Python (torch + transformers) by bench_generate.py.
 
-    .venv-ref/bin/python scripts/reference_generate.py --model HF_DIR --batch 16 --prompt 128 \
+    .venv-ref/bin/python scripts/reference_torch_generate.py --model HF_DIR --batch 16 --prompt 128 \
         --new 256 --dtype bfloat16 --json out.json
 
 Greedy decoding with the KV cache (`use_cache=True`, the default), exactly --new tokens per row
