@@ -1,7 +1,7 @@
 """AdamW against Muon on the default model and corpus: a learning-rate scan of each, same
 steps and tokens, so that each is compared at its own best rate. Muon updates the hidden
 matrices at AdamW's RMS (optimizer.muon_rms), so the two share a scale of learning rates.
-2 x 4 = 8 runs of 150 steps (about 2 minutes each on a 2-core CPU).
+2 x 5 = 10 runs of 150 steps (about 2 minutes each on a 2-core CPU).
 
     llmjax-sweep experiments/optimizers.py --workdir runs/optimizers && llmjax-report runs/optimizers
 """
@@ -14,4 +14,4 @@ def get_config():
 
 
 def get_sweep():
-    return {"grid": {"optimizer.name": ["adamw", "muon"], "optimizer.learning_rate": [1e-3, 3e-3, 1e-2, 3e-2]}}
+    return {"grid": {"optimizer.name": ["adamw", "muon"], "optimizer.learning_rate": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]}}

@@ -40,6 +40,11 @@ BENCHMARKS = {
     # corruption's decoder of 114 (T5's C4 pretraining shape).
     "t5-bench36m": ("t5-bench36m", {"data.seq_len": 512, "train.global_batch_size": 8,
                                     "model.fp32_logits": False, "model.scan_layers": False}),
+    # bench36m's MoE variant: every MLP 8 experts of half its width, top-2, so the same active
+    # parameters and FLOPs per token (92M parameters in all). Dropless (grouped matmuls), the
+    # default; --variant capacity:model.capacity_factor=1.25 measures capacity dispatch beside it.
+    "moe-bench36m": ("bench36m_moe", {"data.seq_len": 512, "train.global_batch_size": 8,
+                                      "model.fp32_logits": False, "model.scan_layers": False}),
     # The LSTM baseline at bench36m's scale and step shape (its recurrence is a scan over time).
     "lstm-bench36m": ("lstm-bench36m", {"data.seq_len": 512, "train.global_batch_size": 8}),
     # The default training run's shape, for quick checks.

@@ -21,7 +21,7 @@ from llmjax.train import objectives
 SCHEDULES = ("cosine", "linear", "constant")
 OPTIMIZER_NAMES = ("adamw", "muon")
 INIT_MODES = ("params", "full")
-MESH_AXES = ("data", "fsdp", "sequence", "tensor")
+MESH_AXES = ("data", "fsdp", "expert", "sequence", "tensor")
 
 
 
@@ -111,11 +111,13 @@ def default_config(family: str = "llama", objective: str | None = None) -> ml_co
     ms.ici = ici = ml_collections.ConfigDict()
     ici.data = -1  # Data parallel: params replicated. -1 fills the devices the other axes leave.
     ici.fsdp = 1  # Params, gradients and optimizer state sharded, gathered per layer.
+    ici.expert = 1  # Experts of MoE layers split (tokens reach them by all-to-all); data parallel elsewhere.
     ici.sequence = 1  # Activations sharded along the sequence (long contexts).
     ici.tensor = 1  # Megatron-style: attention heads and MLP hidden split.
     ms.dcn = dcn = ml_collections.ConfigDict()
     dcn.data = 1  # Across hosts/slices: usually data parallelism only (least communication).
     dcn.fsdp = 1
+    dcn.expert = 1
     dcn.sequence = 1
     dcn.tensor = 1
 
@@ -334,7 +336,7 @@ def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]
                                          f"{shape['sequence']}.")
     if objective.check_fields is not None:
         objective.check_fields(config, shape)
-    batch_shards = shape["data"] * shape["fsdp"]
+    batch_shards = shape["data"] * shape["fsdp"] * shape["expert"]
     if t.global_batch_size % t.microbatches:
         _fail("train.global_batch_size", t.global_batch_size,
               f"must be divisible by train.microbatches={t.microbatches}.")
@@ -342,7 +344,7 @@ def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]
     if micro % batch_shards:
         _fail("train.global_batch_size", t.global_batch_size,
               f"each microbatch of {micro} sequences must split evenly over the "
-              f"{batch_shards} data-parallel shards (data x fsdp mesh axes); use a multiple "
+              f"{batch_shards} data-parallel shards (data x fsdp x expert mesh axes); use a multiple "
               f"of {batch_shards * t.microbatches}.")
     family.spec.validate(m, shape)
     return shape

@@ -31,8 +31,19 @@ _TINY = {"llama": dict(num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64),
          "t5": dict(num_heads=4, head_dim=8, mlp_dim=64, relative_buckets=8, relative_max_distance=12)}
 
 
+# Mixture-of-experts variants of the tiny Llama, named like families here: Mixtral's choices
+# (every layer, dropless, renormalised top-2 of 4), and all the others at once (every other
+# layer, a capacity that drops, a shared expert, top-k of the softmax).
+MOE = {"moe": dict(num_experts=4, experts_per_token=2, expert_mlp_dim=32),
+       "moe-capacity": dict(num_experts=4, experts_per_token=2, expert_mlp_dim=32, moe_every=2,
+                            capacity_factor=1.0, shared_experts=1, router="softmax_topk")}
+
+
 def make_tiny_config(family="llama", **model_overrides):
-    """A 2-layer fp32 model small enough that a step costs milliseconds."""
+    """A 2-layer fp32 model small enough that a step costs milliseconds; `family` may be an
+    MoE variant's name (MOE)."""
+    model_overrides = MOE.get(family, {}) | model_overrides
+    family = "llama" if family in MOE else family
     c = default_config(family)
     c.model.update(vocab_size=128, d_model=32, num_layers=2, max_seq_len=32, dtype="float32", **_TINY[family])
     c.model.update(**model_overrides)

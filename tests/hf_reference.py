@@ -3,6 +3,7 @@ independent reference for interop tests.
 
   make DIR CONFIG_JSON SEED       a random LlamaForCausalLM saved with save_pretrained
   make-gpt2 DIR CONFIG_JSON SEED  a random GPT2LMHeadModel saved with save_pretrained
+  make-mixtral DIR CONFIG_JSON SEED  a random MixtralForCausalLM saved with save_pretrained
   make-bert DIR CONFIG_JSON SEED  a random BertForMaskedLM saved with save_pretrained
   make-t5 DIR CONFIG_JSON SEED    a random T5ForConditionalGeneration saved with save_pretrained
   logits DIR TOKENS.npy OUT.npy   fp32 logits of DIR on the token rows (its LM head: causal or
@@ -47,6 +48,19 @@ def make(directory, config_json, seed):
         for name, param in model.named_parameters():
             if "norm" in name:
                 param.uniform_(0.5, 1.5)
+    model.save_pretrained(directory, safe_serialization=True)
+
+
+def make_mixtral(directory, config_json, seed):
+    torch.manual_seed(int(seed))
+    config = transformers.MixtralConfig(**json.loads(config_json))
+    model = transformers.MixtralForCausalLM(config).to(torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:  # Norm weights start at 1; random ones catch a misplaced norm.
+                param.uniform_(0.5, 1.5)
+            elif name.endswith("mlp.gate.weight"):  # Routers far from uniform: no near-ties in top-k.
+                param.normal_(0.0, 1.0)
     model.save_pretrained(directory, safe_serialization=True)
 
 
@@ -185,7 +199,8 @@ def batch(commands_json):
         COMMANDS[name](*args)
 
 
-COMMANDS = {"make": make, "make-gpt2": make_gpt2, "make-bert": make_bert, "make-t5": make_t5, "logits": logits,
+COMMANDS = {"make": make, "make-mixtral": make_mixtral,
+            "make-gpt2": make_gpt2, "make-bert": make_bert, "make-t5": make_t5, "logits": logits,
             "peft": peft_logits, "encode": encode, "greedy": greedy, "generate": generate, "lstm": lstm, "batch": batch}
 
 if __name__ == "__main__":

@@ -473,6 +473,27 @@ def lstm_vs_axis(draw) -> ConfigCase:
     return ConfigCase("lstm", (f"--config.mesh.ici.{axis}={draw(st.sampled_from([2, 4, 8]))}",), (f"mesh.ici.{axis}",))
 
 
+# The MoE variant's fields, on the tiny Llama with 4 experts of 64 and 2 layers.
+MOE_ON = ("--config.model.num_experts=4", "--config.model.expert_mlp_dim=64")
+MOE_OUT_OF_RANGE = [
+    ("model.num_experts", ints_outside(lambda v: v >= 0)),
+    ("model.experts_per_token", ints_outside(lambda v: 1 <= v <= 4)),
+    ("model.moe_every", ints_outside(lambda v: v in (1, 2))),  # Divides num_layers=2.
+    ("model.expert_mlp_dim", ints_outside(lambda v: v >= 0)),
+    ("model.shared_experts", ints_outside(lambda v: v >= 0)),
+    ("model.capacity_factor", floats_outside(lambda v: v >= 0)),
+    ("model.load_balancing_weight", floats_outside(lambda v: v >= 0)),
+    ("model.router_z_weight", floats_outside(lambda v: v >= 0)),
+    ("model.router", not_one_of(("topk_softmax", "softmax_topk"))),
+]
+
+
+@st.composite
+def moe_out_of_range(draw) -> ConfigCase:
+    key, values = draw(st.sampled_from(MOE_OUT_OF_RANGE))
+    return ConfigCase("llama", (*MOE_ON, f"--config.{key}={draw(values)}"), (key,))
+
+
 # Kind of bad config: (strategy, inputs to try).
 CONFIG_KINDS = {
     **{f"out of range: {key} ({family})": (out_of_range(family, key, values), 3) for family, key, values in OUT_OF_RANGE},
@@ -492,6 +513,7 @@ CONFIG_KINDS = {
     "targets vs sequence axis": (targets_vs_sequence_axis(), 6),
     "widths vs tensor axis": (widths_vs_tensor_axis(), 8),
     "lstm vs axis": (lstm_vs_axis(), 6),
+    "moe fields": (moe_out_of_range(), 12),
 }
 
 

@@ -48,3 +48,13 @@ def test_every_family_has_a_config_of_bench36ms_scale_and_step(name):
     ratio = flops.non_embedding_params(config.model) / flops.non_embedding_params(reference.model)
     assert 0.9 < ratio < 1.2, ratio
     assert flops.flops_per_token(config.model, config.data.seq_len) > 0  # The family's own formula.
+
+
+def test_the_moe_benchmark_is_bench36m_with_experts_of_the_same_active_size():
+    config, reference = benchmark.benchmark_config("moe-bench36m"), benchmark.benchmark_config("bench36m")
+    assert (config.model.num_experts, config.model.experts_per_token) == (8, 2)
+    assert (config.data.seq_len, config.train.global_batch_size) == (512, 8)
+    # MFU counts the active parameters: the router's 8 x 512 per layer above bench36m's.
+    active = flops.flops_per_token(config.model, 512) / flops.flops_per_token(reference.model, 512)
+    assert 1.0 < active < 1.002, active
+    assert flops.param_count(config.model) > 2.5 * flops.param_count(reference.model)

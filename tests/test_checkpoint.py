@@ -85,6 +85,7 @@ def assert_same_run(resumed, reference, rtol=0.0):
                                                        ("configs/bert_tiny.py", 1, signal.SIGTERM),
                                                        ("configs/t5_tiny.py", 1, signal.SIGTERM),
                                                        ("configs/gpt2_tiny.py|prefix_lm", 1, signal.SIGTERM),
+                                                       ("configs/moe_tiny.py", 2, signal.SIGTERM),
                                                        ("configs/finetune.py:package,tiny", 1, signal.SIGTERM),
                                                        ("configs/finetune.py:docstring,tiny", 1, signal.SIGTERM)])
 def test_preempted_run_continues_bit_identically(tmp_path, config, microbatches, sig):
@@ -124,7 +125,7 @@ def test_resume_on_other_meshes_and_device_counts(tmp_path, config):
     preempt(resumed, 10, (*overrides, *data8), cache, devices=8, **run)
     out = preempt(resumed, 25, (*overrides, "--config.mesh.ici.data=1", "--config.mesh.ici.fsdp=2",
                                 "--config.mesh.ici.tensor=4"), cache, devices=8, **run)
-    assert "mesh: {'data': 1, 'fsdp': 2, 'sequence': 1, 'tensor': 4}" in out and "resuming from checkpoint" in out
+    assert "mesh: {'data': 1, 'fsdp': 2, 'expert': 1, 'sequence': 1, 'tensor': 4}" in out and "resuming from checkpoint" in out
     finished = run_train(resumed, *overrides, cache=cache, devices=1, **run)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "over 1 cpu devices" in finished.stdout
@@ -275,7 +276,7 @@ def test_two_process_preemption_resumes_on_one_process(tmp_path):
         process.send_signal(signal.SIGTERM)
     outputs = [process.communicate(timeout=300) for process in processes]
     assert [p.returncode for p in processes] == [EXIT_PREEMPTED] * 2, outputs[1][1][-3000:]
-    assert "mesh: {'data': 8, 'fsdp': 1, 'sequence': 1, 'tensor': 1} over 8 cpu devices" in outputs[0][0]
+    assert "mesh: {'data': 8, 'fsdp': 1, 'expert': 1, 'sequence': 1, 'tensor': 1} over 8 cpu devices" in outputs[0][0]
     assert "SIGTERM: checkpoint written" in outputs[0][0]
     assert "step " not in outputs[1][0] and "config:" not in outputs[1][0]  # One voice per job.
     # Each process loads only the rows of the global batch that its 4 devices hold.
@@ -384,22 +385,31 @@ def test_a_dead_process_stops_the_others_in_bounded_time(tmp_path, victim):
     assert "task" in err.lower() and ("died" in err or "unhealthy" in err or "heartbeat" in err), err[-3000:]
 
 
-def test_hybrid_mesh_across_two_processes_matches_one_process(tmp_path):
-    """mesh.dcn.data=2 across 2 processes, mesh.ici.fsdp=4 within each: the same losses as
-    one process with 8 devices."""
+# Dense: data across the processes, fsdp within each. MoE: the experts split across the
+# processes (all-to-all over the network) and within each.
+HYBRID = {"configs/tiny.py": (("--config.mesh.dcn.data=2", "--config.mesh.ici.data=1", "--config.mesh.ici.fsdp=4"),
+                              "{'data': 2, 'fsdp': 4, 'expert': 1, 'sequence': 1, 'tensor': 1}"),
+          "configs/moe_tiny.py": (("--config.mesh.dcn.expert=2", "--config.mesh.ici.data=1",
+                                   "--config.mesh.ici.expert=2", "--config.mesh.ici.fsdp=2"),
+                                  "{'data': 1, 'fsdp': 2, 'expert': 4, 'sequence': 1, 'tensor': 1}")}
+
+
+@pytest.mark.parametrize("config", HYBRID)
+def test_hybrid_mesh_across_two_processes_matches_one_process(tmp_path, config):
+    """Two processes of 4 devices each: the same losses as one process with 8 devices."""
     overrides = (*FP32, "--config.train.steps=12", "--config.train.log_every=1")
     reference = tmp_path / "reference"
-    assert run_train(reference, *overrides, cache=tmp_path / "cache", devices=8).returncode == 0
-    hybrid = ("--config.mesh.dcn.data=2", "--config.mesh.ici.data=1", "--config.mesh.ici.fsdp=4")
+    assert run_train(reference, *overrides, cache=tmp_path / "cache", devices=8, config=config).returncode == 0
+    hybrid, mesh = HYBRID[config]
     port = _free_port()
     processes = [subprocess.Popen(
         train_command(tmp_path / "hybrid", *overrides, *hybrid, "--num_processes=2",
-                      f"--process_id={i}", f"--coordinator_address=localhost:{port}"),
+                      f"--process_id={i}", f"--coordinator_address=localhost:{port}", config=config),
         cwd=ROOT, env=train_env(tmp_path / "cache", devices=4), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=600) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs[0][1][-3000:]
-    assert "mesh: {'data': 2, 'fsdp': 4, 'sequence': 1, 'tensor': 1} over 8 cpu devices" in outputs[0][0]
+    assert f"mesh: {mesh} over 8 cpu devices" in outputs[0][0]
     assert_same_run(tmp_path / "hybrid", reference, rtol=1e-5)
     # Each process builds only its own rows of the validation batches; the metrics are the same.
     validation = [records(run, "val") for run in (tmp_path / "hybrid", reference)]

@@ -19,7 +19,7 @@ def test_train_command_end_to_end(tmp_path):
     assert len(progress) == 6
     for field in ("loss", "lr", "grad_norm", "tok/s", "MFU", "ETA"):
         assert field in progress[0]
-    assert "mesh: {'data': 2, 'fsdp': 1, 'sequence': 1, 'tensor': 1}" in out
+    assert "mesh: {'data': 2, 'fsdp': 1, 'expert': 1, 'sequence': 1, 'tensor': 1}" in out
     assert "attention on cpu: causal: blockwise (model.attention_impl=auto)" in out
     assert "val loss" in out and "unigram entropy" in out
 

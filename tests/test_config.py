@@ -9,8 +9,8 @@ from conftest import make_tiny_config
 
 
 def test_default_config_is_valid_on_one_and_eight_devices():
-    assert validate(default_config(), 1) == {"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1}
-    assert validate(default_config(), 8) == {"data": 8, "fsdp": 1, "sequence": 1, "tensor": 1}
+    assert validate(default_config(), 1) == {"data": 1, "fsdp": 1, "expert": 1, "sequence": 1, "tensor": 1}
+    assert validate(default_config(), 8) == {"data": 8, "fsdp": 1, "expert": 1, "sequence": 1, "tensor": 1}
 
 
 def test_config_is_locked_against_unknown_keys():
@@ -53,10 +53,10 @@ def test_bad_config_is_refused_with_key_and_fix(change, key, hint):
 def test_mesh_fill_axis():
     config = make_tiny_config()
     config.mesh.ici.update(data=-1, fsdp=2, tensor=2)
-    assert mesh_shape(config, 8) == {"data": 2, "fsdp": 2, "sequence": 1, "tensor": 2}
+    assert mesh_shape(config, 8) == {"data": 2, "fsdp": 2, "expert": 1, "sequence": 1, "tensor": 2}
     config.mesh.ici.update(data=-1, fsdp=4, tensor=1)
     config.mesh.dcn.update(data=2)
-    assert mesh_shape(config, 8, num_processes=2) == {"data": 2, "fsdp": 4, "sequence": 1, "tensor": 1}
+    assert mesh_shape(config, 8, num_processes=2) == {"data": 2, "fsdp": 4, "expert": 1, "sequence": 1, "tensor": 1}
 
 
 def test_workdir_checks(tmp_path):
@@ -83,3 +83,17 @@ def test_workdir_of_the_same_run_is_reused_and_another_refused(tmp_path):
     wider = make_tiny_config(d_model=64, head_dim=16)
     with pytest.raises(WorkdirError, match=r"model.d_model: 32 -> 64.*init_from"):
         RunDir(str(tmp_path)).check(wider)
+
+
+@pytest.mark.parametrize("mesh, model, field", [
+    (dict(data=1, expert=8), dict(num_experts=4), "model.num_experts"),  # Experts split over the expert axis.
+    (dict(data=4, sequence=2), dict(num_experts=4), "mesh.ici.sequence"),  # MoE routes whole rows.
+    (dict(data=1, fsdp=4, expert=2), dict(num_experts=4, d_model=36, num_heads=2, head_dim=18), "model.d_model"),  # embed over fsdp x expert.
+    (dict(data=8), dict(num_experts=4, experts_per_token=5), "model.experts_per_token"),
+    (dict(data=8), dict(num_experts=4, moe_every=3), "model.moe_every"),  # 2 layers.
+])
+def test_moe_fields_are_checked_against_each_other_and_the_mesh(mesh, model, field):
+    config = make_tiny_config("llama", **model)
+    config.mesh.ici.update(**mesh)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validate(config, 8)

@@ -115,8 +115,8 @@ def test_presets_have_the_published_parameter_counts(preset, published):
 
 def test_a_field_of_another_family_is_refused_naming_it():
     config = default_config("llama")
-    config.model.family = "gpt2"  # Llama's fields left behind: num_kv_heads, rope_theta.
-    with pytest.raises(ConfigError, match=r"model.num_kv_heads=2: is a field of the llama family, "
+    config.model.family = "gpt2"  # Llama's fields left behind, the first in order: capacity_factor (MoE).
+    with pytest.raises(ConfigError, match=r"model.capacity_factor=0.0: is a field of the llama family, "
                                           r"not of model.family='gpt2'"):
         validate(config, 1)
     with pytest.raises(ConfigError, match=r"config.model.family='rnn': no such model family; choose one of "

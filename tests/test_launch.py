@@ -40,7 +40,7 @@ def test_local_launch_of_two_processes_matches_one_process(tmp_path, config, mes
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data: process 1 of 2 reads rows 4..7" in result.stdout
     if mesh:
-        assert "mesh: {'data': 2, 'fsdp': 4, 'sequence': 1, 'tensor': 1} over 8 cpu devices" in result.stdout
+        assert "mesh: {'data': 2, 'fsdp': 4, 'expert': 1, 'sequence': 1, 'tensor': 1} over 8 cpu devices" in result.stdout
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
 
 

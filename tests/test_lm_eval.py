@@ -108,7 +108,7 @@ def test_loglikelihood_is_the_forward_pass_sum_batched_or_not(lm):
 
 def test_parameters_sharded_over_devices_score_the_same(lm, workdir):
     sharded = LlmjaxLM(workdir=str(workdir), batch_size=3, fsdp=4)
-    assert dict(sharded.loaded.run.mesh.shape) == {"data": 2, "fsdp": 4, "sequence": 1, "tensor": 1}
+    assert dict(sharded.loaded.run.mesh.shape) == {"data": 2, "fsdp": 4, "expert": 1, "sequence": 1, "tensor": 1}
     requests = _requests("loglikelihood", PAIRS)
     np.testing.assert_allclose(sharded.loglikelihood(requests), lm.loglikelihood(requests), atol=1e-4)
 

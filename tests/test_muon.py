@@ -11,7 +11,7 @@ from llmjax.run import abstract_params
 from llmjax.train import muon
 from llmjax.train.optimizer import build_optimizer
 
-from conftest import FAMILIES, make_tiny_config
+from conftest import FAMILIES, MOE, make_tiny_config
 
 
 def muon_config(family="llama", **model):
@@ -20,12 +20,14 @@ def muon_config(family="llama", **model):
     return config
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + tuple(MOE))
 def test_every_hidden_matrix_and_nothing_else_is_muons(family):
     params, axes = abstract_params(muon_config(family))
     matrices = muon.matrices(axes)
     names = {"/".join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
-    kernels = {n for n in names if n.split("/")[-1] in ("kernel", "recurrent")}
+    experts = {n for n in names if "mlp/" in n and n.split("/")[-1] in ("gate", "up", "down")}
+    assert bool(experts) == (family in MOE)  # An MoE layer's expert weights [layers, experts, in, out].
+    kernels = {n for n in names if n.split("/")[-1] in ("kernel", "recurrent")} | experts
     assert set(matrices) == kernels and kernels
     # Embeddings, norms, biases, T5's position biases stay with AdamW.
     assert not any("embed" in n.split("/")[0] or "norm" in n or n.endswith("bias") for n in matrices)
@@ -43,6 +45,8 @@ def test_matrices_are_read_from_the_logical_axes():
     assert dims("layers/attention/qkv/kernel", ("layers", "embed", "qkv", "heads", "head_dim")) == \
         optax.contrib.MuonDimensionNumbers((1,), (3, 4))
     assert dims("layers_1/recurrent", ("lstm_in", "gates", "lstm_hidden")) == optax.contrib.MuonDimensionNumbers((0,), (2,))
+    # Each expert's projection is a matrix of its own.
+    assert dims("layers/mlp/down", ("layers", "experts", "mlp", "embed")) == optax.contrib.MuonDimensionNumbers((2,), (3,))
     assert dims("task_head/kernel", ("embed", None)) is None  # An output layer.
     assert dims("embed/embedding", ("vocab", "embed")) is None
 

@@ -39,7 +39,7 @@ def _plan(tmp_path, *overrides):
 def test_llama2_7b_fits_an_h100_with_fsdp_64_and_not_without(tmp_path):
     fits = _plan(tmp_path, "--config.mesh.ici.data=1", "--config.mesh.ici.fsdp=64")
     assert fits.returncode == 0, fits.stderr[-2000:]
-    assert "target h100: 64 devices, mesh {'data': 1, 'fsdp': 64, 'sequence': 1, 'tensor': 1}" in fits.stdout
+    assert "target h100: 64 devices, mesh {'data': 1, 'fsdp': 64, 'expert': 1, 'sequence': 1, 'tensor': 1}" in fits.stdout
     params_gb = float(fits.stdout.split("params")[1].split("GB")[0])
     assert params_gb == pytest.approx(LLAMA2_7B_PARAMS * 4 / 64 / 1e9, abs=0.01)  # fp32, 1/64 each.
     assert ": fits" in fits.stdout

@@ -399,3 +399,40 @@ def test_final_loss_is_plotted_per_optimizer_against_the_learning_rate(tmp_path)
     assert report.categories(rows, "optimizer.name") == []  # Numeric overrides are the x axis, not lines.
     labels = report.plot_final_vs(rows, "optimizer.learning_rate", tmp_path / "lr.png")
     assert labels == ["name=adamw", "name=muon"] and (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_moe_report_draws_loss_against_compute_and_routing_per_layer(tmp_path):
+    """A dense and an MoE run (synthetic records, with routing metrics named as the train step
+    names them): the report adds loss against compute and the routing plot."""
+    import numpy as np  # noqa: PLC0415
+
+    from llmjax.model.layers import moe_stats  # noqa: PLC0415
+    from llmjax.sweep import routing  # noqa: PLC0415
+    from llmjax.sweep.report import report  # noqa: PLC0415
+
+    runs = []
+    for name, preset in (("dense", "tiny"), ("moe", "tiny_moe")):
+        config = compose(preset, overrides={"train.steps": 20})
+        workdir = tmp_path / "runs" / name
+        workdir.mkdir(parents=True)
+        (workdir / "config.json").write_text(json.dumps(config.to_dict()))
+        lines = []
+        for step in (10, 20):
+            record = {"step": step, "split": "train", "loss": 5.0 - step / 10, "tokens_per_sec": 1.0}
+            if name == "moe":  # Layer 0: 4 experts of which one takes half the pairs; layer 1 balanced.
+                summary = {"moe_aux_loss": 0.0, "moe_dropped_fraction": np.array([0.1 * step / 10, 0.0]),
+                           "moe_expert_fraction": np.array([[0.5, 0.2, 0.2, 0.1], [0.25] * 4])}
+                record |= {k: float(v) for k, v in moe_stats.scalar_metrics(summary, config.model).items()}
+            lines.append(json.dumps(record))
+        lines.append(json.dumps({"step": 20, "split": "val", "loss": 3.2}))
+        (workdir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        (workdir / "status.json").write_text(json.dumps({"state": "done", "step": 20}))
+        runs.append({"name": name, "overrides": {}})
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs, "sweep": {}}))
+    text, plots = report(tmp_path)
+    assert [p.name for p in plots] == ["loss_curves.png", "loss_vs_compute.png", "routing.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in plots)
+    curves = routing.curves([json.loads(line) for line in (tmp_path / "runs" / "moe" / "metrics.jsonl").read_text()
+                             .splitlines() if '"train"' in line])
+    assert curves[0] == [(10, pytest.approx(2.0), pytest.approx(0.1)), (20, pytest.approx(2.0), pytest.approx(0.2))]
+    assert curves[1][0][1:] == (pytest.approx(1.0), 0.0)

@@ -13,7 +13,7 @@ from llmjax.run import bootstrap
 from llmjax.train.objectives.cross_entropy import chunked_cross_entropy_sums, cross_entropy_sums
 from llmjax.train.optimizer import build_optimizer, learning_rate_schedule, weight_decay_mask
 
-from conftest import FAMILIES, TRANSFORMERS, make_tiny_config
+from conftest import FAMILIES, MOE, TRANSFORMERS, make_tiny_config
 
 
 def random_batch(config, seed=0):
@@ -41,20 +41,26 @@ def random_batch(config, seed=0):
     return batch
 
 
-def run_steps(config, batches, devices=None):
-    """Trains on `batches` over the given devices; returns (losses, final state)."""
+def train_metrics(config, batches, devices=None):
+    """Trains on `batches` over the given devices; returns (every step's metrics, final state)."""
     run = bootstrap(config, devices=devices)
     state = run.create_state()
     train_fn, _ = run.compile_steps()
-    losses = []
+    metrics = []
     for batch in batches:
-        state, metrics = train_fn(state, pipeline.to_device(batch, run.batch_shardings()))
-        losses.append(float(metrics["loss"]))
-    return np.array(losses), state
+        state, step_metrics = train_fn(state, pipeline.to_device(batch, run.batch_shardings()))
+        metrics.append(jax.device_get(step_metrics))
+    return metrics, state
+
+
+def run_steps(config, batches, devices=None):
+    """Trains on `batches` over the given devices; returns (losses, final state)."""
+    metrics, state = train_metrics(config, batches, devices)
+    return np.array([float(m["loss"]) for m in metrics]), state
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + tuple(MOE))
 def test_overfits_one_batch(family, optimizer):
     config = make_tiny_config(family)
     config.optimizer.name = optimizer
@@ -124,6 +130,47 @@ def test_sharded_step_matches_single_device(mesh, family, optimizer):
         layers, d_model // mesh.get("fsdp", 1), mlp_dim // mesh.get("tensor", 1))
     # Every optimizer state of a parameter's shape (AdamW's moments, Muon's momentum) is laid out like it.
     assert {x.sharding.spec for x in jax.tree.leaves(state_8.opt_state) if x.shape == gate.shape} == {gate.sharding.spec}
+
+
+# Expert parallelism: experts split over the expert axis (rows over data, fsdp and expert), each
+# device's tokens sent to their experts' devices by all-to-all and back.
+MOE_MESHES = [("moe", dict(expert=4, fsdp=2)), ("moe", dict(data=2, expert=2, tensor=2)),
+              ("moe-capacity", dict(expert=4, data=2)), ("moe-capacity", dict(expert=2, fsdp=2, tensor=2))]
+
+
+@pytest.mark.parametrize(("family", "mesh"), [pytest.param(f, m, id=f"{f}-{mesh_id(m)}") for f, m in MOE_MESHES])
+def test_expert_parallel_step_matches_single_device(family, mesh):
+    configs = [make_tiny_config(family), make_tiny_config(family)]
+    for config, devices in zip(configs, (dict(data=1), dict(data=1) | mesh)):
+        config.mesh.ici.update(data=1, fsdp=1, expert=1, sequence=1, tensor=1)
+        config.mesh.ici.update(**devices)
+    batches = [random_batch(configs[0], seed) for seed in range(4)]
+    (metrics_1, state_1), (metrics_8, state_8) = (train_metrics(config, batches, devices) for config, devices
+                                                  in zip(configs, (jax.devices()[:1], jax.devices())))
+    routing = [k for k in metrics_1[0] if k.startswith("moe_")]
+    assert "moe_aux_loss" in routing and any(k.startswith("moe_expert_fraction/") for k in routing)
+    for key in ["loss", *routing]:
+        np.testing.assert_allclose([m[key] for m in metrics_8], [m[key] for m in metrics_1], rtol=1e-5, atol=1e-7)
+    if family == "moe-capacity":  # Capacity 1.0 of skewed random routing drops some pairs, the same ones.
+        assert max(float(m["moe_dropped/layer_1"]) for m in metrics_1) > 0
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 jax.device_get(state_8.params), jax.device_get(state_1.params))
+    layers = state_8.params["layers"]
+    gate = (layers["mlp"] if family == "moe" else layers["moe"]["mlp"])["gate"]
+    assert gate.sharding.spec == jax.sharding.PartitionSpec(None, "expert", "fsdp", "tensor")
+    layer, e, d, f = gate.shape
+    assert gate.addressable_shards[0].data.shape == (layer, e // mesh["expert"], d // mesh.get("fsdp", 1),
+                                                      f // mesh.get("tensor", 1))
+    # Outside the experts, the expert axis splits weights like fsdp does.
+    query = (layers["attention"] if family == "moe" else layers["moe"]["attention"])["query"]["kernel"]
+    assert query.sharding.spec[1] == ("fsdp", "expert")
+
+
+def test_expert_parallel_dispatch_is_an_all_to_all():
+    config = make_tiny_config("moe")
+    config.mesh.ici.update(data=2, expert=4)
+    train_fn, _ = bootstrap(config).compile_steps()
+    assert "all-to-all" in train_fn.as_text()
 
 
 def test_gradient_accumulation_equals_full_batch():

@@ -38,7 +38,7 @@ class Scorer:
         self.loaded, self.config = loaded, loaded.config
         self.max_len = loaded.config.model.max_seq_len
         mesh = loaded.run.mesh
-        self.shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        self.shards = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
         self.batch_size = -(-batch_size // self.shards) * self.shards
         self._rows = loaded.run.sharding(("activation_batch", None))
         params = jax.tree.map(lambda x: x.sharding, loaded.params)

@@ -8,7 +8,9 @@ from llmjax.model import registry
 
 
 def _importable() -> dict[str, registry.Family]:
-    return {family.hf().MODEL_TYPE: family for family in map(registry.get, registry.names()) if family.hf}
+    """{HF model_type: family}; an adapter may read several (MODEL_TYPES: Llama's reads Mixtral)."""
+    return {model_type: family for family in map(registry.get, registry.names()) if family.hf
+            for model_type in getattr(family.hf(), "MODEL_TYPES", (family.hf().MODEL_TYPE,))}
 
 
 def for_hf_config(hf: dict):

@@ -56,10 +56,10 @@ def check_out(out: Path, marker: dict) -> None:
                                f"new directory or remove it.")
 
 
-def _leaf(params: dict, path: tuple[str, ...], layer: int | None) -> np.ndarray:
+def _leaf(params: dict, path: tuple[str, ...], index: tuple[int, ...]) -> np.ndarray:
     for key in path:
         params = params[key]
-    return params if layer is None else params[layer]
+    return params[index]
 
 
 def write_model(directory: Path, model_params: dict, maps: list, hf_config: dict, run: RunDir, dtype: str,
@@ -68,7 +68,7 @@ def write_model(directory: Path, model_params: dict, maps: list, hf_config: dict
     the safetensors file names."""
     itemsize = np.dtype(DTYPES[dtype]).itemsize
     sizes = [(m.hf_name, int(np.prod(m.hf_shape)) * itemsize) for m in maps]
-    tensors = ((m.hf_name, m.to_hf(_leaf(model_params, m.path, m.layer)).astype(DTYPES[dtype])) for m in maps)
+    tensors = ((m.hf_name, m.to_hf(_leaf(model_params, m.path, m.index())).astype(DTYPES[dtype])) for m in maps)
     files = write_safetensors(directory, tensors, sizes, max_shard_bytes)
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
     write_hf_tokenizer(run, directory)

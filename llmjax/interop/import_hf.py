@@ -86,11 +86,9 @@ def _stage(reader: SafetensorsReader, maps: list[TensorMap], num_layers: int, st
     leaves = {}
     for m in maps:
         if m.path not in leaves:
-            shape = ((num_layers,) if m.layer is not None else ()) + m.llmjax_shape
-            leaves[m.path] = np.lib.format.open_memmap(staging / f"{'.'.join(m.path)}.npy",
-                                                       mode="w+", dtype=np.float32, shape=shape)
-        leaf = leaves[m.path]
-        m.copy_to_llmjax(reader.read(m.hf_name), leaf if m.layer is None else leaf[m.layer])
+            leaves[m.path] = np.lib.format.open_memmap(staging / f"{'.'.join(m.path)}.npy", mode="w+",
+                                                       dtype=np.float32, shape=m.leaf_shape(num_layers))
+        m.copy_to_llmjax(reader.read(m.hf_name), leaves[m.path][m.index()])
     tree = {}
     for path, leaf in leaves.items():
         leaf.flush()

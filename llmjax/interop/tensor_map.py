@@ -44,6 +44,16 @@ class TensorMap:
     hf_shape: tuple[int, ...]
     llmjax_shape: tuple[int, ...]
     transpose: bool  # torch Linear weights are [out, in]; llmjax kernels [in..., out...].
+    expert: int | None = None  # Indexes the experts axis (after the layer's) of an MoE weight.
+    num_experts: int = 0
+
+    def index(self) -> tuple[int, ...]:
+        """Where the tensor sits in its (stacked) llmjax leaf."""
+        return tuple(i for i in (self.layer, self.expert) if i is not None)
+
+    def leaf_shape(self, num_layers: int) -> tuple[int, ...]:
+        return (((num_layers,) if self.layer is not None else ()) + ((self.num_experts,) if self.expert is not None else ())
+                + self.llmjax_shape)
 
     def copy_to_llmjax(self, array: np.ndarray, target: np.ndarray) -> None:
         """Writes the HF tensor into `target` (llmjax-shaped, e.g. one layer of a memory-mapped

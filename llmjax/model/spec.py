@@ -58,7 +58,10 @@ class ModelSpec:
                 raise config_error(f"model.{key}", model[key], f"must be one of {', '.join(DTYPES)}.")
         if mesh_shape:
             divisible(model, "vocab_size", mesh_shape, "tensor")
-            divisible(model, "d_model", mesh_shape, "fsdp")
+            if model.d_model % (mesh_shape["fsdp"] * mesh_shape.get("expert", 1)):
+                raise config_error("model.d_model", model.d_model,
+                                   f"must be divisible by fsdp x expert = {mesh_shape['fsdp']} x "
+                                   f"{mesh_shape.get('expert', 1)} (weights split their embed axis over both).")
 
     @property
     def compute_dtype(self):

@@ -11,7 +11,7 @@ from llmjax.config import MESH_AXES, mesh_shapes
 
 
 def build_mesh(config, devices=None) -> jax.sharding.Mesh:
-    """A mesh with axes (data, fsdp, sequence, tensor). With dcn sizes above 1 it is a hybrid
+    """A mesh with axes (data, fsdp, expert, sequence, tensor). With dcn sizes above 1 it is a hybrid
     mesh: each axis's dcn part spans hosts (processes) and its ici part stays within one, so
     the chatty axes (tensor, fsdp) never cross the slow network. Axes are Auto so XLA
     propagates shardings from the rules-table constraints."""

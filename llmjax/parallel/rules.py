@@ -13,6 +13,11 @@ import jax
 AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # Parameters.
     ("vocab", "tensor"),
+    # Rules are tried in order and a mesh axis is used once per array: an MoE layer's expert
+    # weights take the expert axis for their experts, so their embed falls through to fsdp;
+    # every other weight's embed is split over fsdp and expert (ZeRO-3 over both).
+    ("experts", "expert"),  # The expert index of an MoE layer's stacked expert weights.
+    ("embed", ("fsdp", "expert")),
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
@@ -27,8 +32,9 @@ AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("lstm_in", "fsdp"),  # An LSTM layer's input or output width after the first layer.
     ("lstm_hidden", None),  # LSTM hidden units: the recurrence needs them whole at every step.
     ("relative_buckets", None),  # Rows of T5's relative position bias tables.
+    ("experts_router", None),  # The router's output (one logit per expert): small, replicated.
     # Activations.
-    ("activation_batch", ("data", "fsdp")),
+    ("activation_batch", ("data", "fsdp", "expert")),  # Outside MoE layers the expert axis is data parallel.
     ("activation_length", "sequence"),  # Tokens of a decoder, an encoder (T5's inputs) ...
     ("activation_decoder_length", "sequence"),  # ... and an encoder-decoder's decoder (its targets).
     ("activation_kv_length", None),  # Cross-attention's keys: every query shard reads all of them.

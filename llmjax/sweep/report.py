@@ -12,12 +12,11 @@ import math
 import statistics
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 
 from llmjax import flops
-from llmjax.rundir import RunDir
-from llmjax.sweep import families
+from llmjax.rundir import RunDir, config_from_dict
+from llmjax.sweep import families, routing
 
 
 TASK_METRICS = ("accuracy", "macro_f1", "bleu", "chrf", "rouge_l")  # What fine-tuning objectives report.
@@ -57,10 +56,12 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
                "val_curve": [(r["step"], r["loss"]) for r in val],
                # A fine-tuning task's held-out metrics: final values and their curves.
                "task_curves": {m: [(r["step"], r[m]) for r in val if m in r] for m in TASK_METRICS
-                               if any(m in r for r in val)}}
+                               if any(m in r for r in val)},
+               "routing": routing.curves(train)}
         config_path = workdir / "config.json"
         if config_path.exists():
-            config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+            # With defaults for fields added since the run was saved (e.g. the MoE ones).
+            config = config_from_dict(json.loads(config_path.read_text()))
             tokens_per_step = config.train.global_batch_size * config.data.seq_len
             row["tokens"] = row["steps"] * tokens_per_step
             row["params"] = flops.param_count(config.model)
@@ -68,7 +69,8 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
             row["family"] = config.model.get("family", "llama")
             row["objective"] = config.get("objective", {}).get("name", "causal_lm")
             row["val_accuracy"] = val[-1].get("accuracy", math.nan) if val else math.nan
-            row["compute"] = flops.flops_per_token(config.model, config.data.seq_len) * row["tokens"]
+            row["flops_per_step"] = flops.flops_per_token(config.model, config.data.seq_len) * tokens_per_step
+            row["compute"] = row["flops_per_step"] * row["steps"]
         rows.append(row)
     return rows, manifest.get("sweep", {})
 
@@ -104,16 +106,22 @@ def _figure():
     return plt, *plt.subplots(figsize=(7, 4.5), dpi=110)
 
 
-def plot_curves(rows, path: Path) -> None:
+def plot_curves(rows, path: Path, compute: bool = False) -> None:
+    """Training (lines) and validation (dots) loss against the step, or with `compute` against
+    the training FLOPs so far (of active parameters: a dense and an MoE run side by side)."""
     plt, fig, ax = _figure()
     for r in rows:
-        if r["train_curve"]:
+        scale = r.get("flops_per_step", 0) if compute else 1
+        if r["train_curve"] and scale:
             steps, losses = zip(*r["train_curve"])
-            line, = ax.plot(steps, losses, label=r["name"], alpha=0.8)
+            line, = ax.plot([s * scale for s in steps], losses, label=r["name"], alpha=0.8)
             if r["val_curve"]:
                 vsteps, vlosses = zip(*r["val_curve"])
-                ax.plot(vsteps, vlosses, "o--", color=line.get_color(), alpha=0.8, markersize=3)
-    ax.set(xlabel="step", ylabel="loss (nats/token)", title="Training (lines) and validation (dots) loss")
+                ax.plot([s * scale for s in vsteps], vlosses, "o--", color=line.get_color(), alpha=0.8, markersize=3)
+    if compute:
+        ax.set(xscale="log", xlabel="training compute (FLOPs of active parameters)")
+    ax.set(xlabel=ax.get_xlabel() or "step", ylabel="loss (nats/token)",
+           title="Training (lines) and validation (dots) loss")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -227,5 +235,9 @@ def report(sweep_dir: Path, log=print) -> tuple[str, list[Path]]:
         text += f"\n\nscaling: final val loss ~ compute^-{exponent:.3f} (fitted over {fitted} runs)"
     if sweep.get("families"):
         plots += family_plots
+    if routing.any_moe(rows):
+        plots += [sweep_dir / "loss_vs_compute.png", sweep_dir / "routing.png"]
+        plot_curves(rows, plots[-2], compute=True)
+        routing.plot_routing(rows, plots[-1], _figure)
     (sweep_dir / "report.txt").write_text(text + "\n")
     return text, plots

@@ -89,7 +89,7 @@ def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, 
     step = run_dir.resolve_step(step)
     devices = jax.device_count()
     batch_size = -(-config.train.global_batch_size // devices) * devices
-    overrides = {f"mesh.ici.{axis}": 1 for axis in ("fsdp", "sequence", "tensor")} | {
+    overrides = {f"mesh.ici.{axis}": 1 for axis in ("fsdp", "expert", "sequence", "tensor")} | {
         "mesh.ici.data": -1, "train.global_batch_size": batch_size}
     if data:
         specs = [spec.strip() for spec in data.split(",") if spec.strip()]

@@ -5,10 +5,11 @@ head) stays with AdamW, as Muon's authors prescribe.
 Which axes form the matrix comes from each parameter's logical axes, the same names the
 sharding rules read: a kernel's input axes (those before its output, `embed` first for a
 projection reading the residual stream, last for one writing it) are the matrix's rows, the
-rest its columns, and `layers` (scanned stacks), `qkv` (GPT-2's fused projections) and `gates`
-(the LSTM's four) are batch axes, so every layer's query, key and value or every gate is
-orthogonalised as a matrix of its own. A multi-axis side is flattened: the query projection
-[embed, heads, head_dim] is one d_model x (heads * head_dim) matrix.
+rest its columns, and `layers` (scanned stacks), `qkv` (GPT-2's fused projections), `gates`
+(the LSTM's four) and `experts` (an MoE layer's) are batch axes, so every layer's query, key
+and value, every gate or every expert's projection is orthogonalised as a matrix of its own. A
+multi-axis side is flattened: the query projection [embed, heads, head_dim] is one d_model x
+(heads * head_dim) matrix.
 
 Sharding: the iteration is plain array algebra inside the jitted step, so under fsdp or tensor
 parallelism XLA computes it on the whole matrix (gathering or reducing the products across the
@@ -32,13 +33,15 @@ from llmjax.finetune import EXTRA_KEYS
 from llmjax.finetune.lora import input_dims
 from llmjax.finetune.params import path_name
 
-BATCH_AXES = ("layers", "qkv", "gates")
+BATCH_AXES = ("layers", "qkv", "gates", "experts")
 MATRIX_LEAVES = ("kernel", "recurrent")  # The LSTM's recurrent weights are matrices too.
 
 
 def dimension_numbers(name: str, axes: tuple) -> MuonDimensionNumbers | None:
     """The matrix of the parameter at `name` with logical `axes`, or None (AdamW's)."""
-    if name.split("/")[0] in EXTRA_KEYS or name.split("/")[-1] not in MATRIX_LEAVES:
+    if name.split("/")[0] in EXTRA_KEYS:
+        return None
+    if name.split("/")[-1] not in MATRIX_LEAVES and "experts" not in axes:  # Expert weights are bare arrays.
         return None
     matrix = [i for i, axis in enumerate(axes) if axis not in BATCH_AXES]
     if len(matrix) < 2:

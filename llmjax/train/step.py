@@ -9,15 +9,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from llmjax.model.layers import moe_stats
 from llmjax.train import objectives
 from llmjax.train.optimizer import learning_rate_schedule
 from llmjax.train.state import TrainState
 
 
 def _scaled_loss(params, batch, config, total_weight):
+    """The microbatch's share of the step's loss; (NLL sum, z-loss sum, MoE summary) beside it.
+    An MoE model's auxiliary loss is a mean over the microbatch, so each of M microbatches adds
+    1/M of it."""
     objective = objectives.of(config).impl()
-    nll, z, _ = objective.loss_sums(params, batch, config=config, z_loss=config.train.z_loss)
-    return (nll + z) / total_weight, (nll, z)
+    with moe_stats.collecting() as records:
+        nll, z, _ = objective.loss_sums(params, batch, config=config, z_loss=config.train.z_loss)
+    router = moe_stats.summary(records, config.model)
+    aux = router["moe_aux_loss"] / config.train.microbatches if router else 0.0
+    return (nll + z) / total_weight + aux, (nll, z, router)
 
 
 def _split_microbatches(x, count: int):
@@ -30,18 +37,19 @@ def _gradients(params, batch, config, total_weight):
     grad_fn = jax.value_and_grad(_scaled_loss, has_aux=True)
     count = config.train.microbatches
     if count == 1:
-        (_, (nll, z)), grads = grad_fn(params, batch, config, total_weight)
-        return grads, nll, z
+        (_, sums), grads = grad_fn(params, batch, config, total_weight)
+        return grads, sums
 
     def accumulate(carry, micro):
-        grads_acc, nll_acc, z_acc = carry
-        (_, (nll, z)), grads = grad_fn(params, micro, config, total_weight)
-        return (jax.tree.map(jnp.add, grads_acc, grads), nll_acc + nll, z_acc + z), None
+        (_, sums), grads = grad_fn(params, micro, config, total_weight)
+        return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-    zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
     micro = jax.tree.map(lambda x: _split_microbatches(x, count), batch)
-    (grads, nll, z), _ = jax.lax.scan(accumulate, zeros, micro)
-    return grads, nll, z
+    first = jax.tree.map(lambda x: x[0], micro)
+    sums = jax.eval_shape(lambda p, b: _scaled_loss(p, b, config, total_weight)[1], params, first)
+    zeros = (jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), sums))
+    (grads, (nll, z, router)), _ = jax.lax.scan(accumulate, zeros, micro)
+    return grads, (nll, z, jax.tree.map(lambda x: x / count, router))
 
 
 def train_step(state: TrainState, batch, *, config, tx: optax.GradientTransformation):
@@ -51,7 +59,7 @@ def train_step(state: TrainState, batch, *, config, tx: optax.GradientTransforma
     accumulating M microbatches gives exactly the gradient of the whole batch. A step whose loss
     or gradient is not finite leaves params and optimizer state untouched and is counted."""
     total_weight = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
-    grads, nll, z = _gradients(state.params, batch, config, total_weight)
+    grads, (nll, z, router) = _gradients(state.params, batch, config, total_weight)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(nll) & jnp.isfinite(z) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -65,7 +73,7 @@ def train_step(state: TrainState, batch, *, config, tx: optax.GradientTransforma
     metrics = {"loss": nll / total_weight, "z_loss": z / total_weight, "grad_norm": grad_norm,
                "learning_rate": learning_rate_schedule(config)(optimizer_steps),
                "skipped": (~finite).astype(jnp.int32), "tokens": total_weight}
-    return new_state, metrics
+    return new_state, metrics | moe_stats.scalar_metrics(router, config.model)
 
 
 def eval_step(params, batch, *, config):

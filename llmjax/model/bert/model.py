@@ -81,7 +81,7 @@ class Bert(nn.Module):
             types_BT = jnp.zeros_like(tokens_BT) if token_types_BT is None else token_types_BT
             x_BTD = x_BTD + embedding(s, s.type_vocab_size, ("token_type", "embed"), "type_embed")(types_BT)
         x_BTD = nn.with_logical_constraint(layer_norm(s, "embed_norm")(x_BTD), EMBED_ACT)
-        x_BTD = stack_blocks(Block, s, x_BTD, segment_ids_BT)
+        x_BTD, _ = stack_blocks(Block, s, x_BTD, segment_ids_BT)
         h_BTD = Projection(s, (s.d_model, s.d_model), ("embed", "mlp"), use_bias=True, name="head")(x_BTD)
         h_BTD = layer_norm(s, "head_norm")(nn.gelu(h_BTD, approximate=False))
         bias_V = self.param("output_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),

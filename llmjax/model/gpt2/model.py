@@ -76,7 +76,7 @@ class GPT2(nn.Module):
         embed = embedding(s, s.vocab_size, ("vocab", "embed"), "embed")
         position_embed = embedding(s, s.max_seq_len, ("position", "embed"), "position_embed")
         x_BTD = nn.with_logical_constraint(embed(tokens_BT) + position_embed(positions_BT), EMBED_ACT)
-        x_BTD = stack_blocks(Block, s, x_BTD, segment_ids_BT, prefix_BT)
+        x_BTD, _ = stack_blocks(Block, s, x_BTD, segment_ids_BT, prefix_BT)
         x_BTD = layer_norm(s, "final_norm")(x_BTD)
         return head_output(x_BTD, output_matrix(self, s, embed), s, with_head)
 

@@ -31,5 +31,6 @@ class DecoderMath:
 
     def decoder(self, config):
         """(module, spec) for cached decoding: the spec without rematerialisation, since
-        inference keeps nothing for a backward pass."""
-        return self.module, self.spec.from_config(config.model, remat="none")
+        inference keeps nothing for a backward pass, and MoE layers dropless (a prompt's
+        tokens must not compete for capacity with each other; Mixtral decodes dropless)."""
+        return self.module, self.spec.from_config(config.model, remat="none", capacity_factor=0.0)

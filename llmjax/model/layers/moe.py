@@ -12,15 +12,21 @@ Dispatch, two ways:
   - dropless (`capacity_factor` 0): token-expert pairs sorted by expert and multiplied group by
     group with `jax.lax.ragged_dot` (MegaBlocks' grouped matmul, Gale et al. 2022): every token
     reaches its experts, and no FLOP is spent on padding.
-  - capacity (`capacity_factor` c > 0): each expert takes at most c * tokens * k / experts
-    pairs, filled in order of choice rank then token (a token's first choice before anyone's
-    second, GShard's priority), into fixed [experts, capacity, d_model] buffers multiplied with
-    one batched matmul; pairs over capacity are dropped (the token keeps its residual).
+  - capacity (`capacity_factor` c > 0): of each row, each expert takes at most
+    c * length * k / experts pairs, filled in order of choice rank then token (a token's first
+    choice before anyone's second, GShard's priority), into fixed [experts, capacity, d_model]
+    buffers multiplied with one batched matmul; pairs over capacity are dropped (the token
+    keeps its residual). Capacity is per row, so which pairs drop does not depend on how the
+    batch is split over devices.
+
+Expert parallelism: with a mesh whose `expert` axis is above 1, each device holds
+experts / expert-axis-size experts; rows are split over the data, fsdp and expert axes, and
+each device's buffers travel to their experts' devices by all-to-all and back (shard_map).
 
 Auxiliary losses, as transformers' Mixtral computes them: the load-balancing loss
 E * sum_k sum_e f_ke * P_e (f_ke: the fraction of tokens whose k-th choice is expert e, P_e:
 its mean router probability; top_k when perfectly balanced), and the router z-loss, the mean squared log-sum-exp of
-the router logits (ST-MoE, Zoph et al. 2022). `moe_mlp` returns them with the routing
+the router logits (ST-MoE, Zoph et al. 2022). `MoeMlp` returns them with the routing
 statistics the trainer reports per layer: the fraction of pairs each expert got and the
 fraction dropped.
 """
@@ -28,11 +34,13 @@ fraction dropped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from llmjax.model.layers.projection import Projection, weight_init
 
@@ -89,26 +97,92 @@ def capacity(tokens: int, top_k: int, num_experts: int, factor: float) -> int:
     return max(1, math.ceil(factor * tokens * top_k / num_experts))
 
 
-def expert_swiglu_capacity(x_TD, weights_TK, experts_TK, gate_EDF, up_EDF, down_EFD, factor: float):
-    """(output [T, D], fraction of pairs dropped): fixed buffers of `capacity` pairs per expert,
-    filled by choice rank then token."""
+def buffer_slots(experts_TK, num_experts: int, c: int):
+    """(slot [T, k], kept [T, k]) of one row's pairs in their experts' buffers of `c`, filled
+    by choice rank then token; a pair over capacity gets the spare slot c."""
     t, k = experts_TK.shape
-    num_experts = gate_EDF.shape[0]
-    c = capacity(t, k, num_experts, factor)
     one_hot_KTE = jax.nn.one_hot(experts_TK.T, num_experts, dtype=jnp.int32)  # Rank-major priority.
     slot_KTE = jnp.cumsum(one_hot_KTE.reshape(k * t, num_experts), axis=0).reshape(k, t, num_experts) - 1
-    slot_TK = jnp.sum(slot_KTE * one_hot_KTE, axis=-1).T  # Each pair's place in its expert's buffer.
+    slot_TK = jnp.sum(slot_KTE * one_hot_KTE, axis=-1).T
     kept_TK = slot_TK < c
-    # Dropped pairs go to a spare slot c that is cut off after the scatter.
-    slot_TK = jnp.where(kept_TK, slot_TK, c)
+    return jnp.where(kept_TK, slot_TK, c), kept_TK
+
+
+def to_buffers(x_TD, experts_TK, slot_TK, num_experts: int, c: int):
+    """[E, c, D]: each kept pair's token in its expert's buffer (the spare slot is cut off)."""
+    t, k = experts_TK.shape
     buffers_ECD = jnp.zeros((num_experts, c + 1, x_TD.shape[-1]), x_TD.dtype)
     buffers_ECD = buffers_ECD.at[experts_TK, slot_TK].set(jnp.broadcast_to(x_TD[:, None], (t, k, x_TD.shape[-1])))
-    x_ECD = buffers_ECD[:, :c]
-    h_ECF = nn.silu(jnp.einsum("ecd,edf->ecf", x_ECD, gate_EDF)) * jnp.einsum("ecd,edf->ecf", x_ECD, up_EDF)
-    y_ECD = jnp.einsum("ecf,efd->ecd", h_ECF, down_EFD)
+    return buffers_ECD[:, :c]
+
+
+def from_buffers(y_ECD, weights_TK, experts_TK, slot_TK, kept_TK):
+    """[T, D]: each token's weighted sum of its kept pairs' expert outputs."""
     y_ECD = jnp.concatenate([y_ECD, jnp.zeros_like(y_ECD[:, :1])], axis=1)  # The spare slot: zeros.
     y_TKD = y_ECD[experts_TK, slot_TK] * (weights_TK * kept_TK)[..., None].astype(y_ECD.dtype)
-    return jnp.sum(y_TKD, axis=1), 1.0 - jnp.mean(kept_TK.astype(jnp.float32))
+    return jnp.sum(y_TKD, axis=1)
+
+
+def expert_swiglu(x_ECD, gate_EDF, up_EDF, down_EFD):
+    """Each expert's SwiGLU on its buffer (any leading batch axes), one batched matmul each."""
+    h_ECF = (nn.silu(jnp.einsum("...ecd,edf->...ecf", x_ECD, gate_EDF))
+             * jnp.einsum("...ecd,edf->...ecf", x_ECD, up_EDF))
+    return jnp.einsum("...ecf,efd->...ecd", h_ECF, down_EFD)
+
+
+def expert_swiglu_rows(x_BTD, weights_BTK, experts_BTK, gate_EDF, up_EDF, down_EFD, c: int, exchange=None):
+    """(output [B, T, D], kept [B, T, k]): every row's pairs into per-row expert buffers of `c`,
+    through the experts, and back. `exchange` (expert parallelism, see `_expert_parallel`) is a
+    pair of functions moving the [B, E, c, D] buffers to the experts' devices and back."""
+    num_experts = gate_EDF.shape[0] * (1 if exchange is None else exchange.shards)
+    slot_BTK, kept_BTK = jax.vmap(lambda e: buffer_slots(e, num_experts, c))(experts_BTK)
+    x_BECD = jax.vmap(lambda x, e, s: to_buffers(x, e, s, num_experts, c))(x_BTD, experts_BTK, slot_BTK)
+    if exchange is None:
+        y_BECD = expert_swiglu(x_BECD, gate_EDF, up_EDF, down_EFD)
+    else:
+        y_BECD = exchange.back(expert_swiglu(exchange.out(x_BECD), gate_EDF, up_EDF, down_EFD))
+    return jax.vmap(from_buffers)(y_BECD, weights_BTK, experts_BTK, slot_BTK, kept_BTK), kept_BTK
+
+
+def expert_swiglu_capacity(x_TD, weights_TK, experts_TK, gate_EDF, up_EDF, down_EFD, factor: float):
+    """(output [T, D], fraction of pairs dropped) of one row with a capacity of `factor`."""
+    c = capacity(x_TD.shape[0], experts_TK.shape[1], gate_EDF.shape[0], factor)
+    y_BTD, kept_BTK = expert_swiglu_rows(x_TD[None], weights_TK[None], experts_TK[None], gate_EDF, up_EDF, down_EFD, c)
+    return y_BTD[0], 1.0 - jnp.mean(kept_BTK.astype(jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class _AllToAll:
+    """Inside shard_map: a device's [B, E, c, D] buffers -> [shards * B, E / shards, c, D]
+    (every device's tokens for this device's experts) and back, over the `expert` mesh axis;
+    the tensor axis's partial sums of the down projection are added on the way back."""
+    shards: int
+
+    def out(self, x_BECD):
+        return jax.lax.all_to_all(x_BECD, "expert", split_axis=1, concat_axis=0, tiled=True)
+
+    def back(self, y_BECD):
+        y_BECD = jax.lax.psum(y_BECD, "tensor")
+        return jax.lax.all_to_all(y_BECD, "expert", split_axis=0, concat_axis=1, tiled=True)
+
+
+BATCH_AXES = ("data", "fsdp", "expert")
+
+
+def _expert_parallel(mesh):
+    """The mesh's expert-axis size when the experts are split over it (else 1)."""
+    return 1 if mesh.empty or "expert" not in mesh.axis_names else mesh.shape["expert"]
+
+
+def expert_parallel_rows(x_BTD, weights_BTK, experts_BTK, gate_EDF, up_EDF, down_EFD, c: int, mesh):
+    """`expert_swiglu_rows` with the experts split over the mesh's expert axis: each device
+    fills buffers for its rows, all-to-all sends every expert's buffers to the device holding
+    it, and the outputs come back the same way (GShard, Lepikhin et al. 2021)."""
+    rows, experts, weight = P(BATCH_AXES), P(BATCH_AXES), P("expert", None, "tensor")
+    exchange = _AllToAll(mesh.shape["expert"])
+    fn = functools.partial(expert_swiglu_rows, c=c, exchange=exchange)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(rows, rows, experts, weight, weight, P("expert", "tensor", None)),
+                         out_specs=(rows, rows))(x_BTD, weights_BTK, experts_BTK, gate_EDF, up_EDF, down_EFD)
 
 
 class MoeMlp(nn.Module):
@@ -133,8 +207,18 @@ class MoeMlp(nn.Module):
         up = experts("up", (e, d, f), ("experts", "embed", "mlp"))
         down = experts("down", (e, f, d), ("experts", "mlp", "embed"), residual)
         x_TD = x_TD.astype(s.compute_dtype)
-        if m.capacity_factor > 0:
-            y_TD, dropped = expert_swiglu_capacity(x_TD, weights_TK, experts_TK, gate, up, down, m.capacity_factor)
+        mesh = jax.sharding.get_abstract_mesh()
+        shards = _expert_parallel(mesh)
+        parallel = shards > 1 and b % math.prod(mesh.shape[a] for a in BATCH_AXES) == 0
+        if m.capacity_factor > 0 or parallel:
+            # Dropless across devices: room for a whole row in every buffer (an expert gets at
+            # most one pair per token), so nothing drops, at num_experts / top_k times the
+            # expert FLOPs of grouped matmuls; capacity_factor is the efficient choice there.
+            c = capacity(t, m.top_k, e, m.capacity_factor) if m.capacity_factor > 0 else t
+            rows = ((x_TD.reshape(b, t, d), weights_TK.reshape(b, t, -1), experts_TK.reshape(b, t, -1),
+                     gate, up, down, c))
+            y_BTD, kept = expert_parallel_rows(*rows, mesh) if parallel else expert_swiglu_rows(*rows)
+            y_TD, dropped = y_BTD.reshape(b * t, d), 1.0 - jnp.mean(kept.astype(jnp.float32))
         else:
             y_TD, dropped = expert_swiglu_dropless(x_TD, weights_TK, experts_TK, gate, up, down)
         y_BTD = y_TD.reshape(b, t, d)

@@ -14,18 +14,23 @@ def remat_policy(name: str):
     return None if attribute is None else getattr(jax.checkpoint_policies, attribute)
 
 
-def stack_blocks(block: type[nn.Module], spec: TransformerSpec, x, *broadcast_args, name="layers"):
-    """Applies `spec.num_layers` copies of `block(spec)` to `x`; every block is called as
-    `block(x, *broadcast_args) -> (x, None)`. Scanned, the params of all layers are stacked on
-    a leading "layers" axis under `name`; unrolled, they are `name_0`, `name_1`, ..."""
+def stack_blocks(block: type[nn.Module], spec: TransformerSpec, x, *broadcast_args, name="layers",
+                 length: int | None = None, **fields):
+    """Applies `length` (default `spec.num_layers`) copies of `block(spec, **fields)` to `x`;
+    every block is called as `block(x, *broadcast_args) -> (x, y)`. Returns (x, the blocks' y
+    stacked on a leading axis, e.g. an MoE layer's routing statistics; None when they are
+    None). Scanned, the params of all blocks are stacked on a leading "layers" axis under
+    `name`; unrolled, they are `name_0`, `name_1`, ..."""
+    length = spec.num_layers if length is None else length
     if spec.remat != "none":
         block = nn.remat(block, policy=remat_policy(spec.remat), prevent_cse=not spec.scan_layers)
     if spec.scan_layers:
         scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
-                          in_axes=(nn.broadcast,) * len(broadcast_args), length=spec.num_layers,
+                          in_axes=(nn.broadcast,) * len(broadcast_args), length=length,
                           metadata_params={nn.PARTITION_NAME: "layers"})
-        x, _ = scanned(spec, name=name)(x, *broadcast_args)
-        return x
-    for i in range(spec.num_layers):
-        x, _ = block(spec, name=f"{name}_{i}")(x, *broadcast_args)
-    return x
+        return scanned(spec, **fields, name=name)(x, *broadcast_args)
+    ys = []
+    for i in range(length):
+        x, y = block(spec, **fields, name=f"{name}_{i}")(x, *broadcast_args)
+        ys.append(y)
+    return x, None if ys[0] is None else jax.tree.map(lambda *y: jax.numpy.stack(y), *ys)

@@ -1,5 +1,10 @@
-"""How an llmjax model corresponds to a Hugging Face `LlamaForCausalLM`: the config fields and,
-for every tensor, its HF name, its llmjax parameter path and the reshape between the two.
+"""How an llmjax model corresponds to a Hugging Face `LlamaForCausalLM` (dense) or
+`MixtralForCausalLM` (every layer a mixture of experts): the config fields and, for every
+tensor, its HF name, its llmjax parameter path and the reshape between the two.
+
+Mixtral's tensors are written as the Hub's checkpoints name them
+(`block_sparse_moe.experts.{j}.w1/w2/w3`, which transformers 5 loads into its fused experts
+and earlier versions load as they are). An exported MoE model is dropless, as Mixtral runs.
 
 Both sides use the rotate-half RoPE layout (see `llmjax/model/layers/rope.py`), so query and key
 weights need no permutation: only the transposes and reshapes between torch's
@@ -11,6 +16,7 @@ from __future__ import annotations
 from llmjax.interop.tensor_map import InteropError, TensorMap, refuse_unsupported
 
 MODEL_TYPE = "llama"
+MODEL_TYPES = ("llama", "mixtral")
 # Buffers older transformers saved (recomputed here), and the output matrix that some tied
 # checkpoints still store (identical to the embedding).
 OPTIONAL_TENSORS = ("rotary_emb.inv_freq", "lm_head.weight")
@@ -21,6 +27,7 @@ _REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_he
 # HF config fields that select behaviour llmjax does not implement, with the value llmjax has.
 _UNSUPPORTED_IF_SET = {
     "attention_bias": False, "mlp_bias": False, "hidden_act": "silu", "pretraining_tp": 1,
+    "sliding_window": None, "router_jitter_noise": 0.0,
 }
 
 
@@ -48,16 +55,47 @@ def model_overrides(hf: dict) -> dict:
     if head_dim * heads != d_model:
         raise InteropError(f"config.json: head_dim={head_dim} x num_attention_heads={heads} != "
                            f"hidden_size={d_model}; llmjax needs d_model = heads x head_dim.")
-    return dict(family="llama", vocab_size=hf["vocab_size"], d_model=d_model, num_layers=hf["num_hidden_layers"],
-                num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
-                head_dim=head_dim, mlp_dim=hf["intermediate_size"],
-                max_seq_len=hf["max_position_embeddings"], rope_theta=_rope(hf),
-                norm_eps=float(hf["rms_norm_eps"]),
-                tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    model = dict(family="llama", vocab_size=hf["vocab_size"], d_model=d_model, num_layers=hf["num_hidden_layers"],
+                 num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+                 head_dim=head_dim, mlp_dim=hf["intermediate_size"],
+                 max_seq_len=hf["max_position_embeddings"], rope_theta=_rope(hf),
+                 norm_eps=float(hf["rms_norm_eps"]),
+                 tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    if hf.get("model_type") == "mixtral":
+        missing = [key for key in ("num_local_experts", "num_experts_per_tok") if key not in hf]
+        if missing:
+            raise InteropError(f"config.json: lacks {', '.join(missing)}; is it a complete Mixtral config?")
+        model |= dict(num_experts=hf["num_local_experts"], experts_per_token=hf["num_experts_per_tok"],
+                      expert_mlp_dim=hf["intermediate_size"], moe_every=1, shared_experts=0,
+                      router="topk_softmax", capacity_factor=0.0,
+                      load_balancing_weight=float(hf.get("router_aux_loss_coef", 0.001)), router_z_weight=0.0)
+    return model
+
+
+def _mixtral_or_refuse(model) -> None:
+    """An MoE model exports as Mixtral, which has exactly one kind of MoE layer."""
+    wants = {"moe_every": 1, "shared_experts": 0, "router": "topk_softmax"}
+    for key, value in wants.items():
+        if model[key] != value:
+            raise InteropError(f"model.{key}={model[key]!r}: a Mixtral checkpoint has {key}={value!r}; "
+                               f"this MoE model has no Hugging Face equivalent llmjax writes.")
 
 
 def hf_config(model, dtype: str, special_ids: dict) -> dict:
-    """config.json of a `LlamaForCausalLM` equal to the llmjax model `model` (config.model)."""
+    """config.json of a `LlamaForCausalLM` (or `MixtralForCausalLM`) equal to the llmjax
+    model `model` (config.model)."""
+    if model.num_experts:
+        _mixtral_or_refuse(model)
+        return _dense_config(model, dtype, special_ids) | {
+            "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+            "intermediate_size": model.expert_mlp_dim or model.mlp_dim,
+            "num_local_experts": model.num_experts, "num_experts_per_tok": model.experts_per_token,
+            "router_aux_loss_coef": model.load_balancing_weight, "router_jitter_noise": 0.0,
+            "output_router_logits": False, "sliding_window": None}
+    return _dense_config(model, dtype, special_ids)
+
+
+def _dense_config(model, dtype: str, special_ids: dict) -> dict:
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": model.vocab_size, "hidden_size": model.d_model,
@@ -88,12 +126,22 @@ def tensor_maps(model) -> list[TensorMap]:
         ("input_layernorm.weight", ("attention_norm", "scale"), (d,), (d,), False),
         ("post_attention_layernorm.weight", ("mlp_norm", "scale"), (d,), (d,), False),
     ]
+    if model.num_experts:
+        _mixtral_or_refuse(model)
+        per_layer = [m for m in per_layer if not m[0].startswith("mlp.")]
+        e, f = model.num_experts, model.expert_mlp_dim or model.mlp_dim
+        per_layer.append(("block_sparse_moe.gate.weight", ("mlp", "router", "kernel"), (e, d), (d, e), True))
+    experts = [("w1", "gate", (f, d), (d, f)), ("w3", "up", (f, d), (d, f)), ("w2", "down", (d, f), (f, d))]
     for i in range(model.num_layers):
         # Scanned layers are one stacked leaf per weight, indexed by layer on its first axis.
         prefix, layer = ("layers", i) if model.scan_layers else (f"layers_{i}", None)
         for name, path, hf_shape, shape, transpose in per_layer:
             maps.append(TensorMap(f"model.layers.{i}.{name}", (prefix, *path), layer, hf_shape,
                                   shape, transpose))
+        for j in range(model.num_experts):  # Stacked [experts, in, out] after the layer axis.
+            maps.extend(TensorMap(f"model.layers.{i}.block_sparse_moe.experts.{j}.{hf}.weight", (prefix, "mlp", leaf),
+                                  layer, hf_shape, shape, True, expert=j, num_experts=model.num_experts)
+                        for hf, leaf, hf_shape, shape in experts)
     maps.append(TensorMap("model.norm.weight", ("final_norm", "scale"), None, (d,), (d,), False))
     if not model.tie_embeddings:
         maps.append(TensorMap("lm_head.weight", ("lm_head",), None, (v, d), (v, d), False))

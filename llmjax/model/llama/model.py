@@ -1,4 +1,5 @@
 """Llama-architecture decoder: embed -> N x (pre-norm attention, pre-norm SwiGLU) -> norm -> logits.
+With model.num_experts > 0, every moe_every-th SwiGLU is a mixture of experts (Mixtral).
 
 Parameters are `nn.LogicallyPartitioned` boxes naming their logical axes (the rules table in
 `llmjax.parallel.rules` turns those into shardings); `MATH` gives the family's pure `init`
@@ -11,7 +12,9 @@ import flax.linen as nn
 
 from llmjax.model.layers.attention import causal_attention
 from llmjax.model.layers.decoder import DecoderMath
+from llmjax.model.layers import moe_stats
 from llmjax.model.layers.embedding import embedding, output_matrix, positions_or_default
+from llmjax.model.layers.moe import MoeMlp, MoeShape
 from llmjax.model.layers.norms import rms_norm
 from llmjax.model.layers.output import head_output
 from llmjax.model.layers.projection import Projection, residual_scale
@@ -55,8 +58,15 @@ class Mlp(nn.Module):
         return Projection(s, (f, d), ("mlp", "embed"), scale=residual_scale(s), name="down")(h_BTF)
 
 
+def moe_shape(s: LlamaSpec) -> MoeShape:
+    return MoeShape(num_experts=s.num_experts, top_k=s.experts_per_token, expert_dim=s.expert_mlp_dim or s.mlp_dim,
+                    router=s.router, capacity_factor=s.capacity_factor, num_shared_experts=s.shared_experts)
+
+
 class Block(nn.Module):
+    """One layer; with `moe`, its MLP is a mixture of experts and it returns their statistics."""
     spec: LlamaSpec
+    moe: bool = False
 
     @nn.compact
     def __call__(self, x_BTD, rope, segment_ids_BT, prefix_BT=None):
@@ -64,8 +74,22 @@ class Block(nn.Module):
         h_BTD = rms_norm(s, "attention_norm")(x_BTD)
         x_BTD = x_BTD + Attention(s, name="attention")(h_BTD, rope, segment_ids_BT, prefix_BT)
         h_BTD = rms_norm(s, "mlp_norm")(x_BTD)
-        x_BTD = x_BTD + Mlp(s, name="mlp")(h_BTD)
-        return nn.with_logical_constraint(x_BTD, EMBED_ACT), None
+        if self.moe:
+            y_BTD, stats = MoeMlp(s, moe_shape(s), name="mlp")(h_BTD)
+        else:
+            y_BTD, stats = Mlp(s, name="mlp")(h_BTD), None
+        return nn.with_logical_constraint(x_BTD + y_BTD, EMBED_ACT), stats
+
+
+class MoeGroup(nn.Module):
+    """moe_every layers, the last with MoE: the scanned unit of a model that interleaves them."""
+    spec: LlamaSpec
+
+    @nn.compact
+    def __call__(self, x_BTD, *args):
+        for i in range(self.spec.moe_every - 1):
+            x_BTD, _ = Block(self.spec, name=f"dense_{i}")(x_BTD, *args)
+        return Block(self.spec, moe=True, name="moe")(x_BTD, *args)
 
 
 class Transformer(nn.Module):
@@ -80,7 +104,15 @@ class Transformer(nn.Module):
         embed = embedding(s, s.vocab_size, ("vocab", "embed"), "embed")
         x_BTD = nn.with_logical_constraint(embed(tokens_BT), EMBED_ACT)
         rope = rope_tables(positions_BT, s.head_dim, s.rope_theta)
-        x_BTD = stack_blocks(Block, s, x_BTD, rope, segment_ids_BT, prefix_BT)
+        if not s.num_experts:
+            x_BTD, _ = stack_blocks(Block, s, x_BTD, rope, segment_ids_BT, prefix_BT)
+        elif s.moe_every == 1:
+            x_BTD, stats = stack_blocks(Block, s, x_BTD, rope, segment_ids_BT, prefix_BT, moe=True)
+            moe_stats.record(stats)
+        else:
+            x_BTD, stats = stack_blocks(MoeGroup, s, x_BTD, rope, segment_ids_BT, prefix_BT,
+                                        length=s.num_layers // s.moe_every)
+            moe_stats.record(stats)
         x_BTD = rms_norm(s, "final_norm")(x_BTD)
         return head_output(x_BTD, output_matrix(self, s, embed), s, with_head)
 

@@ -4,10 +4,15 @@ parameter counts."""
 from __future__ import annotations
 
 
-def _model(vocab, d_model, layers, heads, kv_heads, mlp, seq, tie, theta=10_000.0, eps=1e-5):
+def _model(vocab, d_model, layers, heads, kv_heads, mlp, seq, tie, theta=10_000.0, eps=1e-5, **moe):
     return dict(vocab_size=vocab, d_model=d_model, num_layers=layers, num_heads=heads,
                 num_kv_heads=kv_heads, head_dim=d_model // heads, mlp_dim=mlp, max_seq_len=seq,
-                tie_embeddings=tie, rope_theta=theta, norm_eps=eps)
+                tie_embeddings=tie, rope_theta=theta, norm_eps=eps, **moe)
+
+
+def _moe(dense: dict, experts: int, top_k: int, expert_mlp: int) -> dict:
+    """A mixture-of-experts variant of a dense shape."""
+    return dense | dict(num_experts=experts, experts_per_token=top_k, expert_mlp_dim=expert_mlp)
 
 
 PRESETS = {
@@ -26,4 +31,13 @@ PRESETS = {
     "llama2_7b": _model(32000, 4096, 32, 32, 32, 11008, 4096, False, eps=1e-5),
     # Meta Llama 3 (2024): 8,030,261,248 parameters.
     "llama3_8b": _model(128256, 4096, 32, 32, 8, 14336, 8192, False, theta=500_000.0),
+}
+PRESETS |= {
+    # Mixture-of-experts variants: top-2 of experts half the dense MLP's width, so the same
+    # active parameters (and FLOPs per token) as their dense shape; 8 experts hold 4x its MLP.
+    "tiny_moe": _moe(PRESETS["tiny"], 4, 2, 64),
+    "5m_moe": _moe(PRESETS["5m"], 8, 2, 384),
+    "bench36m_moe": _moe(PRESETS["bench36m"], 8, 2, 768),
+    # Jiang et al. 2024 (Mixtral 8x7B): 46,702,792,704 parameters, 12,879,925,248 active.
+    "mixtral_8x7b": _moe(_model(32000, 4096, 32, 32, 8, 14336, 32768, False, theta=1e6), 8, 2, 14336),
 }

@@ -216,7 +216,7 @@ class Stack(nn.Module):
 
     @nn.compact
     def __call__(self, x, *block_args):
-        x = stack_blocks(self.block, self.spec, x, *block_args, name="layers")
+        x, _ = stack_blocks(self.block, self.spec, x, *block_args, name="layers")
         return rms_norm(self.spec, "final_norm")(x)
 
 
