@@ -26,9 +26,24 @@ from conftest import ROOT, XLA_CACHE
 @pytest.mark.parametrize("preset, published", [
     ("llama2_7b", 6_738_415_616),  # Llama 2 7B, as counted by Hugging Face's num_parameters().
     ("llama3_8b", 8_030_261_248),  # Llama 3 8B, likewise.
+    ("mixtral_8x7b", 46_702_792_704),  # Mixtral 8x7B, likewise (12,879,925,248 active per token).
 ])
 def test_llama_presets_have_the_published_parameter_counts(preset, published):
     assert param_count(compose(preset).model) == published
+
+
+def test_moe_flops_count_the_active_parameters():
+    """Mixtral 8x7B's 12.9B active parameters (2 of 8 experts, the router, attention,
+    embeddings) are what a token computes with; a dense model's active parameters are all."""
+    from llmjax.flops import flops_per_token  # noqa: PLC0415
+    from llmjax.model.llama.flops import active_non_embedding_params, non_embedding_params  # noqa: PLC0415
+
+    mixtral, dense = compose("mixtral_8x7b").model, compose("llama2_7b").model
+    embeddings = 2 * mixtral.vocab_size * mixtral.d_model
+    assert active_non_embedding_params(mixtral) + embeddings == 12_879_925_248
+    assert active_non_embedding_params(dense) == non_embedding_params(dense)
+    attention = 12 * mixtral.num_layers * mixtral.d_model * 4096 / 2
+    assert flops_per_token(mixtral, 4096) == 6 * (active_non_embedding_params(mixtral) + embeddings / 2) + attention
 
 
 @pytest.mark.parametrize("preset, nominal", [("20m", 20e6), ("125m", 125e6), ("350m", 350e6),
