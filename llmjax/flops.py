@@ -28,6 +28,12 @@ def non_embedding_params(model_config) -> int:
     return registry.of(model_config).flops.non_embedding_params(model_config)
 
 
+def active_non_embedding_params(model_config) -> int:
+    """What one token computes with: fewer than all for a mixture of experts."""
+    family = registry.of(model_config).flops
+    return getattr(family, "active_non_embedding_params", family.non_embedding_params)(model_config)
+
+
 def param_count(model_config) -> int:
     return registry.of(model_config).flops.param_count(model_config)
 

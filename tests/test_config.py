@@ -88,7 +88,8 @@ def test_workdir_of_the_same_run_is_reused_and_another_refused(tmp_path):
 @pytest.mark.parametrize("mesh, model, field", [
     (dict(data=1, expert=8), dict(num_experts=4), "model.num_experts"),  # Experts split over the expert axis.
     (dict(data=4, sequence=2), dict(num_experts=4), "mesh.ici.sequence"),  # MoE routes whole rows.
-    (dict(data=1, fsdp=4, expert=2), dict(num_experts=4, d_model=36, num_heads=2, head_dim=18), "model.d_model"),  # embed over fsdp x expert.
+    # Weights split embed over fsdp x expert.
+    (dict(data=1, fsdp=4, expert=2), dict(num_experts=4, d_model=36, num_heads=2, head_dim=18), "model.d_model"),
     (dict(data=8), dict(num_experts=4, experts_per_token=5), "model.experts_per_token"),
     (dict(data=8), dict(num_experts=4, moe_every=3), "model.moe_every"),  # 2 layers.
 ])

@@ -128,12 +128,20 @@ class LogHook(Hook):
         self.log(f"step {p.step:>6}/{t.steps} | loss {values['loss']:.4f} | lr {values['learning_rate']:.2e} "
                  f"| grad_norm {values['grad_norm']:.3f} | {tokens_per_sec:,.0f} tok/s "
                  f"| MFU {100 * values['mfu']:.1f}% | ETA {duration(eta)}"
-                 + (f" | skipped {values['skipped']}" if values["skipped"] else ""))
+                 + (f" | skipped {values['skipped']}" if values["skipped"] else "") + _routing(values))
         meter.restart()
         return None
 
     def after_rollback(self, p: Progress) -> None:
         self.meter.restart()
+
+
+def _routing(values: dict) -> str:
+    """An MoE run's auxiliary loss and its worst layer's dropped pairs, for the progress line."""
+    if "moe_aux_loss" not in values:
+        return ""
+    dropped = max((v for k, v in values.items() if k.startswith("moe_dropped/")), default=0.0)
+    return f" | moe aux {values['moe_aux_loss']:.4f} | dropped {100 * dropped:.1f}%"
 
 
 class StatusHook(Hook):

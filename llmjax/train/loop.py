@@ -61,8 +61,9 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     if changes:
         log("config changes since this workdir's last start: " +
             "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
-    log(f"parameters: {flops.param_count(config.model):,} "
-        f"({flops.non_embedding_params(config.model):,} non-embedding)")
+    non_embedding, active = flops.non_embedding_params(config.model), flops.active_non_embedding_params(config.model)
+    log(f"parameters: {flops.param_count(config.model):,} ({non_embedding:,} non-embedding"
+        + (f"; {active:,} of them active per token" if active != non_embedding else "") + ")")
 
     run = bootstrap(config)
     log(f"mesh: {dict(run.mesh.shape)} over {run.mesh.devices.size} {jax.devices()[0].platform} devices")
