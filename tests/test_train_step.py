@@ -134,12 +134,13 @@ def test_sharded_step_matches_single_device(mesh, family, optimizer):
 
 # Expert parallelism: experts split over the expert axis (rows over data, fsdp and expert), each
 # device's tokens sent to their experts' devices by all-to-all and back.
-MOE_MESHES = [("moe", dict(expert=4, fsdp=2)), ("moe", dict(data=2, expert=2, tensor=2)),
+# Without an expert axis the dispatch is plain sharded array algebra (XLA partitions it).
+MOE_MESHES = [("moe", dict(expert=4, fsdp=2)), ("moe", dict(data=2, expert=2, tensor=2)), ("moe", dict(fsdp=4, tensor=2)),
               ("moe-capacity", dict(expert=4, data=2)), ("moe-capacity", dict(expert=2, fsdp=2, tensor=2))]
 
 
 @pytest.mark.parametrize(("family", "mesh"), [pytest.param(f, m, id=f"{f}-{mesh_id(m)}") for f, m in MOE_MESHES])
-def test_expert_parallel_step_matches_single_device(family, mesh):
+def test_moe_step_matches_single_device(family, mesh):
     configs = [make_tiny_config(family), make_tiny_config(family)]
     for config, devices in zip(configs, (dict(data=1), dict(data=1) | mesh)):
         config.mesh.ici.update(data=1, fsdp=1, expert=1, sequence=1, tensor=1)
@@ -159,11 +160,12 @@ def test_expert_parallel_step_matches_single_device(family, mesh):
     gate = (layers["mlp"] if family == "moe" else layers["moe"]["mlp"])["gate"]
     assert gate.sharding.spec == jax.sharding.PartitionSpec(None, "expert", "fsdp", "tensor")
     layer, e, d, f = gate.shape
-    assert gate.addressable_shards[0].data.shape == (layer, e // mesh["expert"], d // mesh.get("fsdp", 1),
+    assert gate.addressable_shards[0].data.shape == (layer, e // mesh.get("expert", 1), d // mesh.get("fsdp", 1),
                                                       f // mesh.get("tensor", 1))
     # Outside the experts, the expert axis splits weights like fsdp does.
     query = (layers["attention"] if family == "moe" else layers["moe"]["attention"])["query"]["kernel"]
     assert query.sharding.spec[1] == ("fsdp", "expert")
+    assert query.addressable_shards[0].data.shape[1] == d // (mesh.get("fsdp", 1) * mesh.get("expert", 1))
 
 
 def test_expert_parallel_dispatch_is_an_all_to_all():
