@@ -55,6 +55,21 @@ def test_dropless_dispatch_equals_every_token_through_its_experts():
     assert bool(jnp.all(jnp.isfinite(grads))) and float(jnp.abs(grads).sum()) > 0
 
 
+@pytest.mark.parametrize("sizes", [(20, 0, 3, 9), (0, 0, 32, 0), (8, 8, 8, 8), (1, 30, 0, 1)])
+def test_cpu_blocks_compute_the_grouped_matmuls_of_ragged_dot(sizes):
+    """Groups empty, under a block, over several, and exactly whole: the same rows and gradients."""
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(sum(sizes), D)), jnp.float32)
+    sizes = jnp.asarray(sizes, jnp.int32)
+    gate, up, down = weights()
+    assert moe.block_size(sum(sizes), E) == 8
+    blocks = lambda x, g: moe.block_swiglu(x, sizes, g, up, down)  # noqa: E731
+    ragged = lambda x, g: moe.ragged_swiglu(x, sizes, g, up, down)  # noqa: E731
+    np.testing.assert_allclose(blocks(x, gate), ragged(x, gate), rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda x, g: jnp.sum(f(x, g) ** 2)  # noqa: E731
+    for ours, theirs in zip(jax.grad(loss(blocks), (0, 1))(x, gate), jax.grad(loss(ragged), (0, 1))(x, gate)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
 def test_capacity_dispatch_drops_by_choice_rank_then_token_and_equals_dropless_with_room():
     t = 24
     x = jnp.asarray(np.random.default_rng(3).normal(size=(t, D)), jnp.float32)

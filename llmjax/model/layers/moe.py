@@ -10,8 +10,9 @@ Routing, two ways:
 
 Dispatch, two ways:
   - dropless (`capacity_factor` 0): token-expert pairs sorted by expert and multiplied group by
-    group with `jax.lax.ragged_dot` (MegaBlocks' grouped matmul, Gale et al. 2022): every token
-    reaches its experts, and no FLOP is spent on padding.
+    group (MegaBlocks, Gale et al. 2022): `jax.lax.ragged_dot` grouped matmuls on GPU and TPU;
+    on CPU, where XLA lowers ragged_dot to a masked product over all groups, blocks of rows
+    each padded within its expert's group (`block_swiglu`). Every token reaches its experts.
   - capacity (`capacity_factor` c > 0): of each row, each expert takes at most
     c * length * k / experts pairs, filled in order of choice rank then token (a token's first
     choice before anyone's second, GShard's priority), into fixed [experts, capacity, d_model]
@@ -86,11 +87,45 @@ def expert_swiglu_dropless(x_TD, weights_TK, experts_TK, gate_EDF, up_EDF, down_
     order = jnp.argsort(flat_experts, stable=True)
     tokens = order // k  # The token of each sorted pair.
     sizes = jnp.bincount(flat_experts, length=num_experts).astype(jnp.int32)
-    x_PD = x_TD[tokens]
-    h_PF = nn.silu(jax.lax.ragged_dot(x_PD, gate_EDF, sizes)) * jax.lax.ragged_dot(x_PD, up_EDF, sizes)
-    y_PD = jax.lax.ragged_dot(h_PF, down_EFD, sizes)
+    grouped = ragged_swiglu if jax.default_backend() in ("gpu", "tpu") else block_swiglu
+    y_PD = grouped(x_TD[tokens], sizes, gate_EDF, up_EDF, down_EFD)
     y_PD = y_PD * weights_TK.reshape(-1)[order][:, None].astype(y_PD.dtype)
     return jnp.zeros((t, y_PD.shape[-1]), y_PD.dtype).at[tokens].add(y_PD), jnp.float32(0.0)
+
+
+def ragged_swiglu(x_PD, sizes_E, gate_EDF, up_EDF, down_EFD):
+    """Rows grouped by expert (group e: the next sizes_E[e] rows) through their experts, by
+    `jax.lax.ragged_dot`: grouped-GEMM kernels on GPU and TPU."""
+    h_PF = nn.silu(jax.lax.ragged_dot(x_PD, gate_EDF, sizes_E)) * jax.lax.ragged_dot(x_PD, up_EDF, sizes_E)
+    return jax.lax.ragged_dot(h_PF, down_EFD, sizes_E)
+
+
+def block_size(pairs: int, num_experts: int) -> int:
+    """Rows per block of `block_swiglu`: a power of two near a quarter of an expert's fair share,
+    8 to 128 (bigger blocks multiply faster, and pad more)."""
+    return int(min(128, max(8, 2 ** round(math.log2(max(1, pairs / (4 * num_experts)))))))
+
+
+def block_swiglu(x_PD, sizes_E, gate_EDF, up_EDF, down_EFD):
+    """`ragged_swiglu` as XLA:CPU runs well: XLA lowers ragged_dot there to a masked product
+    over every group (num_experts times the FLOPs), so instead each group is padded to whole
+    blocks of rows (MegaBlocks' block-sparse layout, Gale et al. 2022), each block multiplied by
+    its expert's weights in one batched matmul. At most num_experts blocks are padding."""
+    p, d = x_PD.shape
+    num_experts = gate_EDF.shape[0]
+    b = block_size(p, num_experts)
+    blocks = -(-p // b) + num_experts  # A static bound on sum(ceil(size / b)).
+    padded_E = -(-sizes_E // b) * b
+    padded_start_E = jnp.cumsum(padded_E) - padded_E
+    start_E = jnp.cumsum(sizes_E) - sizes_E
+    expert_P = jnp.repeat(jnp.arange(num_experts), sizes_E, total_repeat_length=p)
+    row_P = padded_start_E[expert_P] + jnp.arange(p) - start_E[expert_P]  # Each row's place among the blocks.
+    x_NBD = jnp.zeros((blocks * b, d), x_PD.dtype).at[row_P].set(x_PD).reshape(blocks, b, d)
+    # Each block's expert; blocks past the last group hold zeros (through any expert: zeros).
+    expert_N = jnp.minimum(jnp.searchsorted(jnp.cumsum(padded_E), jnp.arange(blocks) * b, side="right"),
+                           num_experts - 1)
+    y_NBD = expert_swiglu(x_NBD, gate_EDF[expert_N], up_EDF[expert_N], down_EFD[expert_N])
+    return y_NBD.reshape(blocks * b, -1)[row_P]
 
 
 def capacity(tokens: int, top_k: int, num_experts: int, factor: float) -> int:
@@ -124,7 +159,8 @@ def from_buffers(y_ECD, weights_TK, experts_TK, slot_TK, kept_TK):
 
 
 def expert_swiglu(x_ECD, gate_EDF, up_EDF, down_EFD):
-    """Each expert's SwiGLU on its buffer (any leading batch axes), one batched matmul each."""
+    """Each expert's SwiGLU on its buffer (any leading batch axes), one batched matmul each;
+    also each block's, with its expert's weights gathered (`block_swiglu`)."""
     h_ECF = (nn.silu(jnp.einsum("...ecd,edf->...ecf", x_ECD, gate_EDF))
              * jnp.einsum("...ecd,edf->...ecf", x_ECD, up_EDF))
     return jnp.einsum("...ecf,efd->...ecd", h_ECF, down_EFD)
