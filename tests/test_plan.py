@@ -77,6 +77,6 @@ def test_print_sharding_shows_each_parameter_and_writes_nothing(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if "/" in line.split(" ")[0]}
     gate = rows["layers/mlp/gate/kernel"]
-    assert "('layers', 'embed', 'mlp')" in gate and "(None, 'fsdp', 'tensor')" in gate
+    assert "('layers', 'embed', 'mlp')" in gate and "(None, ('fsdp', 'expert'), 'tensor')" in gate  # expert: size 1 here.
     assert gate.split()[-1] == f"{2 * 64 * 128 * 4 // 4:,}"  # fp32 bytes over fsdp=2 x tensor=2.
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -122,9 +122,9 @@ def test_sharded_step_matches_single_device(mesh, family, optimizer):
             assert np.abs(key_bias).max() < 1e-4
             key_bias[...] = 0.0
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params_8, params_1)
-    # The layout follows the rules table: [layers, embed -> fsdp, mlp -> tensor].
+    # The layout follows the rules table: [layers, embed -> fsdp x expert, mlp -> tensor].
     gate = FIRST_MLP_KERNEL[family](state_8.params)["kernel"]
-    assert gate.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert gate.sharding.spec == jax.sharding.PartitionSpec(None, ("fsdp", "expert"), "tensor")  # expert: size 1.
     layers, d_model, mlp_dim = gate.shape
     assert gate.addressable_shards[0].data.shape == (
         layers, d_model // mesh.get("fsdp", 1), mlp_dim // mesh.get("tensor", 1))
