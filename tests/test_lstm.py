@@ -84,9 +84,9 @@ def test_sharded_step_matches_single_device(mesh):
     np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  jax.device_get(state_8.params), jax.device_get(state_1.params))
-    # The rules table's layout: input kernels [embed -> fsdp, gates, hidden].
+    # The rules table's layout: input kernels [embed -> fsdp x expert (size 1 here), gates, hidden].
     kernel = state_8.params["layers_0"]["input"]["kernel"]
-    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", None, None)
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(("fsdp", "expert"), None, None)
     assert kernel.addressable_shards[0].data.shape[0] == 32 // mesh.get("fsdp", 1)
 
 

@@ -115,7 +115,8 @@ def test_bad_sweeps_are_refused_before_any_run(tmp_path, sweep, message):
 
 
 def test_shipped_experiments_plan(tmp_path):
-    shipped = {"default": 1, "lr_sweep": 6, "scaling_ladder": 4, "families": 8, "optimizers": 8, "finetune": 5}
+    shipped = {"default": 1, "lr_sweep": 6, "scaling_ladder": 4, "families": 8, "optimizers": 10, "finetune": 5,
+               "moe": 3}
     for name, count in shipped.items():
         _, runs, _ = plan(str(ROOT / "experiments" / f"{name}.py"), 1)
         assert len(runs) == count
