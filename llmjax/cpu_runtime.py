@@ -22,6 +22,10 @@ warning about each failed cache write is silenced). Flags already in XLA_FLAGS w
 `XLA_FLAGS=--xla_cpu_experimental_onednn_custom_call=false` keeps the steps cacheable, and
 measures the step without oneDNN.
 
+Copy insertion. XLA:CPU's default copy insertion copies every donated buffer it cannot prove
+unaliased (the optimizer state, 270 MiB of copies per bench36m step); with region analysis it
+proves them away, and the step gets ~4% faster.
+
 Only for CPU-only JAX installs (with an accelerator the step does not run on the host), and
 the allocator only on glibc.
 """
@@ -34,7 +38,8 @@ import os
 import platform
 import warnings
 
-CPU_XLA_FLAGS = {"xla_cpu_use_onednn": "true", "xla_cpu_experimental_onednn_custom_call": "true"}
+CPU_XLA_FLAGS = {"xla_cpu_use_onednn": "true", "xla_cpu_experimental_onednn_custom_call": "true",
+                 "xla_cpu_copy_insertion_use_region_analysis": "true"}
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8

@@ -72,3 +72,27 @@ def test_weight_gradient_products_run_on_onednn():
     dy = jnp.ones((1024, 512), jnp.bfloat16)
     hlo = jax.jit(lambda x, dy: x.T @ dy).lower(x, dy).compile().as_text()
     assert "__onednn$matmul" in hlo
+
+
+# Prints how many of the params and optimizer state the compiled one-device train step of the
+# `tiny` benchmark copies at its top level, XLA flags as in XLA_FLAGS and `configure`.
+_COPIES = """
+from llmjax import cpu_runtime
+cpu_runtime.configure()
+from llmjax import benchmark
+hlo = benchmark.compile_train_step(benchmark.benchmark_config("tiny"))[0].as_text()
+print(sum(" copy(%state" in line for line in hlo[hlo.index("ENTRY"):].splitlines()))
+"""
+
+
+@pytest.mark.parametrize("region_analysis", ["true", "false"])
+def test_donated_train_state_is_updated_without_copies(region_analysis):
+    """With copy insertion's region analysis (`CPU_XLA_FLAGS`), the compiled train step writes
+    the donated params and optimizer state in place: no copy of any of them at its top level.
+    XLA's default copies them (270 MiB per bench36m step); one device, as the benchmarks run
+    (sharded over this suite's 8 fake devices, the step happens not to copy either way)."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_cpu_copy_insertion_use_region_analysis={region_analysis}")
+    out = subprocess.run([sys.executable, "-c", _COPIES], env=env, capture_output=True, text=True,
+                         timeout=600, check=True)
+    copies = int(out.stdout.split()[-1])
+    assert (copies == 0) == (region_analysis == "true"), copies
