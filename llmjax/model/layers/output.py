@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from llmjax.model.spec import ModelSpec
@@ -10,20 +11,46 @@ from llmjax.model.spec import ModelSpec
 LOGITS_ACT = ("activation_batch", "activation_length", "activation_vocab")
 
 
+@jax.custom_vjp
+def fp32_product(x_ND, w_VD):
+    """x @ w.T accumulated and returned in fp32, its gradients computed in the inputs' dtype.
+    The loss needs fp32 logits (log-softmax over a large vocabulary); the gradient of the
+    logits, once the loss has formed it in fp32, needs no more than any other layer's, and an
+    fp32 cotangent would turn both backward products into fp32 matmuls (on XLA:CPU, which has
+    no bf16 x bf16 -> fp32 kernel, 1.8x slower each)."""
+    return jax.lax.dot_general(x_ND, w_VD, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _fp32_product_fwd(x_ND, w_VD):
+    return fp32_product(x_ND, w_VD), (x_ND, w_VD)
+
+
+def _fp32_product_bwd(residuals, g_NV):
+    x_ND, w_VD = residuals
+    g_NV = g_NV.astype(x_ND.dtype)
+    return (jax.lax.dot_general(g_NV, w_VD, (((1,), (0,)), ((), ()))),
+            jax.lax.dot_general(g_NV, x_ND, (((0,), (0,)), ((), ()))))
+
+
+fp32_product.defvjp(_fp32_product_fwd, _fp32_product_bwd)
+
+
 def output_logits(x_BTD, w_VD, spec: ModelSpec, bias_V=None):
     """The output projection as one 2-D matmul over flattened tokens (see `Projection` for
-    why), returned in fp32. Accumulated in fp32 and kept so with `spec.fp32_logits`; else
-    rounded to the compute dtype on the way out, as bf16 autocast does (the loss is still
-    fp32): on XLA:CPU the fp32-output product and its gradients take a slower path, and the
-    output projection with the loss runs ~1.7x faster in bf16 at bench36m (scripts/benchmark.py
-    --variant fp32:model.fp32_logits=True). `bias_V`, when given (BERT's output bias), is added
-    in fp32."""
+    why), returned in fp32. With `spec.fp32_logits` accumulated and kept in fp32 (only the
+    backward products run in the compute dtype, see `fp32_product`); else rounded to the
+    compute dtype on the way out, as bf16 autocast does (the loss is still fp32): on XLA:CPU
+    the fp32-output product is an fp32 matmul (scripts/benchmark.py --variant
+    fp32:model.fp32_logits=True measures the cost). `bias_V`, when given (BERT's output
+    bias), is added in fp32."""
     b, t, d = x_BTD.shape
-    out_dtype = jnp.float32 if spec.fp32_logits else spec.compute_dtype
-    logits_BTV = jnp.dot(x_BTD.reshape(b * t, d).astype(spec.compute_dtype),
-                         jnp.asarray(w_VD, spec.compute_dtype).T,
-                         preferred_element_type=out_dtype).reshape(b, t, w_VD.shape[0])
-    logits_BTV = logits_BTV.astype(jnp.float32)
+    x_ND = x_BTD.reshape(b * t, d).astype(spec.compute_dtype)
+    w_VD = jnp.asarray(w_VD, spec.compute_dtype)
+    if spec.fp32_logits:
+        logits_NV = fp32_product(x_ND, w_VD)
+    else:
+        logits_NV = jnp.dot(x_ND, w_VD.T, preferred_element_type=spec.compute_dtype).astype(jnp.float32)
+    logits_BTV = logits_NV.reshape(b, t, w_VD.shape[0])
     if bias_V is not None:
         logits_BTV = logits_BTV + jnp.asarray(bias_V, jnp.float32)
     return nn.with_logical_constraint(logits_BTV, LOGITS_ACT)
