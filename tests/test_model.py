@@ -169,9 +169,9 @@ def _unstack_layers(params, num_layers):
     return unrolled
 
 
-@pytest.mark.parametrize("remat", ["none", "full", "save_dots"])
-def test_scanned_and_unrolled_layers_agree(remat):
-    scanned = make_tiny_config(scan_layers=True, remat=remat)
+@pytest.mark.parametrize("remat,scan_unroll", [("none", 0), ("none", 1), ("full", 1), ("save_dots", 0)])
+def test_scanned_and_unrolled_layers_agree(remat, scan_unroll):
+    scanned = make_tiny_config(scan_layers=True, remat=remat, scan_unroll=scan_unroll)
     unrolled = make_tiny_config(scan_layers=False, remat=remat)
     params = _params(scanned)
     tokens = _tokens(scanned)
@@ -193,19 +193,63 @@ def test_remat_policies_leave_gradients_unchanged(remat):
                  grads(base), grads(rematted))
 
 
-def test_scanned_program_does_not_grow_with_depth():
-    """What keeps compile time flat in depth (scripts/compile_depth.py times it): the scanned
-    model's gradient program is one block in a loop, whatever the layer count; unrolled, it
-    grows with every layer."""
-    def program_size(layers, scan):
-        config = make_tiny_config(num_layers=layers, scan_layers=scan)
+def test_scanned_program_does_not_grow_with_depth_when_looped():
+    """What keeps compile time flat in depth (scripts/compile_depth.py times it): with
+    model.scan_unroll=1 the scanned model's gradient program is one block in a loop, whatever
+    the layer count. Unrolled, or scanned with the default scan_unroll=0 (the whole stack in
+    one iteration: no loop, so no activations copied into stacked buffers), it grows with
+    every layer up to 16 layers, beyond which the default loops too."""
+    def program(layers, **fields):
+        config = make_tiny_config(num_layers=layers, **fields)
         params = jax.eval_shape(lambda: _params(config))
         tokens = jax.ShapeDtypeStruct((2, 16), jnp.int32)
         loss = lambda p, t: model.apply(p, t, config=config).mean()  # noqa: E731
-        return len(jax.jit(jax.grad(loss)).lower(params, tokens).as_text())
+        return jax.jit(jax.grad(loss)).lower(params, tokens).as_text()
 
-    assert program_size(16, scan=True) < 1.05 * program_size(2, scan=True)
-    assert program_size(16, scan=False) > 4 * program_size(2, scan=False)
+    def size(layers, **fields):
+        return len(program(layers, **fields))
+
+    assert size(16, scan_unroll=1) < 1.05 * size(2, scan_unroll=1)
+    assert "stablehlo.while" in program(2, scan_unroll=1)
+    assert size(16) > 4 * size(2)
+    assert "stablehlo.while" not in program(16)
+    assert "stablehlo.while" in program(17)
+    assert size(16, scan_layers=False) > 4 * size(2, scan_layers=False)
+
+
+def _equations(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs nested in its equations' params."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner)
+
+
+def test_fp32_logits_backward_products_run_in_the_compute_dtype():
+    """With fp32 logits, only the forward output projection is an fp32-output product: the
+    gradient the loss forms in fp32 is rounded to bf16 before both backward products (an
+    fp32 cotangent would make them fp32 matmuls), and the gradients stay close to those of
+    plain autodiff through the fp32 product."""
+    from llmjax.model.layers.output import fp32_product  # noqa: PLC0415
+    x = jax.random.normal(jax.random.key(0), (64, 32)).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(1), (96, 32)).astype(jnp.bfloat16)
+    loss = lambda f: lambda x, w: jax.nn.logsumexp(f(x, w), axis=-1).sum()  # noqa: E731
+    plain = lambda x, w: jnp.dot(x, w.T, preferred_element_type=jnp.float32)  # noqa: E731
+    assert fp32_product(x, w).dtype == jnp.float32
+    np.testing.assert_array_equal(fp32_product(x, w), plain(x, w))
+    jaxpr = jax.make_jaxpr(jax.grad(loss(fp32_product), argnums=(0, 1)))(x, w)
+    dots = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
+    backward = [e for e in dots if e.params["preferred_element_type"] != jnp.float32]
+    assert len(backward) == 2
+    assert all(v.aval.dtype == jnp.bfloat16 for e in backward for v in e.invars)
+    ours = jax.grad(loss(fp32_product), argnums=(0, 1))(x, w)
+    reference = jax.grad(loss(plain), argnums=(0, 1))(x, w)
+    for a, b in zip(ours, reference):
+        assert a.dtype == b.dtype == jnp.bfloat16
+        np.testing.assert_allclose(a.astype(jnp.float32), b.astype(jnp.float32), rtol=2e-2, atol=2e-2)
 
 
 def test_untied_embeddings_have_their_own_output_projection():

@@ -14,6 +14,14 @@ def remat_policy(name: str):
     return None if attribute is None else getattr(jax.checkpoint_policies, attribute)
 
 
+AUTO_UNROLL_MAX = 16  # Deepest stack that `model.scan_unroll=0` compiles without a loop.
+
+
+def scan_unroll(spec: TransformerSpec, length: int) -> int:
+    """Blocks per loop iteration for a scan over `length` blocks (see `spec.scan_unroll`)."""
+    return spec.scan_unroll or (length if length <= AUTO_UNROLL_MAX else 1)
+
+
 def stack_blocks(block: type[nn.Module], spec: TransformerSpec, x, *broadcast_args, name="layers",
                  length: int | None = None, **fields):
     """Applies `length` (default `spec.num_layers`) copies of `block(spec, **fields)` to `x`;
@@ -27,7 +35,7 @@ def stack_blocks(block: type[nn.Module], spec: TransformerSpec, x, *broadcast_ar
     if spec.scan_layers:
         scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
                           in_axes=(nn.broadcast,) * len(broadcast_args), length=length,
-                          metadata_params={nn.PARTITION_NAME: "layers"})
+                          metadata_params={nn.PARTITION_NAME: "layers"}, unroll=scan_unroll(spec, length))
         return scanned(spec, **fields, name=name)(x, *broadcast_args)
     ys = []
     for i in range(length):
