@@ -289,6 +289,8 @@ OUT_OF_RANGE = [
     ("lstm", "model.forget_bias", NONFINITE),
     ("lstm", "model.hidden_dim", ints_outside(lambda v: v >= 1)),
     ("lstm", "model.proj_dim", ints_outside(lambda v: v >= 0)),
+    ("llama", "model.scan_unroll", ints_outside(lambda v: v >= 0)),
+    ("t5", "model.scan_unroll", ints_outside(lambda v: v >= 0)),
     ("t5", "model.relative_max_distance", ints_outside(lambda v: v > 32 // 2)),  # relative_buckets is 32.
     ("t5", "model.relative_buckets", ints_outside(lambda v: v >= 4 and v % 4 == 0)),
     ("t5", "objective.noise_density", floats_outside(lambda v: 0 < v < 1)),
