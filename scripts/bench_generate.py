@@ -60,6 +60,9 @@ def prompts_of(batch: int, length: int, vocab: int) -> list[list[int]]:
 
 def worker(args) -> dict:
     """llmjax's side, in this process: figures per batch size."""
+    from llmjax import cpu_runtime  # noqa: PLC0415
+
+    cpu_runtime.configure()  # As llmjax-sample does, before JAX starts.
     from llmjax.config import apply_overrides  # noqa: PLC0415
     from llmjax.evaluation.loading import load_run  # noqa: PLC0415
     from llmjax.sample import generate as generation  # noqa: PLC0415

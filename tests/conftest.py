@@ -55,6 +55,14 @@ def make_tiny_config(family="llama", **model_overrides):
     return c
 
 
+def unstack_layers(params, num_layers):
+    """Scanned params [layers, ...] -> per-layer subtrees layers_0, layers_1, ..."""
+    unrolled = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(num_layers):
+        unrolled[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+    return unrolled
+
+
 @pytest.fixture
 def tiny_config():
     return make_tiny_config()

@@ -18,7 +18,7 @@ from llmjax.model.layers.rope import apply_rope, rope_tables
 from llmjax.model.llama.spec import LlamaSpec
 from llmjax.model.layers.splash import splash_attention, splash_available
 
-from conftest import make_tiny_config
+from conftest import make_tiny_config, unstack_layers
 
 
 def _tokens(config, batch=2, length=16, seed=1):
@@ -161,21 +161,13 @@ def test_loss_at_init_is_close_to_log_vocab():
     assert abs(float(nll) - np.log(1024)) < 0.05 * np.log(1024)
 
 
-def _unstack_layers(params, num_layers):
-    """Scanned params [layers, ...] -> per-layer subtrees layers_0, layers_1, ..."""
-    unrolled = {k: v for k, v in params.items() if k != "layers"}
-    for i in range(num_layers):
-        unrolled[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
-    return unrolled
-
-
 @pytest.mark.parametrize("remat,scan_unroll", [("none", 0), ("none", 1), ("full", 1), ("save_dots", 0)])
 def test_scanned_and_unrolled_layers_agree(remat, scan_unroll):
     scanned = make_tiny_config(scan_layers=True, remat=remat, scan_unroll=scan_unroll)
     unrolled = make_tiny_config(scan_layers=False, remat=remat)
     params = _params(scanned)
     tokens = _tokens(scanned)
-    unrolled_params = _unstack_layers(params, scanned.model.num_layers)
+    unrolled_params = unstack_layers(params, scanned.model.num_layers)
     assert jax.tree.structure(unrolled_params) == jax.tree.structure(_params(unrolled))
     np.testing.assert_allclose(model.apply(params, tokens, config=scanned),
                                model.apply(unrolled_params, tokens, config=unrolled), rtol=1e-5, atol=1e-5)

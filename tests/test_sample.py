@@ -11,13 +11,15 @@ import pytest
 
 from llmjax import model
 from llmjax.errors import LlmjaxError
+from llmjax.model.layers.kv_cache import cache_attention
+from llmjax.sample import cached
 from llmjax.sample.cached import inference_decoder
-from llmjax.sample.generate import (Settings, compilations, decode_step, generate, left_pad, prefill,
+from llmjax.sample.generate import (Settings, _run, compilations, decode_step, generate, left_pad, prefill,
                                     reorder_state)
 from llmjax.sample.search import beam_search, sample_tokens
 from llmjax.sample.select import Sampling, choose, filter_logits
 
-from conftest import DECODERS, make_tiny_config
+from conftest import DECODERS, make_tiny_config, unstack_layers
 
 EOS, PAD = 1, 0
 GREEDY = Settings(max_new_tokens=6, sampling=Sampling(temperature=0.0))
@@ -189,3 +191,59 @@ def test_prompt_lengths_within_a_bucket_share_one_compilation_and_padding_change
             logits = model.apply(params, jnp.asarray([tokens]), config=config)
             tokens.append(int(jnp.argmax(logits[0, -1])))
         assert out == tokens[n:]
+
+
+def _loop_bodies(jaxpr):
+    """The body jaxprs of every while loop in `jaxpr`, nested ones included."""
+    for eqn in jaxpr.eqns:
+        for value in eqn.params.values():
+            for sub in (value if isinstance(value, tuple) else (value,)):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    if eqn.primitive.name == "while" and sub is eqn.params["body_jaxpr"]:
+                        yield inner
+                    yield from _loop_bodies(inner)
+
+
+def _primitives(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn.primitive.name
+        for value in eqn.params.values():
+            for sub in (value if isinstance(value, tuple) else (value,)):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _primitives(inner)
+
+
+@pytest.mark.parametrize("family", ["llama", "moe-capacity", "gpt2"])
+def test_decoding_splits_scanned_layers_once_before_the_loop(family):
+    """With stacked params, every decoded token would slice each layer's weights out of the
+    stack again (a layer scan inside the decode loop). The generation is that of the same
+    model built unrolled."""
+    config, params = _setup(family)
+    assert config.model.scan_layers
+    tokens, mask = left_pad(PROMPTS, PAD, 8)
+    traced = _run.trace(params, tokens, mask, jax.random.key(0), jnp.asarray([EOS]), jnp.int32(PAD),
+                        decoder=inference_decoder(config), settings=GREEDY, cache_length=16, keep_logits=False)
+    bodies = list(_loop_bodies(traced.jaxpr.jaxpr))
+    assert bodies and not any("scan" in set(_primitives(body)) for body in bodies)
+    assert "layers" not in cached.unrolled(params, inference_decoder(config))[0]
+    stacked = jax.tree.leaves(params["layers"])[0].shape[0]  # Blocks, or MoE groups of blocks.
+    expected = generate(unstack_layers(params, stacked), make_tiny_config(family, scan_layers=False), PROMPTS,
+                        GREEDY, eos_ids=(), pad_id=PAD)
+    np.testing.assert_array_equal(generate(params, config, PROMPTS, GREEDY, eos_ids=(), pad_id=PAD)["tokens"],
+                                  expected["tokens"])
+
+
+def test_cache_attention_is_dot_product_attention():
+    """Grouped heads, a mask and a bias: the cache's own layout gives XLA's attention."""
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=shape), jnp.float32)
+               for shape in ((2, 3, 4, 8), (2, 5, 2, 8), (2, 5, 2, 8)))
+    mask = jnp.asarray(rng.random((2, 1, 3, 5)) < 0.7).at[..., 0].set(True)
+    bias = jnp.asarray(rng.normal(size=(1, 4, 3, 5)), jnp.float32)
+    for b, scale in ((None, None), (bias, 1.0)):
+        expected = jax.nn.dot_product_attention(q, jnp.repeat(k, 2, axis=2), jnp.repeat(v, 2, axis=2), bias=b,
+                                                mask=mask, scale=scale, implementation="xla")
+        np.testing.assert_allclose(cache_attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask, b, scale),
+                                   expected, rtol=1e-5, atol=1e-6)

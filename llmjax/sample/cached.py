@@ -4,6 +4,9 @@ parameters, applied with Flax's "cache" collection mutable (see
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -27,6 +30,30 @@ def inference_decoder(config):
         raise LlmjaxError(f"the {config.model.family} family has no cached decoder; it cannot "
                           f"generate text with llmjax-sample.")
     return math.decoder(config)
+
+
+def unrolled(params, decoder):
+    """(params, decoder) with scanned layers as separate per-layer subtrees ("layers" [N, ...]
+    -> "layers_0" ... "layers_{N-1}") and a spec that applies them unrolled. Decoding from
+    stacked params would slice every layer's weights out of the stack inside the decode loop,
+    once per token: at bench36m batch 1 that copy cost more than the token's own matmuls. Split
+    once, before the loop, the weights are read where they lie."""
+    module, spec = decoder
+    if not getattr(spec, "scan_layers", False):
+        return params, decoder
+
+    def split(tree):
+        if not isinstance(tree, Mapping):
+            return tree
+        out = {}
+        for key, sub in tree.items():
+            if key == "layers":
+                for i in range(jax.tree.leaves(sub)[0].shape[0]):
+                    out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], sub)
+            else:
+                out[key] = split(sub)
+        return out
+    return split(params), (module, dataclasses.replace(spec, scan_layers=False))
 
 
 def forward(params, cache, tokens_BT, positions_BT, segment_ids_BT, *, decoder):

@@ -107,6 +107,7 @@ def _run(params, tokens_BT, mask_BT, rng, eos_ids, pad_id, *, decoder, settings:
          cache_length: int, keep_logits: bool):
     if settings.num_beams > 1:  # Every beam starts as a copy of its prompt.
         tokens_BT, mask_BT = (jnp.repeat(x, settings.num_beams, 0) for x in (tokens_BT, mask_BT))
+    params, decoder = cached.unrolled(params, decoder)
     logits_BTV, state = prefill(params, decoder, tokens_BT, mask_BT, cache_length)
     return search(decode_step(params, decoder), reorder_state, state, logits_BTV[:, -1], rng, eos_ids, pad_id,
                   settings=settings, keep_logits=keep_logits)

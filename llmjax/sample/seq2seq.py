@@ -72,6 +72,7 @@ def _run(params, tokens_BS, segments_BS, rng, eos_ids, pad_id, start_id, *, mode
          keep_logits: bool):
     if settings.num_beams > 1:
         tokens_BS, segments_BS = (jnp.repeat(x, settings.num_beams, 0) for x in (tokens_BS, segments_BS))
+    params, model = cached.unrolled(params, model)
     encoded_BSD = _apply(model, {"params": params}, "encode", tokens_BS, segments_BS)
     batch, slots = tokens_BS.shape[0], 1 + settings.max_new_tokens
     ones_B1 = jnp.ones((batch, 1), jnp.int32)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from llmjax.errors import config_error
 from llmjax.model.layers.blockwise import blockwise_attention
-from llmjax.model.layers.kv_cache import attend_to_cache
+from llmjax.model.layers.kv_cache import attend_to_cache, cache_attention
 from llmjax.model.layers.splash import splash_attention, splash_available
 
 HEADS_ACT = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
@@ -76,10 +76,9 @@ def causal_attention(module: nn.Module, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, 
     k_BTKH = nn.with_logical_constraint(k_BTKH, KV_ACT)
     v_BTKH = nn.with_logical_constraint(v_BTKH, KV_ACT)
     if module.is_mutable_collection("cache") and not module.is_initializing():  # Decoding.
-        k_BTKH, v_BTKH, mask_B1TT = attend_to_cache(module, k_BTKH, v_BTKH, segment_ids_BT)
-        # One new query over the cache is memory-bound: XLA's path is as fast as any kernel.
-        out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_B1TT,
-                                                implementation="xla")
+        k_BKSH, v_BKSH, mask_B1TS = attend_to_cache(module, k_BTKH, v_BTKH, segment_ids_BT)
+        # One new query over the cache is memory-bound: plain XLA is as fast as any kernel.
+        out_BTNH = cache_attention(q_BTNH, k_BKSH, v_BKSH, mask_B1TS)
     else:
         out_BTNH = attention_kernel(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, segment_ids_BT, impl, causal=True,
                            prefix_BT=prefix_BT)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from llmjax.model.layers.attention import biased_attention
 from llmjax.model.layers.embedding import embedding, positions_or_default
-from llmjax.model.layers.kv_cache import attend_to_cache
+from llmjax.model.layers.kv_cache import attend_to_cache, cache_attention
 from llmjax.model.layers.norms import rms_norm
 from llmjax.model.layers.output import head_output
 from llmjax.model.layers.projection import Projection
@@ -90,13 +90,14 @@ class SelfAttention(nn.Module):
 
         def attend(q_BTNH, k_BSNH, v_BSNH):
             if self.causal and self.is_mutable_collection("cache") and not self.is_initializing():
-                k_BSNH, v_BSNH, mask_B1TS = attend_to_cache(self, k_BSNH, v_BSNH, segments_BT)
-                rows_T, keys_S = queries_T, jnp.arange(k_BSNH.shape[1])
-            else:  # Training: columns stand for positions (within a segment they differ alike).
-                rows_T = keys_S = jnp.arange(x_BTD.shape[1])
-                mask_B1TS = segment_mask(segments_BT, segments_BT)
-                if self.causal:
-                    mask_B1TS = mask_B1TS & (rows_T[:, None] >= keys_S[None, :])
+                k_BNSH, v_BNSH, mask_B1TS = attend_to_cache(self, k_BSNH, v_BSNH, segments_BT)
+                bias = relative_bias(table_RN, queries_T, jnp.arange(k_BNSH.shape[2]), s, bidirectional=False)
+                return cache_attention(q_BTNH, k_BNSH, v_BNSH, mask_B1TS, bias.astype(q_BTNH.dtype), scale=1.0)
+            # Training: columns stand for positions (within a segment they differ alike).
+            rows_T = keys_S = jnp.arange(x_BTD.shape[1])
+            mask_B1TS = segment_mask(segments_BT, segments_BT)
+            if self.causal:
+                mask_B1TS = mask_B1TS & (rows_T[:, None] >= keys_S[None, :])
             bias = relative_bias(table_RN, rows_T, keys_S, s, bidirectional=not self.causal)
             return biased_attention(q_BTNH, k_BSNH, v_BSNH, bias, mask_B1TS, s.attention_impl)
         return attention(s, x_BTD, x_BTD, attend)
