@@ -19,7 +19,7 @@ from conftest import ROOT
 from llmjax.config import default_config
 from llmjax.data.dataset import check_tokenizer, open_dataset, resolve
 from llmjax.data.errors import DataError
-from llmjax.data.prepare import PrepareOptions, prepare
+from llmjax.data.prepare import PrepareOptions, prepare, token_counts
 from llmjax.data.shards import ShardWriter, index_path
 from llmjax.data.tokenizer import TextTokenizer
 
@@ -458,3 +458,10 @@ def test_a_manifest_from_before_checksums_still_opens(tmp_path, tokenizer_file):
     [(dataset, _)] = resolve(config, 300, tmp_path / "cache", log=logs.append)
     assert dataset.manifest["splits"] == manifest["splits"]
     assert logs[-1].endswith(f"in {out} (unverified: prepared before llmjax recorded checksums)")
+
+
+def test_token_counts_read_in_chunks_equal_one_bincount(tmp_path):
+    ids = np.random.default_rng(0).integers(0, 50, 1001).astype(np.uint16)
+    ids.tofile(tmp_path / "shard.bin")
+    counts = token_counts(tmp_path / "shard.bin", np.uint16, 64, chunk=7)
+    np.testing.assert_array_equal(counts, np.bincount(ids, minlength=64))
