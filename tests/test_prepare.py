@@ -21,6 +21,7 @@ from llmjax.data.dataset import check_tokenizer, open_dataset, resolve
 from llmjax.data.errors import DataError
 from llmjax.data.prepare import PrepareOptions, prepare, token_counts
 from llmjax.data.shards import ShardWriter, index_path
+from llmjax.data import sources
 from llmjax.data.tokenizer import TextTokenizer
 
 QUIET = dict(log=lambda *_: None, progress=False)
@@ -465,3 +466,31 @@ def test_token_counts_read_in_chunks_equal_one_bincount(tmp_path):
     ids.tofile(tmp_path / "shard.bin")
     counts = token_counts(tmp_path / "shard.bin", np.uint16, 64, chunk=7)
     np.testing.assert_array_equal(counts, np.bincount(ids, minlength=64))
+
+
+def test_line_parts_cover_a_jsonl_file_in_whole_lines_numbered_from_its_start(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"".join(json.dumps({"text": d}).encode() + b"\n" for d in _documents(20, seed=4))
+                     + b'{"text": "no newline at the end"}')
+    data = path.read_bytes()
+    file = sources.find_inputs([str(path)], "**/*")[0]
+    parts = sources.line_parts(file, 300)
+    assert len(parts) > 3 and parts[0][0] == 0 and parts[-1][1] == len(data)
+    for (start, end, first), following in zip(parts, parts[1:] + [(len(data), None, None)]):
+        assert end == following[0] and data[end - 1:end] in (b"\n", b"}")  # Consecutive, whole lines.
+        assert first == 1 + data[:start].count(b"\n")
+
+
+def test_a_large_jsonl_file_is_cut_into_parts_and_gives_the_dataset_read_whole(tmp_path, tokenizer_file):
+    docs = _documents(60, seed=5)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "big.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    options = dict(inputs=(str(tmp_path / "in"),), tokenizer=str(tokenizer_file), val_percent=20)
+    whole = prepare(PrepareOptions(**options, workers=1), tmp_path / "whole", **QUIET)
+    cut = prepare(PrepareOptions(**options, workers=2, shard_mb=0.002), tmp_path / "cut", **QUIET)
+    units = json.loads((cut / "plan.json").read_text())["units"]
+    assert len(units) > 4 and all(isinstance(piece, list) for unit in units for piece in unit)
+    assert json.loads((cut / "manifest.json").read_text())["sources"] == ["big.jsonl"]
+    for split in ("train", "val"):  # Documents keep their ids (path:line), hence their split.
+        assert _stream(whole, split).size
+        np.testing.assert_array_equal(_stream(whole, split), _stream(cut, split))

@@ -1,9 +1,10 @@
 """Raw text in, a prepared dataset out: a tokenizer, token shards per split, and a manifest.
 
-The inputs are cut into units of whole files; each unit is tokenized by a worker process and
-written as one train and one validation shard, then marked done. The manifest is written
-last, so a directory without one is an unfinished preparation: rerunning the same command
-skips the finished units and does the rest. The token stream of a split is its shards in unit
+The inputs are cut into units of whole files (or, for a large uncompressed JSONL file, of
+parts of whole lines); each unit is tokenized by a worker process and written as one train and
+one validation shard, then marked done. The manifest is written last, so a directory without
+one is an unfinished preparation: rerunning the same command skips the finished units and does
+the rest. The token stream of a split is its shards in unit
 order, i.e. the documents in sorted-path order, however the inputs were cut into units. The
 manifest records the sha256 of every file a reader opens (the tokenizer, each shard and its
 index), which opening the dataset checks.
@@ -91,18 +92,34 @@ def dataset_key(options: PrepareOptions) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _units(files: list[sources.InputFile], shard_bytes: float, workers: int) -> list[list[int]]:
-    """Consecutive files grouped up to `shard_bytes`, and into enough units to keep every worker
-    busy with a few each."""
+def _units(files: list[sources.InputFile], shard_bytes: float, workers: int) -> list[list]:
+    """Consecutive pieces grouped up to `shard_bytes`, and into enough units to keep every
+    worker busy with a few each. A piece is a whole file (its index), or a part of an
+    uncompressed JSONL file larger than a unit ([index, start byte, end byte, first line]), so
+    that one large file is still tokenized by every worker."""
     target = min(shard_bytes, max(1, sum(f.size for f in files)) / (4 * workers))
     units, current, size = [], [], 0
     for index, file in enumerate(files):
-        if current and size + file.size > target:
-            units.append(current)
-            current, size = [], 0
-        current.append(index)
-        size += file.size
+        if file.kind == "jsonl" and not file.compression and file.size > target:
+            pieces = [[index, *part] for part in sources.line_parts(file, max(1, int(target)))]
+        else:
+            pieces = [index]
+        for piece in pieces:
+            piece_size = piece[2] - piece[1] if isinstance(piece, list) else file.size
+            if current and size + piece_size > target:
+                units.append(current)
+                current, size = [], 0
+            current.append(piece)
+            size += piece_size
     return units + [current] if current else units
+
+
+def _piece(files: list[sources.InputFile], piece) -> tuple[sources.InputFile, tuple[int, int, int] | None, int]:
+    """(file, part of it or None, bytes) of a unit's piece (see `_units`)."""
+    if isinstance(piece, int):  # A whole file.
+        return files[piece], None, files[piece].size
+    index, start, end, first_line = piece
+    return files[index], (start, end, first_line), end - start
 
 
 def _forced_validation(files: list[sources.InputFile], val_percent: float) -> list[str]:
@@ -122,7 +139,7 @@ def _unit_name(split: str, unit: int) -> str:
 
 def _tokenize_unit(args) -> dict:
     """Worker: tokenizes one unit into its train and val shards, then writes its done-marker."""
-    out, unit, files, options, forced_val, dtype = args
+    out, unit, pieces, options, forced_val, dtype = args
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # The processes are the parallelism.
     tokenizer = _open_tokenizer(out, options)
     writers = {split: ShardWriter(out / _unit_name(split, unit), tokenizer.eos_id, dtype)
@@ -135,8 +152,8 @@ def _tokenize_unit(args) -> dict:
             writers[split].append(ids)
         batch[split].clear()
 
-    for file in files:
-        for doc_id, text in sources.read_documents(file, options.text_field, stats):
+    for file, part, _ in pieces:
+        for doc_id, text in sources.read_documents(file, options.text_field, stats, part):
             split = "val" if doc_id in forced_val or sources.is_validation(doc_id, options.val_percent) else "train"
             batch[split].append(text)
             split_bytes[split] += len(text.encode("utf-8"))
@@ -144,7 +161,7 @@ def _tokenize_unit(args) -> dict:
                 flush(split)
     for split in SPLITS:
         flush(split)
-    record = {"unit": unit, "files": [f.relpath for f in files], "input_bytes": sum(f.size for f in files),
+    record = {"unit": unit, "files": [f.relpath for f, _, _ in pieces], "input_bytes": sum(n for *_, n in pieces),
               "stats": dataclasses.asdict(stats),
               "shards": {split: writers[split].close() | {"bytes": split_bytes[split]} for split in SPLITS}}
     _write_json(out / f"unit-{unit:05d}.json", record)
@@ -225,9 +242,9 @@ def _prepare(options: PrepareOptions, out: Path, files, plan: dict, workers: int
     if done:
         log(f"prepare: resuming {out}: {len(done)} of {len(plan['units'])} units already done")
     dtype = token_dtype(tokenizer.vocab_size)
-    jobs = [(out, u, [files[i] for i in plan["units"][u]], options, frozenset(plan["forced_val"]), dtype)
+    jobs = [(out, u, [_piece(files, p) for p in plan["units"][u]], options, frozenset(plan["forced_val"]), dtype)
             for u in todo]
-    meter = _Progress(sum(f.size for job in jobs for f in job[2]), enabled=progress)
+    meter = _Progress(sum(n for job in jobs for *_, n in job[2]), enabled=progress)
     try:
         for record in _run(jobs, workers):
             done[record["unit"]] = record
@@ -303,7 +320,7 @@ def _manifest(out, options, tokenizer: TextTokenizer, records: list[dict], dtype
                           "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
                           "pad_id": tokenizer.pad_id},
             "token_dtype": np.dtype(dtype).name, "splits": splits,
-            "read_stats": dataclasses.asdict(stats), "sources": [f for r in records for f in r["files"]],
+            "read_stats": dataclasses.asdict(stats), "sources": list(dict.fromkeys(f for r in records for f in r["files"])),
             "unigram_entropy_nats": unigram_entropy(counts),
             CHECKSUMS: {name: file_checksum(out / name) for name in _read_files(tokenizer, splits)}}
 

@@ -178,12 +178,36 @@ def _decode(raw: bytes, stats: ReadStats) -> str:
     return text
 
 
-def read_documents(file: InputFile, text_field: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
-    """(document id, text) for each non-empty document of `file`. Invalid UTF-8 is replaced
-    (U+FFFD) and counted; empty documents are counted and skipped. A file that cannot be read
-    (damaged, truncated, not in its suffix's format) raises SourceError naming it."""
+def line_parts(file: InputFile, target: int) -> list[tuple[int, int, int]]:
+    """(start byte, end byte, number of its first line) of consecutive parts of an uncompressed
+    JSONL file, each of whole lines and about `target` bytes: the parts of one large file are
+    tokenized by several workers at once, and its documents keep the ids (path:line) they have
+    when the file is read whole. One pass over the file, counting its lines."""
+    parts, start, line = [], 0, 1
+    with open(file.path, "rb") as handle:
+        while start < file.size:
+            end = file.size
+            if start + target < file.size:  # Cut after the line holding the target's last byte.
+                handle.seek(start + target - 1)
+                handle.readline()
+                end = handle.tell()
+            handle.seek(start)
+            newlines, left = 0, end - start
+            while left and (block := handle.read(min(left, 1 << 24))):
+                newlines, left = newlines + block.count(b"\n"), left - len(block)
+            parts.append((start, end, line))
+            start, line = end, line + newlines
+    return parts
+
+
+def read_documents(file: InputFile, text_field: str, stats: ReadStats,
+                   part: tuple[int, int, int] | None = None) -> Iterator[tuple[str, str]]:
+    """(document id, text) for each non-empty document of `file`, or of one `part` of it (see
+    `line_parts`). Invalid UTF-8 is replaced (U+FFFD) and counted; empty documents are counted
+    and skipped. A file that cannot be read (damaged, truncated, not in its suffix's format)
+    raises SourceError naming it."""
     try:
-        for doc_id, text in _documents(file, text_field, stats):
+        for doc_id, text in _documents(file, text_field, stats, part):
             if text.strip():
                 yield doc_id, text
     except (OSError, EOFError, zlib.error) as error:
@@ -205,7 +229,14 @@ _TEXT_FIELD_FIX = ("name the JSONL field or Parquet column that holds the text w
                    "--text_field (raw data given to llmjax-train must call it 'text').")
 
 
-def _documents(file: InputFile, text_field: str, stats: ReadStats):
+def _lines_until(handle, end: int):
+    position = handle.tell()
+    while position < end and (line := handle.readline()):
+        position += len(line)
+        yield line
+
+
+def _documents(file: InputFile, text_field: str, stats: ReadStats, part: tuple[int, int, int] | None):
     if file.kind == "parquet":
         yield from _parquet_documents(file, text_field, stats)
         return
@@ -213,7 +244,12 @@ def _documents(file: InputFile, text_field: str, stats: ReadStats):
         if file.kind == "text":
             yield file.relpath, _decode(handle.read(), stats)
             return
-        for number, line in enumerate(io.BufferedReader(handle) if file.compression else handle, 1):
+        lines, first = (io.BufferedReader(handle) if file.compression else handle), 1
+        if part is not None:
+            start, end, first = part
+            handle.seek(start)
+            lines = _lines_until(handle, end)
+        for number, line in enumerate(lines, first):
             if not line.strip():
                 continue
             try:
