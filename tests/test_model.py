@@ -10,7 +10,7 @@ import pytest
 from llmjax.errors import ConfigError
 
 from llmjax import model
-from llmjax.model.layers.attention import (attention_kernel, recorded_kernels, bidirectional_attention, biased_attention_impl,
+from llmjax.model.layers.attention import (attention_kernel, recorded_kernels, bidirectional_attention,
                                           select_attention_impl)
 from llmjax.model.llama.model import Attention
 from llmjax.model.layers.blockwise import blockwise_attention
@@ -272,17 +272,6 @@ def test_auto_attention_picks_each_platforms_kernel(platform, dtype, head_dim, l
     assert select_attention_impl("auto", platform, dtype, head_dim, length, splash) == expected
 
 
-@pytest.mark.parametrize("platform, dtype, head_dim, expected", [
-    ("gpu", jnp.bfloat16, 64, "cudnn"),
-    ("gpu", jnp.float32, 64, "xla"),
-    ("gpu", jnp.bfloat16, 256, "xla"),
-    ("tpu", jnp.bfloat16, 128, "xla"),  # Splash takes no bias.
-    ("cpu", jnp.bfloat16, 64, "xla"),  # Nor does the blockwise kernel.
-])
-def test_attention_with_a_position_bias_picks_a_kernel_that_takes_one(platform, dtype, head_dim, expected):
-    assert biased_attention_impl("auto", platform, dtype, head_dim) == expected
-
-
 def test_explicit_attention_choice_is_honoured_where_the_platform_has_it():
     assert select_attention_impl("xla", "gpu", jnp.bfloat16, 64, 512, True) == "xla"
     assert select_attention_impl("cudnn", "gpu", jnp.float32, 64, 512, False) == "cudnn"
@@ -338,6 +327,29 @@ def test_blockwise_attention_equals_xla_attention(length, block, documents, caus
     _assert_same_attention(lambda q, k, v: blockwise_attention(q, k, v, segments, block, causal),
                            lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal),
                            q, k, v)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("bias_rows", [1, 2])
+def test_blockwise_attention_with_a_score_bias_equals_xla_attention(causal, bias_rows):
+    """T5's relative position bias (shared by the batch, or one per row) on unscaled scores,
+    causal or not, with documents and a last block shorter than the others: the same outputs
+    and gradients as XLA's attention, the bias's gradient included."""
+    b, t, n, h = 2, 40, 4, 8
+    q, k, v = (jax.random.normal(jax.random.key(i), (b, t, n, h)) for i in range(3))
+    bias = jax.random.normal(jax.random.key(4), (bias_rows, n, t, t))
+    segments = jnp.asarray((np.arange(t) >= 13)[None].repeat(b, 0), jnp.int32)
+    mask = segments[:, None, :, None] == segments[:, None, None, :]
+    ours = lambda q, k, v, bias: blockwise_attention(q, k, v, segments, 16, causal, None, None, bias, 1.0)  # noqa: E731
+    xla = lambda q, k, v, bias: jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal,  # noqa: E731
+                                                             scale=1.0)
+    np.testing.assert_allclose(ours(q, k, v, bias), xla(q, k, v, bias), rtol=1e-5, atol=1e-6)
+    weights = jax.random.normal(jax.random.key(5), q.shape)
+    loss = lambda f: lambda *args: (f(*args) * weights).sum()  # noqa: E731
+    for mine, theirs in zip(jax.grad(loss(ours), argnums=(0, 1, 2, 3))(q, k, v, bias),
+                            jax.grad(loss(xla), argnums=(0, 1, 2, 3))(q, k, v, bias)):
+        assert mine.shape == theirs.shape
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["blockwise", "xla"])
@@ -408,7 +420,7 @@ def test_blockwise_attention_in_bf16_stays_close_to_fp32():
 
 @pytest.mark.parametrize(("family", "objective", "expected"), [
     ("llama", None, {"causal: blockwise"}), ("llama", "prefix_lm", {"prefix: blockwise"}),
-    ("bert", None, {"bidirectional: blockwise"}), ("t5", None, {"masked: xla", "position-biased: xla"})])
+    ("bert", None, {"bidirectional: blockwise"}), ("t5", None, {"bidirectional: blockwise", "position-biased: blockwise"})])
 def test_the_attention_kernels_a_model_traces_are_recorded_for_the_run_to_print(family, objective, expected):
     from test_train_step import random_batch  # noqa: PLC0415
 

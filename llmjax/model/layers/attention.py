@@ -1,8 +1,9 @@
 """Document-masked, grouped-query attention over already projected queries, keys and values,
 causal (decoders) or bidirectional (encoders, cross-attention): the kernel choice per platform,
 and the KV-cache path used when decoding. Families build their own projections (biases, RoPE
-or not) and call `causal_attention` or `bidirectional_attention`; every kernel (XLA, the CPU
-blockwise one, cuDNN, splash) serves both masks."""
+or not) and call `causal_attention` or `bidirectional_attention` (T5, with its position bias,
+`attention_kernel`); every kernel (XLA, the CPU blockwise one, cuDNN, splash) serves both masks,
+and all but splash take a bias on the scores."""
 
 from __future__ import annotations
 
@@ -98,14 +99,20 @@ def bidirectional_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, impl: str, k
     return nn.with_logical_constraint(out_BTNH, HEADS_ACT)
 
 
-def attention_kernel(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, kv_segments_BS, impl: str, causal: bool, prefix_BT=None):
+def attention_kernel(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, kv_segments_BS, impl: str, causal: bool, prefix_BT=None,
+                     bias_1NTS=None, scale: float | None = None):
     """The platform's attention kernel (see `select_attention_impl`) with the segment mask,
-    and the causal one (opened over the prefix, with `prefix_BT`) when `causal`."""
+    and the causal one (opened over the prefix, with `prefix_BT`) when `causal`. `bias_1NTS`
+    is added to the scores (T5's relative positions), which are first multiplied by `scale`
+    (default head_dim^-0.5; T5 folds it into its queries and passes 1)."""
     impl = select_attention_impl(impl, jax.default_backend(), q_BTNH.dtype, q_BTNH.shape[-1],
                                  q_BTNH.shape[1])
-    if impl == "splash" and prefix_BT is not None:
-        impl = "xla"  # Splash's masks are fixed when the kernel is built; a prefix differs per row.
-    _record("prefix" if prefix_BT is not None else "causal" if causal else "bidirectional", impl)
+    if impl == "splash" and (prefix_BT is not None or bias_1NTS is not None):
+        impl = "xla"  # Splash's masks are fixed when the kernel is built, and it takes no bias.
+    _record("position-biased" if bias_1NTS is not None else "prefix" if prefix_BT is not None
+            else "causal" if causal else "bidirectional", impl)
+    if bias_1NTS is not None:
+        bias_1NTS = bias_1NTS.astype(q_BTNH.dtype)
     if impl == "splash":
         return splash_attention(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, causal=causal,
                                 kv_segment_ids_BS=kv_segments_BS)
@@ -113,7 +120,7 @@ def attention_kernel(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, kv_segments_BS, impl
         # 128-query blocks, at most 8 of them: the backward pass's ops grow as blocks^2.
         block = max(128, -(-q_BTNH.shape[1] // 8))
         return blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, block, causal, kv_segments_BS,
-                                   prefix_BT)
+                                   prefix_BT, bias_1NTS, scale)
     mask_B1TS = None
     if q_segments_BT is not None:
         mask_B1TS = q_segments_BT[:, None, :, None] == kv_segments_BS[:, None, None, :]
@@ -122,24 +129,5 @@ def attention_kernel(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, kv_segments_BS, impl
         seen_B1TS = (jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]) | prefix_BT[:, None, None, :].astype(bool)
         mask_B1TS = seen_B1TS if mask_B1TS is None else mask_B1TS & seen_B1TS
         causal = False  # The mask holds the causal part.
-    return jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS, is_causal=causal,
-                                        implementation=impl)
-
-
-def biased_attention_impl(requested: str, platform: str, dtype, head_dim: int) -> str:
-    """The kernel of attention with a bias on its scores: only XLA's and cuDNN's take one, so
-    `auto` picks cuDNN on GPU where it applies (see select_attention_impl) and XLA elsewhere."""
-    impl = select_attention_impl(requested, platform, dtype, head_dim, 0, splash=False)
-    return impl if impl == "cudnn" else "xla"
-
-
-def biased_attention(q_BTNH, k_BSNH, v_BSNH, bias_1NTS, mask_B1TS, impl: str):
-    """Attention with an additive bias on the scores (T5's relative positions; None for none)
-    and a boolean mask, scores not scaled (the family folds the scale into its query)."""
-    impl = biased_attention_impl(impl, jax.default_backend(), q_BTNH.dtype, q_BTNH.shape[-1])
-    _record("masked" if bias_1NTS is None else "position-biased", impl)
-    q_BTNH = nn.with_logical_constraint(q_BTNH, HEADS_ACT)
-    bias = None if bias_1NTS is None else bias_1NTS.astype(q_BTNH.dtype)
-    out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSNH, v_BSNH, bias=bias, mask=mask_B1TS, scale=1.0,
-                                            implementation=impl)
-    return nn.with_logical_constraint(out_BTNH, HEADS_ACT)
+    return jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, bias=bias_1NTS, mask=mask_B1TS, scale=scale,
+                                        is_causal=causal, implementation=impl)

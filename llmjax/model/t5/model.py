@@ -22,7 +22,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from llmjax.model.layers.attention import biased_attention
+from llmjax.model.layers.attention import HEADS_ACT, attention_kernel
 from llmjax.model.layers.embedding import embedding, positions_or_default
 from llmjax.model.layers.kv_cache import attend_to_cache, cache_attention
 from llmjax.model.layers.norms import rms_norm
@@ -95,11 +95,8 @@ class SelfAttention(nn.Module):
                 return cache_attention(q_BTNH, k_BNSH, v_BNSH, mask_B1TS, bias.astype(q_BTNH.dtype), scale=1.0)
             # Training: columns stand for positions (within a segment they differ alike).
             rows_T = keys_S = jnp.arange(x_BTD.shape[1])
-            mask_B1TS = segment_mask(segments_BT, segments_BT)
-            if self.causal:
-                mask_B1TS = mask_B1TS & (rows_T[:, None] >= keys_S[None, :])
             bias = relative_bias(table_RN, rows_T, keys_S, s, bidirectional=not self.causal)
-            return biased_attention(q_BTNH, k_BSNH, v_BSNH, bias, mask_B1TS, s.attention_impl)
+            return attend_unscaled(s, q_BTNH, k_BSNH, v_BSNH, segments_BT, segments_BT, self.causal, bias)
         return attention(s, x_BTD, x_BTD, attend)
 
 
@@ -109,10 +106,10 @@ class CrossAttention(nn.Module):
     spec: T5Spec
 
     @nn.compact
-    def __call__(self, x_BTD, encoded_BSD, mask_B1TS):
+    def __call__(self, x_BTD, encoded_BSD, segments_BT, encoded_segments_BS):
         s = self.spec
-        return attention(s, x_BTD, encoded_BSD, lambda q, k, v: biased_attention(q, k, v, None, mask_B1TS,
-                                                                                  s.attention_impl),
+        return attention(s, x_BTD, encoded_BSD,
+                         lambda q, k, v: attend_unscaled(s, q, k, v, segments_BT, encoded_segments_BS, False),
                          CROSS_KV_ACT)
 
 
@@ -146,18 +143,24 @@ class DecoderBlock(nn.Module):
     spec: T5Spec
 
     @nn.compact
-    def __call__(self, x_BTD, table_RN, segments_BT, queries_T, encoded_BSD, cross_mask_B1TS):
+    def __call__(self, x_BTD, table_RN, segments_BT, queries_T, encoded_BSD, encoded_segments_BS):
         s = self.spec
         h_BTD = rms_norm(s, "attention_norm")(x_BTD)
         x_BTD = x_BTD + SelfAttention(s, causal=True, name="attention")(h_BTD, table_RN, segments_BT, queries_T)
         h_BTD = rms_norm(s, "cross_attention_norm")(x_BTD)
-        x_BTD = x_BTD + CrossAttention(s, name="cross_attention")(h_BTD, encoded_BSD, cross_mask_B1TS)
+        x_BTD = x_BTD + CrossAttention(s, name="cross_attention")(h_BTD, encoded_BSD, segments_BT,
+                                                                  encoded_segments_BS)
         x_BTD = x_BTD + Mlp(s, name="mlp")(rms_norm(s, "mlp_norm")(x_BTD))
         return nn.with_logical_constraint(x_BTD, DECODER_ACT), None
 
 
-def segment_mask(q_segments_BT, kv_segments_BS):
-    return (q_segments_BT[:, :, None] == kv_segments_BS[:, None, :])[:, None]
+def attend_unscaled(spec: T5Spec, q_BTNH, k_BSNH, v_BSNH, q_segments_BT, kv_segments_BS, causal: bool,
+                    bias_1NTS=None):
+    """The platform's attention kernel (blockwise on CPU, cuDNN on GPU, XLA's on TPU, where
+    splash takes no bias) with T5's unscaled scores, document masks and optional bias."""
+    out_BTNH = attention_kernel(q_BTNH, k_BSNH, v_BSNH, q_segments_BT, kv_segments_BS, spec.attention_impl,
+                                causal, bias_1NTS=bias_1NTS, scale=1.0)
+    return nn.with_logical_constraint(out_BTNH, HEADS_ACT)
 
 
 class T5(nn.Module):
@@ -201,8 +204,7 @@ class T5(nn.Module):
         s = self.spec
         queries_T = positions_or_default(tokens_BT, positions_BT)[0]
         x_BTD = nn.with_logical_constraint(self.embed(tokens_BT), DECODER_ACT)
-        x_BTD = self.decoder(x_BTD, self.decoder_bias, segments_BT, queries_T, encoded_BSD,
-                             segment_mask(segments_BT, segments_BS))
+        x_BTD = self.decoder(x_BTD, self.decoder_bias, segments_BT, queries_T, encoded_BSD, segments_BS)
         if s.tie_embeddings:
             if s.rescale_output:
                 x_BTD = x_BTD * s.d_model ** -0.5
