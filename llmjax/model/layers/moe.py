@@ -214,10 +214,10 @@ def expert_parallel_rows(x_BTD, weights_BTK, experts_BTK, gate_EDF, up_EDF, down
     """`expert_swiglu_rows` with the experts split over the mesh's expert axis: each device
     fills buffers for its rows, all-to-all sends every expert's buffers to the device holding
     it, and the outputs come back the same way (GShard, Lepikhin et al. 2021)."""
-    rows, experts, weight = P(BATCH_AXES), P(BATCH_AXES), P("expert", None, "tensor")
+    rows, weight = P(BATCH_AXES), P("expert", None, "tensor")  # Tokens, routing weights and choices by row.
     exchange = _AllToAll(mesh.shape["expert"])
     fn = functools.partial(expert_swiglu_rows, c=c, exchange=exchange)
-    return jax.shard_map(fn, mesh=mesh, in_specs=(rows, rows, experts, weight, weight, P("expert", "tensor", None)),
+    return jax.shard_map(fn, mesh=mesh, in_specs=(rows, rows, rows, weight, weight, P("expert", "tensor", None)),
                          out_specs=(rows, rows))(x_BTD, weights_BTK, experts_BTK, gate_EDF, up_EDF, down_EFD)
 
 
@@ -251,8 +251,8 @@ class MoeMlp(nn.Module):
             # most one pair per token), so nothing drops, at num_experts / top_k times the
             # expert FLOPs of grouped matmuls; capacity_factor is the efficient choice there.
             c = capacity(t, m.top_k, e, m.capacity_factor) if m.capacity_factor > 0 else t
-            rows = ((x_TD.reshape(b, t, d), weights_TK.reshape(b, t, -1), experts_TK.reshape(b, t, -1),
-                     gate, up, down, c))
+            rows = (x_TD.reshape(b, t, d), weights_TK.reshape(b, t, -1), experts_TK.reshape(b, t, -1),
+                    gate, up, down, c)
             y_BTD, kept = expert_parallel_rows(*rows, mesh) if parallel else expert_swiglu_rows(*rows)
             y_TD, dropped = y_BTD.reshape(b * t, d), 1.0 - jnp.mean(kept.astype(jnp.float32))
         else:
