@@ -272,6 +272,18 @@ def test_auto_attention_picks_each_platforms_kernel(platform, dtype, head_dim, l
     assert select_attention_impl("auto", platform, dtype, head_dim, length, splash) == expected
 
 
+@pytest.mark.parametrize("platform, requested, dtype, expected", [
+    ("tpu", "auto", jnp.bfloat16, "xla"),  # Splash takes neither a bias nor a per-row prefix.
+    ("tpu", "splash", jnp.bfloat16, "xla"),
+    ("gpu", "auto", jnp.bfloat16, "cudnn"),  # cuDNN takes a bias.
+    ("cpu", "auto", jnp.bfloat16, "blockwise"),  # So does the blockwise kernel.
+])
+def test_attention_with_a_bias_or_prefix_picks_a_kernel_that_takes_one(platform, requested, dtype, expected):
+    assert select_attention_impl(requested, platform, dtype, 64, 512, True, bias_or_prefix=True) == expected
+    if platform == "tpu":
+        assert select_attention_impl(requested, platform, dtype, 64, 512, True) == "splash"
+
+
 def test_explicit_attention_choice_is_honoured_where_the_platform_has_it():
     assert select_attention_impl("xla", "gpu", jnp.bfloat16, 64, 512, True) == "xla"
     assert select_attention_impl("cudnn", "gpu", jnp.float32, 64, 512, False) == "cudnn"

@@ -41,14 +41,22 @@ def _record(mask: str, impl: str) -> None:
 
 
 def select_attention_impl(requested: str, platform: str, dtype, head_dim: int, length: int,
-                          splash: bool | None = None) -> str:
+                          splash: bool | None = None, bias_or_prefix: bool = False) -> str:
     """`auto` takes the platform's fused kernel where it applies: cuDNN flash attention on GPU
     for 16-bit inputs with head_dim a multiple of 8 up to 128 (what cuDNN supports); TPU splash
     attention where this JAX ships it (`splash`, by default looked up) and the length fills
     its 128-wide blocks; on CPU causal query blocks with a hand-written backward pass
     (`llmjax.model.layers.blockwise`); XLA's reference path everywhere else. An explicit
     choice is honoured as given where the platform has that kernel, and refused otherwise
-    (when the model is first traced for its shapes, before anything compiles)."""
+    (when the model is first traced for its shapes, before anything compiles). Splash's masks
+    are fixed when the kernel is built and it takes no bias, so with a per-row prefix or a
+    score bias (`bias_or_prefix`) TPU runs XLA's attention instead."""
+    impl = _requested_or_fastest(requested, platform, dtype, head_dim, length, splash)
+    return "xla" if impl == "splash" and bias_or_prefix else impl
+
+
+def _requested_or_fastest(requested: str, platform: str, dtype, head_dim: int, length: int,
+                          splash: bool | None) -> str:
     if requested in ("cudnn", "splash"):
         kernel_platform = "gpu" if requested == "cudnn" else "tpu"
         if platform != kernel_platform or (requested == "splash" and not (
@@ -106,9 +114,7 @@ def attention_kernel(q_BTNH, k_BSKH, v_BSKH, q_segments_BT, kv_segments_BS, impl
     is added to the scores (T5's relative positions), which are first multiplied by `scale`
     (default head_dim^-0.5; T5 folds it into its queries and passes 1)."""
     impl = select_attention_impl(impl, jax.default_backend(), q_BTNH.dtype, q_BTNH.shape[-1],
-                                 q_BTNH.shape[1])
-    if impl == "splash" and (prefix_BT is not None or bias_1NTS is not None):
-        impl = "xla"  # Splash's masks are fixed when the kernel is built, and it takes no bias.
+                                 q_BTNH.shape[1], bias_or_prefix=prefix_BT is not None or bias_1NTS is not None)
     _record("position-biased" if bias_1NTS is not None else "prefix" if prefix_BT is not None
             else "causal" if causal else "bidirectional", impl)
     if bias_1NTS is not None:
