@@ -16,6 +16,7 @@ import pytest
 from llmjax.config import ConfigError
 from llmjax.flops import param_count
 from llmjax.presets import compose, model_presets
+from llmjax.rundir import RunDir, saved_steps
 from llmjax.sweep.expand import SweepError, expand, plan, run_name
 from llmjax.sweep import report
 from llmjax.sweep.report import fit_power_law
@@ -259,8 +260,9 @@ def test_sweep_killed_mid_training_and_between_runs_finishes_each_run_once(tmp_p
              (between, f"{names[finished]} finished")]
     for ready, what in kills if mid_run <= finished else kills[::-1]:  # In the order the sweep meets them.
         _kill_sweep_when(command, env, log, ready, what)
-        if ready is training:
+        if ready is training:  # An async save may not have committed yet when the kill came.
             killed_at = json.loads((runs / names[mid_run] / "status.json").read_text())["step"]
+            committed = saved_steps(RunDir(runs / names[mid_run]).checkpoints)
     final = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-2000:]
     assert "sweep: 3 done" in final.stdout
@@ -278,7 +280,10 @@ def test_sweep_killed_mid_training_and_between_runs_finishes_each_run_once(tmp_p
         assert sum(line.startswith("done in ") for line in lines) == 1, name
     assert f"skip    {names[finished]} (done at step {steps})" in final.stdout
     assert mid_step <= killed_at < steps
-    assert killed_at < checkpoint_every or "resuming from checkpoint" in (runs / names[mid_run] / "train.log").read_text()
+    assert all(step <= killed_at for step in committed)
+    resumed = [line.split()[4] for line in (runs / names[mid_run] / "train.log").read_text().splitlines()
+               if line.startswith("resuming from checkpoint step ")]
+    assert resumed == ([str(committed[-1])] if committed else [])
 
 
 def test_scaling_report_fits_the_ladder(tmp_path):
