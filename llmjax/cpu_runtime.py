@@ -1,7 +1,7 @@
 """Process settings that make XLA:CPU train fast: they must be made before JAX starts its
 backend, so every llmjax command makes them first (`configure`), and so does the test suite.
 
-Both were found by profiling a bench36m step on a 2-core CPU (`scripts/benchmark.py`):
+Each was found by profiling a bench36m step on a 2-core CPU (`scripts/benchmark.py`):
 
 Host memory. XLA:CPU allocates an execution's temporaries as one block (2.4 GB for a bench36m
 step) and frees it when the step ends. glibc serves a block that large from any thread but the
@@ -26,6 +26,18 @@ Copy insertion. XLA:CPU's default copy insertion copies every donated buffer it 
 unaliased (the optimizer state, 270 MiB of copies per bench36m step); with region analysis it
 proves them away, and the step gets ~4% faster.
 
+Mixed-precision products. XLA:CPU's float normalization (`float-normalization-bf16`) rewrites
+every bf16 op its backend does not list as bf16-capable into an fp32 op between converts. A
+product of bf16 operands with an fp32 result (the fp32 logits) is one of them: it became an
+fp32 matmul at half the speed (161 against 81 ms for bench36m's output projection), although
+the YNN dot library runs bf16 x bf16 -> fp32 natively once the pass leaves it alone. Without
+the pass the bf16 elementwise ops compile to LLVM's bf16 arithmetic, which rounds after each
+op (as PyTorch's bf16 and the accelerators do) where the pass had kept chains in fp32; the
+default run's losses move in the third decimal. A bf16 *reduction* would now accumulate in
+bf16, so llmjax writes every sum of bf16 values with an fp32 accumulator (the bias gradient in
+`Projection`, MoE's combine), and tests/test_cpu_runtime.py fails on any bf16 reduction in a
+family's train step.
+
 Only for CPU-only JAX installs (with an accelerator the step does not run on the host), and
 the allocator only on glibc.
 """
@@ -39,7 +51,8 @@ import platform
 import warnings
 
 CPU_XLA_FLAGS = {"xla_cpu_use_onednn": "true", "xla_cpu_experimental_onednn_custom_call": "true",
-                 "xla_cpu_copy_insertion_use_region_analysis": "true"}
+                 "xla_cpu_copy_insertion_use_region_analysis": "true",
+                 "xla_disable_hlo_passes": "float-normalization-bf16"}
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8

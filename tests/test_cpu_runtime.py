@@ -6,6 +6,7 @@ the XLA flags send weight-gradient products to oneDNN."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,8 @@ import jax.numpy as jnp
 import pytest
 
 from llmjax import cpu_runtime
+from llmjax.presets import compose
+from llmjax.run import bootstrap
 
 # A jitted function whose ~200 MB of temporaries XLA:CPU allocates and frees on every call;
 # prints the fewest minor page faults of one call in five after warm-up. The fewest, because a
@@ -96,3 +99,44 @@ def test_donated_train_state_is_updated_without_copies(region_analysis):
                          timeout=600, check=True)
     copies = int(out.stdout.split()[-1])
     assert (copies == 0) == (region_analysis == "true"), copies
+
+
+# Compiles the fp32-logit product of bench36m's shape, XLA flags as in XLA_FLAGS and `configure`;
+# prints how many converts the program has and its largest error against numpy's fp32 product.
+_LOGITS = """
+from llmjax import cpu_runtime
+cpu_runtime.configure()
+import jax, jax.numpy as jnp, numpy as np
+from llmjax.model.layers.output import fp32_product
+x = jax.random.normal(jax.random.key(0), (1024, 512), jnp.bfloat16)
+w = jax.random.normal(jax.random.key(1), (2048, 512), jnp.bfloat16)
+product = jax.jit(fp32_product)
+hlo = product.lower(x, w).compile().as_text()
+exact = np.asarray(x, np.float32) @ np.asarray(w, np.float32).T
+print(hlo[hlo.index("ENTRY"):].count("convert"), float(np.abs(product(x, w) - exact).max()))
+"""
+
+
+@pytest.mark.parametrize("disabled", ["float-normalization-bf16", ""])
+def test_fp32_logits_come_from_a_bf16_product(disabled):
+    """With float normalization off (`CPU_XLA_FLAGS`), the product of bf16 operands with an fp32
+    result keeps its bf16 operands (the fast bf16 kernel, accumulating in fp32); with the pass
+    on, XLA converts both operands to fp32 first. Either way the result is fp32-exact."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_disable_hlo_passes={disabled}")
+    out = subprocess.run([sys.executable, "-c", _LOGITS], env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split()
+    converts, error = int(out[0]), float(out[1])
+    assert (converts == 0) == bool(disabled), converts
+    assert error < 1e-3, error  # |logit| ~ 20: fp32 accumulation; a bf16 result would be off by ~0.06.
+
+
+@pytest.mark.parametrize("preset", ["tiny", "gpt2-tiny", "bert-tiny", "t5-tiny", "lstm-tiny", "tiny_moe"])
+def test_train_and_eval_steps_accumulate_no_sum_in_bf16(preset):
+    """Without float normalization XLA:CPU runs a bf16 reduction as written, accumulating in
+    bf16, so every family's train and eval steps must sum in fp32 (this process has
+    `CPU_XLA_FLAGS`, see conftest.py). A bias added after its cast to bf16, for one, fails here."""
+    run = bootstrap(compose(preset))
+    hlo = run.lower_train_step().compile().as_text() + run.compile_eval_step().as_text()
+    bf16_sums = [line.strip()[:160] for line in hlo.splitlines()
+                 if re.search(r"= bf16\[[0-9,]*\]\S* reduce(-window)?\(", line)]
+    assert not bf16_sums, bf16_sums[:3]

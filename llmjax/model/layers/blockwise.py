@@ -42,7 +42,9 @@ def blockwise_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, block: int, caus
     head_dim^-0.5) first."""
     groups = q_BTNH.shape[2] // k_BSKH.shape[2]
     if groups > 1:  # Query head n reads key/value head n // groups, as in XLA's attention.
-        k_BSKH, v_BSKH = (jnp.repeat(x, groups, axis=2) for x in (k_BSKH, v_BSKH))
+        # Repeated in fp32, so the backward pass sums the group's gradients in fp32.
+        k_BSKH, v_BSKH = (jnp.repeat(x.astype(jnp.float32), groups, axis=2).astype(x.dtype)
+                          for x in (k_BSKH, v_BSKH))
     if segment_ids_BT is not None and kv_segment_ids_BS is None:
         kv_segment_ids_BS = segment_ids_BT
     heads_major = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  [B,T,N,H] <-> [B,N,T,H]

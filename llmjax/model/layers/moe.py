@@ -89,8 +89,10 @@ def expert_swiglu_dropless(x_TD, weights_TK, experts_TK, gate_EDF, up_EDF, down_
     sizes = jnp.bincount(flat_experts, length=num_experts).astype(jnp.int32)
     grouped = ragged_swiglu if jax.default_backend() in ("gpu", "tpu") else block_swiglu
     y_PD = grouped(x_TD[tokens], sizes, gate_EDF, up_EDF, down_EFD)
-    y_PD = y_PD * weights_TK.reshape(-1)[order][:, None].astype(y_PD.dtype)
-    return jnp.zeros((t, y_PD.shape[-1]), y_PD.dtype).at[tokens].add(y_PD), jnp.float32(0.0)
+    # In fp32, as in `from_buffers`: the sum over each token's k pairs and the weights' gradient.
+    weighted_PD = y_PD.astype(jnp.float32) * weights_TK.reshape(-1)[order][:, None]
+    y_TD = jnp.zeros((t, y_PD.shape[-1]), jnp.float32).at[tokens].add(weighted_PD)
+    return y_TD.astype(y_PD.dtype), jnp.float32(0.0)
 
 
 def ragged_swiglu(x_PD, sizes_E, gate_EDF, up_EDF, down_EFD):
@@ -154,8 +156,9 @@ def to_buffers(x_TD, experts_TK, slot_TK, num_experts: int, c: int):
 def from_buffers(y_ECD, weights_TK, experts_TK, slot_TK, kept_TK):
     """[T, D]: each token's weighted sum of its kept pairs' expert outputs."""
     y_ECD = jnp.concatenate([y_ECD, jnp.zeros_like(y_ECD[:, :1])], axis=1)  # The spare slot: zeros.
-    y_TKD = y_ECD[experts_TK, slot_TK] * (weights_TK * kept_TK)[..., None].astype(y_ECD.dtype)
-    return jnp.sum(y_TKD, axis=1)
+    # In fp32: the sum over the k choices, and the weights' gradient (a sum over the model axis).
+    y_TKD = y_ECD[experts_TK, slot_TK].astype(jnp.float32) * (weights_TK * kept_TK)[..., None]
+    return jnp.sum(y_TKD, axis=1).astype(y_ECD.dtype)
 
 
 def expert_swiglu(x_ECD, gate_EDF, up_EDF, down_EFD):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from llmjax.model.spec import ModelSpec
 
@@ -17,6 +18,14 @@ def residual_scale(spec: ModelSpec) -> float:
     """Output projections into the residual stream start smaller, so the stream's variance does
     not grow with depth (GPT-2 / OLMo practice)."""
     return (2 * spec.num_layers) ** -0.5
+
+
+def add_bias(y_ND, bias_D):
+    """y + bias, the bias broadcast over tokens before it is cast to y's dtype: autodiff then
+    sums its gradient over the tokens in the bias's dtype (fp32). Cast first, the sum would be
+    a bf16 one, which XLA:CPU accumulates in bf16 as written (see llmjax/cpu_runtime.py),
+    rounding away most of a sum over thousands of rows."""
+    return y_ND + jnp.broadcast_to(bias_D, y_ND.shape).astype(y_ND.dtype)
 
 
 class Projection(nn.Module):
@@ -50,6 +59,6 @@ class Projection(nn.Module):
         if self.use_bias:
             init = nn.with_logical_partitioning(nn.initializers.zeros, self.axes[self.in_ndim:])
             bias = self.param("bias", init, out_shape, s.storage_dtype)
-            y_2d = y_2d + bias.reshape(math.prod(out_shape)).astype(s.compute_dtype)
+            y_2d = add_bias(y_2d, bias.reshape(math.prod(out_shape)))
         return y_2d.reshape(*lead, *out_shape)
 
