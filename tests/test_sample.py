@@ -2,6 +2,7 @@
 against hand-made distributions where the right answer is known."""
 
 import dataclasses
+import re
 
 import flax.linen as nn
 import jax
@@ -15,7 +16,7 @@ from llmjax.model.layers.kv_cache import cache_attention
 from llmjax.sample import cached
 from llmjax.sample.cached import inference_decoder
 from llmjax.sample.generate import (Settings, _run, compilations, decode_step, generate, left_pad, prefill,
-                                    reorder_state)
+                                    prepare, reorder_state)
 from llmjax.sample.search import beam_search, sample_tokens
 from llmjax.sample.select import Sampling, choose, filter_logits
 
@@ -233,6 +234,28 @@ def test_decoding_splits_scanned_layers_once_before_the_loop(family):
                         GREEDY, eos_ids=(), pad_id=PAD)
     np.testing.assert_array_equal(generate(params, config, PROMPTS, GREEDY, eos_ids=(), pad_id=PAD)["tokens"],
                                   expected["tokens"])
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's matrix-vector products")
+def test_one_row_bf16_decoding_converts_no_weight_inside_the_loop():
+    """XLA:CPU runs a one-row bf16 product as an fp32 one. Compiled as the many-row loop is
+    (float normalization off, `CPU_XLA_FLAGS`), that upcast lands inside the decode loop and
+    converts every weight at every token; the one-row loop is compiled with the pass, so the
+    weights enter the loop converted. Both loops compile the same one-row generation here."""
+    config, params = _setup(dtype="bfloat16")
+    loop, args, static = prepare(params, config, PROMPTS[:1], GREEDY, eos_ids=(), pad_id=PAD)
+    assert loop is not _run and prepare(params, config, PROMPTS[:2], GREEDY, eos_ids=(), pad_id=PAD)[0] is _run
+
+    def weight_converts_in_loop(jitted):
+        hlo = jitted.lower(*args, **static).compile().as_text()
+        body = re.search(r"body=(%[\w.-]+)", hlo).group(1)
+        text = hlo[hlo.index(f"\n{body} "):]
+        text = text[:text.index("\n}\n")]
+        return len(re.findall(r"= f32\[\d+,\d+\]\S* (?:convert\(%get-tuple-element|fusion\("
+                              r"%get-tuple-element[^)]*\), kind=kLoop, calls=%wrapped_convert)", text))
+
+    assert weight_converts_in_loop(loop) == 0
+    assert weight_converts_in_loop(_run) >= 2 * 7  # Two layers' q, k, v, o, gate, up, down.
 
 
 def test_cache_attention_is_dot_product_attention():

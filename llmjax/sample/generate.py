@@ -5,12 +5,12 @@ run the same compiled loop."""
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llmjax import cpu_runtime
 from llmjax.finetune.params import backbone
 from llmjax.sample import cached
 from llmjax.sample.search import Settings, search
@@ -32,7 +32,7 @@ def bucket(length: int, limit: int | None) -> int:
 def compilations() -> int:
     """How many versions of the generation loop this process has compiled (one per batch
     size, bucket and settings)."""
-    return _run._cache_size()
+    return _run._cache_size() + _run_one_row._cache_size()
 
 
 def check(prompts: list[list[int]], settings: Settings, max_seq_len: int | None) -> None:
@@ -89,25 +89,39 @@ def generate(params, config, prompts: list[list[int]], settings: Settings, *,
              eos_ids: tuple[int, ...], pad_id: int, seed: int = 0, keep_logits: bool = False) -> dict:
     """{"tokens": [B, N] new tokens (pad after EOS), and "logits" [B, N, V] (with keep_logits,
     sampling only) or "scores" [B] (beam search)}, as numpy arrays."""
+    loop, args, static = prepare(params, config, prompts, settings, eos_ids=eos_ids, pad_id=pad_id,
+                                 seed=seed, keep_logits=keep_logits)
+    return jax.tree.map(np.asarray, loop(*args, **static))
+
+
+def prepare(params, config, prompts, settings: Settings, *, eos_ids, pad_id: int, seed: int = 0,
+            keep_logits: bool = False):
+    """(jitted loop, its arguments, its static arguments) for `generate`, which calls them;
+    tests lower them to read the compiled loop."""
     check(prompts, settings, config.model.max_seq_len)
     params = backbone(params, config)  # A fine-tuning run's: adapters merged, task head dropped.
     room = None if config.model.max_seq_len is None else config.model.max_seq_len - settings.max_new_tokens
     tokens, mask = left_pad(prompts, pad_id, bucket(max(len(p) for p in prompts), room))
-    cache_length = tokens.shape[1] + settings.max_new_tokens
     # End and pad ids are traced, not static: changing them does not recompile.
     eos = jnp.asarray(tuple(eos_ids) or (-1,), jnp.int32)
-    out = _run(params, tokens, mask, jax.random.key(seed), eos, jnp.int32(pad_id),
-               decoder=cached.inference_decoder(config), settings=settings, cache_length=cache_length,
-               keep_logits=keep_logits)
-    return jax.tree.map(np.asarray, out)
+    static = {"decoder": cached.inference_decoder(config), "settings": settings,
+              "cache_length": tokens.shape[1] + settings.max_new_tokens, "keep_logits": keep_logits}
+    loop = _run_one_row if len(prompts) * settings.num_beams == 1 else _run
+    return loop, (params, tokens, mask, jax.random.key(seed), eos, jnp.int32(pad_id)), static
 
 
-@functools.partial(jax.jit, static_argnames=("decoder", "settings", "cache_length", "keep_logits"))
-def _run(params, tokens_BT, mask_BT, rng, eos_ids, pad_id, *, decoder, settings: Settings,
-         cache_length: int, keep_logits: bool):
+def _loop(params, tokens_BT, mask_BT, rng, eos_ids, pad_id, *, decoder, settings: Settings,
+          cache_length: int, keep_logits: bool):
     if settings.num_beams > 1:  # Every beam starts as a copy of its prompt.
         tokens_BT, mask_BT = (jnp.repeat(x, settings.num_beams, 0) for x in (tokens_BT, mask_BT))
     params, decoder = cached.unrolled(params, decoder)
     logits_BTV, state = prefill(params, decoder, tokens_BT, mask_BT, cache_length)
     return search(decode_step(params, decoder), reorder_state, state, logits_BTV[:, -1], rng, eos_ids, pad_id,
                   settings=settings, keep_logits=keep_logits)
+
+
+_STATIC = ("decoder", "settings", "cache_length", "keep_logits")
+_run = jax.jit(_loop, static_argnames=_STATIC)
+# One row decodes through XLA:CPU's fp32 matrix-vector products; with float normalization their
+# bf16 weights are converted once, before the loop, not at every token (llmjax/cpu_runtime.py).
+_run_one_row = jax.jit(_loop, static_argnames=_STATIC, compiler_options=cpu_runtime.with_float_normalization())

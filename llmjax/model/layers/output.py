@@ -16,8 +16,10 @@ def fp32_product(x_ND, w_VD):
     """x @ w.T accumulated and returned in fp32, its gradients computed in the inputs' dtype.
     The loss needs fp32 logits (log-softmax over a large vocabulary); the gradient of the
     logits, once the loss has formed it in fp32, needs no more than any other layer's, and an
-    fp32 cotangent would turn both backward products into fp32 matmuls (on XLA:CPU, which has
-    no bf16 x bf16 -> fp32 kernel, 1.8x slower each)."""
+    fp32 cotangent would turn both backward products into fp32 matmuls (XLA converts a bf16
+    operand to meet an fp32 one; on a 2-core CPU 1.8x slower each). The forward product keeps
+    bf16 operands and accumulates in fp32, which XLA:CPU runs on its bf16 kernel (see
+    llmjax/cpu_runtime.py)."""
     return jax.lax.dot_general(x_ND, w_VD, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
 
@@ -39,10 +41,9 @@ def output_logits(x_BTD, w_VD, spec: ModelSpec, bias_V=None):
     """The output projection as one 2-D matmul over flattened tokens (see `Projection` for
     why), returned in fp32. With `spec.fp32_logits` accumulated and kept in fp32 (only the
     backward products run in the compute dtype, see `fp32_product`); else rounded to the
-    compute dtype on the way out, as bf16 autocast does (the loss is still fp32): on XLA:CPU
-    the fp32-output product is an fp32 matmul (scripts/benchmark.py --variant
-    fp32:model.fp32_logits=True measures the cost). `bias_V`, when given (BERT's output
-    bias), is added in fp32."""
+    compute dtype on the way out, as bf16 autocast does (the loss is still fp32;
+    scripts/benchmark.py --variant bf16logits:model.fp32_logits=False measures the difference).
+    `bias_V`, when given (BERT's output bias), is added in fp32."""
     b, t, d = x_BTD.shape
     x_ND = x_BTD.reshape(b * t, d).astype(spec.compute_dtype)
     w_VD = jnp.asarray(w_VD, spec.compute_dtype)
