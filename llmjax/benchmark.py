@@ -25,9 +25,9 @@ BENCHMARKS = {
     # and otherwise the defaults every run gets (scanned layers, fp32 logits), as every entry
     # here. What the fastest settings gain over them, measured on a 2-core CPU in one process
     # (scripts/benchmark.py bench36m --variant fastest:model.fp32_logits=False,
-    # model.scan_layers=False; the README's table): ~1.03x, all of it the forward output
-    # projection, an fp32 matmul on XLA:CPU with fp32 logits. The loss over all positions at
-    # once is 1.03x faster than in 128-position chunks, which recompute the logits backward.
+    # model.scan_layers=False; the README's table): nothing (0.998x) since the fp32-logit
+    # product runs on XLA:CPU's bf16 kernel (llmjax/cpu_runtime.py). The loss over all positions
+    # at once is 1.03x faster than in 128-position chunks, which recompute the logits backward.
     "bench36m": ("bench36m", {"data.seq_len": 512, "train.global_batch_size": 8}),
     # GPT-2 at bench36m's scale and step shape (learned positions, LayerNorm, GELU MLP of 4x).
     "gpt2-bench36m": ("gpt2-bench36m", {"data.seq_len": 512, "train.global_batch_size": 8}),
