@@ -5,7 +5,6 @@ run the same compiled loop."""
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
