@@ -23,10 +23,8 @@ class Embed(nn.Embed):
     over ids seen ~1,000 times each, 2.9% off the fp32 sum. The forward values are the same
     either way."""
 
-    def __call__(self, inputs):
-        if not jnp.issubdtype(inputs.dtype, jnp.integer):
-            raise ValueError(f"embedding lookups take integer ids, not {inputs.dtype}.")
-        return jnp.take(self.embedding, inputs, axis=0).astype(self.dtype)
+    def __call__(self, ids):
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
 
 
 def embedding(spec: ModelSpec, rows: int, axes: tuple[str, str], name: str) -> Embed:
