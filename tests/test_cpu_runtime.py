@@ -5,6 +5,7 @@ the XLA flags send weight-gradient products to oneDNN."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -130,17 +131,38 @@ def test_fp32_logits_come_from_a_bf16_product(disabled):
     assert error < 1e-3, error  # |logit| ~ 20: fp32 accumulation; a bf16 result would be off by ~0.06.
 
 
-@pytest.mark.parametrize("preset", ["tiny", "gpt2-tiny", "bert-tiny", "t5-tiny", "lstm-tiny", "tiny_moe"])
+FAMILY_PRESETS = ["tiny", "gpt2-tiny", "bert-tiny", "t5-tiny", "lstm-tiny", "tiny_moe"]
+
+
+@functools.cache
+def _steps_hlo(preset: str) -> str:
+    """The compiled train and eval steps of a preset, as text (this process has
+    `CPU_XLA_FLAGS`, see conftest.py)."""
+    run = bootstrap(compose(preset))
+    return run.lower_train_step().compile().as_text() + run.compile_eval_step().as_text()
+
+
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
 def test_train_and_eval_steps_accumulate_no_sum_in_bf16(preset):
     """Without float normalization XLA:CPU runs a bf16 reduction as written, accumulating in
-    bf16, so every family's train and eval steps must sum in fp32 (this process has
-    `CPU_XLA_FLAGS`, see conftest.py). A bias added after its cast to bf16, or an embedding
-    table cast before its lookup (a bf16 scatter-add of its gradient), fails here."""
-    run = bootstrap(compose(preset))
-    hlo = run.lower_train_step().compile().as_text() + run.compile_eval_step().as_text()
+    bf16, so every family's train and eval steps must sum in fp32. A bias added after its cast
+    to bf16, or an embedding table cast before its lookup (a bf16 scatter-add of its
+    gradient), fails here."""
+    hlo = _steps_hlo(preset)
     # MoE dispatch scatters rows into expert buffers and back (`/mlp/`): each destination row
     # takes at most top-k of them, a sum as exact as its bf16 result.
     bf16_sums = [line.strip()[:160] for line in hlo.splitlines()
                  if re.search(r"= bf16\[[0-9,]*\]\S* (reduce|reduce-window|scatter)\(", line)
                  and "/mlp/scatter" not in line]
     assert not bf16_sums, bf16_sums[:3]
+
+
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+def test_train_and_eval_steps_evaluate_no_transcendental_in_bf16(preset):
+    """Activations (SiLU, either GELU) run in fp32 (`llmjax/model/layers/activation.py`): a
+    chain of bf16 exp/tanh/divide is 2-3.5x slower on XLA:CPU and rounds at every op. An MLP
+    that applies its activation to bf16 operands again fails here."""
+    ops = r"(exponential|exponential-minus-one|tanh|logistic|erf|divide|log|log-plus-one|rsqrt|sqrt|power)"
+    bf16_math = [line.strip()[:160] for line in _steps_hlo(preset).splitlines()
+                 if re.search(rf"= bf16\[[0-9,]*\]\S* {ops}\(", line)]
+    assert not bf16_math, bf16_math[:3]

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from llmjax.model.bert.spec import BertSpec
+from llmjax.model.layers.activation import activate, gelu_exact
 from llmjax.model.layers.attention import bidirectional_attention
 from llmjax.model.layers.embedding import embedding, output_matrix, positions_or_default
 from llmjax.model.layers.norms import layer_norm
@@ -51,7 +52,7 @@ class Mlp(nn.Module):
     def __call__(self, x_BTD):
         s = self.spec
         h_BTF = Projection(s, (s.d_model, s.mlp_dim), ("embed", "mlp"), use_bias=True, name="fc")(x_BTD)
-        h_BTF = nn.with_logical_constraint(nn.gelu(h_BTF, approximate=False), MLP_ACT)
+        h_BTF = nn.with_logical_constraint(activate(gelu_exact, h_BTF), MLP_ACT)
         return Projection(s, (s.mlp_dim, s.d_model), ("mlp", "embed"), use_bias=True, name="proj")(h_BTF)
 
 
@@ -83,7 +84,7 @@ class Bert(nn.Module):
         x_BTD = nn.with_logical_constraint(layer_norm(s, "embed_norm")(x_BTD), EMBED_ACT)
         x_BTD, _ = stack_blocks(Block, s, x_BTD, segment_ids_BT)
         h_BTD = Projection(s, (s.d_model, s.d_model), ("embed", "mlp"), use_bias=True, name="head")(x_BTD)
-        h_BTD = layer_norm(s, "head_norm")(nn.gelu(h_BTD, approximate=False))
+        h_BTD = layer_norm(s, "head_norm")(activate(gelu_exact, h_BTD))
         bias_V = self.param("output_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                             (s.vocab_size,), s.storage_dtype)
         return head_output(h_BTD, output_matrix(self, s, embed), s, with_head, bias_V)

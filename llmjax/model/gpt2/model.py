@@ -10,6 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 
 from llmjax.model.gpt2.spec import GPT2Spec
+from llmjax.model.layers.activation import activate, gelu_tanh
 from llmjax.model.layers.attention import causal_attention
 from llmjax.model.layers.decoder import DecoderMath
 from llmjax.model.layers.embedding import embedding, output_matrix, positions_or_default
@@ -46,7 +47,7 @@ class Mlp(nn.Module):
         s = self.spec
         d, f = s.d_model, s.mlp_dim
         h_BTF = Projection(s, (d, f), ("embed", "mlp"), use_bias=True, name="fc")(x_BTD)
-        h_BTF = nn.with_logical_constraint(nn.gelu(h_BTF, approximate=True), MLP_ACT)
+        h_BTF = nn.with_logical_constraint(activate(gelu_tanh, h_BTF), MLP_ACT)
         return Projection(s, (f, d), ("mlp", "embed"), use_bias=True, scale=residual_scale(s),
                           name="proj")(h_BTF)
 

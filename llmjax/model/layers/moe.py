@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from llmjax.model.layers.activation import activate
 from llmjax.model.layers.projection import Projection, weight_init
 
 ROUTERS = ("topk_softmax", "softmax_topk")
@@ -98,7 +99,7 @@ def expert_swiglu_dropless(x_TD, weights_TK, experts_TK, gate_EDF, up_EDF, down_
 def ragged_swiglu(x_PD, sizes_E, gate_EDF, up_EDF, down_EFD):
     """Rows grouped by expert (group e: the next sizes_E[e] rows) through their experts, by
     `jax.lax.ragged_dot`: grouped-GEMM kernels on GPU and TPU."""
-    h_PF = nn.silu(jax.lax.ragged_dot(x_PD, gate_EDF, sizes_E)) * jax.lax.ragged_dot(x_PD, up_EDF, sizes_E)
+    h_PF = activate(nn.silu, jax.lax.ragged_dot(x_PD, gate_EDF, sizes_E), jax.lax.ragged_dot(x_PD, up_EDF, sizes_E))
     return jax.lax.ragged_dot(h_PF, down_EFD, sizes_E)
 
 
@@ -164,8 +165,8 @@ def from_buffers(y_ECD, weights_TK, experts_TK, slot_TK, kept_TK):
 def expert_swiglu(x_ECD, gate_EDF, up_EDF, down_EFD):
     """Each expert's SwiGLU on its buffer (any leading batch axes), one batched matmul each;
     also each block's, with its expert's weights gathered (`block_swiglu`)."""
-    h_ECF = (nn.silu(jnp.einsum("...ecd,edf->...ecf", x_ECD, gate_EDF))
-             * jnp.einsum("...ecd,edf->...ecf", x_ECD, up_EDF))
+    h_ECF = activate(nn.silu, jnp.einsum("...ecd,edf->...ecf", x_ECD, gate_EDF),
+                     jnp.einsum("...ecd,edf->...ecf", x_ECD, up_EDF))
     return jnp.einsum("...ecf,efd->...ecd", h_ECF, down_EFD)
 
 
@@ -263,8 +264,8 @@ class MoeMlp(nn.Module):
         y_BTD = y_TD.reshape(b, t, d)
         if m.num_shared_experts:
             width = m.num_shared_experts * f
-            h = (nn.silu(Projection(s, (d, width), ("embed", "mlp"), name="shared_gate")(x_BTD))
-                 * Projection(s, (d, width), ("embed", "mlp"), name="shared_up")(x_BTD))
+            h = activate(nn.silu, Projection(s, (d, width), ("embed", "mlp"), name="shared_gate")(x_BTD),
+                         Projection(s, (d, width), ("embed", "mlp"), name="shared_up")(x_BTD))
             y_BTD = y_BTD + Projection(s, (width, d), ("mlp", "embed"), scale=residual, name="shared_down")(h)
         fraction_E = jnp.mean(jax.nn.one_hot(experts_TK, e, dtype=jnp.float32), axis=(0, 1))
         stats = {"load_balancing_loss": load_balancing_loss(probs_TE, experts_TK, e),

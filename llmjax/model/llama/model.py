@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
+from llmjax.model.layers.activation import activate
 from llmjax.model.layers.attention import causal_attention
 from llmjax.model.layers.decoder import DecoderMath
 from llmjax.model.layers import moe_stats
@@ -54,7 +55,7 @@ class Mlp(nn.Module):
         d, f = s.d_model, s.mlp_dim
         gate_BTF = Projection(s, (d, f), ("embed", "mlp"), name="gate")(x_BTD)
         up_BTF = Projection(s, (d, f), ("embed", "mlp"), name="up")(x_BTD)
-        h_BTF = nn.with_logical_constraint(nn.silu(gate_BTF) * up_BTF, MLP_ACT)
+        h_BTF = nn.with_logical_constraint(activate(nn.silu, gate_BTF, up_BTF), MLP_ACT)
         return Projection(s, (f, d), ("mlp", "embed"), scale=residual_scale(s), name="down")(h_BTF)
 
 

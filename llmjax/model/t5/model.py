@@ -22,6 +22,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
+from llmjax.model.layers.activation import activate, gelu_tanh
 from llmjax.model.layers.attention import HEADS_ACT, attention_kernel
 from llmjax.model.layers.embedding import embedding, positions_or_default
 from llmjax.model.layers.kv_cache import attend_to_cache, cache_attention
@@ -123,7 +124,7 @@ class Mlp(nn.Module):
         d, f = s.d_model, s.mlp_dim
         gate_BTF, up_BTF = (Projection(s, (d, f), ("embed", "mlp"), scale=d ** -0.5, name=name)(x_BTD)
                             for name in ("wi_0", "wi_1"))
-        h_BTF = nn.gelu(gate_BTF, approximate=True) * up_BTF
+        h_BTF = activate(gelu_tanh, gate_BTF, up_BTF)
         return Projection(s, (f, d), ("mlp", "embed"), scale=f ** -0.5, name="wo")(h_BTF)
 
 
