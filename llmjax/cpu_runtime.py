@@ -37,6 +37,9 @@ default run's losses move in the second decimal (val 3.6020 -> 3.6225). A bf16 *
 would now accumulate in bf16, so llmjax writes every sum of bf16 values with an fp32
 accumulator (the bias gradient in `Projection`, grouped attention's key/value repeat, MoE's
 combine), and tests/test_cpu_runtime.py fails on any bf16 reduction in a family's train step.
+Chains of bf16 transcendental ops are slow as well as rounded (LLVM's bf16 exp, tanh and
+divide), so the MLP activations run in fp32 (`llmjax/model/layers/activation.py`), and the
+same test file fails on a bf16 exp, tanh or divide in those steps.
 One place wants the pass: a one-row product (decoding a single sequence),
 which XLA:CPU runs as an fp32 matrix-vector product. The pass upcasts it early enough for the
 loop-invariant weights to be converted once, before the decode loop; without it the upcast
