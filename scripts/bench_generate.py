@@ -1,7 +1,7 @@
 """Generation speed: llmjax-sample's path against transformers' `generate`, runs alternated.
 
     .venv/bin/python scripts/bench_generate.py --torch-python .venv-ref/bin/python \
-        [--rounds 3] [--batches 1,16] [--prompt 128] [--new 256] [--dtypes float32,bfloat16]
+        [--rounds 3] [--batches 1,16] [--prompt 128] [--new 256] [--dtypes float32,bfloat16] [--grow_cache]
 
 A bench36m-shaped Llama (the preset `bench36m`: 8 layers, d_model 512, 8 heads, vocab 8192) is
 trained for one step on the default corpus and exported to Hugging Face's format, so both sides
@@ -12,7 +12,9 @@ prompts: greedy, KV cache on both sides, exactly --new tokens per row. Prefill i
 produce the first token; decode tokens/s are the other --new - 1 tokens of every row over the
 time a whole generation takes beyond it (medians of --repeats timings in a process, then of the
 rounds). The llmjax worker also generates from prompts of three lengths within one bucket
-and reports how many compilations they caused (0 is the target: prompts are padded to buckets).
+and reports how many compilations they caused (0 is the target: prompts are padded to buckets),
+and the time its first call took beyond a compiled one (compilation). With --grow_cache each
+round runs a second llmjax process with the growing cache (`llmjax-sample --grow_cache`).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def worker(args) -> dict:
     config = apply_overrides(loaded.config, {"model.dtype": args.dtype})
 
     def timed(prompts, new: int) -> float:
-        settings = Settings(max_new_tokens=new, sampling=Sampling(temperature=0.0))
+        settings = Settings(max_new_tokens=new, sampling=Sampling(temperature=0.0), grow_cache=args.grow_cache)
         start = time.perf_counter()
         with loaded.run.context():
             generation.generate(loaded.params, config, prompts, settings, eos_ids=(), pad_id=0)
@@ -82,7 +84,8 @@ def worker(args) -> dict:
     results = {}
     for batch in args.batches:
         prompts = prompts_of(batch, args.prompt, config.model.vocab_size)
-        timed(prompts, 1), timed(prompts, args.new)  # Compiles both.
+        timed(prompts, 1)
+        first = timed(prompts, args.new)  # Compiles the loop.
         prefill = statistics.median(timed(prompts, 1) for _ in range(args.repeats))
         total = statistics.median(timed(prompts, args.new) for _ in range(args.repeats))
         before = generation.compilations()
@@ -91,7 +94,8 @@ def worker(args) -> dict:
         results[str(batch)] = {"prefill_s": prefill, "total_s": total,
                                "prefill_tokens_per_s": batch * args.prompt / prefill,
                                "decode_tokens_per_s": batch * (args.new - 1) / max(total - prefill, 1e-9),
-                               "recompilations": generation.compilations() - before}
+                               "recompilations": generation.compilations() - before,
+                               "compile_s": first - total}
     return results
 
 
@@ -115,6 +119,7 @@ def main() -> None:
     parser.add_argument("--dtypes", type=lambda s: s.split(","), default=["float32", "bfloat16"])
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)  # A worker's.
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--grow_cache", action="store_true", help="Also time llmjax with a growing cache.")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # A run directory: be llmjax's side.
     parser.add_argument("--json", help="Write the figures as JSON here.")
     args = parser.parse_args()
@@ -128,10 +133,11 @@ def main() -> None:
         for round_ in range(args.rounds):
             for dtype in args.dtypes:
                 load = os.getloadavg()[0]
-                ours = run_json([sys.executable, __file__, "--worker", str(run_dir), "--dtype", dtype,
-                                 "--batches", ",".join(map(str, args.batches)), *common])
-                for batch in args.batches:
-                    figures.setdefault(("llmjax", dtype, batch), []).append(ours[str(batch)])
+                for side, extra in (("llmjax", []), *((("llmjax+grow", ["--grow_cache"]),) if args.grow_cache else ())):
+                    ours = run_json([sys.executable, __file__, "--worker", str(run_dir), "--dtype", dtype,
+                                     "--batches", ",".join(map(str, args.batches)), *common, *extra])
+                    for batch in args.batches:
+                        figures.setdefault((side, dtype, batch), []).append(ours[str(batch)])
                 if args.torch_python:
                     for batch in args.batches:
                         theirs = run_json([args.torch_python, str(ROOT / "scripts" / "reference_torch_generate.py"),
@@ -140,20 +146,23 @@ def main() -> None:
                 print(f"round {round_ + 1}/{args.rounds} {dtype} done (load before: {load:.1f})", flush=True)
     print(f"\nprompt {args.prompt}, {args.new} new tokens, greedy, KV cache; medians of {args.rounds} rounds")
     print(f"{'dtype':9} {'batch':>5} {'entry':13} {'prefill tok/s':>14} {'decode tok/s':>13} "
-          f"{'decode per round':>26} {'llmjax/entry':>13}")
+          f"{'decode per round':>26} {'/transformers':>13} {'compile s':>10}")
     table = []
     for dtype in args.dtypes:
         for batch in args.batches:
-            ours = statistics.median(r["decode_tokens_per_s"] for r in figures[("llmjax", dtype, batch)])
-            for side in ("llmjax", "transformers"):
+            reference = figures.get(("transformers", dtype, batch))
+            theirs = statistics.median(r["decode_tokens_per_s"] for r in reference) if reference else None
+            for side in ("llmjax", "llmjax+grow", "transformers"):
                 rounds = figures.get((side, dtype, batch))
                 if not rounds:
                     continue
                 decode = statistics.median(r["decode_tokens_per_s"] for r in rounds)
                 prefill = statistics.median(r["prefill_tokens_per_s"] for r in rounds)
                 per_round = ", ".join(f"{r['decode_tokens_per_s']:,.0f}" for r in rounds)
+                compile_s = (f"{statistics.median(r['compile_s'] for r in rounds):.1f}"
+                             if side != "transformers" else "-")
                 print(f"{dtype:9} {batch:>5} {side:13} {prefill:>14,.0f} {decode:>13,.0f} {per_round:>26} "
-                      f"{ours / decode:>12.2f}x")
+                      f"{f'{decode / theirs:.2f}x' if theirs else '-':>13} {compile_s:>10}")
                 table.append({"dtype": dtype, "batch": batch, "entry": side, "prefill_tokens_per_s": prefill,
                               "decode_tokens_per_s": decode, "rounds": rounds})
     recompiles = {f"{d}/{b}": [r["recompilations"] for r in figures[("llmjax", d, b)]]

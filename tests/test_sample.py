@@ -18,6 +18,7 @@ from llmjax.sample.cached import inference_decoder
 from llmjax.sample.generate import (Settings, _run, compilations, decode_step, generate, left_pad, prefill,
                                     prepare, reorder_state)
 from llmjax.sample.search import beam_search, sample_tokens
+from llmjax.sample.seq2seq import generate_seq2seq
 from llmjax.sample.select import Sampling, choose, filter_logits
 
 from conftest import DECODERS, make_tiny_config, unstack_layers
@@ -270,3 +271,46 @@ def test_cache_attention_is_dot_product_attention():
                                                 mask=mask, scale=scale, implementation="xla")
         np.testing.assert_allclose(cache_attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask, b, scale),
                                    expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", [*DECODERS, "t5"])
+def test_a_growing_cache_decodes_what_the_full_one_does(family, monkeypatch):
+    """Grown in chunks of 4 slots, the cache of every loop stage holds the slots its steps
+    write, and the empty slots left out change no logit, in sampling and in beam search (whose
+    reordering follows the cache through every stage)."""
+    monkeypatch.setattr(cached, "GROWTH_CHUNK", 4)
+    config, params = _setup(family, **({} if family == "lstm" else dict(scan_layers=False)))
+    settings = dataclasses.replace(GREEDY, max_new_tokens=12)
+    grown = dataclasses.replace(settings, grow_cache=True)
+    if family == "t5":
+        def run(s, **kw):
+            return generate_seq2seq(params, config, PROMPTS, s, eos_ids=(), pad_id=PAD, start_id=0, **kw)
+    else:
+        def run(s, **kw):
+            return generate(params, config, PROMPTS, s, eos_ids=(), pad_id=PAD, **kw)
+    full, grew = run(settings, keep_logits=True), run(grown, keep_logits=True)
+    np.testing.assert_array_equal(grew["tokens"], full["tokens"])
+    # Softmax sums over fewer slots round differently (T5's, up to 4e-4 on logits of up to 35,
+    # as 7 more empty slots in one cache give 6e-5); a slot written in the wrong place is O(1).
+    np.testing.assert_allclose(grew["logits"], full["logits"], rtol=1e-5, atol=1e-3)
+    beams = [run(dataclasses.replace(s, num_beams=3)) for s in (settings, grown)]
+    np.testing.assert_array_equal(beams[1]["tokens"], beams[0]["tokens"])
+    np.testing.assert_allclose(beams[1]["scores"], beams[0]["scores"], rtol=1e-4)
+
+
+def test_the_cache_grows_in_stages_that_hold_every_step():
+    """Chunks of 64 slots or more, at most 4 loops; each stage's steps write slots below its
+    length (step i writes slot filled + i), and the new slots are empty padding (segment 0)."""
+    length, stages = cached.growth(16, 16 + 100, grow_cache=True)
+    assert (length, [step for step, _ in stages]) == (80, [64])
+    assert cached.growth(16, 116, grow_cache=False) == (116, ())
+    length, stages = cached.growth(100, 100 + 1000, grow_cache=True)  # Chunks of 256.
+    assert (length, [step for step, _ in stages]) == (356, [256, 512, 768])
+    cache = {"layer": {"cached_key": jnp.ones((2, 1, 3, 4)), "cached_value": jnp.ones((2, 1, 3, 4)),
+                       "cached_segment_ids": jnp.ones((2, 3), jnp.int32), "cache_index": jnp.int32(3)}}
+    state = stages[0][1]((cache, "positions"))
+    assert state[1] == "positions"
+    grown = state[0]["layer"]
+    assert grown["cached_key"].shape == (2, 1, 612, 4) and grown["cached_segment_ids"].shape == (2, 612)
+    assert not grown["cached_segment_ids"][:, 3:].any() and grown["cached_segment_ids"][:, :3].all()
+    assert grown["cache_index"] == 3

@@ -1,5 +1,5 @@
 """`llmjax-sample --workdir RUN --prompt "def " [--prompt ...] [--max_new_tokens N --temperature T
---top_k K --top_p P --num_beams B --seed S --step S]`: text from a run's checkpoint.
+--top_k K --top_p P --num_beams B --seed S --step S --grow_cache]`: text from a run's checkpoint.
 
 Several --prompt flags are generated as one batch. --temperature 0 is greedy decoding;
 --num_beams above 1 is beam search, ranking hypotheses by log-probability / length **
@@ -27,6 +27,9 @@ _BEAMS = flags.DEFINE_integer("num_beams", 1, "Beam search with this many beams 
 _PENALTY = flags.DEFINE_float("length_penalty", 1.0, "Beam search: exponent of the length that divides a "
                                                      "hypothesis' log-probability (> 0 favours longer ones).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of sampling.")
+_GROW = flags.DEFINE_bool("grow_cache", False, "Grow the key/value cache as tokens fill it: faster decoding "
+                                               "of large batches or long outputs, one more compilation per "
+                                               "quarter of --max_new_tokens.")
 flags.mark_flags_as_required(["workdir", "prompt"])
 
 
@@ -43,7 +46,7 @@ def main(argv) -> None:
 
     run = RunDir(_WORKDIR.value)
     settings = Settings(max_new_tokens=_MAX_NEW.value, num_beams=_BEAMS.value, length_penalty=_PENALTY.value,
-                        sampling=Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value))
+                        grow_cache=_GROW.value, sampling=Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value))
     logging.set_verbosity(logging.ERROR)  # Orbax warns that it opens the run read-only.
     config = run.config
     seq2seq = is_seq2seq(config)

@@ -114,9 +114,10 @@ def _loop(params, tokens_BT, mask_BT, rng, eos_ids, pad_id, *, decoder, settings
     if settings.num_beams > 1:  # Every beam starts as a copy of its prompt.
         tokens_BT, mask_BT = (jnp.repeat(x, settings.num_beams, 0) for x in (tokens_BT, mask_BT))
     params, decoder = cached.unrolled(params, decoder)
-    logits_BTV, state = prefill(params, decoder, tokens_BT, mask_BT, cache_length)
+    length, stages = cached.growth(tokens_BT.shape[1], cache_length, settings.grow_cache)
+    logits_BTV, state = prefill(params, decoder, tokens_BT, mask_BT, length)
     return search(decode_step(params, decoder), reorder_state, state, logits_BTV[:, -1], rng, eos_ids, pad_id,
-                  settings=settings, keep_logits=keep_logits)
+                  settings=settings, keep_logits=keep_logits, stages=stages)
 
 
 _STATIC = ("decoder", "settings", "cache_length", "keep_logits")

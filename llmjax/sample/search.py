@@ -1,6 +1,9 @@
 """Decoding loops over an abstract `step(state, tokens_B) -> (logits_BV, state)`, so the same
 loops drive the cached model and, in tests, hand-made distributions. Both are
-`jax.lax.while_loop`s that stop early once every row has produced an end-of-sequence token."""
+`jax.lax.while_loop`s that stop early once every row has produced an end-of-sequence token.
+A loop may run in stages, the state transformed between them (a cache growing to hold the next
+tokens, see `llmjax.sample.cached.lengths`): `stages` lists (step, grow) pairs, and before
+step `step` the state becomes `grow(state)`."""
 
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ class Settings:
     num_beams: int = 1  # Above 1: beam search (deterministic; the sampling settings are unused).
     # Beam search ranks hypotheses by log-probability / length ** length_penalty, as transformers.
     length_penalty: float = 1.0
+    # Grow the key/value cache as the tokens fill it (see `llmjax.sample.cached.growth`).
+    grow_cache: bool = False
 
     def check(self) -> None:
         self.sampling.check()
@@ -26,22 +31,35 @@ class Settings:
             raise SampleError("--max_new_tokens and --num_beams must be at least 1.")
 
 
-def search(step, reorder, state, logits_BV, rng, eos_ids, pad_id, *, settings: Settings, keep_logits: bool):
+def search(step, reorder, state, logits_BV, rng, eos_ids, pad_id, *, settings: Settings, keep_logits: bool,
+           stages=()):
     """{"tokens": [B, N]} and "scores" [B] (beam search) or "logits" [B, N, V] (sampling, with
     keep_logits): the loop the settings choose, from the logits of each row's first new token."""
     if settings.num_beams > 1:
         tokens, scores = beam_search(step, reorder, state, logits_BV, num_beams=settings.num_beams,
                                      max_new_tokens=settings.max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
-                                     length_penalty=settings.length_penalty)
+                                     length_penalty=settings.length_penalty, stages=stages)
         return {"tokens": tokens, "scores": scores}
     tokens, history = sample_tokens(step, state, logits_BV, rng, max_new_tokens=settings.max_new_tokens,
                                     sampling=settings.sampling, eos_ids=eos_ids, pad_id=pad_id,
-                                    keep_logits=keep_logits)
+                                    keep_logits=keep_logits, stages=stages)
     return {"tokens": tokens} | ({"logits": history} if keep_logits else {})
 
 
+def while_loop_in_stages(cond, body, carry, stages):
+    """`jax.lax.while_loop(cond, body, carry)` for a carry (step, ..., state at index 4, ...),
+    run as one loop per stage."""
+    for first, grow in [(0, None), *stages]:
+        if grow is not None:
+            carry = (*carry[:4], grow(carry[4]), *carry[5:])
+        ends = [s for s, _ in stages if s > first][:1]
+        carry = jax.lax.while_loop(
+            cond if not ends else (lambda c, end=ends[0]: cond(c) & (c[0] < end)), body, carry)
+    return carry
+
+
 def sample_tokens(step, state, logits_BV, rng, *, max_new_tokens: int, sampling: Sampling,
-                  eos_ids, pad_id, keep_logits: bool = False):
+                  eos_ids, pad_id, keep_logits: bool = False, stages=()):
     """(tokens [B, N], logits [B, N, V] the tokens were chosen from, or None). A row that has
     produced one of `eos_ids` (an int array) is padded with `pad_id` from then on."""
     batch, vocab = logits_BV.shape
@@ -63,12 +81,12 @@ def sample_tokens(step, state, logits_BV, rng, *, max_new_tokens: int, sampling:
     history = jnp.zeros((batch, max_new_tokens, vocab) if keep_logits else (0,), jnp.float32)
     carry = (0, jnp.full((batch, max_new_tokens), pad_id, jnp.int32), history, logits_BV, state,
              jnp.zeros(batch, bool), rng)
-    _, tokens_BN, history, *_ = jax.lax.while_loop(cond, body, carry)
+    _, tokens_BN, history, *_ = while_loop_in_stages(cond, body, carry, stages)
     return tokens_BN, history if keep_logits else None
 
 
 def beam_search(step, reorder, state, logits_BV, *, num_beams: int, max_new_tokens: int,
-                eos_ids, pad_id, length_penalty: float = 1.0):
+                eos_ids, pad_id, length_penalty: float = 1.0, stages=()):
     """(tokens [B, N], summed log-probabilities [B]) of the best hypothesis, found as
     transformers' `generate(num_beams=W, length_penalty=p, early_stopping=False)` finds it, so an
     imported model gives transformers' sequences. The inputs hold B x W rows (beam-major within
@@ -126,5 +144,5 @@ def beam_search(step, reorder, state, logits_BV, *, num_beams: int, max_new_toke
     tokens_BWN = jnp.full((batch, width, max_new_tokens), pad_id, jnp.int32)
     carry = (0, tokens_BWN, scores_BW, logits_BV, state, tokens_BWN, jnp.full((batch, width), never),
              jnp.zeros((batch, width)), jnp.zeros((batch, width), bool), jnp.ones(batch, bool))
-    *_, hyp_tokens_BWN, _, hyp_logp_BW, _, _ = jax.lax.while_loop(cond, body, carry)
+    *_, hyp_tokens_BWN, _, hyp_logp_BW, _, _ = while_loop_in_stages(cond, body, carry, stages)
     return hyp_tokens_BWN[:, 0], hyp_logp_BW[:, 0]

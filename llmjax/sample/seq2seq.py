@@ -74,7 +74,9 @@ def _run(params, tokens_BS, segments_BS, rng, eos_ids, pad_id, start_id, *, mode
         tokens_BS, segments_BS = (jnp.repeat(x, settings.num_beams, 0) for x in (tokens_BS, segments_BS))
     params, model = cached.unrolled(params, model)
     encoded_BSD = _apply(model, {"params": params}, "encode", tokens_BS, segments_BS)
-    batch, slots = tokens_BS.shape[0], 1 + settings.max_new_tokens
+    batch = tokens_BS.shape[0]
+    # The start token fills the first slot before the loop.
+    slots, stages = cached.growth(1, 1 + settings.max_new_tokens, settings.grow_cache)
     ones_B1 = jnp.ones((batch, 1), jnp.int32)
 
     def step(state, tokens_B):
@@ -93,4 +95,4 @@ def _run(params, tokens_BS, segments_BS, rng, eos_ids, pad_id, start_id, *, mode
     cache = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(empty_cache))
     logits_BV, state = step((cache, jnp.int32(0)), jnp.full((batch,), start_id, jnp.int32))
     return search(step, lambda state, rows: (cached.reorder(state[0], rows), state[1]), state, logits_BV, rng,
-                  eos_ids, pad_id, settings=settings, keep_logits=keep_logits)
+                  eos_ids, pad_id, settings=settings, keep_logits=keep_logits, stages=stages)
