@@ -28,8 +28,8 @@ _PENALTY = flags.DEFINE_float("length_penalty", 1.0, "Beam search: exponent of t
                                                      "hypothesis' log-probability (> 0 favours longer ones).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of sampling.")
 _GROW = flags.DEFINE_bool("grow_cache", False, "Grow the key/value cache as tokens fill it: faster decoding "
-                                               "of large batches or long outputs, one more compilation per "
-                                               "quarter of --max_new_tokens.")
+                                               "of large batches or long outputs, at the price of up to 3 more "
+                                               "compilations (one per chunk of the cache it grows by).")
 flags.mark_flags_as_required(["workdir", "prompt"])
 
 

@@ -2,7 +2,7 @@
 loops drive the cached model and, in tests, hand-made distributions. Both are
 `jax.lax.while_loop`s that stop early once every row has produced an end-of-sequence token.
 A loop may run in stages, the state transformed between them (a cache growing to hold the next
-tokens, see `llmjax.sample.cached.lengths`): `stages` lists (step, grow) pairs, and before
+tokens, see `llmjax.sample.cached.growth`): `stages` lists (step, grow) pairs, and before
 step `step` the state becomes `grow(state)`."""
 
 from __future__ import annotations
@@ -49,12 +49,13 @@ def search(step, reorder, state, logits_BV, rng, eos_ids, pad_id, *, settings: S
 def while_loop_in_stages(cond, body, carry, stages):
     """`jax.lax.while_loop(cond, body, carry)` for a carry (step, ..., state at index 4, ...),
     run as one loop per stage."""
-    for first, grow in [(0, None), *stages]:
+    grows = [None] + [grow for _, grow in stages]
+    ends = [end for end, _ in stages] + [None]
+    for grow, end in zip(grows, ends):
         if grow is not None:
             carry = (*carry[:4], grow(carry[4]), *carry[5:])
-        ends = [s for s, _ in stages if s > first][:1]
-        carry = jax.lax.while_loop(
-            cond if not ends else (lambda c, end=ends[0]: cond(c) & (c[0] < end)), body, carry)
+        carry = jax.lax.while_loop(cond if end is None else (lambda c, end=end: cond(c) & (c[0] < end)),
+                                   body, carry)
     return carry
 
 
