@@ -18,7 +18,8 @@ from llmjax.sample.cached import inference_decoder
 from llmjax.sample.generate import (Settings, _run, compilations, decode_step, generate, left_pad, prefill,
                                     prepare, reorder_state)
 from llmjax.sample.search import beam_search, sample_tokens
-from llmjax.sample.seq2seq import generate_seq2seq
+from llmjax.sample import seq2seq
+from llmjax.sample.seq2seq import generate_seq2seq, right_pad, seq2seq_model
 from llmjax.sample.select import Sampling, choose, filter_logits
 
 from conftest import DECODERS, make_tiny_config, unstack_layers
@@ -256,7 +257,57 @@ def test_one_row_bf16_decoding_converts_no_weight_inside_the_loop():
                               r"%get-tuple-element[^)]*\), kind=kLoop, calls=%wrapped_convert)", text))
 
     assert weight_converts_in_loop(loop) == 0
-    assert weight_converts_in_loop(_run) >= 2 * 7  # Two layers' q, k, v, o, gate, up, down.
+    # Two layers' fused q/k/v, o, fused gate/up and down (`project_together`).
+    assert weight_converts_in_loop(_run) >= 2 * 4
+
+
+def _computations(hlo: str) -> dict[str, str]:
+    """Each computation of compiled HLO text by name."""
+    return {m.group(1): m.group(0) for m in re.finditer(r"^(?:ENTRY )?(%[\w.-]+) .*?\n}$", hlo, re.M | re.S)}
+
+
+def _called(computations: dict[str, str], root: str) -> set[str]:
+    """`root` and every computation it calls, directly or not (fusions, nested loops)."""
+    seen, todo = set(), [root]
+    while todo:
+        name = todo.pop()
+        if name not in seen and name in computations:
+            seen.add(name)
+            todo += re.findall(r"(?:calls|body|condition|to_apply|branch_computations)=\{?(%[\w.-]+)",
+                               computations[name])
+    return seen
+
+
+def _generation_loop(family, config, params, rows):
+    """(jitted generation, its arguments, its static arguments) for `rows` prompts."""
+    if family != "t5":
+        return prepare(params, config, PROMPTS[:rows], GREEDY, eos_ids=(), pad_id=PAD)
+    tokens, segments = right_pad(PROMPTS[:rows], PAD)
+    return (seq2seq._run, (params, tokens, segments, jax.random.key(0), jnp.asarray([EOS]), jnp.int32(PAD),
+                           jnp.int32(PAD)), {"model": seq2seq_model(config), "settings": GREEDY, "keep_logits": False})
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+@pytest.mark.parametrize("rows", [1, 2])
+def test_a_decode_step_projects_each_group_of_kernels_in_one_product(family, rows):
+    """One row's step reads every weight for a single row, and XLA:CPU pays a pass per product:
+    query/key/value and the gated MLP's two input kernels each run as one product
+    (`project_together`). Their kernels are concatenated once, outside the decode loop: inside
+    it, a step would copy the weights it only needs to read."""
+    config, params = _setup(family)
+    loop, args, static = _generation_loop(family, config, params, rows)
+    [body] = _loop_bodies(loop.trace(*args, **static).jaxpr.jaxpr)
+    # Per layer: q/k/v, the scores, their values, the output, gate/up and down; T5's decoder
+    # adds cross-attention's six (its keys and values, of the encoder's output, XLA hoists).
+    per_layer = 6 + 6 * (family == "t5")
+    assert sum(name == "dot_general" for name in _primitives(body)) == per_layer * config.model.num_layers + 1
+    hlo = loop.lower(*args, **static).compile().as_text()
+    computations = _computations(hlo)
+    in_loop = set().union(*(_called(computations, name) for name in re.findall(r"body=(%[\w.-]+)", hlo)))
+    d = config.model.d_model
+    concatenating = {name for name, text in computations.items()
+                     if re.search(rf"= \w+\[{d},\d+\]\S* concatenate\(", text)}
+    assert concatenating and not concatenating & in_loop
 
 
 def test_cache_attention_is_dot_product_attention():

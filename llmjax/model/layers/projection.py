@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import flax.linen as nn
@@ -62,3 +63,23 @@ class Projection(nn.Module):
             y_2d = add_bias(y_2d, bias.reshape(math.prod(out_shape)))
         return y_2d.reshape(*lead, *out_shape)
 
+
+def project_together(module: nn.Module, projections: list[Projection], x):
+    """[p(x) for p in projections], computed as one product over their kernels side by side
+    when x holds one token per row: a decode step. There each product reads its weights for a
+    single row, and XLA:CPU runs one matrix-vector product per kernel, each paying its own
+    pass; one wide product instead (bench36m, one row, fp32: 7.5 -> 6.3 ms a token) costs a
+    concatenation of the kernels that XLA hoists out of the decode loop, since the weights are
+    loop-invariant. Elsewhere the products are large enough that fusing gains nothing, and the
+    parameters stay separate, so checkpoints and Hugging Face exports do not change.
+    Projections must be bias-free, contract one axis of x, and share `spec`."""
+    if x.shape[-2] != 1 or module.is_initializing():
+        return [p(x) for p in projections]
+    s = projections[0].spec
+    assert all(p.in_ndim == 1 and not p.use_bias and p.spec is s for p in projections)
+    params = module.variables["params"]
+    kernels = [nn.unbox(params[p.name]["kernel"]).reshape(x.shape[-1], -1) for p in projections]
+    y_2d = x.reshape(-1, x.shape[-1]).astype(s.compute_dtype) @ jnp.concatenate(kernels, 1).astype(s.compute_dtype)
+    ends = list(itertools.accumulate(k.shape[1] for k in kernels))
+    return [y.reshape(*x.shape[:-1], *p.shape[1:])
+            for p, y in zip(projections, jnp.split(y_2d, ends[:-1], axis=1))]

@@ -18,7 +18,7 @@ from llmjax.model.layers.embedding import embedding, output_matrix, positions_or
 from llmjax.model.layers.moe import MoeMlp, MoeShape
 from llmjax.model.layers.norms import rms_norm
 from llmjax.model.layers.output import head_output
-from llmjax.model.layers.projection import Projection, residual_scale
+from llmjax.model.layers.projection import Projection, project_together, residual_scale
 from llmjax.model.layers.rope import apply_rope, rope_tables
 from llmjax.model.layers.stack import stack_blocks
 from llmjax.model.llama.spec import LlamaSpec
@@ -36,9 +36,10 @@ class Attention(nn.Module):
         """`rope`: the (sin, cos) tables of `rope_tables` for the tokens' positions."""
         s = self.spec
         d, n, k, h = s.d_model, s.num_heads, s.num_kv_heads, s.head_dim
-        q_BTNH = Projection(s, (d, n, h), ("embed", "heads", "head_dim"), name="query")(x_BTD)
-        k_BTKH = Projection(s, (d, k, h), ("embed", "kv_heads", "head_dim"), name="key")(x_BTD)
-        v_BTKH = Projection(s, (d, k, h), ("embed", "kv_heads", "head_dim"), name="value")(x_BTD)
+        q_BTNH, k_BTKH, v_BTKH = project_together(self, [
+            Projection(s, (d, n, h), ("embed", "heads", "head_dim"), name="query"),
+            Projection(s, (d, k, h), ("embed", "kv_heads", "head_dim"), name="key"),
+            Projection(s, (d, k, h), ("embed", "kv_heads", "head_dim"), name="value")], x_BTD)
         out_BTNH = causal_attention(self, apply_rope(q_BTNH, rope), apply_rope(k_BTKH, rope), v_BTKH,
                                     segment_ids_BT, s.attention_impl, prefix_BT)
         return Projection(s, (n, h, d), ("heads", "head_dim", "embed"), in_ndim=2,
@@ -53,8 +54,8 @@ class Mlp(nn.Module):
     def __call__(self, x_BTD):
         s = self.spec
         d, f = s.d_model, s.mlp_dim
-        gate_BTF = Projection(s, (d, f), ("embed", "mlp"), name="gate")(x_BTD)
-        up_BTF = Projection(s, (d, f), ("embed", "mlp"), name="up")(x_BTD)
+        gate_BTF, up_BTF = project_together(self, [Projection(s, (d, f), ("embed", "mlp"), name=name)
+                                                   for name in ("gate", "up")], x_BTD)
         h_BTF = nn.with_logical_constraint(activate(nn.silu, gate_BTF, up_BTF), MLP_ACT)
         return Projection(s, (f, d), ("mlp", "embed"), scale=residual_scale(s), name="down")(h_BTF)
 

@@ -28,7 +28,7 @@ from llmjax.model.layers.embedding import embedding, positions_or_default
 from llmjax.model.layers.kv_cache import attend_to_cache, cache_attention
 from llmjax.model.layers.norms import rms_norm
 from llmjax.model.layers.output import head_output
-from llmjax.model.layers.projection import Projection
+from llmjax.model.layers.projection import Projection, project_together
 from llmjax.model.layers.stack import stack_blocks
 from llmjax.model.t5.spec import T5Spec
 
@@ -62,15 +62,18 @@ def relative_bias(table_RN, query_T, key_S, spec: T5Spec, bidirectional: bool):
     return jnp.transpose(jnp.asarray(table_RN)[buckets_TS], (2, 0, 1))[None]
 
 
-def attention(spec: T5Spec, x_BTD, kv_BSD, attend, kv_axes=None):
+def attention(module: nn.Module, spec: T5Spec, x_BTD, kv_BSD, attend, kv_axes=None):
     """Multi-head attention with T5's init: query std (d_model * head_dim)^-0.5 (the score
     scale folded in), key and value d_model^-0.5, output (heads * head_dim)^-0.5; called inside
-    a module's compact method, whose parameters q, k, v and o these become. `attend(q, k, v)`
+    `module`'s compact method, whose parameters q, k, v and o these become. `attend(q, k, v)`
     runs the kernel with the bias and mask of this kind of attention."""
     d, n, h = spec.d_model, spec.num_heads, spec.head_dim
-    q_BTNH = Projection(spec, (d, n, h), ("embed", "heads", "head_dim"), scale=(d * h) ** -0.5, name="q")(x_BTD)
-    k_BSNH, v_BSNH = (Projection(spec, (d, n, h), ("embed", "heads", "head_dim"), scale=d ** -0.5,
-                                 name=name)(kv_BSD) for name in ("k", "v"))
+    q, k, v = (Projection(spec, (d, n, h), ("embed", "heads", "head_dim"), scale=scale, name=name)
+               for name, scale in (("q", (d * h) ** -0.5), ("k", d ** -0.5), ("v", d ** -0.5)))
+    if kv_BSD is x_BTD:  # Self-attention: a decode step projects all three in one product.
+        q_BTNH, k_BSNH, v_BSNH = project_together(module, [q, k, v], x_BTD)
+    else:
+        q_BTNH, k_BSNH, v_BSNH = q(x_BTD), k(kv_BSD), v(kv_BSD)
     if kv_axes is not None:
         k_BSNH, v_BSNH = (nn.with_logical_constraint(x, kv_axes) for x in (k_BSNH, v_BSNH))
     out_BTNH = attend(q_BTNH, k_BSNH, v_BSNH)
@@ -98,7 +101,7 @@ class SelfAttention(nn.Module):
             rows_T = keys_S = jnp.arange(x_BTD.shape[1])
             bias = relative_bias(table_RN, rows_T, keys_S, s, bidirectional=not self.causal)
             return attend_unscaled(s, q_BTNH, k_BSNH, v_BSNH, segments_BT, segments_BT, self.causal, bias)
-        return attention(s, x_BTD, x_BTD, attend)
+        return attention(self, s, x_BTD, x_BTD, attend)
 
 
 class CrossAttention(nn.Module):
@@ -109,7 +112,7 @@ class CrossAttention(nn.Module):
     @nn.compact
     def __call__(self, x_BTD, encoded_BSD, segments_BT, encoded_segments_BS):
         s = self.spec
-        return attention(s, x_BTD, encoded_BSD,
+        return attention(self, s, x_BTD, encoded_BSD,
                          lambda q, k, v: attend_unscaled(s, q, k, v, segments_BT, encoded_segments_BS, False),
                          CROSS_KV_ACT)
 
@@ -122,8 +125,8 @@ class Mlp(nn.Module):
     def __call__(self, x_BTD):
         s = self.spec
         d, f = s.d_model, s.mlp_dim
-        gate_BTF, up_BTF = (Projection(s, (d, f), ("embed", "mlp"), scale=d ** -0.5, name=name)(x_BTD)
-                            for name in ("wi_0", "wi_1"))
+        gate_BTF, up_BTF = project_together(self, [Projection(s, (d, f), ("embed", "mlp"), scale=d ** -0.5, name=name)
+                                                   for name in ("wi_0", "wi_1")], x_BTD)
         h_BTF = activate(gelu_tanh, gate_BTF, up_BTF)
         return Projection(s, (f, d), ("mlp", "embed"), scale=f ** -0.5, name="wo")(h_BTF)
 
