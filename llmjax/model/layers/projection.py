@@ -68,9 +68,9 @@ def project_together(module: nn.Module, projections: list[Projection], x):
     """[p(x) for p in projections], computed as one product over their kernels side by side
     when x holds one token per row: a decode step. There each product reads its weights for a
     single row, and XLA:CPU runs one matrix-vector product per kernel, each paying its own
-    pass; one wide product instead (bench36m, one row, fp32: 7.5 -> 6.3 ms a token) costs a
-    concatenation of the kernels that XLA hoists out of the decode loop, since the weights are
-    loop-invariant. Elsewhere the products are large enough that fusing gains nothing, and the
+    pass; one wide product instead (bench36m, one row, fp32: 7.1-7.5 -> 6.0-6.3 ms a token)
+    costs a concatenation of the kernels that XLA hoists out of the decode loop, since the
+    weights are loop-invariant. Elsewhere the products are large enough that fusing gains nothing, and the
     parameters stay separate, so checkpoints and Hugging Face exports do not change.
     Projections must be bias-free, contract one axis of x, and share `spec`."""
     if x.shape[-2] != 1 or module.is_initializing():
