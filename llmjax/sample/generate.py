@@ -62,11 +62,12 @@ def left_pad(prompts: list[list[int]], pad_id: int, length: int | None = None) -
 
 
 def prefill(params, decoder, tokens_BT, mask_BT, cache_length: int):
-    """(logits [B, T, V] of the prompts, decoding state (cache, next positions [B]))."""
+    """(logits [B, V] of each prompt's next token, decoding state (cache, next positions [B]))."""
     positions_BT = jnp.maximum(jnp.cumsum(mask_BT, axis=1) - 1, 0)
     cache = cached.init_cache(params, decoder, tokens_BT.shape[0], cache_length)
-    logits_BTV, cache = cached.forward(params, cache, tokens_BT, positions_BT, mask_BT, decoder=decoder)
-    return logits_BTV, (cache, positions_BT[:, -1] + 1)
+    logits_B1V, cache = cached.forward(params, cache, tokens_BT, positions_BT, mask_BT, decoder=decoder,
+                                       last_only=True)
+    return logits_B1V[:, 0], (cache, positions_BT[:, -1] + 1)
 
 
 def decode_step(params, decoder):
@@ -115,8 +116,8 @@ def _loop(params, tokens_BT, mask_BT, rng, eos_ids, pad_id, *, decoder, settings
         tokens_BT, mask_BT = (jnp.repeat(x, settings.num_beams, 0) for x in (tokens_BT, mask_BT))
     params, decoder = cached.unrolled(params, decoder)
     length, stages = cached.growth(tokens_BT.shape[1], cache_length, settings.grow_cache)
-    logits_BTV, state = prefill(params, decoder, tokens_BT, mask_BT, length)
-    return search(decode_step(params, decoder), reorder_state, state, logits_BTV[:, -1], rng, eos_ids, pad_id,
+    logits_BV, state = prefill(params, decoder, tokens_BT, mask_BT, length)
+    return search(decode_step(params, decoder), reorder_state, state, logits_BV, rng, eos_ids, pad_id,
                   settings=settings, keep_logits=keep_logits, stages=stages)
 
 
