@@ -70,16 +70,17 @@ def project_together(module: nn.Module, projections: list[Projection], x):
     single row, and XLA:CPU runs one matrix-vector product per kernel, each paying its own
     pass; one wide product instead (bench36m, one row, fp32: 7.1-7.5 -> 6.0-6.3 ms a token)
     costs a concatenation of the kernels that XLA hoists out of the decode loop, since the
-    weights are loop-invariant. Elsewhere the products are large enough that fusing gains nothing, and the
-    parameters stay separate, so checkpoints and Hugging Face exports do not change.
-    Projections must be bias-free, contract one axis of x, and share `spec`."""
+    weights are loop-invariant. Elsewhere the products are large enough that fusing gains
+    nothing, and the parameters stay separate, so checkpoints and Hugging Face exports do not
+    change. Projections must be bias-free, contract one axis of x, and share `spec`."""
     if x.shape[-2] != 1 or module.is_initializing():
         return [p(x) for p in projections]
     s = projections[0].spec
     assert all(p.in_ndim == 1 and not p.use_bias and p.spec is s for p in projections)
     params = module.variables["params"]
     kernels = [nn.unbox(params[p.name]["kernel"]).reshape(x.shape[-1], -1) for p in projections]
-    y_2d = x.reshape(-1, x.shape[-1]).astype(s.compute_dtype) @ jnp.concatenate(kernels, 1).astype(s.compute_dtype)
+    w_2d = jnp.concatenate(kernels, 1).astype(s.compute_dtype)
+    y_2d = x.reshape(-1, x.shape[-1]).astype(s.compute_dtype) @ w_2d
     ends = list(itertools.accumulate(k.shape[1] for k in kernels))
     return [y.reshape(*x.shape[:-1], *p.shape[1:])
             for p, y in zip(projections, jnp.split(y_2d, ends[:-1], axis=1))]
