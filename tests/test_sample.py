@@ -198,14 +198,7 @@ def test_prompt_lengths_within_a_bucket_share_one_compilation_and_padding_change
 
 def _loop_bodies(jaxpr):
     """The body jaxprs of every while loop in `jaxpr`, nested ones included."""
-    for eqn in jaxpr.eqns:
-        for value in eqn.params.values():
-            for sub in (value if isinstance(value, tuple) else (value,)):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    if eqn.primitive.name == "while" and sub is eqn.params["body_jaxpr"]:
-                        yield inner
-                    yield from _loop_bodies(inner)
+    return [eqn.params["body_jaxpr"].jaxpr for eqn in _equations(jaxpr) if eqn.primitive.name == "while"]
 
 
 def _equations(jaxpr):
