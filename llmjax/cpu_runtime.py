@@ -85,6 +85,25 @@ def add_xla_flags() -> None:
         warnings.filterwarnings("ignore", message="Error writing persistent compilation cache entry")
 
 
+def with_fake_devices(xla_flags: str, count: int) -> str:
+    """`xla_flags` with `count` fake CPU devices in place of any count it set: a launcher that
+    splits the host into processes keeps every other flag its user gave (oneDNN off, dumps)."""
+    kept = [arg for arg in xla_flags.split() if not arg.startswith("--xla_force_host_platform_device_count=")]
+    return " ".join([*kept, f"--xla_force_host_platform_device_count={count}"])
+
+
+def values_product_dtype():
+    """The result dtype the cached decoding's probabilities x values product asks for: its
+    inputs' (None), except where oneDNN's custom calls are off (the cacheable setting above).
+    XLA:CPU's own dot emitter then takes the small batched products of a decode step and
+    refuses a bf16 result (a RET_CHECK failure); fp32 compiles. Not fp32 always: with oneDNN
+    on, the fp32 result made bf16 decoding at batch 16 20% slower (605 against 770 tokens/s,
+    scripts/bench_generate.py)."""
+    if _cpu_only() and "--xla_cpu_experimental_onednn_custom_call=false" in os.environ.get("XLA_FLAGS", ""):
+        return "float32"
+    return None
+
+
 def with_float_normalization() -> dict:
     """`jax.jit` compiler options that run `float-normalization-bf16` again (see the module's
     docstring), keeping any other pass XLA_FLAGS disables; none off the CPU."""

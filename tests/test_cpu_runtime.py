@@ -68,6 +68,19 @@ def test_xla_flags_are_added_without_overriding_the_users(monkeypatch):
     assert "--xla_cpu_experimental_onednn_custom_call=true" in flags
 
 
+def test_a_launcher_sets_its_device_count_and_keeps_the_users_other_flags():
+    given = "--xla_force_host_platform_device_count=8 --xla_cpu_experimental_onednn_custom_call=false"
+    assert cpu_runtime.with_fake_devices(given, 2).split() == [
+        "--xla_cpu_experimental_onednn_custom_call=false", "--xla_force_host_platform_device_count=2"]
+    assert cpu_runtime.with_fake_devices("", 4) == "--xla_force_host_platform_device_count=4"
+
+
+def test_cached_decoding_asks_for_fp32_values_products_only_with_onednn_custom_calls_off(monkeypatch):
+    assert cpu_runtime.values_product_dtype() is None  # This process: oneDNN on, as a user's.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_onednn_custom_call=false")
+    assert cpu_runtime.values_product_dtype() == "float32"
+
+
 def test_weight_gradient_products_run_on_onednn():
     """The test process is configured as llmjax commands are (conftest.py): a product with a
     transposed operand, the shape of every weight gradient, compiles to XLA's oneDNN matmul.

@@ -22,6 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from llmjax.cli.app import load_config, run as run_app
+from llmjax.cpu_runtime import with_fake_devices
 from llmjax.errors import FlagError
 from llmjax.slurm import sbatch_script
 
@@ -74,7 +75,7 @@ def launch_local(workdir: Path, passthrough: list[str], processes: int, devices:
     failing exit code (EXIT_PREEMPTED when all stopped cleanly on a signal)."""
     env = dict(os.environ)
     if devices:
-        env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=with_fake_devices(env.get("XLA_FLAGS", ""), devices))
     port = free_port()
     children = [subprocess.Popen([sys.executable, *train_args(workdir, passthrough),
                                   f"--num_processes={processes}", f"--process_id={i}",

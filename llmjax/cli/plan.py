@@ -14,6 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from llmjax.cli.app import load_config, run as run_app
+from llmjax.cpu_runtime import with_fake_devices
 from llmjax.errors import FlagError
 from llmjax.plan import TARGETS
 
@@ -34,7 +35,7 @@ def main(argv) -> None:
     if devices is None:
         raise FlagError("the mesh has a -1 axis; give the job's size with --devices=N.")
     # Fake CPU devices stand in for the target's; this must precede JAX's first import.
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    os.environ["XLA_FLAGS"] = with_fake_devices(os.environ.get("XLA_FLAGS", ""), devices)
     os.environ["JAX_PLATFORMS"] = "cpu"
     from llmjax.config import validate  # noqa: PLC0415
     from llmjax.plan import plan  # noqa: PLC0415

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llmjax import cpu_runtime
+
 
 def attend_to_cache(module: nn.Module, k_BTKH, v_BTKH, segment_ids_BT):
     """Appends this call's keys and values; returns all cached keys and values [B, K, S, H]
@@ -45,7 +47,8 @@ def cache_attention(q_BTNH, k_BKSH, v_BKSH, mask_B1TS, bias_1NTS=None, scale: fl
     scores and softmax, probabilities in the values' dtype). It reads keys and values laid out
     [B, K, S, H], as XLA:CPU's batched products take them: from the [B, S, K, H] layout that
     training's kernels take, XLA copied the whole cache into a transposed buffer at every
-    token, 4.4x the time of the attention itself at batch 16 (bench36m shape)."""
+    token, 4.4x the time of the attention itself at batch 16 (bench36m shape). The values'
+    product's result dtype is `cpu_runtime.values_product_dtype`'s."""
     b, t, n, h = q_BTNH.shape
     kv = k_BKSH.shape[1]
     q_BKGTH = q_BTNH.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4)
@@ -55,5 +58,6 @@ def cache_attention(q_BTNH, k_BKSH, v_BKSH, mask_B1TS, bias_1NTS=None, scale: fl
         scores_BKGTS += bias_1NTS.reshape(1, kv, n // kv, t, -1)
     scores_BKGTS = jnp.where(mask_B1TS[:, :, None], scores_BKGTS, -0.7 * jnp.finfo(jnp.float32).max)
     probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BKSH.dtype)
-    out_BKGTH = jnp.einsum("bkgts,bksh->bkgth", probs_BKGTS, v_BKSH)
-    return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+    out_BKGTH = jnp.einsum("bkgts,bksh->bkgth", probs_BKGTS, v_BKSH,
+                           preferred_element_type=cpu_runtime.values_product_dtype())
+    return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(v_BKSH.dtype)

@@ -106,15 +106,20 @@ class SelfAttention(nn.Module):
 
 class CrossAttention(nn.Module):
     """The decoder's attention over the encoder's output: no position bias; a token sees the
-    inputs of its own example (segment) only."""
+    inputs of its own example (segment) only. Decoding, a step's one query goes through the
+    cache's kernel, whose products XLA:CPU compiles in every setting (`cache_attention`)."""
     spec: T5Spec
 
     @nn.compact
     def __call__(self, x_BTD, encoded_BSD, segments_BT, encoded_segments_BS):
         s = self.spec
-        return attention(self, s, x_BTD, encoded_BSD,
-                         lambda q, k, v: attend_unscaled(s, q, k, v, segments_BT, encoded_segments_BS, False),
-                         CROSS_KV_ACT)
+
+        def attend(q_BTNH, k_BSNH, v_BSNH):
+            if self.is_mutable_collection("cache") and not self.is_initializing():
+                mask_B1TS = (segments_BT[:, :, None] == encoded_segments_BS[:, None, :])[:, None]
+                return cache_attention(q_BTNH, k_BSNH.swapaxes(1, 2), v_BSNH.swapaxes(1, 2), mask_B1TS, scale=1.0)
+            return attend_unscaled(s, q_BTNH, k_BSNH, v_BSNH, segments_BT, encoded_segments_BS, False)
+        return attention(self, s, x_BTD, encoded_BSD, attend, CROSS_KV_ACT)
 
 
 class Mlp(nn.Module):
