@@ -83,10 +83,19 @@ def train_command(workdir, *overrides, config="configs/tiny.py"):
             *overrides]
 
 
+# XLA:CPU cannot serialize an executable that calls oneDNN (llmjax/cpu_runtime.py): with its
+# custom calls on, every training subprocess would compile its steps afresh (4 of a tiny run's
+# 10 s). The tests that start such processes check what a run does (resume, launch, sweeps,
+# export), which no matmul kernel changes, so they run the cacheable setting that
+# cpu_runtime.py documents and share XLA_CACHE. The in-process tests, and the fault campaign's
+# restarted jobs (tests/test_faults.py), keep a user's settings, oneDNN included.
+CACHEABLE_XLA_FLAGS = "--xla_cpu_experimental_onednn_custom_call=false"
+
+
 def train_env(cache, devices=1):
     return dict(os.environ, LLMJAX_CACHE=str(cache), JAX_PLATFORMS="cpu",
                 JAX_COMPILATION_CACHE_DIR=str(XLA_CACHE),
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {CACHEABLE_XLA_FLAGS}")
 
 
 def run_train(workdir, *overrides, cache, config="configs/tiny.py", devices=1):

@@ -68,10 +68,9 @@ def test_unwritable_workdir_is_refused(tmp_path):
 def test_restarted_run_loads_its_steps_from_the_persistent_compilation_cache(tmp_path):
     """The CLI's default cache (under LLMJAX_CACHE): the first run writes the compiled train
     step, a second process of the same config finds it there instead of compiling it. With
-    XLA:CPU's oneDNN products off: XLA cannot serialize an executable that calls them (see
-    llmjax.cpu_runtime), which no accelerator backend is affected by."""
-    env = dict(train_env(tmp_path / "cache"), JAX_DEBUG_LOG_MODULES="jax._src.compiler",
-               XLA_FLAGS="--xla_cpu_experimental_onednn_custom_call=false")
+    XLA:CPU's oneDNN products off, as `train_env` has them: XLA cannot serialize an executable
+    that calls them (see llmjax.cpu_runtime), which no accelerator backend is affected by."""
+    env = dict(train_env(tmp_path / "cache"), JAX_DEBUG_LOG_MODULES="jax._src.compiler")
     del env["JAX_COMPILATION_CACHE_DIR"]
     runs = []
     for name in ("first", "second"):

@@ -1,6 +1,8 @@
 """The pure train step: it learns, it is invariant to the mesh and to gradient accumulation,
 and it refuses non-finite updates."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -59,6 +61,22 @@ def run_steps(config, batches, devices=None):
     return np.array([float(m["loss"]) for m in metrics]), state
 
 
+@functools.cache
+def _single_device_run(family, optimizer, steps):
+    config = make_tiny_config(family, **EIGHT_HEADS.get(family, {}))
+    config.mesh.ici.update(data=1, fsdp=1, expert=1, sequence=1, tensor=1)
+    config.optimizer.name = optimizer
+    metrics, state = train_metrics(config, [random_batch(config, seed) for seed in range(steps)], jax.devices()[:1])
+    return metrics, jax.device_get(state.params)
+
+
+def single_device_run(family, optimizer="adamw", steps=5):
+    """The one-device run every mesh of a family is compared with: (every step's metrics, final
+    params as host arrays). Trained once per test process, since each mesh's test would train
+    the same one again; the caller gets copies it may change."""
+    return jax.tree.map(np.array, _single_device_run(family, optimizer, steps))
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 @pytest.mark.parametrize("family", FAMILIES + tuple(MOE))
 def test_overfits_one_batch(family, optimizer):
@@ -102,17 +120,14 @@ def mesh_id(mesh: dict) -> str:
     *(pytest.param("llama", mesh, "muon", id=f"llama-{mesh_id(mesh)}-muon")
       for mesh in (dict(fsdp=8), dict(data=2, fsdp=2, tensor=2)))])
 def test_sharded_step_matches_single_device(mesh, family, optimizer):
-    single = make_tiny_config(family, **EIGHT_HEADS[family])
-    single.mesh.ici.update(data=1, fsdp=1, sequence=1, tensor=1)
     sharded = make_tiny_config(family, **EIGHT_HEADS[family])
     sharded.mesh.ici.update(data=1, fsdp=1, sequence=1, tensor=1)
     sharded.mesh.ici.update(**mesh)
-    single.optimizer.name = sharded.optimizer.name = optimizer
-    batches = [random_batch(single, seed) for seed in range(5)]  # 5 steps.
-    losses_1, state_1 = run_steps(single, batches, jax.devices()[:1])
-    losses_8, state_8 = run_steps(sharded, batches, jax.devices())
-    np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
-    params_8, params_1 = (jax.tree.map(np.array, jax.device_get(s.params)) for s in (state_8, state_1))
+    sharded.optimizer.name = optimizer
+    metrics_1, params_1 = single_device_run(family, optimizer, steps=5)
+    losses_8, state_8 = run_steps(sharded, [random_batch(sharded, seed) for seed in range(5)], jax.devices())
+    np.testing.assert_allclose(losses_8, [m["loss"] for m in metrics_1], rtol=1e-5)
+    params_8 = jax.tree.map(np.array, jax.device_get(state_8.params))
     if family in KEY_BIAS:
         # The key bias adds the same q.b_k to every score of a row, which softmax ignores: its
         # gradient is 0 up to rounding, and Adam turns that rounding (which depends on the
@@ -141,13 +156,11 @@ MOE_MESHES = [("moe", dict(expert=4, fsdp=2)), ("moe", dict(data=2, expert=2, te
 
 @pytest.mark.parametrize(("family", "mesh"), [pytest.param(f, m, id=f"{f}-{mesh_id(m)}") for f, m in MOE_MESHES])
 def test_moe_step_matches_single_device(family, mesh):
-    configs = [make_tiny_config(family), make_tiny_config(family)]
-    for config, devices in zip(configs, (dict(data=1), dict(data=1) | mesh)):
-        config.mesh.ici.update(data=1, fsdp=1, expert=1, sequence=1, tensor=1)
-        config.mesh.ici.update(**devices)
-    batches = [random_batch(configs[0], seed) for seed in range(4)]
-    (metrics_1, state_1), (metrics_8, state_8) = (train_metrics(config, batches, devices) for config, devices
-                                                  in zip(configs, (jax.devices()[:1], jax.devices())))
+    config = make_tiny_config(family)
+    config.mesh.ici.update(data=1, fsdp=1, expert=1, sequence=1, tensor=1)
+    config.mesh.ici.update(**mesh)
+    metrics_1, params_1 = single_device_run(family, steps=4)
+    metrics_8, state_8 = train_metrics(config, [random_batch(config, seed) for seed in range(4)], jax.devices())
     routing = [k for k in metrics_1[0] if k.startswith("moe_")]
     assert "moe_aux_loss" in routing and any(k.startswith("moe_expert_fraction/") for k in routing)
     for key in ["loss", *routing]:
@@ -155,7 +168,7 @@ def test_moe_step_matches_single_device(family, mesh):
     if family == "moe-capacity":  # Capacity 1.0 of skewed random routing drops some pairs, the same ones.
         assert max(float(m["moe_dropped/layer_1"]) for m in metrics_1) > 0
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 jax.device_get(state_8.params), jax.device_get(state_1.params))
+                 jax.device_get(state_8.params), params_1)
     layers = state_8.params["layers"]
     gate = (layers["mlp"] if family == "moe" else layers["moe"]["mlp"])["gate"]
     assert gate.sharding.spec == jax.sharding.PartitionSpec(None, "expert", "fsdp", "tensor")
