@@ -13,11 +13,13 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from llmjax import cpu_runtime
 from llmjax.presets import compose
 from llmjax.run import bootstrap
+from llmjax.train import state
 
 # A jitted function whose ~200 MB of temporaries XLA:CPU allocates and frees on every call;
 # prints the fewest minor page faults of one call in five after warm-up. The fewest, because a
@@ -89,6 +91,26 @@ def test_weight_gradient_products_run_on_onednn():
     dy = jnp.ones((1024, 512), jnp.bfloat16)
     hlo = jax.jit(lambda x, dy: x.T @ dy).lower(x, dy).compile().as_text()
     assert "__onednn$matmul" in hlo
+
+
+@pytest.mark.parametrize("preset", ["tiny", "t5-tiny"])
+def test_the_state_initialiser_compiles_for_one_call_and_initialises_as_before(monkeypatch, preset):
+    """`create_train_state` compiles the initialiser with `for_one_call`'s options (LLVM -O2 on
+    the CPU, 2-3x less compile time), and the parameters are those of XLA's default compile
+    up to rounding. Fails if the options stop reaching the compile or start changing values."""
+    options = []
+    real_jit = jax.jit
+    monkeypatch.setattr(state.jax, "jit", lambda *a, **k: options.append(k.get("compiler_options")) or real_jit(*a, **k))
+    run = bootstrap(compose(preset), devices=jax.devices()[:1])
+    fresh = run.create_state()
+    monkeypatch.undo()
+    assert options == [{"xla_backend_optimization_level": 2}]
+    shardings = jax.tree.map(lambda x: x.sharding, run.state)
+    default = real_jit(functools.partial(state.fresh_state, config=run.config, tx=run.tx),
+                       out_shardings=shardings)(jax.random.key(run.config.seed))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), fresh, default)
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")  # An accelerator compiles it as XLA chooses.
+    assert cpu_runtime.for_one_call() == {}
 
 
 # Prints how many of the params and optimizer state the compiled one-device train step of the

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from llmjax import model
+from llmjax import cpu_runtime, model
 
 
 @flax.struct.dataclass
@@ -36,5 +36,6 @@ def create_train_state(config, tx, shardings: TrainState) -> TrainState:
     rng = jax.random.key(config.seed)
     # No mesh context here: the out_shardings place the result, and Flax's DenseGeneral would
     # otherwise constrain its kernel by the logical names before reshaping it to their rank.
-    init_fn = jax.jit(functools.partial(fresh_state, config=config, tx=tx), out_shardings=shardings)
+    init_fn = jax.jit(functools.partial(fresh_state, config=config, tx=tx), out_shardings=shardings,
+                      compiler_options=cpu_runtime.for_one_call())
     return init_fn(rng)
