@@ -3,6 +3,7 @@ The flag must be set before JAX is imported, which is why it lives here."""
 
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ cpu_runtime.configure()  # What every llmjax command does: tests run the same XL
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from llmjax import flops  # noqa: E402
 from llmjax.config import default_config  # noqa: E402
 
 
@@ -92,8 +94,34 @@ def train_command(workdir, *overrides, config="configs/tiny.py"):
 CACHEABLE_XLA_FLAGS = "--xla_cpu_experimental_onednn_custom_call=false"
 
 
+# The matmul peaks that MFU is reported against (llmjax.flops), measured once for the session:
+# a measurement takes at least 2 s, and every training subprocess with a fresh cache would
+# spend them again.
+PEAK_CACHE = Path(tempfile.gettempdir()) / f"llmjax-test-peak-{os.getuid()}"
+
+
+def with_measured_peaks(cache):
+    """`cache` (a run's LLMJAX_CACHE), holding this session's measured peaks; measured by the
+    first xdist worker to ask, under a lock, and read by the others."""
+    target = Path(cache) / "peak_flops.json"
+    if not target.exists():
+        with open(f"{PEAK_CACHE}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for dtype in ("bfloat16", "float32"):  # The tiny configs' and the fp32 tests'.
+                flops.host_peak_flops(PEAK_CACHE, dtype)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PEAK_CACHE / "peak_flops.json", target)
+    return cache
+
+
+def untouched(cache) -> bool:
+    """Whether a run left `cache` as `train_env` made it: nothing but the peaks."""
+    return {p.name for p in Path(cache).iterdir()} <= {"peak_flops.json"} if Path(cache).exists() else True
+
+
 def train_env(cache, devices=1):
-    return dict(os.environ, LLMJAX_CACHE=str(cache), JAX_PLATFORMS="cpu",
+    return dict(os.environ, LLMJAX_CACHE=str(with_measured_peaks(cache)), JAX_PLATFORMS="cpu",
                 JAX_COMPILATION_CACHE_DIR=str(XLA_CACHE),
                 XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {CACHEABLE_XLA_FLAGS}")
 

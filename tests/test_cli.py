@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, run_train, train_command, train_env
+from conftest import ROOT, run_train, train_command, train_env, untouched
 
 @pytest.mark.slow
 def test_train_command_end_to_end(tmp_path):
@@ -56,7 +56,7 @@ def test_bad_config_fails_before_anything_is_written(tmp_path, overrides, messag
     assert message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not workdir.exists()
-    assert not (tmp_path / "cache").exists(), "no data preparation before validation"
+    assert untouched(tmp_path / "cache"), "no data preparation before validation"
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from llmjax.sweep.expand import SweepError, expand, plan, run_name
 from llmjax.sweep import report
 from llmjax.sweep.report import fit_power_law
 
-from conftest import CACHEABLE_XLA_FLAGS, ROOT, XLA_CACHE
+from conftest import ROOT, train_env
 
 
 @pytest.mark.parametrize("preset, published", [
@@ -137,11 +137,7 @@ def test_power_law_fit_recovers_known_exponent():
 
 
 def _sweep_env(tmp_path):
-    import os  # noqa: PLC0415
-
-    return dict(os.environ, LLMJAX_CACHE=str(tmp_path / "cache"), JAX_PLATFORMS="cpu",
-                JAX_COMPILATION_CACHE_DIR=str(XLA_CACHE),
-                XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {CACHEABLE_XLA_FLAGS}")
+    return train_env(tmp_path / "cache")
 
 
 def _sweep(tmp_path, experiment, *flags):

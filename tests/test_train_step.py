@@ -47,7 +47,7 @@ def train_metrics(config, batches, devices=None):
     """Trains on `batches` over the given devices; returns (every step's metrics, final state)."""
     run = bootstrap(config, devices=devices)
     state = run.create_state()
-    train_fn, _ = run.compile_steps()
+    train_fn = run.lower_train_step().compile()
     metrics = []
     for batch in batches:
         state, step_metrics = train_fn(state, pipeline.to_device(batch, run.batch_shardings()))
@@ -184,7 +184,7 @@ def test_moe_step_matches_single_device(family, mesh):
 def test_expert_parallel_dispatch_is_an_all_to_all():
     config = make_tiny_config("moe")
     config.mesh.ici.update(data=2, expert=4)
-    train_fn, _ = bootstrap(config).compile_steps()
+    train_fn = bootstrap(config).lower_train_step().compile()
     assert "all-to-all" in train_fn.as_text()
 
 
@@ -204,7 +204,7 @@ def test_gradient_accumulation_equals_full_batch():
 def test_non_finite_update_is_skipped_and_counted(tiny_config):
     run = bootstrap(tiny_config)
     state = run.create_state()
-    train_fn, _ = run.compile_steps()
+    train_fn = run.lower_train_step().compile()
     rows = run.batch_shardings()
     state, _ = train_fn(state, pipeline.to_device(random_batch(tiny_config, 0), rows))
     before = jax.device_get(state)
