@@ -7,10 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-import flax.linen as nn
 import jax
 
-from conftest import ROOT, make_tiny_config, run_train, train_env
+from conftest import ROOT, init_params, make_tiny_config, run_train, train_env
 from llmjax import model
 from test_train_step import random_batch
 from llmjax.data.prepare import PrepareOptions, prepare
@@ -61,7 +60,7 @@ def test_bits_per_byte_definition():
 
 def test_position_sums_split_the_loss_by_position_in_the_document():
     config = make_tiny_config()
-    params = nn.unbox(model.init(jax.random.key(0), config))
+    params = init_params(config)
     batch = random_batch(config)  # Two documents per row: positions 0..7, then 0..7 again.
     batch["weights"][0, 3] = 0.0
     nll, tokens = CAUSAL_LM.position_sums(params, batch, config=config)

@@ -3,7 +3,6 @@ row never see one another, it shards over data and fsdp like the transformers, a
 meshes it cannot use. (Overfitting, cached decoding, beam search and exact resume run for every
 family in the shared property tests.)"""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,12 +13,11 @@ from llmjax.config import ConfigError, validate
 from llmjax.flops import param_count
 from llmjax.run import abstract_params
 
-from conftest import make_tiny_config, run_reference
+from conftest import init_params, make_tiny_config, run_reference
 from test_train_step import random_batch, run_steps
 
 
-def _params(config, seed=0):
-    return nn.unbox(model.init(jax.random.key(seed), config))
+_params = init_params
 
 
 @pytest.mark.parametrize("shape", [dict(hidden_dim=32), dict(hidden_dim=48, proj_dim=32),

@@ -18,15 +18,14 @@ from llmjax.model.layers.rope import apply_rope, rope_tables
 from llmjax.model.llama.spec import LlamaSpec
 from llmjax.model.layers.splash import splash_attention, splash_available
 
-from conftest import make_tiny_config, unstack_layers
+from conftest import init_params, make_tiny_config, unstack_layers
 
 
 def _tokens(config, batch=2, length=16, seed=1):
     return jax.random.randint(jax.random.key(seed), (batch, length), 0, config.model.vocab_size)
 
 
-def _params(config, seed=0):
-    return nn.unbox(model.init(jax.random.key(seed), config))
+_params = init_params
 
 
 def test_logits_shape_and_dtype(tiny_config):
@@ -193,7 +192,7 @@ def test_scanned_program_does_not_grow_with_depth_when_looped():
     every layer up to 16 layers, beyond which the default loops too."""
     def program(layers, **fields):
         config = make_tiny_config(num_layers=layers, **fields)
-        params = jax.eval_shape(lambda: _params(config))
+        params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), config)))
         tokens = jax.ShapeDtypeStruct((2, 16), jnp.int32)
         loss = lambda p, t: model.apply(p, t, config=config).mean()  # noqa: E731
         return jax.jit(jax.grad(loss)).lower(params, tokens).as_text()

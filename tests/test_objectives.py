@@ -4,13 +4,10 @@ decoder's attention; a tokenizer without the tokens an objective needs is refuse
 
 import json
 
-import flax.linen as nn
 import grain
-import jax
 import numpy as np
 import pytest
 
-from llmjax import model
 from llmjax.model import registry
 
 from llmjax.config import ConfigError, default_config, validate
@@ -22,7 +19,7 @@ from llmjax.train.objectives.span import lengths as span_lengths
 from llmjax.train.objectives.span_lengths import noise_counts
 from llmjax.train.loop import train
 
-from conftest import make_tiny_config
+from conftest import init_params, make_tiny_config
 
 TEXTS = ["def f(x):\n    return [x, x + 1, {'a': x}]\n", "class A:\n    pass\n"] * 30
 
@@ -127,7 +124,7 @@ def test_a_prefix_lm_decoder_reads_its_prefix_both_ways_and_the_rest_causally(fa
     """Changing a prefix token changes the outputs before it; changing a target token changes
     nothing before it; and without a prefix the model is the causal one."""
     config = make_tiny_config(family)
-    params = nn.unbox(model.init(jax.random.key(0), config))
+    params = init_params(config)
     tokens = np.random.default_rng(0).integers(0, 128, (1, 16)).astype(np.int32)
     prefix = (np.arange(16) < 6)[None].astype(np.int32)
     math = registry.of(config).math()

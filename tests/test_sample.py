@@ -4,7 +4,6 @@ against hand-made distributions where the right answer is known."""
 import dataclasses
 import re
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +21,7 @@ from llmjax.sample import seq2seq
 from llmjax.sample.seq2seq import generate_seq2seq, right_pad, seq2seq_model
 from llmjax.sample.select import Sampling, choose, filter_logits
 
-from conftest import DECODERS, make_tiny_config, unstack_layers
+from conftest import DECODERS, init_params, make_tiny_config, unstack_layers
 
 EOS, PAD = 1, 0
 GREEDY = Settings(max_new_tokens=6, sampling=Sampling(temperature=0.0))
@@ -30,7 +29,7 @@ GREEDY = Settings(max_new_tokens=6, sampling=Sampling(temperature=0.0))
 
 def _setup(family="llama", **overrides):
     config = make_tiny_config(family, **overrides)
-    params = nn.unbox(model.init(jax.random.key(0), config))
+    params = init_params(config)
     # Scale the output layer up so that logits are far apart and argmax is not decided by noise.
     params = jax.tree.map(lambda x: x * 3.0, params)
     return config, params

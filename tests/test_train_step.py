@@ -3,7 +3,6 @@ and it refuses non-finite updates."""
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +14,7 @@ from llmjax.run import bootstrap
 from llmjax.train.objectives.cross_entropy import chunked_cross_entropy_sums, cross_entropy_sums
 from llmjax.train.optimizer import build_optimizer, learning_rate_schedule, weight_decay_mask
 
-from conftest import FAMILIES, MOE, TRANSFORMERS, make_tiny_config
+from conftest import FAMILIES, MOE, TRANSFORMERS, init_params, make_tiny_config
 
 
 def random_batch(config, seed=0):
@@ -237,7 +236,7 @@ def test_loss_masks_weights_and_adds_z_loss():
 
 def test_chunked_loss_equals_whole_loss_and_gradient():
     config = make_tiny_config(tie_embeddings=False)
-    params = nn.unbox(model.init(jax.random.key(0), config))
+    params = init_params(config)
     batch = {k: jnp.asarray(v) for k, v in random_batch(config).items()}
     batch["weights"] = batch["weights"].at[:3, 5:].set(0.0)
 
