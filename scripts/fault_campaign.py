@@ -122,7 +122,10 @@ class Job:
         return [int(pid) for pid in path.read_text().split()] if path.exists() else []
 
     def kill_all(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:  # The whole group has exited already.
+            pass
 
     def wait(self, timeout: float = 180) -> int:
         try:
@@ -130,10 +133,7 @@ class Job:
         except subprocess.TimeoutExpired:
             self.kill_all()
             raise CampaignError(f"the job did not exit within {timeout:.0f}s; see {self.log}") from None
-        try:  # Orphans of a killed launcher (a child SIGKILLed alone has none).
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        self.kill_all()  # Orphans of a killed launcher (a child SIGKILLed alone has none).
         self._handle.close()
         return code
 
@@ -204,6 +204,7 @@ class Campaign:
         self.mid_save = collections.Counter()
         self.recovery, self.others_exit, self.attempts = [], [], 0
         self.nan = []
+        self.job = None  # The attempt running now, if any.
         self.unrecorded = 0  # Damaged checkpoints whose file sizes had not been recorded yet.
 
     def command(self, workdir: Path) -> list[str]:
@@ -221,11 +222,21 @@ class Campaign:
 
     def start(self, workdir: Path) -> Job:
         self.attempts += 1
-        return Job(self.command(workdir), self.env(), self.base / "logs" / f"{self.attempts:03d}.log")
+        self.job = Job(self.command(workdir), self.env(), self.base / "logs" / f"{self.attempts:03d}.log")
+        return self.job
 
     def run(self) -> list[str]:
-        """Runs the reference and the campaign; returns the problems `compare` found."""
+        """Runs the reference and the campaign; returns the problems `compare` found. However it
+        ends, no job outlives it: each runs in a session of its own, which neither a failed check
+        nor Ctrl-C on the campaign would reach."""
         (self.base / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            return self._run()
+        finally:
+            if self.job is not None:
+                self.job.kill_all()
+
+    def _run(self) -> list[str]:
         with self.disk:
             kinds = tuple(k for k in KINDS if k != "full_disk" or self.disk.mounted)
             if not self.disk.mounted:
@@ -428,6 +439,7 @@ def main(argv) -> None:
     base = Path(_WORKDIR.value or tempfile.mkdtemp(prefix="llmjax-faults-")).resolve()
     if _WORKDIR.value and base.exists() and any(base.iterdir()):
         raise app.UsageError(f"--workdir {base} is not empty; give a new directory.")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # Unwinds: jobs are killed.
     start = time.time()
     campaign = Campaign(base, _SEED.value, _FAULTS.value)
     try:
