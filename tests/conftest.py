@@ -22,6 +22,8 @@ import pytest  # noqa: E402
 from llmjax import flops, model  # noqa: E402
 from llmjax.config import default_config  # noqa: E402
 
+import stray_processes  # noqa: E402
+
 
 FAMILIES = ("llama", "gpt2", "lstm", "bert", "t5")  # Every family: property tests run over all of them.
 DECODERS = ("llama", "gpt2", "lstm")  # Those that generate (cached decoding, beam search).
@@ -82,6 +84,20 @@ def tiny_config():
 @pytest.fixture(scope="session", autouse=True)
 def _eight_devices():
     assert jax.device_count() == 8, "tests expect 8 fake CPU devices (see conftest.py)"
+
+
+stray_processes.adopt_orphans()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_running():
+    """Fails a test that leaves a process running, after killing it (tests/stray_processes.py)."""
+    yield
+    left = stray_processes.survivors()
+    stray_processes.kill(left)
+    if left:
+        pytest.fail("the test left processes running (killed now): " +
+                    "; ".join(f"{pid}: {command[:200]}" for pid, command in left.items()), pytrace=False)
 
 
 ROOT = Path(__file__).resolve().parents[1]
