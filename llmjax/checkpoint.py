@@ -310,8 +310,9 @@ def check_same_model(directory: Path, step: int | None, params_target) -> None:
 
 
 def metadata(step: int, data_step: int, loss: float, config, started: float) -> dict:
+    """A checkpoint's record of itself; `started` is the run's `time.perf_counter()` at start."""
     return {"step": step, "data_step": data_step, "loss": loss, "time": time.time(),
-            "wall_seconds": time.time() - started, "llmjax_version": llmjax.__version__,
+            "wall_seconds": time.perf_counter() - started, "llmjax_version": llmjax.__version__,
             "llmjax_commit": source_commit(), "config": config.to_dict()}
 
 

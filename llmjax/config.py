@@ -284,8 +284,9 @@ def parse_mixture(mixture: str) -> list[tuple[str, float]]:
     return entries
 
 
-def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]:
-    """Checks every cross-field constraint; returns the resolved mesh shape."""
+def check_fields(config) -> None:
+    """Every constraint that holds whatever the devices: what a launcher checks once, before it
+    starts a process on any host (`validate` adds the mesh's)."""
     m, t, d, o = config.model, config.train, config.data, config.optimizer
     family = registry.of(config)
     check_family_keys(config.model, family)
@@ -330,6 +331,12 @@ def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]
         _fail("tracking.wandb", True, "the wandb package is not installed; pip install "
                                       "'llmjax[wandb]' or set --config.tracking.wandb=False.")
 
+
+def validate(config, num_devices: int, num_processes: int = 1) -> dict[str, int]:
+    """Checks every cross-field constraint; returns the resolved mesh shape."""
+    check_fields(config)
+    m, t, d = config.model, config.train, config.data
+    family, objective = registry.of(config), objectives.of(config)
     shape = mesh_shape(config, num_devices, num_processes)
     if d.seq_len % shape["sequence"]:
         _fail("data.seq_len", d.seq_len, f"must be divisible by the sequence axis size "

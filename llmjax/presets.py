@@ -63,6 +63,9 @@ def finetune(arg: str = "package"):
     if task not in FINETUNE_TASKS:
         raise ConfigError(f"configs/finetune.py:{arg}: choose a task of {', '.join(FINETUNE_TASKS)}.")
     objective, builtin = FINETUNE_TASKS[task]
+    if unknown := [option for option in options if option not in ("lora", "scratch", *model_presets())]:
+        raise ConfigError(f"configs/finetune.py:{arg}: no option {unknown[0]!r}; options are lora, scratch "
+                          f"or a model preset for a smoke run (configs/finetune.py).")
     smoke = next((option for option in options if option in model_presets()), None)
     if objective == "sft" and smoke and smoke.startswith("t5"):
         objective = "seq2seq"  # An encoder-decoder writes the response from its encoder's reading.

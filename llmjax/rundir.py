@@ -60,6 +60,15 @@ def config_from_dict(saved: dict):
     return apply_overrides(default_config(family, objective), _flatten(saved))
 
 
+def identity_changes(changes: dict[str, tuple]) -> dict[str, tuple]:
+    """Those of `changes` that make another run (IDENTITY_SECTIONS)."""
+    return {k: v for k, v in changes.items() if k.split(".")[0] in IDENTITY_SECTIONS}
+
+
+def shown_changes(changes: dict[str, tuple], limit: int | None = 5) -> str:
+    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:limit])
+
+
 def saved_steps(directory: Path) -> list[int]:
     """Steps of the complete checkpoints in `directory`, read from the file system alone (no
     manager), so commands can list another run's checkpoints without touching it."""
@@ -116,15 +125,11 @@ class RunDir:
         if self.checkpoints.exists() and not self.checkpoints.is_dir():
             raise WorkdirError(f"--workdir {path}: {self.checkpoints} is a file, where the run keeps "
                                f"its checkpoints; move it away or choose a new --workdir.")
-        changes = {}
-        if (workdir / CONFIG).exists():
-            changes = config_changes(self.config, config)
-            conflicts = {k: v for k, v in changes.items() if k.split(".")[0] in IDENTITY_SECTIONS}
-            if conflicts:
-                shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(conflicts.items())[:5])
-                raise WorkdirError(f"--workdir {path}: holds a run with a different model/data/seed "
-                                   f"({shown}); choose a new --workdir, or start from that run with "
-                                   f"--config.checkpoint.init_from={workdir}.")
+        changes = self.changes(config)
+        if conflicts := identity_changes(changes):
+            raise WorkdirError(f"--workdir {path}: holds a run with a different model/data/seed "
+                               f"({shown_changes(conflicts)}); choose a new --workdir, or start from that run with "
+                               f"--config.checkpoint.init_from={workdir}.")
         probe = workdir
         while not probe.exists():
             probe = probe.parent
@@ -136,6 +141,17 @@ class RunDir:
         except OSError as error:
             raise WorkdirError(f"--workdir {path}: cannot write in {probe} ({error.strerror}); "
                                f"choose a directory you can write to.") from None
+        return changes
+
+    def changes(self, config) -> dict[str, tuple]:
+        """`config_changes` of `config` against the run saved here ({} for a new directory). A
+        task's labels that `config` leaves empty are left to its data, which fills them in when
+        the run starts (`objective.labels`): not a change."""
+        if not (self.path / CONFIG).exists():
+            return {}
+        changes = config_changes(self.config, config)
+        if "labels" in config.objective and not config.objective.labels:
+            changes.pop("objective.labels", None)
         return changes
 
     @cached_property

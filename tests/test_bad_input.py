@@ -779,6 +779,18 @@ def _edit_json(path: Path, keys: tuple[str, ...], value) -> str:
     return path.name
 
 
+def test_a_dataset_without_held_out_documents_is_refused_before_compiling(harness, tokenizer_file):
+    text = harness.tmpdir()
+    for i, doc in enumerate(DOCUMENTS):
+        (text / f"{i}.txt").write_text(doc)
+    dataset = prepare(PrepareOptions(inputs=(str(text),), tokenizer=str(tokenizer_file), val_percent=0, workers=1),
+                      harness.tmpdir() / "no-val", log=lambda *_: None, progress=False)
+    workdir = harness.tmpdir() / "run"
+    line = assert_one_clear_error(harness.train(f"--config.data.source={dataset}", workdir=workdir), [dataset])
+    assert "has no validation tokens" in line
+    assert not workdir.exists()
+
+
 def test_a_damaged_prepared_dataset_ends_in_one_clear_error(harness, prepared, tokenizer_file, record_property):
     def check(damage):
         kind, change = damage

@@ -248,6 +248,15 @@ def test_ckpt_command_lists_and_inspects(tmp_path):
     assert "layers/mlp/gate/kernel" in inspected.stdout and "(2, 64, 128)" in inspected.stdout
     count = trained.stdout.split("parameters: ")[1].split()[0]  # The trainer's own formula.
     assert f"total parameters: {count}" in inspected.stdout
+    # Each checkpoint says how far into the run it was saved: on the run's own clock.
+    seconds = [json.loads((workdir / "checkpoints" / str(s) / "meta" / "metadata").read_text())["wall_seconds"]
+               for s in (10, 20)]
+    assert 0 < seconds[0] < seconds[1] <= json.loads((workdir / "summary.json").read_text())["wall_seconds"]
+    assert f"saved {seconds[0]:.1f} s into the run" in inspected.stdout
+    # Asked for fewer steps than it has trained: refused, where it used to report "done".
+    shorter = run_train(workdir, "--config.train.steps=15", cache=tmp_path / "cache")
+    assert shorter.returncode == 2 and shorter.stderr.startswith(
+        f"error: config.train.steps=15: the run in {workdir} has reached step 20 already"), shorter.stderr[-2000:]
 
 
 def _free_port():

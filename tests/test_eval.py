@@ -1,6 +1,7 @@
 """Training on prepared datasets and mixtures, bits per byte, llmjax-eval, tokenizer refusals."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -109,6 +110,15 @@ def test_mixture_training_then_standalone_eval_reproduces_the_run(tmp_path, data
 
     refused = _eval(tmp_path, f"--workdir={run}", f"--data={datasets['other']}")
     assert refused.returncode != 0 and "is not the one the run" in refused.stderr
+    # A directory of text is read with --glob (the run's data.glob by default) and tokenized with
+    # the run's own tokenizer.
+    prose_text = datasets["prose"].parent / "prose-text"
+    unmatched = _eval(tmp_path, f"--workdir={run}", f"--data={prose_text}")
+    assert unmatched.returncode == 2 and "llmjax-eval --glob" in unmatched.stderr, unmatched.stderr
+    text = _eval(tmp_path, f"--workdir={run}", f"--data={prose_text}", "--glob=*.txt", "--batches=1")
+    assert text.returncode == 0, text.stderr[-3000:]
+    fingerprint = re.search(r"tokenizer (\w+) \(", result.stdout).group(1)
+    assert "data: prose-text: " in text.stdout and f"tokenizer {fingerprint} (" in text.stdout, text.stdout
     missing = _eval(tmp_path, f"--workdir={run}", "--step=7")
     assert missing.returncode != 0 and "no checkpoint of that step; it has [6, 12]" in missing.stderr
 

@@ -204,6 +204,22 @@ def test_sweep_skips_finished_resumes_interrupted_and_marks_failures(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert (sweep_dir / "report.txt").read_text().startswith("run")
 
+    # Relaunched with another model: refused before anything starts, and the manifest, which the
+    # report reads the runs' overrides from, still describes how they were trained.
+    manifest, log = (sweep_dir / "sweep.json").read_text(), (sweep_dir / "runs" / names[0] / "train.log").read_text()
+    other = subprocess.run(_sweep(tmp_path, experiment, "--config.model.num_layers=3"), cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and other.stderr.startswith(f"error: run {names[0]} in {sweep_dir} was "
+                                                             f"trained with another model"), other.stderr
+    assert "model.num_layers: 2 -> 3" in other.stderr and "Traceback" not in other.stderr
+    assert (sweep_dir / "sweep.json").read_text() == manifest
+    assert (sweep_dir / "runs" / names[0] / "train.log").read_text() == log
+    # Relaunched with more steps: the finished runs are extended, not skipped.
+    longer = subprocess.run(_sweep(tmp_path, experiment, "--config.train.steps=85"), cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert f"resume  {names[0]} (changed: train.steps: 80 -> 85)" in longer.stdout, longer.stdout
+    assert json.loads((sweep_dir / "runs" / names[0] / "status.json").read_text())["step"] == 85
+
 
 def _kill_sweep_when(command, env, log, ready, what):
     """Starts the sweep in a session of its own, polls `ready()` and SIGKILLs the whole

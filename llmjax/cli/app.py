@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import traceback
+from pathlib import Path
 
 import ml_collections
 from ml_collections import config_flags
@@ -15,7 +16,7 @@ from ml_collections import config_flags
 from absl import app, flags, logging
 
 from llmjax import cpu_runtime
-from llmjax.errors import LlmjaxError
+from llmjax.errors import EXIT_FLAG_ERROR, FlagError, LlmjaxError
 from llmjax.model import registry
 
 
@@ -69,7 +70,8 @@ def _config_file_error(error: BaseException | None, argv) -> str | None:
             line = next((lineno for frame, lineno in reversed(list(traceback.walk_tb(error.__traceback__)))
                          if os.path.abspath(frame.f_code.co_filename) == path), None)
         if line is not None:
-            text = " ".join((str(error) if isinstance(error, LlmjaxError) else f"{type(error).__name__}: {error}").split())
+            text = str(error) if isinstance(error, LlmjaxError) else f"{type(error).__name__}: {error}"
+            text = " ".join(text.split()).rstrip(".")
             return (f"error: --config={given}, line {line}: {text[:300]}{'...' * (len(text) > 300)}; fix "
                     f"the config file there.")
         error = error.__context__
@@ -116,6 +118,17 @@ def load_config(config_flag):
     return config
 
 
+def output_file(flag: str, value: str) -> Path:
+    """The file a command will write at its end, checked now: a results file that cannot be
+    written must not cost a whole evaluation first."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise FlagError(f"--{flag} {value} is a directory; give the path of a file to write, e.g. {path / 'results.json'}.")
+    if not path.parent.is_dir():
+        raise FlagError(f"--{flag} {value}: directory {path.parent} does not exist; create it or give another path.")
+    return path
+
+
 def _exit(code: int) -> None:
     from llmjax.parallel import distributed  # noqa: PLC0415 - JAX is not imported for --help.
 
@@ -126,6 +139,10 @@ def _reporting_errors(main):
     def wrapped(argv):
         try:
             return main(argv)
+        except app.UsageError as error:  # Positional arguments the command does not take.
+            hint = "" if str(error).startswith("usage:") else "; flags take the form --name=value"
+            print(f"error: {error}{hint} (see {os.path.basename(argv[0])} --help).", file=sys.stderr, flush=True)
+            _exit(EXIT_FLAG_ERROR)
         except LlmjaxError as error:
             print(f"error: {error}", file=sys.stderr, flush=True)
             _exit(error.exit_code)

@@ -63,7 +63,8 @@ def inspect_checkpoint(directory: Path, step: int) -> str:
     lines = [f"checkpoint {step_dir}",
              f"step {meta.get('step')}, data step {meta.get('data_step')}, loss {meta.get('loss')}, "
              f"skipped steps {meta.get('skipped_steps')}, llmjax {meta.get('llmjax_version')} "
-             f"({meta.get('llmjax_commit')}), size {_human(_size(step_dir))}", "params:"]
+             f"({meta.get('llmjax_commit')}), size {_human(_size(step_dir))}"
+             + (f", saved {meta['wall_seconds']:.1f} s into the run" if "wall_seconds" in meta else ""), "params:"]
     total = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         name = param_name(path)

@@ -11,8 +11,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_co
 
 
 def describe(config, num_devices: int) -> str:
+    """The config and its derived figures. A config no device count can run is an error
+    (`check_fields` raises); one that needs more devices than this machine has is described,
+    with that said, since it is meant for a cluster."""
     from llmjax import flops  # noqa: PLC0415
-    from llmjax.config import ConfigError, validate  # noqa: PLC0415
+    from llmjax.config import ConfigError, check_fields, validate  # noqa: PLC0415
+
+    check_fields(config)
 
     seq = config.data.seq_len
     tokens_per_step = config.train.global_batch_size * seq

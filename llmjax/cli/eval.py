@@ -1,4 +1,4 @@
-"""`llmjax-eval --workdir RUN [--step S] [--data DIR[,DIR...]] [--batches N] [--out FILE] [--per_position]`.
+"""`llmjax-eval --workdir RUN [--step S] [--data DIR[,DIR...]] [--glob G] [--batches N] [--out FILE] [--per_position]`.
 
 Evaluates any saved checkpoint on held-out data without touching the run: loss, perplexity
 and bits per byte, per dataset. Without --data, the run's own validation split. With
@@ -8,17 +8,18 @@ and bits per byte, per dataset. Without --data, the run's own validation split. 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from absl import app, flags, logging
 
-from llmjax.cli.app import run as run_app
+from llmjax.cli.app import output_file, run as run_app
 from llmjax.errors import FlagError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _DATA = flags.DEFINE_string("data", "", "Datasets to evaluate on, comma-separated: prepared datasets "
                             "(llmjax-prepare), text directories or 'stdlib'. Default: the run's own.")
+_GLOB = flags.DEFINE_string("glob", "", "Files to read inside a --data text directory (default: the run's "
+                            "data.glob, e.g. '**/*.py'; '**/*.txt' for a directory of text files).")
 _BATCHES = flags.DEFINE_integer("batches", None, "Validation batches per dataset (default: the run's "
                                 "train.eval_batches).")
 _OUT = flags.DEFINE_string("out", "", "Also write the results to this JSON file.")
@@ -43,8 +44,9 @@ def main(argv) -> None:
 
     if _PER_POSITION.value and not _OUT.value:
         raise FlagError("--per_position writes its losses to the JSON file of --out; give one.")
+    out = output_file("out", _OUT.value) if _OUT.value else None
     results = evaluate_run(_WORKDIR.value, _STEP.value, _DATA.value, _BATCHES.value, log=print,
-                           per_position=_PER_POSITION.value)
+                           per_position=_PER_POSITION.value, glob=_GLOB.value)
     step, positions = results.pop("step"), results.pop("per_position", {})
     for name, values in results.items():
         print(f"step {step} | {name} | " + " | ".join(f"{label} {values[key]:{form}}" for key, label, form in SHOWN
@@ -52,8 +54,7 @@ def main(argv) -> None:
     for name, curve in positions.items():
         shown = [p for p in (0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 1023) if p < len(curve["loss"])]
         print(f"step {step} | {name} | loss at position " + ", ".join(f"{p}: {curve['loss'][p]:.3f}" for p in shown))
-    if _OUT.value:
-        out = Path(_OUT.value)
+    if out:
         partial = out.with_name(out.name + ".partial")  # Never a half-written file at --out.
         partial.write_text(json.dumps({"workdir": _WORKDIR.value, "step": step, "results": results,
                                        **({"per_position": positions} if positions else {})}, indent=1))

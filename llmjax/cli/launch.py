@@ -46,16 +46,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def config_args(argv_all: list[str]) -> list[str]:
-    """The --config and --config.* arguments exactly as given, to pass on to each process."""
+    """The --config and --config.* arguments exactly as given, to pass on to each process,
+    with the value of each one given after a space (`--config.train.steps 6`, which absl
+    accepts for any flag but a boolean one)."""
     out, take_next = [], False
     for arg in argv_all:
         if take_next:
             out.append(arg)
             take_next = False
-        elif arg == "--config":
+        elif arg == "--config" or arg.startswith("--config."):
             out.append(arg)
-            take_next = True
-        elif arg.startswith("--config=") or arg.startswith("--config."):
+            name = arg[2:]
+            take_next = "=" not in arg and not (name in flags.FLAGS and flags.FLAGS[name].boolean)
+        elif arg.startswith("--config="):
             out.append(arg)
     return out
 
@@ -116,11 +119,34 @@ def tpu_command(workdir: Path, passthrough: list[str]) -> list[str]:
             *project, "--worker=all", f"--command=cd {shlex.quote(os.getcwd())} && {remote}"]
 
 
+def _check(config, workdir: Path) -> None:
+    """What every process would find wrong, found once, here, before any process starts or a
+    job is queued: the flags, the config (with the mesh where the device count is known) and
+    the workdir."""
+    from llmjax import config as config_lib  # noqa: PLC0415 - only after flags, so --help is instant.
+    from llmjax.rundir import RunDir  # noqa: PLC0415
+
+    for name, flag in (("num_processes", _PROCESSES), ("nodes", _NODES), ("tasks_per_node", _TASKS)):
+        if flag.value < 1:
+            raise FlagError(f"--{name}={flag.value}: must be at least 1.")
+    for name, flag in (("devices_per_process", _DEVICES), ("gpus_per_node", _GPUS)):
+        if flag.value < 0:
+            raise FlagError(f"--{name}={flag.value}: must be 0 or more.")
+    processes, devices = {"local": (_PROCESSES.value, _PROCESSES.value * _DEVICES.value),
+                          "slurm": (_NODES.value * _TASKS.value, _NODES.value * _GPUS.value)}.get(_CLUSTER.value, (1, 0))
+    if devices:
+        config_lib.validate(config, devices, processes)
+    else:
+        config_lib.check_fields(config)
+    RunDir(workdir).check(config)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    load_config(_CONFIG)  # A missing or broken config fails here, not on every host.
+    config = load_config(_CONFIG)
     workdir = Path(_WORKDIR.value).expanduser().resolve()
+    _check(config, workdir)
     passthrough = config_args(sys.argv[1:])
     if _CLUSTER.value == "local":
         if _DRY_RUN.value:

@@ -30,6 +30,8 @@ def main(argv) -> None:
     config = load_config(_CONFIG)
     from llmjax.config import MESH_AXES  # noqa: PLC0415 - imports no JAX.
 
+    if _DEVICES.value is not None and _DEVICES.value < 1:
+        raise FlagError(f"--devices={_DEVICES.value}: give the job's number of devices, 1 or more.")
     sizes = [config.mesh.ici[a] * config.mesh.dcn[a] for a in MESH_AXES]
     devices = _DEVICES.value or (math.prod(sizes) if min(sizes) > 0 else None)
     if devices is None:

@@ -21,6 +21,8 @@ _PATTERN = flags.DEFINE_string("pattern", "**/*", "Files to read inside an input
 _TEXT_FIELD = flags.DEFINE_string("text_field", "text", "JSONL key / Parquet column holding the text.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", "", "A local tokenizer.json or SentencePiece .model "
                                  "to use; empty trains a byte-level BPE of --vocab_size tokens.")
+_EOS_ID = flags.DEFINE_integer("eos_id", -1, "With --tokenizer: the token id that ends a document (-1: "
+                               "the tokenizer's end-of-text token, found by its name).")
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8192, "Size of the trained tokenizer.")
 _SAMPLE_MB = flags.DEFINE_float("tokenizer_sample_mb", 256.0, "Training text the tokenizer learns from, at most.")
 _VAL_PERCENT = flags.DEFINE_float("val_percent", 2.0, "Percent of documents held out for validation.")
@@ -37,11 +39,17 @@ def main(argv) -> None:
                         ("tokenizer_sample_mb", _SAMPLE_MB.value)):
         if value <= 0:
             raise FlagError(f"--{name}={value} must be positive.")
-    if not 0 <= _VAL_PERCENT.value < 100 or _WORKERS.value < 0 or _MAX_FILES.value < 0:
-        raise FlagError("--val_percent must be in [0, 100); --workers and --max_files must be >= 0.")
+    if not 0 < _VAL_PERCENT.value < 100:
+        raise FlagError(f"--val_percent={_VAL_PERCENT.value}: must be in (0, 100), since training evaluates "
+                        f"on the held-out documents; the default is 2.")
+    if _WORKERS.value < 0 or _MAX_FILES.value < 0:
+        raise FlagError("--workers and --max_files must be >= 0.")
+    if _EOS_ID.value >= 0 and not _TOKENIZER.value:
+        raise FlagError("--eos_id names a token of the tokenizer given with --tokenizer; give that too, "
+                        "or drop --eos_id (a trained tokenizer has its own).")
     options = PrepareOptions(
         inputs=tuple(_INPUT.value), pattern=_PATTERN.value, text_field=_TEXT_FIELD.value,
-        tokenizer=_TOKENIZER.value, vocab_size=_VOCAB_SIZE.value, tokenizer_sample_mb=_SAMPLE_MB.value,
+        tokenizer=_TOKENIZER.value, eos_id=_EOS_ID.value, vocab_size=_VOCAB_SIZE.value, tokenizer_sample_mb=_SAMPLE_MB.value,
         val_percent=_VAL_PERCENT.value, max_files=_MAX_FILES.value, shard_mb=_SHARD_MB.value,
         workers=_WORKERS.value)
     prepare(options, Path(_OUT.value).expanduser(), log=lambda *a: print(*a, flush=True),

@@ -10,10 +10,10 @@ input followed by the text it stands for).
 
 from __future__ import annotations
 
-
 from absl import app, flags, logging
 
 from llmjax.cli.app import run as run_app
+from llmjax.errors import FlagError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to sample from.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -44,6 +44,9 @@ def main(argv) -> None:
     from llmjax.sample.select import Sampling  # noqa: PLC0415
     from llmjax.sample.seq2seq import generate_seq2seq, is_seq2seq  # noqa: PLC0415
 
+    if _BEAMS.value > 1 and (given := [f"--{f.name}" for f in (_TEMPERATURE, _TOP_K, _TOP_P) if f.present]):
+        raise FlagError(f"{', '.join(given)} shape sampling, which beam search (--num_beams={_BEAMS.value}) does not "
+                        f"do; drop them, or sample with --num_beams=1.")
     run = RunDir(_WORKDIR.value)
     settings = Settings(max_new_tokens=_MAX_NEW.value, num_beams=_BEAMS.value, length_penalty=_PENALTY.value,
                         grow_cache=_GROW.value, sampling=Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value))

@@ -38,6 +38,8 @@ def main(argv) -> None:
     from llmjax.sweep import launch  # noqa: PLC0415
     from llmjax.sweep.expand import plan  # noqa: PLC0415
 
+    if _PARALLEL.value < 1:
+        raise FlagError(f"--parallel={_PARALLEL.value}: give the number of runs to train at a time, 1 or more.")
     experiment, sweep_dir = argv[1], Path(_WORKDIR.value).expanduser().resolve()
     overrides = config_overrides(sys.argv[1:], _CONFIG.value)
     base, runs, sweep = plan(experiment, jax.device_count(), overrides)
@@ -51,6 +53,7 @@ def main(argv) -> None:
         print(f"{len(runs)} runs of {experiment} in {sweep_dir}/runs (each: the base config with):")
         for run in runs:
             print(f"  {run.name:40} {run.overrides}")
+    changes = launch.check_workdirs(sweep_dir, runs)
     slurm = {"partition": _PARTITION.value, "account": _ACCOUNT.value, "time": _TIME.value,
              "gpus": _GPUS.value, "config_args": [f"--config.{k}={v}" for k, v in overrides.items()]}
     if _CLUSTER.value == "slurm":
@@ -69,7 +72,7 @@ def main(argv) -> None:
         return
     if _RUN_INDEX.value is None:
         launch.write_manifest(sweep_dir, experiment, runs, sweep)
-    states = launch.run_local(experiment, sweep_dir, runs, _PARALLEL.value,
+    states = launch.run_local(experiment, sweep_dir, runs, _PARALLEL.value, changes,
                               log=lambda line: print(line, flush=True))
     counts = {s: list(states.values()).count(s) for s in dict.fromkeys(states.values())}
     print("sweep: " + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)

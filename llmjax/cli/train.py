@@ -7,6 +7,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from llmjax.cli.app import load_config, run as run_app
+from llmjax.errors import FlagError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's outputs.")
@@ -25,6 +26,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    processes, process = _NUM_PROCESSES.value, _PROCESS_ID.value
+    if processes < 1 or (process is not None and not 0 <= process < processes):
+        raise FlagError(f"--num_processes={processes} --process_id={process}: a job of N processes gives "
+                        f"each one an id in 0..N-1 (llmjax-launch starts them so).")
     config = load_config(_CONFIG)
     import jax  # noqa: PLC0415 - flags are parsed first so that --help is quick.
 

@@ -182,6 +182,18 @@ def _write_json(path: Path, value) -> None:
     tmp.rename(path)
 
 
+def _check_out_path(out: Path, options: PrepareOptions) -> None:
+    """Refuses an --out that is a file, or inside an input directory: a rerun, which finishes an
+    interrupted preparation, would read the dataset's own files as input."""
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"--out {out} is a file; give a new or empty directory.")
+    for spec in options.inputs:
+        given = Path(spec).expanduser()
+        if given.is_dir() and out.resolve().is_relative_to(given.resolve()):
+            raise PrepareError(f"--out {out} is inside the input directory {spec}, whose files would "
+                               f"then include the dataset's own; choose an --out outside it.")
+
+
 def _check_output(out: Path, identity: dict) -> dict | None:
     """The existing plan when `out` holds this same dataset (finished or not); None when empty."""
     if not out.exists() or not any(out.iterdir()):
@@ -206,6 +218,7 @@ def prepare(options: PrepareOptions, out: Path, log=print, progress: bool = True
     another dataset."""
     out = Path(out)
     check_vocab_size(options)
+    _check_out_path(out, options)
     files = input_files(options)
     identity = options.identity(files)
     plan = _check_output(out, identity)

@@ -97,7 +97,9 @@ def find_inputs(inputs: list[str], pattern: str = "**/*") -> list[InputFile]:
             found[key] = InputFile(p, key, p.stat().st_size)
     if not found:
         raise SourceError(f"no input files found in {inputs} (pattern {pattern!r}); give files, "
-                          f"directories or glob patterns of .txt/.jsonl/.parquet (optionally .gz/.zst).")
+                          f"directories or glob patterns of .txt/.jsonl/.parquet (optionally .gz/.zst), "
+                          f"or a pattern that matches them (llmjax-prepare --pattern, data.glob for "
+                          f"llmjax-train, llmjax-eval --glob).")
     return [found[k] for k in sorted(found)]
 
 

@@ -120,7 +120,7 @@ def import_hf(hf_dir: Path, workdir: Path, log=print) -> Path:
                              getattr(adapter, "BASE_MODEL_PREFIX", ""))
     dtype = check_tensors(reader, maps, adapter.OPTIONAL_TENSORS, config.model.family)
 
-    start = time.time()
+    start = time.perf_counter()
     workdir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{workdir.name}.tmp-", dir=workdir.parent))
     try:
@@ -147,5 +147,5 @@ def import_hf(hf_dir: Path, workdir: Path, log=print) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"imported {hf_dir} ({len(maps)} tensors, {dtype}) into {workdir} as checkpoint step 0 "
-        f"in {time.time() - start:.1f}s")
+        f"in {time.perf_counter() - start:.1f}s")
     return workdir

@@ -6,6 +6,7 @@ never has to fit in host memory to be converted."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,13 +21,15 @@ INDEX_FILE = "model.safetensors.index.json"
 
 
 def parse_size(text: str) -> int:
-    """Bytes from '5GB', '200MB', '10KB' or a plain number (decimal units, like transformers)."""
+    """Bytes from '5GB', '200MB', '10KB' or a plain number (decimal units, like transformers);
+    ValueError unless it is a positive, finite size."""
     units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
     text = text.strip().upper()
-    for unit, factor in units.items():
-        if text.endswith(unit):
-            return int(float(text[:-len(unit)]) * factor)
-    return int(text)
+    unit = next((u for u in units if text.endswith(u)), "")
+    size = float(text[:len(text) - len(unit)]) * units.get(unit, 1)
+    if not math.isfinite(size) or size < 1:
+        raise ValueError(f"{text}: not a positive, finite size")
+    return int(size)
 
 
 def plan_shards(sizes: list[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:

@@ -39,6 +39,7 @@ class SweepError(LlmjaxError, ValueError):
 class Run:
     name: str
     overrides: dict
+    config: object = dataclasses.field(default=None, repr=False, compare=False)  # Built and validated.
 
 
 CONFIG_ARG = "config"  # The run field that is get_config's argument, not a dotted key.
@@ -127,7 +128,7 @@ def plan(path: str, device_count: int, overrides: dict | None = None) -> tuple[o
                          f"override or change the sweep.")
     combos = [overrides | c for c in combos]
     keys = list(dict.fromkeys(k for c in combos for k in c))
-    resolved = []
+    resolved, configs = [], []
     for overrides in combos:
         dotted = {k: v for k, v in overrides.items() if k != CONFIG_ARG}
         try:
@@ -136,9 +137,11 @@ def plan(path: str, device_count: int, overrides: dict | None = None) -> tuple[o
             validate(config, device_count)
         except ConfigError as error:
             raise SweepError(f"run {overrides}: {error}") from None
+        configs.append(config)
         resolved.append({k: overrides[k] if k == CONFIG_ARG else _lookup(config, k) for k in keys})
     varying = [k for k in keys if len({repr(r[k]) for r in resolved}) > 1]
-    runs = [Run(run_name(values, varying), overrides) for values, overrides in zip(resolved, combos)]
+    runs = [Run(run_name(values, varying), overrides, config)
+            for values, overrides, config in zip(resolved, combos, configs)]
     names = [r.name for r in runs]
     if duplicates := sorted({n for n in names if names.count(n) > 1}):
         raise SweepError(f"runs would share the workdirs {duplicates}: two runs have the same "

@@ -2,7 +2,10 @@
 
 Each run is an ordinary `llmjax-train` in its own workdir `SWEEP_DIR/runs/NAME`, so
 everything a single run does (checkpoints, resume, status.json) works per run. Launching again
-skips runs whose status is done and reruns the others, which resume from their checkpoints.
+skips runs that are done with the config asked for now and reruns the others, which resume
+from their checkpoints (a longer `train.steps` extends a finished run). A relaunch that would
+give a run another model, objective, data or seed is refused before anything starts or is
+written: the report would otherwise show the new overrides beside results of the old ones.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from llmjax.sweep.expand import CONFIG_ARG, Run
+from llmjax.sweep.expand import CONFIG_ARG, Run, SweepError
 from llmjax.errors import EXIT_PREEMPTED
-from llmjax.rundir import RunDir, write_json
+from llmjax.rundir import RunDir, WorkdirError, identity_changes, shown_changes, write_json
 from llmjax.slurm import sbatch_script
 
 
@@ -35,6 +38,24 @@ def run_dir(sweep_dir: Path, run: Run) -> Path:
     return sweep_dir / "runs" / run.name
 
 
+def check_workdirs(sweep_dir: Path, runs: list[Run]) -> dict[str, dict]:
+    """{run name: its config changes against the run already in its workdir ({} for none)};
+    refuses a workdir that holds another model, objective, data or seed, or that `RunDir.check`
+    refuses."""
+    changes = {}
+    for run in runs:
+        run_directory = RunDir(run_dir(sweep_dir, run))
+        if conflicts := identity_changes(run_directory.changes(run.config)):
+            raise SweepError(f"run {run.name} in {sweep_dir} was trained with another model/data/seed "
+                             f"than the sweep now asks for ({shown_changes(conflicts)}); relaunch into a new "
+                             f"--workdir, or launch with the experiment and overrides it ran with.")
+        try:
+            changes[run.name] = run_directory.check(run.config)
+        except WorkdirError as error:
+            raise SweepError(f"run {run.name}: {error}") from None
+    return changes
+
+
 def write_manifest(sweep_dir: Path, experiment: str, runs: list[Run], sweep: dict) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"experiment": str(Path(experiment).resolve()), "sweep": sweep,
@@ -48,14 +69,16 @@ def _last_error_line(log: Path) -> str:
     return (errors or lines or ["no output"])[-1].strip()
 
 
-def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, log=print) -> dict:
-    """Runs what is not done yet, `parallel` at a time; returns {name: final state}. SIGTERM
-    or Ctrl-C is passed on to the running trainings, which checkpoint and stop."""
+def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, changes: dict,
+              log=print) -> dict:
+    """Runs what is not done yet with its config (`changes`, from `check_workdirs`), `parallel`
+    at a time; returns {name: final state}. SIGTERM or Ctrl-C is passed on to the running
+    trainings, which checkpoint and stop."""
     states = {}
     todo = []
     for run in runs:
         status = RunDir(run_dir(sweep_dir, run)).status()
-        if status["state"] == "done":
+        if status["state"] == "done" and not changes[run.name]:
             log(f"skip    {run.name} (done at step {status['step']})")
             states[run.name] = "done"
         else:
@@ -76,7 +99,8 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
                 workdir = run_dir(sweep_dir, run)
                 workdir.mkdir(parents=True, exist_ok=True)
                 resumed = RunDir(workdir).checkpoints.is_dir()
-                log(f"{'resume' if resumed else 'start'}  {run.name}")
+                changed = shown_changes(changes[run.name], limit=None)
+                log(f"{'resume' if resumed else 'start'}  {run.name}" + (f" (changed: {changed})" if changed else ""))
                 out = open(workdir / "train.log", "a")
                 process = subprocess.Popen(train_command(experiment, workdir, run.overrides),
                                            stdout=out, stderr=subprocess.STDOUT)

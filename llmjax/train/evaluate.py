@@ -13,7 +13,8 @@ import numpy as np
 from llmjax.checkpoint import Checkpointer, check_same_model
 from llmjax.config import apply_overrides
 from llmjax.data import pipeline
-from llmjax.data.dataset import cache_dir, check_tokenizer, resolve
+from llmjax.data.dataset import cache_dir, check_tokenizer, is_prepared, open_dataset, resolve
+from llmjax.data.tokenizer import load_from_dir
 from llmjax.run import bootstrap
 from llmjax.train import objectives
 from llmjax.rundir import RunDir
@@ -79,10 +80,12 @@ class Evaluator:
 
 
 def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, log=print,
-                 per_position: bool = False) -> dict:
+                 per_position: bool = False, glob: str = "") -> dict:
     """Evaluates a run's checkpoint (`step`, or the latest) on the held-out split of `data`
     (comma-separated datasets; the run's own when empty): {"step": S, dataset name: metrics},
     and with `per_position` also {"per_position": {dataset name: Evaluator.per_position}}.
+    Text directories in `data` are read with `glob` (default: the run's data.glob) and
+    tokenized with the run's own tokenizer; a prepared dataset must have been made with it.
     Uses every device as one data-parallel mesh, whatever mesh the run trained on."""
     run_dir = RunDir(workdir)
     config = run_dir.config
@@ -95,6 +98,15 @@ def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, 
         specs = [spec.strip() for spec in data.split(",") if spec.strip()]
         overrides |= {"data.source": specs[0].rpartition(":")[0] or specs[0], "data.mixture":
                       ",".join(s if ":" in s else f"{s}:1" for s in specs) if len(specs) > 1 else ""}
+        for spec in specs:  # The real problem, before resolve() reports its vocabulary size.
+            path = spec.rpartition(":")[0] if len(specs) > 1 and ":" in spec else spec
+            if is_prepared(path):
+                check_tokenizer(run_dir.path, open_dataset(path).tokenizer)
+        tokenizer = load_from_dir(run_dir.path)
+        if tokenizer is not None:
+            overrides |= {"data.tokenizer": str(tokenizer.path), "data.eos_id": tokenizer.eos_id}
+    if glob:
+        overrides["data.glob"] = glob
     config = apply_overrides(config, overrides)
     datasets = resolve(config.data, config.model.vocab_size, cache_dir(config), log,
                        objectives.of(config).special_tokens)

@@ -29,7 +29,8 @@ from llmjax.train.evaluate import Evaluator
 from llmjax.train.guard import DivergenceGuard
 from llmjax.train.preemption import PreemptionFlag
 from llmjax.train.resume import initial_state, parse_init_from
-from llmjax.rundir import RunDir
+from llmjax.rundir import RunDir, shown_changes
+from llmjax.errors import config_error
 
 
 def _datasets(config, log):
@@ -57,10 +58,13 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     changes = run_dir.check(config)
     init_source = parse_init_from(config.checkpoint.init_from)
     t, seq = config.train, config.data.seq_len
+    if (saved := run_dir.steps()) and saved[-1] > t.steps:
+        raise config_error("train.steps", t.steps, f"the run in {workdir} has reached step {saved[-1]} already; "
+                                                   f"give train.steps >= {saved[-1]} to continue it, or train a "
+                                                   f"shorter run in a new --workdir.")
     log(f"config:\n{config}")
     if changes:
-        log("config changes since this workdir's last start: " +
-            "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+        log(f"config changes since this workdir's last start: {shown_changes(changes, limit=None)}")
     non_embedding, active = flops.non_embedding_params(config.model), flops.active_non_embedding_params(config.model)
     log(f"parameters: {flops.param_count(config.model):,} ({non_embedding:,} non-embedding"
         + (f"; {active:,} of them active per token" if active != non_embedding else "") + ")")
@@ -79,6 +83,7 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     check_same_model(run_dir.checkpoints, None, run.params)
     if init_source:  # A fine-tuning run takes the model's parameters; its own extras start afresh.
         check_same_model(RunDir(init_source.workdir).checkpoints, init_source.step, model_part(run.params))
+    evaluator = Evaluator(datasets, run, t.global_batch_size, t.eval_batches)  # No held-out data fails here.
     start = time.perf_counter()
     with attention.recorded_kernels() as kernels:
         train_fn, eval_fn = run.compile_steps()
@@ -91,7 +96,6 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     print(f"data: process {jax.process_index()} of {jax.process_count()} reads rows "  # Every process.
           f"{train_data.local_rows[0]}..{train_data.local_rows[-1]} of each global batch of "
           f"{t.global_batch_size}", flush=True)
-    evaluator = Evaluator(datasets, run, t.global_batch_size, t.eval_batches)
     peak, peak_source = flops.host_peak_flops(cache_dir(config), config.model.dtype)
     log(f"peak: {peak / 1e12:.3f} TFLOP/s ({peak_source})")
     nan_steps = config_lib.inject_nan_steps(config)
