@@ -68,6 +68,23 @@ def preempt(workdir, at_step, overrides, cache, devices=1, sig=signal.SIGTERM, c
     return out
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_setup_checkpoints_after_the_first_step(tmp_path, sig):
+    """Preempted while the data is prepared and the steps compile (the moments a large model
+    spends minutes in): exit 75 with a checkpoint, not death by the signal."""
+    workdir = tmp_path / "run"
+    process = start_train(workdir, "--config.train.steps=50", cache=tmp_path / "cache")
+    for line in process.stdout:
+        if line.startswith("config:"):  # Printed before anything is built, prepared or compiled.
+            process.send_signal(sig)
+            break
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == EXIT_PREEMPTED, err[-3000:]
+    assert f"step      1/50 | {sig.name}: checkpoint written, exiting with code 75" in out, out[-3000:]
+    assert saved_steps(workdir) == [1]
+    assert json.loads((workdir / "status.json").read_text())["state"] == "preempted"
+
+
 def assert_same_run(resumed, reference, rtol=0.0):
     a, b = records(resumed), records(reference)
     assert [r["step"] for r in a] == [r["step"] for r in b]

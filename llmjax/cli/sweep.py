@@ -13,7 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from llmjax.cli.app import config_overrides, run as run_app
-from llmjax.errors import FlagError
+from llmjax.errors import EXIT_PREEMPTED, FlagError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; runs go to WORKDIR/runs/NAME.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the runs (and the SLURM script) only.")
@@ -76,8 +76,10 @@ def main(argv) -> None:
                               log=lambda line: print(line, flush=True))
     counts = {s: list(states.values()).count(s) for s in dict.fromkeys(states.values())}
     print("sweep: " + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
-    if set(states.values()) - {"done"}:
+    if "failed" in states.values():
         sys.exit(1)
+    if set(states.values()) - {"done"}:  # Stopped by a signal: rerunning the command goes on.
+        sys.exit(EXIT_PREEMPTED)
 
 
 def run() -> None:

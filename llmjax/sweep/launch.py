@@ -112,14 +112,16 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
                     continue
                 out.close()
                 del active[name]
-                if process.returncode == 0:
+                code = process.returncode
+                if code == 0:
                     states[name] = "done"
-                elif process.returncode == EXIT_PREEMPTED:
-                    states[name] = "preempted"
+                elif code == EXIT_PREEMPTED or (stopping and -code in (signal.SIGTERM, signal.SIGINT)):
+                    states[name] = "preempted"  # Or stopped before it could catch the signal: rerun resumes.
                 else:  # The trainer records its own failures; a crash may not have.
                     status = RunDir(workdir).status()
                     if status["state"] != "failed":
-                        status["error"] = _last_error_line(workdir / "train.log")
+                        status["error"] = (f"killed by {signal.Signals(-code).name}" if code < 0 else
+                                           _last_error_line(workdir / "train.log"))
                         RunDir(workdir).write_status("failed", status["step"], status["error"])
                     error = status["error"]
                     states[name] = "failed"

@@ -49,7 +49,14 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
           print_sharding: bool = False) -> dict | None:
     """Trains as `config` says, resuming from the workdir's checkpoints if it has any; returns
     the final figures (also written to summary.json). With `print_sharding`, prints where each
-    parameter lives on the mesh and returns without training."""
+    parameter lives on the mesh and returns without training. SIGTERM/SIGINT are caught from
+    the start: one that arrives while the data is prepared or the steps compile (minutes, for a
+    large model: when schedulers preempt) stops the run after its first step, checkpointed."""
+    with PreemptionFlag() as preemption:
+        return _train(config, workdir, log, print_sharding, preemption)
+
+
+def _train(config, workdir: str, log, print_sharding: bool, preemption: PreemptionFlag) -> dict | None:
     config_lib.validate(config, jax.device_count(), jax.process_count())
     if not distributed.is_primary():
         log = lambda *_, **__: None  # noqa: E731 - one process speaks for the job.
@@ -120,19 +127,18 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     set_status("running", progress.step)
     run_start_step = progress.step
     try:
-        with PreemptionFlag() as preemption:
-            meter = hooks.Throughput()
-            effects = [
-                hooks.GuardHook(guard, checkpointer, run.state, log),
-                hooks.LogHook(writer, meter, t.global_batch_size * seq,
-                              flops.flops_per_token(config.model, seq), run.mesh.devices.size, peak, log),
-                hooks.StatusHook(set_status),
-                hooks.EvalHook(evaluator, eval_fn, writer, meter, log),
-                hooks.PreemptionHook(preemption, checkpointer, log),
-                hooks.CheckpointHook(checkpointer, guard),
-            ]
-            _run_steps(progress, train_fn, train_data, nan_steps, effects)
-            checkpointer.close()
+        meter = hooks.Throughput()
+        effects = [
+            hooks.GuardHook(guard, checkpointer, run.state, log),
+            hooks.LogHook(writer, meter, t.global_batch_size * seq,
+                          flops.flops_per_token(config.model, seq), run.mesh.devices.size, peak, log),
+            hooks.StatusHook(set_status),
+            hooks.EvalHook(evaluator, eval_fn, writer, meter, log),
+            hooks.PreemptionHook(preemption, checkpointer, log),
+            hooks.CheckpointHook(checkpointer, guard),
+        ]
+        _run_steps(progress, train_fn, train_data, nan_steps, effects)
+        checkpointer.close()
     except hooks.Preempted:
         set_status("preempted", progress.step)
         raise
