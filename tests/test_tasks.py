@@ -17,6 +17,7 @@ import pytest
 from llmjax.data.errors import DataError
 from llmjax.tasks import BUILTIN, KINDS, Example, describe, load, majority_label, stdlib
 from llmjax.tasks.examples import in_validation
+from llmjax.train.objectives.task import spread
 
 QUIET = dict(log=lambda *_: None)
 
@@ -278,3 +279,13 @@ def test_the_task_layer_does_not_import_jax():
     """Data loading and the lm-eval adapter use it without paying for (or configuring) JAX."""
     code = "import sys, llmjax.tasks; sys.exit('jax' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+def test_a_subset_of_the_held_out_examples_is_spread_through_the_file():
+    """320 examples listed label by label (40 each): the 16 a smoke run scores cover every label,
+    where the first 16 were all of the first; a count that covers the file takes all, in order."""
+    labels = [i // 40 for i in range(320)]
+    chosen = spread(16, 320)
+    assert len(chosen) == 16 == len(set(chosen)) and chosen == sorted(chosen)
+    assert {labels[i] for i in chosen} == set(range(8))
+    assert spread(320, 320) == spread(500, 320) == list(range(320))

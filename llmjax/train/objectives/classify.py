@@ -21,7 +21,7 @@ from sklearn.metrics import f1_score
 from llmjax import model, tasks
 from llmjax.model import registry
 from llmjax.train.objectives.fields import ROW_AXES, Field, abstract_batch
-from llmjax.train.objectives.task import TaskObjective, fit
+from llmjax.train.objectives.task import TaskObjective, fit, spread
 
 BATCH_AXES = ("activation_batch",)
 
@@ -107,8 +107,10 @@ class Classify(TaskObjective):
                 "macro_f1": float(f1_score(truth, predicted, labels=np.arange(k), average="macro", zero_division=0))}
 
     def baseline(self, task, config) -> tuple[str, dict[str, float]]:
-        """Always predicting the train split's majority label, on the held-out examples."""
-        truth = [e.fields["label"] for e in task.val]
+        """Always predicting the train split's majority label, on the held-out examples the
+        run evaluates (`spread`: all of them, unless train.eval_batches covers fewer)."""
+        scored = spread(config.train.eval_batches * config.train.global_batch_size, len(task.val))
+        truth = [task.val[i].fields["label"] for i in scored]
         predicted = [tasks.majority_label(task.train)] * len(truth)
         return "majority class", {"accuracy": float(np.mean([t == p for t, p in zip(truth, predicted)])),
                                   "macro_f1": float(f1_score(truth, predicted, labels=labels(config),

@@ -6,7 +6,7 @@ followed by response tokens and end-of-document; its own inputs, next-token targ
 from 0 and weights (1 on response targets only) are computed apart, then examples are packed
 into rows of data.seq_len in file order, each in a segment of its own, so attention never
 crosses from one example to another and no target is another example's token. Evaluation is
-the held-out loss, plus generation: the first objective.eval_examples held-out prompts are
+the held-out loss, plus generation: objective.eval_examples held-out prompts (spread through the file) are
 completed (greedy, or beam search with objective.num_beams) and scored against the responses
 with BLEU, chrF and ROUGE-L (`text_metrics`).
 """
@@ -26,7 +26,7 @@ from llmjax.sample.search import Settings
 from llmjax.sample.select import Sampling
 from llmjax.train.objectives import text_metrics
 from llmjax.train.objectives.causal_lm import CausalLM
-from llmjax.train.objectives.task import TaskObjective, fit
+from llmjax.train.objectives.task import TaskObjective, fit, spread
 
 
 def template_parts(config) -> tuple[str, str]:
@@ -104,9 +104,10 @@ class SupervisedFineTuning(TaskObjective, CausalLM):
                 examples.append((prompt + response, [False] * len(prompt) + [True] * len(response), e.where))
         train, val = examples[:len(task.train)], examples[len(task.train):]
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos
-        prompts = [self.prompt(e, tokenizer, config, before, after) for e in task.val[:config.objective.eval_examples]]
+        scored = [task.val[i] for i in spread(config.objective.eval_examples, len(task.val))]
+        prompts = [self.prompt(e, tokenizer, config, before, after) for e in scored]
         return {"train": pack(train, length, pad), "val": pack(val, length, pad), "prompts": prompts,
-                "references": [reference(e) for e in task.val[:config.objective.eval_examples]]}
+                "references": [reference(e) for e in scored]}
 
     def prompt(self, example, tokenizer, config, before, after) -> list[int]:
         """What generation continues: the prompt (or the chat up to its last assistant turn),
@@ -132,7 +133,7 @@ class SupervisedFineTuning(TaskObjective, CausalLM):
 
     def baseline(self, task, config) -> tuple[str, dict[str, float]]:
         """Copying the input (the prompt, or the chat's last user turn) as the answer."""
-        examples = task.val[:config.objective.eval_examples]
+        examples = [task.val[i] for i in spread(config.objective.eval_examples, len(task.val))]
         copies = [e.fields["prompt"] if "prompt" in e.fields else
                   [m["content"] for m in e.fields["messages"] if m["role"] != "assistant"][-1] for e in examples]
         return "copy the input", text_metrics.scores(copies, [reference(e) for e in examples])

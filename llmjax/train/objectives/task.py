@@ -6,7 +6,9 @@ fine-tuning run must use its pretrained model's); the task's examples are tokeni
 start-up, before anything compiles, so an example that does not fit (`truncate="error"`) is
 refused by file and line. Training rows are the task's rows in a seeded order redrawn every
 epoch (Grain's shuffle), so the batch of step s is a function of (task, seed, s) and resume is
-exact; the held-out rows are evaluated in file order, the same every time.
+exact; the held-out rows are evaluated in file order, the same every time: all of them, or where
+fewer are asked for (train.eval_batches, objective.eval_examples) an evenly spread subset, since
+task files often list their examples grouped by label or topic.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ _TOKENIZED: dict[tuple, object] = {}  # (objective, tokenizer, section) -> token
 
 def load_task(config, log=print) -> tasks.TaskData:
     return tasks.load(config.objective, cache_dir(config), log)
+
+
+def spread(count: int, total: int) -> list[int]:
+    """Indices of `count` of `total` held-out examples, evenly spaced through the file (all of
+    them, in order, when `count` covers them): the first `count` of a file grouped by label
+    would score two labels of eight, and a baseline over all of them would not compare."""
+    if count >= total:
+        return list(range(total))
+    return [i * total // count for i in range(count)]
 
 
 def fit(tokens: list[int], room: int, config, where: str, what: str) -> list[int]:
@@ -76,12 +87,14 @@ class TaskObjective:
 
     def eval_sets(self, datasets, config, token_ids: dict, batch_size: int, max_batches: int, rows: list[int]):
         """The held-out rows in order, padded with weightless copies of the first to whole
-        batches, as many batches as cover them (at most max_batches)."""
+        batches, as many batches as cover them; with fewer (max_batches), rows spread evenly
+        through them."""
         del datasets
         val = token_ids["val"]
         count = min(max_batches, -(-len(val) // batch_size))
+        chosen = [val[i] for i in spread(count * batch_size, len(val))]
         filler = {k: np.zeros_like(v) if k == "weights" else v for k, v in val[0].items()}
-        batches = [{r: val[i] if (i := b * batch_size + r) < len(val) else filler for r in rows}
+        batches = [{r: chosen[i] if (i := b * batch_size + r) < len(chosen) else filler for r in rows}
                    for b in range(count)]
         return [(token_ids["task"].name, batches, token_ids["tokenizer"].token_bytes())]
 
