@@ -5,6 +5,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -224,3 +225,14 @@ def test_llmjax_lm_eval_reports_an_llmjax_error_in_one_line(tmp_path, monkeypatc
         lm_eval_adapter.cli()
     assert exited.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'missing'} has no config.json")
+
+
+@pytest.mark.parametrize("model_args, message", [
+    ("workdr=RUN", "llmjax takes no 'workdr'; its keys are workdir, step"),
+    ("step=3", "give the run to evaluate, workdir=RUN"),
+    ("workdir=RUN,step=abc", "step='abc' is not a whole number"),
+])
+def test_model_args_llmjax_cannot_take_are_one_error(tmp_path, model_args, message):
+    """Through lm-eval's own constructor path, before any run is loaded."""
+    with pytest.raises(EvaluationError, match=re.escape(message)):
+        LlmjaxLM.create_from_arg_string(model_args.replace("RUN", str(tmp_path)))

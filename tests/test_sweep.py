@@ -172,7 +172,7 @@ def test_sweep_skips_finished_resumes_interrupted_and_marks_failures(tmp_path):
         time.sleep(0.05)
     first.send_signal(signal.SIGTERM)
     out, err = first.communicate(timeout=300)
-    assert first.returncode == 1, err[-2000:]
+    assert first.returncode == 75, err[-2000:]  # Stopped, nothing failed: rerun to go on.
     assert f"done    {names[0]}" in out and f"preempted {names[1]}" in out
     assert names == ["learning_rate=0.001-inject_nan_at=-guard_max_rollbacks=3",
                      "learning_rate=0.003-inject_nan_at=-guard_max_rollbacks=3",
@@ -379,6 +379,12 @@ def test_families_sweep_reports_each_family_and_its_loss_by_position(tmp_path):
     again = []
     report(sweep_dir, log=again.append)
     assert again == []  # Evaluated once; the report reads per_position.json after that.
+    # Of an earlier checkpoint than the run's latest (the sweep was extended since): evaluated again.
+    stale = sweep_dir / "runs" / "config=tiny" / "per_position.json"
+    stale.write_text(json.dumps(json.loads(stale.read_text()) | {"step": 3}))
+    report(sweep_dir, log=again.append)
+    assert again == ["evaluating per-position losses of config=tiny ..."]
+    assert json.loads(stale.read_text())["step"] == 6
 
 
 def test_slurm_array_script(tmp_path):
@@ -397,13 +403,18 @@ def test_slurm_array_script(tmp_path):
 
 
 def test_config_command_prints_derived_figures(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "llmjax.cli.config", "--config=configs/llama3_8b.py",
-                             "--config.train.steps=10"], cwd=ROOT, env=_sweep_env(tmp_path),
-                            capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "llmjax.cli.config", "--config=configs/llama3_8b.py", "--config.train.steps=10"]
+    result = subprocess.run([*command, "--config.optimizer.warmup_steps=1", "--config.mesh.ici.fsdp=8"], cwd=ROOT,
+                            env=_sweep_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "parameters:            8,030,261,248" in result.stdout
     assert "tokens per step:       4,096" in result.stdout  # 16 sequences x 256 tokens.
     assert "tokens in the run:     40,960" in result.stdout
+    assert "not runnable on the 1 local devices" in result.stdout  # A cluster's mesh: said, not an error.
+    # A config no device count can run (warmup 40 of 10 steps) is an error, not a description.
+    invalid = subprocess.run(command, cwd=ROOT, env=_sweep_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert invalid.returncode == 2 and invalid.stderr == \
+        "error: config.optimizer.warmup_steps=40: must be in [0, train.steps=10).\n"
 
 
 def test_config_overrides_apply_to_every_run_of_a_sweep(tmp_path):

@@ -31,7 +31,8 @@ flags.mark_flags_as_required(["workdir"])
 # What a result line shows of the objective's metrics, where it has them (MLM has accuracy and
 # no bits per byte).
 SHOWN = (("loss", "loss", ".4f"), ("perplexity", "ppl", ".2f"), ("accuracy", "accuracy", ".4f"),
-         ("bits_per_byte", "bits/byte", ".4f"))
+         ("macro_f1", "macro-F1", ".4f"), ("bleu", "BLEU", ".2f"), ("chrf", "chrF", ".2f"),
+         ("rouge_l", "ROUGE-L", ".2f"), ("bits_per_byte", "bits/byte", ".4f"))
 
 
 def main(argv) -> None:

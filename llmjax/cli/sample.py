@@ -52,6 +52,9 @@ def main(argv) -> None:
                         grow_cache=_GROW.value, sampling=Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value))
     logging.set_verbosity(logging.ERROR)  # Orbax warns that it opens the run read-only.
     config = run.config
+    if _TOP_K.value > config.model.vocab_size:
+        raise FlagError(f"--top_k={_TOP_K.value} is more tokens than the model's vocabulary "
+                        f"({config.model.vocab_size}); give at most that, or 0 for all.")
     seq2seq = is_seq2seq(config)
     if not seq2seq:
         inference_decoder(config)  # A family that cannot generate is refused first.

@@ -43,7 +43,7 @@ try:
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
     from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
-    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 except ImportError as missing:
     raise ImportError(f"llmjax's lm-eval adapter needs lm-eval ({missing}); install the extra: "
                       f"pip install 'llmjax[lmeval]'.") from missing
@@ -52,6 +52,28 @@ log = logging.getLogger(__name__)
 AUTO_BATCH_SIZE = 32
 # Generation settings llmjax.sample understands; the rest are reported once and ignored.
 SAMPLING_KEYS = {"do_sample", "temperature", "top_k", "top_p", "num_beams"}
+
+
+# What --model_args sets (batch sizes and the device come from lm-eval's own flags).
+MODEL_ARGS = {"workdir": str, "step": int, "max_gen_toks": int, "fsdp": int, "seed": int}
+
+
+def check_model_args(args: dict) -> None:
+    """One clear error for --model_args that LlmjaxLM cannot take (a misspelt key would
+    otherwise be a TypeError traceback after lm-eval has indexed its tasks)."""
+    shown = ", ".join(MODEL_ARGS)
+    if unknown := sorted(set(args) - set(MODEL_ARGS)):
+        raise EvaluationError(f"--model_args: llmjax takes no {unknown[0]!r}; its keys are {shown}.")
+    if not args.get("workdir"):
+        raise EvaluationError("--model_args: give the run to evaluate, workdir=RUN (its keys are "
+                              f"{shown}).")
+    for key, kind in MODEL_ARGS.items():
+        value = args.get(key)
+        if kind is int and value not in (None, "") and not (key == "step" and value == "latest"):
+            try:
+                int(value)
+            except (TypeError, ValueError):
+                raise EvaluationError(f"--model_args: {key}={value!r} is not a whole number.") from None
 
 
 def batch_size_of(batch_size, max_batch_size=None) -> int:
@@ -75,6 +97,16 @@ class Generation:
 @register_model("llmjax")
 class LlmjaxLM(TemplateLM):
     backend = "causal"
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        check_model_args(simple_parse_args_string(arg_string))
+        return super().create_from_arg_string(arg_string, additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        check_model_args(arg_dict)
+        return super().create_from_arg_obj(arg_dict, additional_config)
 
     def __init__(self, workdir: str, step: int | None = None, max_gen_toks: int | None = None, fsdp: int = 1,
                  seed: int = 0, batch_size: int | str = 1, max_batch_size: int | None = None, device=None):

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llmjax.rundir import saved_steps
+
 PER_POSITION = "per_position.json"
 
 
@@ -54,12 +56,13 @@ def _order(r: dict):
 
 def per_position(workdir: Path, log=print) -> dict | None:
     """The run's per-position validation losses ({"loss": [...], "tokens": [...]}, the run's
-    own validation set pooled), evaluated now if not on file; None if the run has no
-    checkpoint or the evaluation fails (the report says which)."""
-    path = workdir / PER_POSITION
-    if not path.exists():
-        if not (workdir / "checkpoints").is_dir():
-            return None
+    own validation set pooled) at its latest checkpoint, evaluated now unless on file for that
+    step (a resumed sweep extends its runs); None if the run has no checkpoint or the
+    evaluation fails (the report says which)."""
+    path, steps = workdir / PER_POSITION, saved_steps(workdir / "checkpoints")
+    if not steps:
+        return None
+    if not path.exists() or json.loads(path.read_text()).get("step") != steps[-1]:
         log(f"evaluating per-position losses of {workdir.name} ...")
         result = subprocess.run([sys.executable, "-m", "llmjax.cli.eval", f"--workdir={workdir}",
                                  "--per_position", f"--out={path}"], capture_output=True, text=True)

@@ -17,6 +17,8 @@ from llmjax.data.dataset import cache_dir, check_tokenizer, is_prepared, open_da
 from llmjax.data.tokenizer import load_from_dir
 from llmjax.run import bootstrap
 from llmjax.train import objectives
+from llmjax.train.objectives.task import TaskObjective
+from llmjax.errors import FlagError
 from llmjax.rundir import RunDir
 
 
@@ -94,6 +96,9 @@ def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, 
     batch_size = -(-config.train.global_batch_size // devices) * devices
     overrides = {f"mesh.ici.{axis}": 1 for axis in ("fsdp", "expert", "sequence", "tensor")} | {
         "mesh.ici.data": -1, "train.global_batch_size": batch_size}
+    if data and isinstance(objectives.of(config).impl(), TaskObjective):
+        raise FlagError(f"--data {data}: {run_dir.given} is a fine-tuning run, evaluated on its task's "
+                        f"held-out examples (objective.task={config.objective.task!r}); drop --data.")
     if data:
         specs = [spec.strip() for spec in data.split(",") if spec.strip()]
         overrides |= {"data.source": specs[0].rpartition(":")[0] or specs[0], "data.mixture":
