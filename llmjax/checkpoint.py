@@ -279,7 +279,10 @@ def verify_sizes(directory: Path, step: int) -> None:
             raise CheckpointError(f"file {file} has {file.stat().st_size} bytes, {size} were written")
 
 
-def check_same_model(directory: Path, step: int | None, params_target) -> None:
+SAME_RUN_FIX = "Train this config in a new --workdir, or run the config that wrote the checkpoint."
+
+
+def check_same_model(directory: Path, step: int | None, params_target, fix: str = SAME_RUN_FIX) -> None:
     """Refuses, before anything compiles, a checkpoint (`step`, or the newest) whose parameters
     are not this model's: another shape, or other names (a checkpoint copied from another run,
     an edited config.json). Reads the checkpoint's metadata only; one that cannot be read is
@@ -304,9 +307,7 @@ def check_same_model(directory: Path, step: int | None, params_target) -> None:
     if problems:
         raise CheckpointError(f"checkpoint step {step} in {directory} holds another model than this "
                               f"config's: {'; '.join(sorted(problems)[:3])}"
-                              f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}. "
-                              f"Train this config in a new --workdir, or run the config that wrote "
-                              f"the checkpoint.")
+                              f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}. {fix}")
 
 
 def metadata(step: int, data_step: int, loss: float, config, started: float) -> dict:

@@ -95,6 +95,26 @@ def test_lora_trains_its_adapters_and_the_head_and_leaves_the_pretrained_weights
     assert all(np.abs(np.asarray(pair["b"])).max() > 0 for pair in (adapters["attention"]["query"],
                                                                     adapters["mlp"]["down"]))
     assert np.abs(np.asarray(after["task_head"]["kernel"])).max() > 0
+    # The whole training state cannot come from a run without the head and adapters: refused
+    # before compiling, with nothing written.
+    full = run_train(tmp_path / "full", "--config.finetune.lora_rank=4", f"--config.checkpoint.init_from={pretrained}",
+                     "--config.checkpoint.init_mode=full", cache=tmp_path / "cache",
+                     config="configs/finetune.py:package,tiny")
+    assert full.returncode == 2 and full.stderr.startswith("error: config.checkpoint.init_mode='full': restores"), \
+        full.stderr[-3000:]
+    assert "compiled" not in full.stdout and not (tmp_path / "full").exists()
+    # llmjax-eval shows the task's metrics, and evaluates the task, not other data.
+    evaluated = subprocess.run([sys.executable, "-m", "llmjax.cli.eval", f"--workdir={tuned}"], cwd=ROOT,
+                               env=train_env(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"macro-F1 {records(tuned, 'val')[-1]['macro_f1']:.4f}" in evaluated.stdout, evaluated.stdout
+    other = subprocess.run([sys.executable, "-m", "llmjax.cli.eval", f"--workdir={tuned}", "--data=stdlib"], cwd=ROOT,
+                           env=train_env(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
+    assert other.returncode == 1 and "is a fine-tuning run, evaluated on its task's" in other.stderr, other.stderr
+    # A fine-tuned run is no pretrained source: the error says which run to start from.
+    again = run_train(tmp_path / "again", f"--config.checkpoint.init_from={tuned}", cache=tmp_path / "cache",
+                      config="configs/finetune.py:package,tiny")
+    assert again.returncode == 2 and "start from the run it was fine-tuned from" in again.stderr, again.stderr[-3000:]
 
 
 @pytest.mark.parametrize("targets", ["query,value", "query,value,out,down"])  # The default; configs/finetune.py:package,lora.

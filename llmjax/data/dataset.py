@@ -183,5 +183,7 @@ def check_tokenizer(workdir: Path, tokenizer: TextTokenizer) -> None:
         raise DatasetError(f"the data's tokenizer ({tokenizer.fingerprint}: {tokenizer.vocab_size} "
                            f"tokens, end of document {tokenizer.eos_id}) is not the one the run in "
                            f"{workdir} was trained with ({saved.fingerprint}: {saved.vocab_size} "
-                           f"tokens, end of document {saved.eos_id}); prepare the data with it: "
-                           f"llmjax-prepare --tokenizer {saved.path} --eos_id {saved.eos_id} ...")
+                           f"tokens, end of document {saved.eos_id}); use data tokenized with it: "
+                           f"--config.data.tokenizer={saved.path} --config.data.eos_id={saved.eos_id} "
+                           f"(llmjax-train prepares text with it), or for a prepared dataset llmjax-prepare "
+                           f"--tokenizer {saved.path} --eos_id {saved.eos_id} ...")

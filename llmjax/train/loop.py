@@ -89,7 +89,15 @@ def _train(config, workdir: str, log, print_sharding: bool, preemption: Preempti
             check_tokenizer(other, tokenizer)
     check_same_model(run_dir.checkpoints, None, run.params)
     if init_source:  # A fine-tuning run takes the model's parameters; its own extras start afresh.
-        check_same_model(RunDir(init_source.workdir).checkpoints, init_source.step, model_part(run.params))
+        check_same_model(RunDir(init_source.workdir).checkpoints, init_source.step, model_part(run.params),
+                         fix="checkpoint.init_from must name a pretrained run of this model; a fine-tuned run's "
+                             "task head and LoRA adapters are not part of one: start from the run it was "
+                             "fine-tuned from.")
+        if config.checkpoint.init_mode == "full" and jax.tree.structure(model_part(run.params)) != \
+                jax.tree.structure(run.params):
+            raise config_error("checkpoint.init_mode", "full", "restores the source run's whole training "
+                               "state, and this run adds parameters the source lacks (a task head, LoRA "
+                               "adapters); use init_mode=params, which starts them, and the optimizer, afresh.")
     evaluator = Evaluator(datasets, run, t.global_batch_size, t.eval_batches)  # No held-out data fails here.
     start = time.perf_counter()
     with attention.recorded_kernels() as kernels:
