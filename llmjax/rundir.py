@@ -119,6 +119,11 @@ class RunDir:
         workdir, path = self.path, self.given
         if workdir.exists() and not workdir.is_dir():
             raise WorkdirError(f"--workdir {path}: exists and is not a directory; choose another path.")
+        from llmjax.data.dataset import is_prepared  # noqa: PLC0415 - the data modules import this one's peers.
+
+        if is_prepared(str(workdir)):
+            raise WorkdirError(f"--workdir {path}: holds a dataset prepared by llmjax-prepare, not a run; "
+                               f"train on it with --config.data.source={workdir} and choose another --workdir.")
         if self.is_import:  # Its checkpoint has no optimizer state to resume.
             raise WorkdirError(f"--workdir {path}: holds an imported model; train a new run from it "
                                f"with --workdir NEW --config.checkpoint.init_from={workdir}.")

@@ -30,6 +30,8 @@ def _cases(tmp):
         "plan: --devices=-4": (["llmjax.cli.plan", TINY, "--devices=-4"], "error: --devices=-4: give the job's"),
         "config: a typo in a config file's options": (["llmjax.cli.config", "--config=configs/finetune.py:package,lroa"],
                                                       "error: --config=configs/finetune.py:package,lroa, line"),
+        "train: a prepared dataset as the workdir": (["llmjax.cli.train", TINY, f"--workdir={tmp / 'dataset'}"],
+                                                     f"error: --workdir {tmp / 'dataset'}: holds a dataset prepared"),
         "report: no sweep directory": (["llmjax.cli.report"], "error: usage: llmjax-report SWEEP_DIR"),
         "sweep: --parallel=0": (["llmjax.cli.sweep", "experiments/default.py", f"--workdir={tmp / 'w'}",
                                  "--parallel=0"], "error: --parallel=0: give the number of runs"),
@@ -73,6 +75,8 @@ def test_a_command_line_that_cannot_work_ends_in_one_clear_error(tmp_path, case)
     (tmp_path / "file").write_text("not a directory\n")
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "a.txt").write_text("some text\n" * 50)
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "manifest.json").write_text("{}")
     (tmp_path / "other_run").mkdir()
     spec = importlib.util.spec_from_file_location("tiny_config", ROOT / "configs" / "tiny.py")
     tiny = importlib.util.module_from_spec(spec)
