@@ -97,7 +97,9 @@ def default_config(family: str = "llama", objective: str | None = None) -> ml_co
     c.finetune = ft = ml_collections.ConfigDict()
     ft.lora_rank = 0  # LoRA adapters of this rank on lora_targets, all else frozen (0 = off).
     ft.lora_alpha = 16.0  # An adapter's update is scaled by lora_alpha / lora_rank.
-    ft.lora_targets = "query,value"  # Projections that get adapters, by module name (e.g. q,v for T5).
+    # Projections that get adapters, by module name ("query,value,out,down"); empty: the family's
+    # query and value projections (query,value; q,v for T5; GPT-2's fused qkv).
+    ft.lora_targets = ""
     ft.freeze = ""  # Comma-separated regexes of parameter paths kept as they are (e.g. "embed,layers/attention").
     ft.lr_multipliers = ""  # Per-group learning rates, "REGEX=MULTIPLIER,..." (e.g. "task_head=10").
 

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import ROOT, make_tiny_config, run_train, train_env
+from llmjax.config import validate
 from llmjax.presets import finetune
 from llmjax.run import abstract_params
 from llmjax.train import objectives
@@ -117,13 +118,29 @@ def test_lora_trains_its_adapters_and_the_head_and_leaves_the_pretrained_weights
     assert again.returncode == 2 and "start from the run it was fine-tuned from" in again.stderr, again.stderr[-3000:]
 
 
-@pytest.mark.parametrize("targets", ["query,value", "query,value,out,down"])  # The default; configs/finetune.py:package,lora.
+@pytest.mark.parametrize("targets", ["", "query,value,out,down"])  # The default; configs/finetune.py:package,lora.
 def test_lora_of_rank_8_trains_under_2_percent_of_the_default_model(targets):
     config = finetune("package,lora")
     config.finetune.lora_targets = targets
     params, _ = abstract_params(config)
     count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
     assert config.finetune.lora_rank == 8 and count(params["lora"]) / count(params) < 0.02
+
+
+@pytest.mark.parametrize("preset,adapted", [("tiny", {"query", "value"}), ("bert-tiny", {"query", "value"}),
+                                            ("gpt2-tiny", {"qkv"}), ("t5-tiny", {"q", "v"})])
+def test_lora_adapts_each_familys_query_and_value_projections_by_default(preset, adapted):
+    task = "docstring" if preset.startswith("t5") else "package"
+    config = finetune(f"{task},lora,{preset}")
+    assert config.finetune.lora_targets == ""
+    params, _ = abstract_params(config)
+    names = {path[-2].key for path, _ in jax.tree_util.tree_flatten_with_path(params["lora"])[0]}
+    assert names == adapted
+
+
+def test_lora_without_targets_is_refused_for_a_family_with_no_default():
+    with pytest.raises(Exception, match="lstm family has no default targets"):
+        validate(finetune("package,lora,lstm-tiny"), 1)
 
 
 def test_generation_task_reports_its_metrics_and_the_copy_baseline(tmp_path):

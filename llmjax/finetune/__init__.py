@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 
 from llmjax.errors import config_error
+from llmjax.model import registry
 
 EXTRA_KEYS = ("task_head", "lora")  # Parameters of a run that are not the model's.
 
@@ -33,6 +34,11 @@ def multipliers(text: str) -> list[tuple[str, float]]:
     return groups
 
 
+def lora_targets(config) -> list[str]:
+    """The module names LoRA adapts: finetune.lora_targets, or the family's default."""
+    return patterns(config.finetune.lora_targets or registry.of(config).lora_targets)
+
+
 def is_active(config) -> bool:
     """Whether anything trains differently from pretraining (otherwise the optimizer is the
     pretraining one, state and checkpoints included)."""
@@ -46,9 +52,10 @@ def check(config) -> None:
         raise config_error("finetune.lora_rank", f.lora_rank, "must be an integer >= 0 (0 = no LoRA).")
     if f.lora_rank and not f.lora_alpha > 0:
         raise config_error("finetune.lora_alpha", f.lora_alpha, "must be positive.")
-    if f.lora_rank and not patterns(f.lora_targets):
+    if f.lora_rank and not lora_targets(config):
         raise config_error("finetune.lora_targets", f.lora_targets,
-                           "names no projection; give module names such as 'query,value'.")
+                           f"names no projection, and the {config.model.family} family has no default targets; "
+                           f"give the module names of the kernels to adapt.")
     for key in ("freeze", "lr_multipliers"):
         for part in patterns(f[key]):
             regex = part.rpartition("=")[0] if key == "lr_multipliers" else part

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from llmjax.errors import ConfigError
-from llmjax.finetune import patterns
+from llmjax.finetune import lora_targets
 
 
 def input_dims(axes: tuple) -> int | None:
@@ -36,7 +36,7 @@ def input_dims(axes: tuple) -> int | None:
 def targets(boxed_params, config) -> dict[tuple, tuple]:
     """{path of the module (without "kernel"): (layer dims, in dims, out dims)} of every
     kernel LoRA adapts; refuses a target name that matches no kernel."""
-    names = set(patterns(config.finetune.lora_targets))
+    names = set(lora_targets(config))
     found, seen = {}, set()
     flat = traverse_util.flatten_dict(boxed_params)
     for path, leaf in flat.items():
@@ -54,7 +54,7 @@ def targets(boxed_params, config) -> dict[tuple, tuple]:
     missing = names - seen
     if missing:
         kernels = sorted({p[-2] for p in flat if p[-1] == "kernel"})
-        raise ConfigError(f"config.finetune.lora_targets={config.finetune.lora_targets!r}: no kernel named "
+        raise ConfigError(f"config.finetune.lora_targets={','.join(lora_targets(config))!r}: no kernel named "
                           f"{', '.join(sorted(missing))} in this model; its projections are {', '.join(kernels)}.")
     return found
 

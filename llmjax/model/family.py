@@ -34,6 +34,9 @@ class Family:
     # The token whose final hidden state a sequence classifier reads: a decoder's last (the
     # only one that has seen the whole text), a bidirectional encoder's first (BERT's [CLS]).
     pooling: str = "last"
+    # LoRA's targets when finetune.lora_targets is empty: the attention's query and value
+    # projections (Hu et al.'s choice), by this family's module names ("" = none to default to).
+    lora_targets: str = "query,value"
 
     def defaults(self) -> dict:
         return self.spec.defaults() | {"family": self.name}

@@ -10,4 +10,5 @@ from llmjax.model.family import Family, lazy
 
 FAMILY = Family(name="gpt2", spec=GPT2Spec, flops=flops, presets=PRESETS,
                 math=lazy("llmjax.model.gpt2.model", "MATH"), hf=lazy("llmjax.model.gpt2.hf"),
-                objectives=("causal_lm", "prefix_lm", "classify", "sft"))
+                objectives=("causal_lm", "prefix_lm", "classify", "sft"),
+                lora_targets="qkv")  # One fused projection, as PEFT adapts GPT-2's c_attn.

@@ -10,4 +10,5 @@ from llmjax.model.lstm.presets import PRESETS
 from llmjax.model.lstm.spec import LSTMSpec
 
 FAMILY = Family(name="lstm", spec=LSTMSpec, flops=flops, presets=PRESETS,
-                math=lazy("llmjax.model.lstm.model", "MATH"), objectives=("causal_lm", "classify", "sft"))
+                math=lazy("llmjax.model.lstm.model", "MATH"), objectives=("causal_lm", "classify", "sft"),
+                lora_targets="")

@@ -10,4 +10,4 @@ from llmjax.model.t5.spec import T5Spec
 
 FAMILY = Family(name="t5", spec=T5Spec, flops=flops, presets=PRESETS,
                 math=lazy("llmjax.model.t5.model", "MATH"), hf=lazy("llmjax.model.t5.hf"),
-                objectives=("span", "seq2seq"))
+                objectives=("span", "seq2seq"), lora_targets="q,v")
