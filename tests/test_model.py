@@ -9,7 +9,7 @@ import pytest
 
 from llmjax.errors import ConfigError
 
-from llmjax import model
+from llmjax import cpu_runtime, model
 from llmjax.model.layers.attention import (attention_kernel, recorded_kernels, bidirectional_attention,
                                           select_attention_impl)
 from llmjax.model.llama.model import Attention
@@ -26,6 +26,19 @@ def _tokens(config, batch=2, length=16, seed=1):
 
 
 _params = init_params
+
+
+def test_init_on_a_concrete_key_runs_as_one_compiled_program(tiny_config, monkeypatch):
+    """Eagerly, the initialiser dispatches its random-number ops one by one (seconds to a
+    minute); called outside any trace, `model.init` traces the family's init and compiles it.
+    The parameters are those the run's jitted initialiser makes."""
+    seen, traced = [], model._init
+    monkeypatch.setattr(model, "_init", lambda rng, config: seen.append(rng) or traced(rng, config))
+    boxed = model.init(jax.random.key(0), tiny_config)
+    assert len(seen) == 1 and isinstance(seen[0], jax.core.Tracer)
+    expected = jax.jit(lambda rng: nn.unbox(model.init(rng, tiny_config)),
+                       compiler_options=cpu_runtime.for_one_call())(jax.random.key(0))
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), nn.unbox(boxed), expected)))
 
 
 def test_logits_shape_and_dtype(tiny_config):
