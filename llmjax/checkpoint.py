@@ -282,11 +282,18 @@ def verify_sizes(directory: Path, step: int) -> None:
 SAME_RUN_FIX = "Train this config in a new --workdir, or run the config that wrote the checkpoint."
 
 
-def check_same_model(directory: Path, step: int | None, params_target, fix: str = SAME_RUN_FIX) -> None:
+def saved_params(directory: Path, step: int):
+    """The tree of a checkpoint's parameters as Orbax's metadata (shape and dtype per leaf)."""
+    return ocp.StandardCheckpointHandler().metadata(Path(directory) / str(step) / "params")
+
+
+def check_same_model(directory: Path, step: int | None, params_target, fix: str = SAME_RUN_FIX,
+                     ignored: tuple[str, ...] = ()) -> None:
     """Refuses, before anything compiles, a checkpoint (`step`, or the newest) whose parameters
     are not this model's: another shape, or other names (a checkpoint copied from another run,
-    an edited config.json). Reads the checkpoint's metadata only; one that cannot be read is
-    left to the restore, which sets damaged checkpoints aside."""
+    an edited config.json). Top-level keys in `ignored` are not compared (a fine-tuned run's
+    task head and adapters, when only its model is taken). Reads the checkpoint's metadata
+    only; one that cannot be read is left to the restore, which sets damaged checkpoints aside."""
     from llmjax.rundir import saved_steps  # noqa: PLC0415
 
     steps = saved_steps(directory)
@@ -295,9 +302,10 @@ def check_same_model(directory: Path, step: int | None, params_target, fix: str 
     step = steps[-1] if step is None else step
     try:  # A damaged checkpoint is not this check's call: the restore sets it aside.
         verify_sizes(directory, step)
-        saved = ocp.StandardCheckpointHandler().metadata(Path(directory) / str(step) / "params")
+        saved = saved_params(directory, step)
     except Exception:  # noqa: BLE001
         return
+    saved = {key: value for key, value in saved.items() if key not in ignored}
     shapes = [{jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
               for t in (saved, params_target)]
     problems = ([f"{k} is missing there" for k in shapes[1].keys() - shapes[0].keys()] +

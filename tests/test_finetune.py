@@ -112,10 +112,28 @@ def test_lora_trains_its_adapters_and_the_head_and_leaves_the_pretrained_weights
     other = subprocess.run([sys.executable, "-m", "llmjax.cli.eval", f"--workdir={tuned}", "--data=stdlib"], cwd=ROOT,
                            env=train_env(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
     assert other.returncode == 1 and "is a fine-tuning run, evaluated on its task's" in other.stderr, other.stderr
-    # A fine-tuned run is no pretrained source: the error says which run to start from.
-    again = run_train(tmp_path / "again", f"--config.checkpoint.init_from={tuned}", cache=tmp_path / "cache",
-                      config="configs/finetune.py:package,tiny")
-    assert again.returncode == 2 and "start from the run it was fine-tuned from" in again.stderr, again.stderr[-3000:]
+    # A fine-tuned run is a source too: the next run starts from its model with the adapters
+    # merged in, as the tuned run applied them (here kept frozen, so its checkpoint shows them).
+    again = run_train(tmp_path / "again", f"--config.checkpoint.init_from={tuned}", "--config.finetune.freeze=.*",
+                      "--config.train.eval_every=0", cache=tmp_path / "cache", config="configs/finetune.py:package,tiny")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "without its task head and LoRA adapters; its LoRA adapters merged in" in again.stdout
+    merged, scale = params_of(tmp_path / "again"), 16.0 / 4
+    for path, value in jax.tree_util.tree_flatten_with_path({k: v for k, v in after.items() if k != "lora"})[0]:
+        names = [key.key for key in path]
+        node, pair = merged, adapters
+        for name in names:
+            node = node[name]
+        for name in names[1:-1]:  # Under lora/layers/: the module's path without "layers" and "kernel".
+            pair = pair.get(name, {}) if isinstance(pair, dict) else {}
+        expected = np.asarray(value)
+        if names[0] == "layers" and names[-1] == "kernel" and "a" in pair:
+            expected = expected + scale * np.einsum("lir,lro->lio", np.asarray(pair["a"]),
+                                                    np.asarray(pair["b"])).reshape(expected.shape)
+            assert not np.array_equal(np.asarray(node), np.asarray(value)), jax.tree_util.keystr(path)
+        if names[0] != "task_head":  # The new run's head starts afresh.
+            np.testing.assert_allclose(np.asarray(node), expected, rtol=1e-5, atol=1e-6,
+                                       err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.parametrize("targets", ["", "query,value,out,down"])  # The default; configs/finetune.py:package,lora.

@@ -17,6 +17,7 @@ from llmjax import config as config_lib
 from llmjax import flops
 from llmjax.checkpoint import Checkpointer, check_same_model
 from llmjax.data.dataset import cache_dir, check_tokenizer, resolve
+from llmjax.finetune import EXTRA_KEYS
 from llmjax.finetune.params import model_part
 from llmjax.metrics import MetricsWriter
 from llmjax.model.layers import attention
@@ -90,9 +91,8 @@ def _train(config, workdir: str, log, print_sharding: bool, preemption: Preempti
     check_same_model(run_dir.checkpoints, None, run.params)
     if init_source:  # A fine-tuning run takes the model's parameters; its own extras start afresh.
         check_same_model(RunDir(init_source.workdir).checkpoints, init_source.step, model_part(run.params),
-                         fix="checkpoint.init_from must name a pretrained run of this model; a fine-tuned run's "
-                             "task head and LoRA adapters are not part of one: start from the run it was "
-                             "fine-tuned from.")
+                         fix="checkpoint.init_from must name a run of this model (pretrained or fine-tuned).",
+                         ignored=() if config.checkpoint.init_mode == "full" else EXTRA_KEYS)
         if config.checkpoint.init_mode == "full" and jax.tree.structure(model_part(run.params)) != \
                 jax.tree.structure(run.params):
             raise config_error("checkpoint.init_mode", "full", "restores the source run's whole training "

@@ -9,7 +9,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from llmjax.checkpoint import CheckpointError, Checkpointer
+from llmjax.checkpoint import CheckpointError, Checkpointer, saved_params
+from llmjax.finetune import EXTRA_KEYS, lora
 from llmjax.finetune.params import model_part
 from llmjax.rundir import RunDir, saved_steps
 from llmjax.train.state import TrainState, create_train_state
@@ -63,10 +64,41 @@ def initial_state(config, tx, target: TrainState, checkpointer: Checkpointer, lo
     full = config.checkpoint.init_mode == "full"
     other = Checkpointer(RunDir(source.workdir).checkpoints, config, log, read_only=True)
     step = source.step if source.step is not None else other.steps()[-1]
-    restored = other.restore(step, target.params if full else model_part(target.params), target.opt_state if full else None)
-    other.close()
-    log(f"initialised from {source.workdir} step {step} ({'full state' if full else 'params only'})")
     if full:
+        restored = other.restore(step, target.params, target.opt_state)
+        other.close()
+        log(f"initialised from {source.workdir} step {step} (full state)")
         return state_from_checkpoint(restored, target, True), restored.meta["data_step"], {}
+    extras = [key for key in EXTRA_KEYS if key in saved_params(other.directory, step)]
+    restored = other.restore(step, source_params_target(other.directory, step, model_part(target.params), extras))
+    other.close()
+    params = source_model(restored.params, RunDir(source.workdir).config, model_part(target.params))
+    log(f"initialised from {source.workdir} step {step} (params only"
+        + (f"; the model without its {' and '.join(EXTRA_NAMES[key] for key in extras)}" if extras else "")
+        + ("; its LoRA adapters merged in" if "lora" in extras else "") + ")")
     fresh = create_train_state(config, tx, jax.tree.map(lambda x: x.sharding, target))
-    return dataclasses.replace(fresh, params=fresh.params | restored.params), 0, {}
+    return dataclasses.replace(fresh, params=fresh.params | params), 0, {}
+
+
+EXTRA_NAMES = {"task_head": "task head", "lora": "LoRA adapters"}
+
+
+def source_params_target(directory: Path, step: int, model_target: dict, extras: list[str]) -> dict:
+    """What to restore of a source run's checkpoint: the model onto this run's shardings, and a
+    fine-tuned source's extras (`extras`), replicated as they are saved."""
+    if not extras:
+        return model_target
+    saved = saved_params(directory, step)
+    replicated = jax.sharding.NamedSharding(jax.tree.leaves(model_target)[0].sharding.mesh, jax.sharding.PartitionSpec())
+    return model_target | {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
+                                             saved[key]) for key in extras}
+
+
+def source_model(params: dict, source_config, model_target: dict) -> dict:
+    """The model a source run's parameters define: a LoRA-tuned run's with its adapters merged
+    into the kernels (as its own steps applied them), placed as this run's model is."""
+    if "lora" not in params:
+        return model_part(params)
+    merged = jax.jit(lambda p: lora.merge(model_part(p), p["lora"], source_config),
+                     out_shardings=jax.tree.map(lambda x: x.sharding, model_target))
+    return merged(params)
