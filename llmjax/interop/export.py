@@ -32,7 +32,7 @@ from llmjax.interop import adapters, peft_export
 from llmjax.interop.tensor_map import InteropError
 from llmjax.interop.safetensors_io import write_safetensors
 from llmjax.interop.run_files import special_ids, write_hf_tokenizer
-from llmjax.rundir import RunDir
+from llmjax.rundir import TOKENIZER, TOKENIZER_CONFIG, RunDir
 
 MARKER = "llmjax_export.json"  # What an export directory was made from, to recognise a rerun.
 ADAPTER, BASE = "adapter", "base"  # A LoRA run's PEFT adapter and the model it adapts (subdirectories).
@@ -46,14 +46,30 @@ def default_dtype(run: RunDir) -> str:
 
 
 def check_out(out: Path, marker: dict) -> None:
-    """Refuses a non-empty --out unless it holds the same export (which is then replaced)."""
+    """Refuses a non-empty --out unless it holds the same export and nothing else (the export
+    is then replaced whole; what a user added there, a model card or results, is never deleted)."""
     if out.exists() and not out.is_dir():
         raise InteropError(f"--out {out} exists and is not a directory; choose another path.")
     if out.is_dir() and any(out.iterdir()):
         previous = out / MARKER
-        if not previous.exists() or json.loads(previous.read_text()) != marker:
+        try:
+            saved = json.loads(previous.read_text()) if previous.exists() else {}
+        except ValueError:  # A damaged marker holds no export.
+            saved = {}
+        if not isinstance(saved, dict) or {key: saved.get(key) for key in marker} != marker:
             raise InteropError(f"--out {out} is not empty and does not hold this export; choose a "
                                f"new directory or remove it.")
+        ours = set(saved.get("files", [])) | {MARKER}
+        if others := sorted(p.name for p in out.iterdir() if p.name not in ours and not _written_by_export(p.name)):
+            raise InteropError(f"--out {out} holds this export and also {', '.join(others[:5])}, which the "
+                               f"export did not write; replacing the export would delete them. Move them "
+                               f"out, or export to a new directory.")
+
+
+def _written_by_export(name: str) -> bool:
+    """Names an export writes, for a directory exported before the marker listed its files."""
+    return name in ("config.json", "generation_config.json", TOKENIZER, TOKENIZER_CONFIG, BASE, ADAPTER) or \
+        (name.startswith("model") and ".safetensors" in name)
 
 
 def _leaf(params: dict, path: tuple[str, ...], index: tuple[int, ...]) -> np.ndarray:
@@ -104,7 +120,7 @@ def export_hf(workdir: Path, out: Path, step: int | None = None, dtype: str | No
             peft_export.write_adapter(tmp / ADAPTER, params["lora"], maps, config.finetune, hf_config,
                                       base=str(out / BASE))
             files += [f"{ADAPTER}/", f"{BASE}/"]
-        (tmp / MARKER).write_text(json.dumps(marker))
+        (tmp / MARKER).write_text(json.dumps(marker | {"files": sorted(p.name for p in tmp.iterdir())}))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -12,7 +12,6 @@ and the run directory is assembled under a temporary name and renamed into place
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import tempfile
 import time
@@ -25,7 +24,8 @@ from llmjax.config import default_config
 from llmjax.interop import adapters
 from llmjax.interop.tensor_map import InteropError, TensorMap
 from llmjax.data.tokenizer import TextTokenizer
-from llmjax.interop.run_files import copy_hf_tokenizer
+from llmjax.data.jsonfile import read_json_object
+from llmjax.interop.run_files import SPECIAL_KEYS, copy_hf_tokenizer
 from llmjax.interop.safetensors_io import SafetensorsReader
 from llmjax.rundir import TOKENIZER, RunDir
 
@@ -81,6 +81,29 @@ def import_config(hf: dict, workdir: Path, adapter):
     return config
 
 
+def check_tokenizer(path: Path, config) -> TextTokenizer | None:
+    """Refuses, before anything is written, a tokenizer that cannot be read or that has ids
+    beyond the model's embedding (they would index no row); returns it with the model's end of
+    document when config.json names one."""
+    tokenizer = TextTokenizer(path, config.data.eos_id) if config.data.eos_id >= 0 else None
+    size = tokenizer.vocab_size if tokenizer else hf_tokenizer_size(path)
+    if size > config.model.vocab_size:
+        raise InteropError(f"{path} has {size:,} tokens, more than the model's {config.model.vocab_size:,} "
+                           f"embeddings: ids from {config.model.vocab_size} up would index no row. Give the "
+                           f"tokenizer this model was trained with.")
+    return tokenizer
+
+
+def hf_tokenizer_size(path: Path) -> int:
+    from tokenizers import Tokenizer  # noqa: PLC0415
+
+    try:
+        return Tokenizer.from_file(str(path)).get_vocab_size()
+    except Exception as error:  # noqa: BLE001 - the tokenizers library raises bare Exceptions.
+        raise InteropError(f"{path} cannot be read ({' '.join(str(error).split())[:160]}); it is damaged "
+                           f"or not a tokenizer.json: save it again with save_pretrained.") from None
+
+
 def _stage(reader: SafetensorsReader, maps: list[TensorMap], num_layers: int, staging: Path) -> dict:
     """The params tree as read-only memory maps, filled one HF tensor at a time."""
     leaves = {}
@@ -105,7 +128,7 @@ def import_hf(hf_dir: Path, workdir: Path, log=print) -> Path:
     if not (hf_dir / "config.json").exists():
         raise InteropError(f"--hf {hf_dir}: no config.json; give a directory written by "
                            f"save_pretrained.")
-    hf = json.loads((hf_dir / "config.json").read_text())
+    hf = read_json_object(hf_dir / "config.json", InteropError, "give the config.json that save_pretrained wrote.")
     adapter = adapters.for_hf_config(hf)
     config = import_config(hf, workdir, adapter)
     if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
@@ -115,6 +138,7 @@ def import_hf(hf_dir: Path, workdir: Path, log=print) -> Path:
         raise InteropError(f"--hf {hf_dir}: no {TOKENIZER}; llmjax needs the fast tokenizer file "
                            f"to train and sample. Save it there with AutoTokenizer.from_pretrained"
                            f"(...).save_pretrained(DIR).")
+    tokenizer = check_tokenizer(hf_dir / TOKENIZER, config)
     reader = SafetensorsReader(hf_dir)
     maps = _base_model_names(reader, adapter.tensor_maps(config.model),
                              getattr(adapter, "BASE_MODEL_PREFIX", ""))
@@ -136,9 +160,9 @@ def import_hf(hf_dir: Path, workdir: Path, log=print) -> Path:
         imported.adopt(0)
         imported.close()  # Records its integrity manifest.
         staged.write_config(config)
-        copy_hf_tokenizer(hf_dir, tmp)
-        if config.data.eos_id >= 0:  # The model's own end of document, which its name may not say.
-            TextTokenizer(tmp / TOKENIZER, config.data.eos_id).save(tmp)
+        copy_hf_tokenizer(hf_dir, tmp, {key: hf.get(key) for key in SPECIAL_KEYS})
+        if tokenizer is not None:  # The model's own end of document, which its name may not say.
+            tokenizer.save(tmp)
         staged.write_imported(hf_dir, hf, dtype)
         if workdir.exists():
             workdir.rmdir()

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from llmjax.data.tokenizer import BOS, EOS, MASK, PAD
+from llmjax.data.tokenizer import BOS, EOS, EOS_NAMES, MASK_NAMES, PAD
 from llmjax.rundir import TOKENIZER, TOKENIZER_CONFIG, RunDir
 
 SPECIAL_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -25,12 +25,19 @@ def _token_text(value) -> str | None:
 
 def special_ids(run: RunDir) -> dict:
     """bos/eos/pad token ids: the imported model's own; else those the tokenizer config names,
-    or llmjax's specials, looked up in the run's tokenizer (None where it has no such token)."""
+    or llmjax's specials, looked up in the run's tokenizer (None where it has no such token).
+    Without a named one, the end of document is the token the run's data was split at."""
     if run.imported is not None:
         return {key: run.imported["config"].get(key) for key in SPECIAL_KEYS}
-    texts = (_token_text(run.tokenizer_config.get(f"{name}_token")) or default
+    named = run.tokenizer_config
+    texts = (_token_text(named.get(f"{name}_token")) or default
              for name, default in (("bos", BOS), ("eos", EOS), ("pad", PAD)))
-    return {key: run.tokenizer.token_to_id(text) for key, text in zip(SPECIAL_KEYS, texts)}
+    ids = {key: run.tokenizer.token_to_id(text) for key, text in zip(SPECIAL_KEYS, texts)}
+    if not named.get("eos_token"):
+        eos = run.config.data.eos_id
+        ids["eos_token_id"] = eos if eos >= 0 else next(
+            (i for i in map(run.tokenizer.token_to_id, EOS_NAMES) if i is not None), None)
+    return ids
 
 
 def eos_ids(run: RunDir) -> list[int]:
@@ -52,17 +59,35 @@ def write_hf_tokenizer(run: RunDir, out: Path) -> None:
     """tokenizer.json plus a tokenizer_config.json that `AutoTokenizer` loads offline."""
     run.tokenizer  # noqa: B018 - fails clearly when missing.
     shutil.copyfile(run.path / TOKENIZER, out / TOKENIZER)
-    config = run.tokenizer_config or {
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": EOS,
-        "pad_token": PAD, "add_bos_token": False, "add_eos_token": False,
-        "clean_up_tokenization_spaces": False, "model_max_length": 1 << 30}
-    if not run.tokenizer_config and run.tokenizer.token_to_id(MASK) is not None:  # Trained for MLM.
-        config["mask_token"] = MASK
+    config = run.tokenizer_config or tokenizer_config(run.tokenizer, special_ids(run))
     (out / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2))
 
 
-def copy_hf_tokenizer(hf_dir: Path, workdir: Path) -> None:
-    """Takes an HF model directory's fast tokenizer (and its config, if any) into a run."""
-    for name in (TOKENIZER, TOKENIZER_CONFIG):
-        if (Path(hf_dir) / name).exists():
-            shutil.copyfile(Path(hf_dir) / name, Path(workdir) / name)
+def tokenizer_config(tokenizer, ids: dict) -> dict:
+    """A tokenizer_config.json naming the tokens of `ids` (bos/eos/pad_token_id; None or absent
+    where there is none), and the mask token of a tokenizer trained for MLM."""
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "add_eos_token": False,
+              "clean_up_tokenization_spaces": False, "model_max_length": 1 << 30}
+    for key in SPECIAL_KEYS:
+        token = ids.get(key)
+        token = token[0] if isinstance(token, list) and token else token
+        if isinstance(token, int) and tokenizer.id_to_token(token) is not None:
+            config[key.removesuffix("_id")] = tokenizer.id_to_token(token)
+    mask = next((name for name in MASK_NAMES if tokenizer.token_to_id(name) is not None), None)
+    if mask is not None:
+        config["mask_token"] = mask
+    return config
+
+
+def copy_hf_tokenizer(hf_dir: Path, workdir: Path, ids: dict) -> None:
+    """Takes an HF model directory's fast tokenizer and its config into a run; without a config
+    there, writes one naming the model's special tokens (`ids`: its config.json's
+    bos/eos/pad_token_id), so that runs trained from it and exports name them too."""
+    shutil.copyfile(Path(hf_dir) / TOKENIZER, Path(workdir) / TOKENIZER)
+    if (Path(hf_dir) / TOKENIZER_CONFIG).exists():
+        shutil.copyfile(Path(hf_dir) / TOKENIZER_CONFIG, Path(workdir) / TOKENIZER_CONFIG)
+    else:
+        from tokenizers import Tokenizer  # noqa: PLC0415
+
+        config = tokenizer_config(Tokenizer.from_file(str(Path(workdir) / TOKENIZER)), ids)
+        (Path(workdir) / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2))

@@ -14,6 +14,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from llmjax.data.jsonfile import read_json_object
 from llmjax.interop.tensor_map import InteropError
 
 SINGLE_FILE = "model.safetensors"
@@ -71,10 +72,11 @@ class SafetensorsReader:
     def __init__(self, directory: Path):
         directory = Path(directory)
         if (directory / INDEX_FILE).exists():
-            weight_map = json.loads((directory / INDEX_FILE).read_text())["weight_map"]
+            weight_map = read_json_object(directory / INDEX_FILE, InteropError, _DAMAGED,
+                                          keys=("weight_map",))["weight_map"]
             self.files = {name: directory / file for name, file in weight_map.items()}
         elif (directory / SINGLE_FILE).exists():
-            with safe_open(str(directory / SINGLE_FILE), framework="np") as f:
+            with _opened(directory / SINGLE_FILE) as f:
                 self.files = dict.fromkeys(f.keys(), directory / SINGLE_FILE)
         else:
             raise InteropError(f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE}; give a "
@@ -82,16 +84,31 @@ class SafetensorsReader:
         for file in set(self.files.values()):
             if not file.exists():
                 raise InteropError(f"{INDEX_FILE} names {file.name}, which is missing from {directory}.")
+            with _opened(file):  # A truncated or damaged shard fails here, before anything is written.
+                pass
 
     def names(self) -> set[str]:
         return set(self.files)
 
     def header(self, name: str) -> tuple[tuple[int, ...], str]:
         """(shape, safetensors dtype code such as F32 or BF16), from the file header alone."""
-        with safe_open(str(self.files[name]), framework="np") as f:
+        with _opened(self.files[name]) as f:
             info = f.get_slice(name)
             return tuple(info.get_shape()), info.get_dtype()
 
     def read(self, name: str) -> np.ndarray:
-        with safe_open(str(self.files[name]), framework="np") as f:
+        with _opened(self.files[name]) as f:
             return f.get_tensor(name)
+
+
+_DAMAGED = "it is damaged or incomplete: copy the model directory again (save_pretrained writes it whole)."
+
+
+def _opened(file: Path):
+    """`safe_open` of one file, whose failure (a truncated download, another format) is one
+    error naming the file."""
+    try:
+        return safe_open(str(file), framework="np")
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError and OSErrors.
+        raise InteropError(f"{file} cannot be read as safetensors ({' '.join(str(error).split())[:160]}); "
+                           f"{_DAMAGED}") from None
