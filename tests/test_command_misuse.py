@@ -8,6 +8,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,10 @@ def _cases(tmp):
                                                f"error: --out {tmp / 'missing' / 'eval.json'}: directory"),
         "eval: --out a directory": (["llmjax.cli.eval", f"--workdir={tmp / 'w'}", f"--out={tmp}"],
                                     f"error: --out {tmp} is a directory"),
+        "eval: --out a file that holds no result": (["llmjax.cli.eval", f"--workdir={tmp / 'w'}", f"--out={tmp / 'file'}"],
+                                                   f"error: --out {tmp / 'file'} exists and is not an llmjax-eval result"),
+        "ckpt: a directory with no checkpoints": (["llmjax.cli.ckpt", "list", str(tmp / "w")],
+                                                  f"error: {tmp / 'w' / 'checkpoints'} does not exist; give the workdir"),
         "export: --max_shard_size=0": (["llmjax.cli.export", f"--workdir={tmp / 'w'}", f"--out={tmp / 'w'}",
                                         "--max_shard_size=0"], "error: --max_shard_size 0: give a size"),
         "export: --max_shard_size=infGB": (["llmjax.cli.export", f"--workdir={tmp / 'w'}", f"--out={tmp / 'w'}",
@@ -102,3 +107,13 @@ def test_launch_passes_on_config_values_given_after_a_space(tmp_path):
                             cwd=ROOT, env=train_env(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--config.train.steps 6 --config.optimizer.warmup_steps 1 --workdir=" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("command, flag", [("llmjax-train", "--workdir"), ("llmjax-export", "--max_shard_size"),
+                                           ("llmjax-import", "--hf"), ("llmjax-sample", "--num_beams"),
+                                           ("llmjax-eval", "--batches"), ("llmjax-ckpt", "--step")])
+def test_help_lists_the_commands_own_flags(command, flag):
+    """An installed command's script defines no flags itself; --help shows its module's."""
+    script = Path(sys.executable).parent / command
+    result = subprocess.run([str(script), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert f"  {flag}" in result.stdout, result.stdout + result.stderr  # absl exits 1 after --help.

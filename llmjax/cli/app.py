@@ -153,6 +153,10 @@ def _reporting_errors(main):
 
 
 def run(main) -> None:
+    # --help lists the main module's flags, which absl finds by the script's path: an entry
+    # point's script defines none, the command's module (llmjax.cli.NAME) does.
+    for flag in flags.FLAGS.get_key_flags_for_module(main.__module__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     cpu_runtime.configure()  # Before JAX starts its backend.
     logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news to a user.
     app.run(_reporting_errors(main), flags_parser=_parse_flags)

@@ -80,7 +80,7 @@ def main(argv) -> None:
         raise app.UsageError("usage: llmjax-ckpt list|inspect WORKDIR [--step S]")
     directory = RunDir(argv[2]).checkpoints
     if not directory.is_dir():
-        raise FlagError(f"{directory} does not exist; give the --workdir of a training run.")
+        raise FlagError(f"{directory} does not exist; give the workdir of a training run.")
     steps = saved_steps(directory)
     if argv[1] == "list":
         print(list_checkpoints(directory))

@@ -46,6 +46,9 @@ def main(argv) -> None:
     if _PER_POSITION.value and not _OUT.value:
         raise FlagError("--per_position writes its losses to the JSON file of --out; give one.")
     out = output_file("out", _OUT.value) if _OUT.value else None
+    if out and out.exists() and not is_result_file(out):
+        raise FlagError(f"--out {_OUT.value} exists and is not an llmjax-eval result; writing there would lose "
+                        f"it: give a new file.")
     results = evaluate_run(_WORKDIR.value, _STEP.value, _DATA.value, _BATCHES.value, log=print,
                            per_position=_PER_POSITION.value, glob=_GLOB.value)
     step, positions = results.pop("step"), results.pop("per_position", {})
@@ -60,6 +63,15 @@ def main(argv) -> None:
         partial.write_text(json.dumps({"workdir": _WORKDIR.value, "step": step, "results": results,
                                        **({"per_position": positions} if positions else {})}, indent=1))
         partial.replace(out)
+
+
+def is_result_file(path) -> bool:
+    """Whether `path` holds what --out writes (an earlier evaluation, replaced by this one)."""
+    try:
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(value, dict) and {"workdir", "step", "results"} <= value.keys()
 
 
 def run() -> None:

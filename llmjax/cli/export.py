@@ -18,7 +18,8 @@ from llmjax.errors import FlagError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to export.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_FORMAT = flags.DEFINE_enum("format", "hf", ["hf"], "Output format: hf (transformers Llama).")
+_FORMAT = flags.DEFINE_enum("format", "hf", ["hf"], "Output format: hf (a transformers model directory: "
+                            "Llama, Mixtral, GPT-2, BERT or T5).")
 _OUT = flags.DEFINE_string("out", None, "Directory to write; must be new, empty, or this same export.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
                            "Tensor dtype (default: an imported run's own, else the parameter dtype).")

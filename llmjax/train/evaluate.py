@@ -121,6 +121,10 @@ def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, 
     eval_fn = run.compile_eval_step()
     position_fn = run.compile_eval_step(per_position=True) if per_position else None
     evaluator = Evaluator(datasets, run, batch_size, max_batches or config.train.eval_batches)
+    for name, batches, _ in evaluator.sets:
+        if max_batches and len(batches) < max_batches:
+            log(f"note: {name} has {len(batches)} validation batches of {batch_size}; evaluating all of them, "
+                f"not the {max_batches} asked for")
     checkpointer = Checkpointer(run_dir.checkpoints, config, log, read_only=True)
     params = checkpointer.restore(step, run.params).params
     checkpointer.close()
