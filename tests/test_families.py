@@ -108,6 +108,7 @@ def test_stated_parameter_count_is_the_real_one(family):
     # transformers 5, which ties the output layer to the embedding as llmjax does.
     ("t5-small", 60_511_616),
     ("t5-base", 222_903_552),
+    ("t5-small-v1.0", 60_506_624),  # ... of google-t5/t5-small's config (the original T5: ReLU MLP).
 ])
 def test_presets_have_the_published_parameter_counts(preset, published):
     assert param_count(compose(preset).model) == published

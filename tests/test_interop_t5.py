@@ -1,7 +1,7 @@
 """T5 against transformers itself (in .venv-ref): random Hugging Face T5ForConditionalGenerations
 (random RMSNorm scales, so a misplaced one shows; heads x head_dim unequal to d_model) are
 imported and must compute transformers' fp32 decoder logits, with and without the original
-T5's output scaling; a T5 trained by llmjax is exported and must load in transformers with
+T5's output scaling and with its ReLU MLP; a T5 trained by llmjax is exported and must load in transformers with
 the same logits; configs llmjax would not reproduce are refused before anything is written."""
 
 import json
@@ -35,7 +35,8 @@ HF_CONFIG = dict(vocab_size=384, d_model=64, d_kv=16, d_ff=96, num_layers=2, num
                  decoder_start_token_id=0)
 # T5 v1.1 checkpoints say tie_word_embeddings=false: transformers 5 ties them all the same and
 # then leaves the decoder's output unscaled; the original T5 scales it by d_model^-0.5.
-VARIANTS = {"v1.1": dict(tie_word_embeddings=False), "scaled": {}}
+VARIANTS = {"v1.1": dict(tie_word_embeddings=False), "scaled": {},
+            "original": dict(feed_forward_proj="relu")}  # t5-small's shape: the ReLU MLP, scaled.
 TEXTS = ["import json\nclass Encoder:\n    def encode(self, o):\n        return json.dumps(o)\n"] * 20
 
 
@@ -86,7 +87,7 @@ def t5(reference_python, tmp_path_factory):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_imported_t5_computes_the_logits_of_transformers(t5, variant):
     m = t5[variant]
-    assert RunDir(m["run"]).config.model.rescale_output == (variant == "scaled")
+    assert RunDir(m["run"]).config.model.rescale_output == (variant != "v1.1")
     rel = assert_logits_match(llmjax_logits(m["run"], m["tokens"]), m["logits"])
     print(f"{variant} imported parity: max |diff| / max |logit| = {rel:.2e}")
 
@@ -100,7 +101,8 @@ def test_export_of_import_is_the_original_checkpoint(t5, variant, tmp_path):
     for name in exported.names():
         assert exported.read(name).tobytes() == source.read(name).tobytes(), name
     hf = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert hf["decoder_start_token_id"] == 0 and hf["feed_forward_proj"] == "gated-gelu"
+    assert hf["decoder_start_token_id"] == 0
+    assert hf["feed_forward_proj"] == (HF_CONFIG | VARIANTS[variant])["feed_forward_proj"]
 
 
 def test_trained_t5_export_loads_in_transformers_with_its_logits(t5):
@@ -158,8 +160,8 @@ def test_untied_t5_is_refused_by_export_naming_the_reason(t5, tmp_path):
 
 
 @pytest.mark.parametrize("changes, field", [
-    (dict(feed_forward_proj="relu"), "feed_forward_proj"),
-    (dict(feed_forward_proj=None), "feed_forward_proj"),
+    (dict(feed_forward_proj="gelu"), "feed_forward_proj"),
+    (dict(feed_forward_proj="gated-relu"), "feed_forward_proj"),
     (dict(num_decoder_layers=3), "num_decoder_layers"),
     (dict(is_encoder_decoder=False), "is_encoder_decoder"),
     (dict(d_kv=None), "d_kv"),

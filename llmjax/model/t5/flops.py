@@ -21,7 +21,7 @@ def _layers(m) -> tuple[int, int]:
     """(encoder params, decoder params) without embeddings and bias tables."""
     inner = m.num_heads * m.head_dim
     attention = 4 * m.d_model * inner
-    mlp = 3 * m.d_model * m.mlp_dim
+    mlp = (2 if m.feed_forward == "relu" else 3) * m.d_model * m.mlp_dim
     encoder = m.num_layers * (attention + mlp + 2 * m.d_model) + m.d_model
     decoder = m.num_layers * (2 * attention + mlp + 3 * m.d_model) + m.d_model
     return encoder, decoder

@@ -15,6 +15,7 @@ the checkpoint says, and scales the decoder's output by d_model^-0.5 unless the 
 from __future__ import annotations
 
 from llmjax.interop.tensor_map import InteropError, TensorMap, refuse_unsupported
+from llmjax.model.t5.spec import FEED_FORWARDS
 
 MODEL_TYPE = "t5"
 # Copies of the shared embedding some checkpoints store (and transformers 5 ties to it).
@@ -22,16 +23,17 @@ OPTIONAL_TENSORS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"
 
 _REQUIRED = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")
 # HF config fields that select behaviour llmjax does not implement, with the value llmjax has.
-_UNSUPPORTED_IF_SET = {"feed_forward_proj": "gated-gelu", "is_encoder_decoder": True, "is_decoder": False}
+_UNSUPPORTED_IF_SET = {"is_encoder_decoder": True, "is_decoder": False}
 
 
 def model_overrides(hf: dict) -> dict:
     """`config.model` fields of an HF T5 config.json; refuses anything llmjax would not
     reproduce exactly, before a tensor is read."""
     refuse_unsupported(hf, _UNSUPPORTED_IF_SET)
-    if "feed_forward_proj" not in hf:
-        raise InteropError("config.json: no feed_forward_proj; transformers then builds the original "
-                           "T5's ReLU MLP, and llmjax has T5 v1.1's gated GELU only.")
+    feed_forward = hf.get("feed_forward_proj", "relu")  # transformers' default: the original T5's.
+    if feed_forward not in FEED_FORWARDS:
+        raise InteropError(f"config.json: feed_forward_proj={feed_forward!r} is not supported; llmjax's T5 has "
+                           f"{' and '.join(FEED_FORWARDS)} (T5 v1.1's and the original T5's MLPs).")
     missing = [key for key in _REQUIRED if hf.get(key) is None]
     if missing:
         raise InteropError(f"config.json: lacks {', '.join(missing)}; is it a complete T5 config?")
@@ -40,7 +42,7 @@ def model_overrides(hf: dict) -> dict:
                            f"num_layers={hf['num_layers']}; llmjax's T5 has as many blocks a side.")
     rescale = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True) is not False)
     return dict(family="t5", vocab_size=hf["vocab_size"], d_model=hf["d_model"], num_layers=hf["num_layers"],
-                num_heads=hf["num_heads"], head_dim=hf["d_kv"], mlp_dim=hf["d_ff"],
+                num_heads=hf["num_heads"], head_dim=hf["d_kv"], mlp_dim=hf["d_ff"], feed_forward=feed_forward,
                 relative_buckets=hf.get("relative_attention_num_buckets", 32),
                 relative_max_distance=hf.get("relative_attention_max_distance", 128),
                 norm_eps=float(hf.get("layer_norm_epsilon", 1e-6)), tie_embeddings=True,
@@ -61,7 +63,7 @@ def hf_config(model, dtype: str, special_ids: dict) -> dict:
         "d_ff": model.mlp_dim, "num_layers": model.num_layers, "num_decoder_layers": model.num_layers,
         "num_heads": model.num_heads, "relative_attention_num_buckets": model.relative_buckets,
         "relative_attention_max_distance": model.relative_max_distance,
-        "layer_norm_epsilon": model.norm_eps, "feed_forward_proj": "gated-gelu",
+        "layer_norm_epsilon": model.norm_eps, "feed_forward_proj": model.feed_forward,
         "is_encoder_decoder": True, "tie_word_embeddings": model.rescale_output,
         "dropout_rate": 0.0, "initializer_factor": model.init_scale, "n_positions": model.max_seq_len,
         "torch_dtype": dtype, **special_ids, "decoder_start_token_id": special_ids.get("pad_token_id"),
@@ -77,8 +79,9 @@ def _attention(hf_prefix: str, path: tuple[str, ...], d: int, n: int, h: int) ->
 def tensor_maps(model) -> list[TensorMap]:
     """Every tensor of the HF checkpoint of `model` (config.model), in HF's order."""
     d, n, h, f, v = model.d_model, model.num_heads, model.head_dim, model.mlp_dim, model.vocab_size
-    mlp = [(f"DenseReluDense.{name}.weight", ("mlp", name, "kernel"), (f, d), (d, f), True)
-           for name in ("wi_0", "wi_1")] + [("DenseReluDense.wo.weight", ("mlp", "wo", "kernel"), (d, f), (f, d), True)]
+    inputs = ("wi",) if model.feed_forward == "relu" else ("wi_0", "wi_1")
+    mlp = [(f"DenseReluDense.{name}.weight", ("mlp", name, "kernel"), (f, d), (d, f), True) for name in inputs] + \
+        [("DenseReluDense.wo.weight", ("mlp", "wo", "kernel"), (d, f), (f, d), True)]
     blocks = {
         "encoder": [*_attention("layer.0.SelfAttention", ("attention",), d, n, h),
                     ("layer.0.layer_norm.weight", ("attention_norm", "scale"), (d,), (d,), False),

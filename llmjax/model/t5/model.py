@@ -1,5 +1,5 @@
-"""T5 encoder-decoder (Raffel et al. 2020; the v1.1 gated-GELU MLP): a shared token embedding;
-an encoder of N pre-RMSNorm blocks (bidirectional self-attention, gated-GELU MLP); a decoder of
+"""T5 encoder-decoder (Raffel et al. 2020; the v1.1 gated-GELU MLP or the original's ReLU one): a
+shared token embedding; an encoder of N pre-RMSNorm blocks (bidirectional self-attention, MLP); a decoder of
 N blocks (causal self-attention, cross-attention over the encoder's output, MLP); a final
 RMSNorm on each side; logits through the shared embedding (scaled by d_model^-0.5 first, as
 the original T5) or an output matrix of their own.
@@ -8,11 +8,11 @@ Positions enter only as a learned bias on the attention scores, one per head and
 position bucket (`relative_buckets`), a table per stack shared by its blocks: bidirectional
 buckets in the encoder, causal ones in the decoder, none in cross-attention. Scores are not
 divided by sqrt(head_dim): T5 folds that into the query's init. Nothing has a bias; the MLP is
-wo(gelu_tanh(wi_0 x) * wi_1 x). Packed examples are kept apart by segment ids on both sides,
+wo(gelu_tanh(wi_0 x) * wi_1 x), or the original T5's wo(relu(wi x)). Packed examples are kept apart by segment ids on both sides,
 in cross-attention too (a decoder token sees only its own example's inputs).
 
 Parameter names follow transformers' T5ForConditionalGeneration where they can (q, k, v, o,
-wi_0, wi_1, wo), so `hf.py` reads as a list of renames.
+wi_0, wi_1 or wi, wo), so `hf.py` reads as a list of renames.
 """
 
 from __future__ import annotations
@@ -123,16 +123,19 @@ class CrossAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Gated GELU (T5 v1.1): wo(gelu_tanh(wi_0 x) * wi_1 x)."""
+    """Gated GELU (T5 v1.1): wo(gelu_tanh(wi_0 x) * wi_1 x); ReLU (the original T5): wo(relu(wi x))."""
     spec: T5Spec
 
     @nn.compact
     def __call__(self, x_BTD):
         s = self.spec
         d, f = s.d_model, s.mlp_dim
-        gate_BTF, up_BTF = project_together(self, [Projection(s, (d, f), ("embed", "mlp"), scale=d ** -0.5, name=name)
-                                                   for name in ("wi_0", "wi_1")], x_BTD)
-        h_BTF = activate(gelu_tanh, gate_BTF, up_BTF)
+        if s.feed_forward == "relu":
+            h_BTF = nn.relu(Projection(s, (d, f), ("embed", "mlp"), scale=d ** -0.5, name="wi")(x_BTD))
+        else:
+            gate_BTF, up_BTF = project_together(self, [Projection(s, (d, f), ("embed", "mlp"), scale=d ** -0.5,
+                                                                  name=name) for name in ("wi_0", "wi_1")], x_BTD)
+            h_BTF = activate(gelu_tanh, gate_BTF, up_BTF)
         return Projection(s, (f, d), ("mlp", "embed"), scale=f ** -0.5, name="wo")(h_BTF)
 
 

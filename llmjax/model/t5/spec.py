@@ -10,6 +10,7 @@ from llmjax.model.spec import TransformerSpec, divisible, finite, positive
 # Relative position biases are added to the attention scores, which only the kernels that take
 # an additive bias do (XLA's, and cuDNN's through jax.nn.dot_product_attention).
 T5_ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+FEED_FORWARDS = ("gated-gelu", "relu")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -18,7 +19,9 @@ class T5Spec(TransformerSpec):
     num_layers: int = 4  # Encoder blocks, and as many decoder blocks.
     num_heads: int = 4  # Attention heads (self- and cross-attention).
     head_dim: int = 64  # Width of one head (T5's d_kv); num_heads * head_dim need not be d_model.
-    mlp_dim: int = 1024  # Gated-GELU hidden width (T5's d_ff).
+    mlp_dim: int = 1024  # MLP hidden width (T5's d_ff).
+    # The MLP (T5's feed_forward_proj): "gated-gelu" (T5 v1.1) or "relu" (the original T5).
+    feed_forward: str = "gated-gelu"
     relative_buckets: int = 32  # Relative position buckets (T5's relative_attention_num_buckets).
     relative_max_distance: int = 128  # Distances from here on share the last bucket.
     norm_eps: float = 1e-6  # RMSNorm epsilon (T5's layer_norm_epsilon).
@@ -36,6 +39,9 @@ class T5Spec(TransformerSpec):
         super().validate(model, mesh_shape)
         positive(model, "num_heads", "head_dim", "mlp_dim", "relative_buckets", "relative_max_distance")
         finite(model, "norm_eps", positive=True)
+        if model.feed_forward not in FEED_FORWARDS:
+            raise config_error("model.feed_forward", model.feed_forward,
+                               f"must be one of {', '.join(FEED_FORWARDS)} (T5 v1.1's MLP, the original T5's).")
         if model.attention_impl not in T5_ATTENTION_IMPLS:
             raise config_error("model.attention_impl", model.attention_impl,
                                f"must be one of {', '.join(T5_ATTENTION_IMPLS)} for T5: its relative "
