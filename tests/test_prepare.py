@@ -104,6 +104,28 @@ def test_manifest_counts_and_split(tmp_path):
     assert manifest["unigram_entropy_nats"] > 0
 
 
+def test_overlapping_or_added_inputs_move_no_document_across_the_split(tmp_path):
+    """A file named by two inputs is one document, on one side; adding an input leaves every
+    earlier document's id, which decides its side, as it was."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "extra").mkdir()
+    for i, d in enumerate(_documents(40, seed=4)):
+        (tmp_path / "in" / f"{i:02d}.txt").write_text(d)
+    (tmp_path / "extra" / "00.txt").write_text("another document with the name of one in in/")
+    ids = lambda *inputs: [f.relpath for f in sources.find_inputs([str(tmp_path / i) for i in inputs])]  # noqa: E731
+    one = ids("in")
+    assert ids("in", "in/*.txt") == one
+    added = ids("in", "extra")
+    assert set(one) < set(added) and len(added) == 41
+    counts = {}
+    for name, inputs in (("one", ("in",)), ("both", ("in", "in/*.txt"))):
+        out = prepare(PrepareOptions(inputs=tuple(str(tmp_path / i) for i in inputs), vocab_size=300,
+                                     val_percent=30, workers=1), tmp_path / name, **QUIET)
+        counts[name] = {split: (v["documents"], v["tokens"])
+                        for split, v in json.loads((out / "manifest.json").read_text())["splits"].items()}
+    assert counts["both"] == counts["one"] and counts["one"]["val"][0] > 0
+
+
 def test_parallel_preparation_equals_serial(tmp_path):
     (tmp_path / "in").mkdir()
     for i, d in enumerate(_documents(40, seed=3)):

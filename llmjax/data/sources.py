@@ -73,6 +73,7 @@ def find_inputs(inputs: list[str], pattern: str = "**/*") -> list[InputFile]:
     sorted by relative path. site-packages is skipped so that "the standard library" does not
     depend on what happens to be installed."""
     found: dict[str, InputFile] = {}
+    seen: set[Path] = set()
     for spec in inputs:
         path = Path(spec).expanduser()
         if path.is_dir():
@@ -91,9 +92,12 @@ def find_inputs(inputs: list[str], pattern: str = "**/*") -> list[InputFile]:
                 raise SourceError(f"input {spec!r} is neither a file, a directory nor a glob "
                                   f"pattern matching a file; check the path.")
         for p, rel in files:
-            if "site-packages" in rel.parts or "__pycache__" in rel.parts:
-                continue
-            key = str(rel) if len(inputs) == 1 else f"{spec}:{rel}"
+            if "site-packages" in rel.parts or "__pycache__" in rel.parts or p.resolve() in seen:
+                continue  # A file two inputs name (a directory and a glob inside it) is read once.
+            seen.add(p.resolve())
+            # Its id does not depend on the other inputs, so adding one moves nothing across the
+            # split; only a second file of the same relative path is told apart by its input.
+            key = str(rel) if str(rel) not in found else f"{spec}:{rel}"
             found[key] = InputFile(p, key, p.stat().st_size)
     if not found:
         raise SourceError(f"no input files found in {inputs} (pattern {pattern!r}); give files, "
