@@ -24,7 +24,13 @@ from llmjax.config import apply_overrides, default_config
 from llmjax.data.jsonfile import read_json_object
 from llmjax.errors import ConfigError, LlmjaxError
 
-IDENTITY_SECTIONS = ("model", "objective", "data", "seed")  # What makes two configs the same run.
+IDENTITY_SECTIONS = ("model", "objective", "data", "seed")  # What makes two configs the same run ...
+# ... with the batch size (a run's data position is counted in batches: resuming with another
+# would skip or repeat data) ...
+IDENTITY_KEYS = ("train.global_batch_size",)
+# ... but not how the same model is computed or where caches live: a run that ran out of memory
+# resumes with rematerialisation.
+COMPUTE_KEYS = ("model.remat", "model.attention_impl", "model.scan_unroll", "data.cache_dir")
 CONFIG, STATUS, SUMMARY = "config.json", "status.json", "summary.json"
 IMPORTED = "imported.json"  # Marks a run directory made by llmjax-import (params only).
 TOKENIZER, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
@@ -61,8 +67,9 @@ def config_from_dict(saved: dict):
 
 
 def identity_changes(changes: dict[str, tuple]) -> dict[str, tuple]:
-    """Those of `changes` that make another run (IDENTITY_SECTIONS)."""
-    return {k: v for k, v in changes.items() if k.split(".")[0] in IDENTITY_SECTIONS}
+    """Those of `changes` that make another run (IDENTITY_SECTIONS, IDENTITY_KEYS)."""
+    return {k: v for k, v in changes.items()
+            if (k.split(".")[0] in IDENTITY_SECTIONS and k not in COMPUTE_KEYS) or k in IDENTITY_KEYS}
 
 
 def shown_changes(changes: dict[str, tuple], limit: int | None = 5) -> str:
@@ -132,7 +139,7 @@ class RunDir:
                                f"its checkpoints; move it away or choose a new --workdir.")
         changes = self.changes(config)
         if conflicts := identity_changes(changes):
-            raise WorkdirError(f"--workdir {path}: holds a run with a different model/data/seed "
+            raise WorkdirError(f"--workdir {path}: holds a run with a different model/data/seed/batch size "
                                f"({shown_changes(conflicts)}); choose a new --workdir, or start from that run with "
                                f"--config.checkpoint.init_from={workdir}.")
         probe = workdir

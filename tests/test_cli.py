@@ -38,7 +38,16 @@ def test_train_command_end_to_end(tmp_path):
 
     other_model = run_train(workdir, "--config.model.num_layers=3", cache=tmp_path / "cache")
     assert other_model.returncode == 2
-    assert "holds a run with a different model/data/seed (model.num_layers: 2 -> 3)" in other_model.stderr
+    assert "holds a run with a different model/data/seed/batch size (model.num_layers: 2 -> 3)" in other_model.stderr
+    # Another batch size would skip or repeat data (the position is counted in batches): refused.
+    other_batch = run_train(workdir, "--config.train.steps=30", "--config.train.global_batch_size=16",
+                            cache=tmp_path / "cache", devices=2)
+    assert other_batch.returncode == 2 and "(train.global_batch_size: 8 -> 16)" in other_batch.stderr, \
+        other_batch.stderr[-2000:]
+    # How the same model is computed may change: a run short of memory resumes rematerialised.
+    remat = run_train(workdir, "--config.train.steps=32", "--config.train.eval_every=15", "--config.model.remat=full",
+                      cache=tmp_path / "cache", devices=2)
+    assert remat.returncode == 0 and "resuming from checkpoint step 30" in remat.stdout, remat.stderr[-2000:]
 
 
 @pytest.mark.slow

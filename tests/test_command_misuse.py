@@ -59,7 +59,7 @@ def _cases(tmp):
                                       "error: --num_processes=0: must be at least 1"),
         "launch: a SLURM job into another run's workdir": (
             ["llmjax.cli.launch", TINY, f"--workdir={other_run}", "--cluster=slurm", "--dry_run"],
-            f"error: --workdir {other_run}: holds a run with a different model/data/seed (model.num_layers: 3 -> 2)"),
+            f"error: --workdir {other_run}: holds a run with a different model/data/seed/batch size (model.num_layers: 3 -> 2)"),
         "prepare: --val_percent=0": (["llmjax.cli.prepare", f"--input={ROOT / 'configs'}", f"--out={tmp / 'w'}",
                                       "--val_percent=0"], "error: --val_percent=0.0: must be in (0, 100)"),
         "prepare: --eos_id without --tokenizer": (["llmjax.cli.prepare", f"--input={ROOT / 'configs'}",
