@@ -255,3 +255,25 @@ def test_encoder_and_decoder_lengths_that_do_not_fit_are_refused():
     config.data.seq_len = 66  # The encoder's length must split over the sequence axis as well.
     with pytest.raises(ConfigError, match="data.seq_len=66"):
         validate(config, 8)
+    config.mesh.ici.update(data=1, sequence=1)
+    config.data.seq_len, config.objective.targets_length = 64, -1
+    with pytest.raises(ConfigError, match=r"objective.targets_length=-1: must be 0"):
+        validate(config, 1)
+
+
+def test_objectives_that_would_score_nothing_are_refused_and_empty_evaluations_are_nan():
+    """A window with nothing to predict trains on nothing and used to report a val loss of 0,
+    which a sweep's report ranks first."""
+    t5 = default_config("t5")
+    t5.data.seq_len = 2
+    with pytest.raises(ConfigError, match=r"data.seq_len=2: leaves a window that ends a document no token"):
+        validate(t5, 1)
+    t5.data.seq_len = 3
+    validate(t5, 1)
+    bert = default_config("bert")
+    bert.data.seq_len, bert.objective.mask_rate = 64, 0.01
+    with pytest.raises(ConfigError, match=r"objective.mask_rate=0.01: chooses 0.64 of a window's 64 tokens"):
+        validate(bert, 1)
+    for name, sums in (("mlm", [0.0, 0.0, 0.0]), ("causal_lm", [0.0, 0.0]), ("span", [0.0, 0.0, 0.0])):
+        metrics = objectives.get(name).impl().metrics(sums, 0.0)
+        assert np.isnan(metrics["loss"]) and np.isnan(metrics["perplexity"]), (name, metrics)

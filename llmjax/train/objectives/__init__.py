@@ -92,6 +92,10 @@ def _check_mlm_rates(config, mesh_shape: dict[str, int]) -> None:
     o = config.objective
     if not 0 < o.mask_rate <= 1:
         raise config_error("objective.mask_rate", o.mask_rate, "must be in (0, 1].")
+    if o.mask_rate * config.data.seq_len < 1:
+        raise config_error("objective.mask_rate", o.mask_rate,
+                           f"chooses {o.mask_rate * config.data.seq_len:.2g} of a window's {config.data.seq_len} "
+                           f"tokens on average: most windows would have nothing to predict; raise it or data.seq_len.")
     for key in ("mask_token_rate", "random_token_rate"):
         if not 0 <= o[key] <= 1:
             raise config_error(f"objective.{key}", o[key], "must be in [0, 1].")

@@ -15,7 +15,7 @@ import jax
 from llmjax import model
 from llmjax.data import pipeline
 from llmjax.data.errors import DataError
-from llmjax.train.objectives.cross_entropy import chunked_cross_entropy_sums, cross_entropy_sums, token_nll
+from llmjax.train.objectives.cross_entropy import chunked_cross_entropy_sums, cross_entropy_sums, mean, token_nll
 from llmjax.train.objectives.fields import ROW_AXES, Field
 
 
@@ -116,9 +116,9 @@ class CausalLM:
         """Loss, perplexity and bits per byte (the loss in bits over the UTF-8 bytes the
         targets stand for, which makes models with different tokenizers comparable)."""
         nll, tokens, num_bytes = float(sums[0]), float(sums[1]), float(num_bytes)
-        loss = nll / max(tokens, 1.0)
+        loss = mean(nll, tokens)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-                "bits_per_byte": nll / math.log(2) / max(num_bytes, 1.0)}
+                "bits_per_byte": mean(nll / math.log(2), num_bytes if tokens > 0 else 0.0)}
 
     def describe(self, values: dict[str, float]) -> str:
         """The metrics as the progress line shows them."""

@@ -20,6 +20,7 @@ from sklearn.metrics import f1_score
 
 from llmjax import model, tasks
 from llmjax.model import registry
+from llmjax.train.objectives.cross_entropy import mean
 from llmjax.train.objectives.fields import ROW_AXES, Field, abstract_batch
 from llmjax.train.objectives.task import TaskObjective, fit, spread
 
@@ -101,9 +102,9 @@ class Classify(TaskObjective):
         k = confusion.shape[0]
         truth = np.repeat(np.repeat(np.arange(k), k), confusion.reshape(-1))
         predicted = np.repeat(np.tile(np.arange(k), k), confusion.reshape(-1))
-        loss = nll / max(count, 1.0)
+        loss = mean(nll, count)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-                "accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
+                "accuracy": mean(float(np.trace(confusion)), float(confusion.sum())),
                 "macro_f1": float(f1_score(truth, predicted, labels=np.arange(k), average="macro", zero_division=0))}
 
     def baseline(self, task, config) -> tuple[str, dict[str, float]]:

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+
+
+def mean(total: float, count: float) -> float:
+    """An evaluation's per-token (or per-example) mean; NaN when nothing was scored, which a
+    loss of 0 would hide as the best run of a sweep."""
+    return total / count if count > 0 else math.nan
 
 
 def token_nll(logits_BTV, targets_BT):

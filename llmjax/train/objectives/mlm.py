@@ -25,7 +25,7 @@ from llmjax.data.errors import DataError
 from llmjax.data.tokenizer import MASK_NAMES
 from llmjax import model
 from llmjax.train.objectives.causal_lm import CausalLM
-from llmjax.train.objectives.cross_entropy import token_nll
+from llmjax.train.objectives.cross_entropy import mean, token_nll
 
 _STREAM = 0x6D6C6D  # Separates this objective's random stream from any other drawn from the seed.
 
@@ -72,8 +72,8 @@ class MaskedLM(CausalLM):
         """Loss and perplexity over the chosen tokens, and the fraction of them predicted right."""
         del num_bytes
         nll, tokens, correct = (float(x) for x in sums)
-        loss = nll / max(tokens, 1.0)
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(tokens, 1.0)}
+        loss = mean(nll, tokens)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": mean(correct, tokens)}
 
     def describe(self, values: dict[str, float]) -> str:
         return f"loss {values['loss']:.4f} ppl {values['perplexity']:.2f} acc {values['accuracy']:.4f}"

@@ -26,6 +26,7 @@ from llmjax.sample.search import Settings
 from llmjax.sample.select import Sampling
 from llmjax.train.objectives import text_metrics
 from llmjax.train.objectives.causal_lm import CausalLM
+from llmjax.train.objectives.cross_entropy import mean
 from llmjax.train.objectives.task import TaskObjective, fit, spread
 
 
@@ -140,7 +141,7 @@ class SupervisedFineTuning(TaskObjective, CausalLM):
 
     def metrics(self, sums, num_bytes: float) -> dict[str, float]:
         del num_bytes
-        loss = float(sums[0]) / max(float(sums[1]), 1.0)
+        loss = mean(float(sums[0]), float(sums[1]))
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
     def describe(self, values: dict[str, float]) -> str:

@@ -57,13 +57,16 @@ def check(config, mesh_shape: dict[str, int]) -> None:
     if not 1 <= o.mean_span_length < math.inf:
         raise config_error("objective.mean_span_length", o.mean_span_length, "must be a finite number >= 1.")
     text, needed = span_lengths(seq_len, o.noise_density, o.mean_span_length)
+    if noise_counts(text - 1, o.noise_density, o.mean_span_length)[0] < 1:
+        raise config_error("data.seq_len", seq_len, "leaves a window that ends a document no token to corrupt "
+                                                    "(nothing to predict); give span corruption at least 3 tokens.")
     spans = noise_counts(text, o.noise_density, o.mean_span_length)[1]
     if spans > SENTINELS:
         raise config_error("data.seq_len", seq_len, f"needs {spans} sentinels per window, more than the "
                                                     f"{SENTINELS} a tokenizer has; lower it or raise "
                                                     f"objective.mean_span_length.")
     targets = o.targets_length or needed
-    if not isinstance(o.targets_length, int) or 0 < o.targets_length < needed:
+    if not isinstance(o.targets_length, int) or o.targets_length < 0 or 0 < o.targets_length < needed:
         raise config_error("objective.targets_length", o.targets_length,
                            f"must be 0 (derived: {needed}) or at least {needed}, the targets of an "
                            f"encoder of data.seq_len={seq_len} tokens.")
