@@ -170,7 +170,7 @@ RANGES = (
     ("checkpoint.every_minutes", lambda v: 0 <= v * 60 < math.inf, ">= 0 (0 = off), finite in seconds"),
     ("checkpoint.save_timeout_minutes", lambda v: 1 <= v * 60 < math.inf,
      "at least one second (1/60), finite in seconds; raise it if large saves take longer"),
-    ("data.val_percent", lambda v: 0 <= v < 100, "in [0, 100)"),
+    ("data.val_percent", lambda v: 0 < v < 100, "in (0, 100): runs are evaluated on held-out text"),
     ("data.max_files", lambda v: v >= 0, ">= 0 (0 = all)"),
     ("data.eos_id", lambda v: v >= -1, "a token id, or -1 (found by name)"),
 )
@@ -280,7 +280,7 @@ def parse_mixture(mixture: str) -> list[tuple[str, float]]:
             value = float(weight)
         except ValueError:
             raise ValueError(item) from None
-        if not path or not value > 0:
+        if not path or not 0 < value < math.inf:
             raise ValueError(item)
         entries.append((path, value))
     return entries
@@ -317,7 +317,7 @@ def check_fields(config) -> None:
     try:
         parse_mixture(d.mixture)
     except ValueError as error:
-        _fail("data.mixture", d.mixture, f"entry {error} is not PATH:WEIGHT with a positive weight; "
+        _fail("data.mixture", d.mixture, f"entry {error} is not PATH:WEIGHT with a positive, finite weight; "
                                          f"give entries like 'web:0.7,code:0.3'.")
     if t.loss_chunk_len < 0 or (t.loss_chunk_len and d.seq_len % t.loss_chunk_len):
         _fail("train.loss_chunk_len", t.loss_chunk_len,

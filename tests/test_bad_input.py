@@ -267,7 +267,7 @@ OUT_OF_RANGE = [
     ("llama", "train.loss_chunk_len", st.integers(1, 63).filter(lambda v: 64 % v).map(str)),  # Divides data.seq_len.
     ("llama", "optimizer.warmup_steps", ints_outside(lambda v: 0 <= v < 20)),  # train.steps is 20.
     ("llama", "seed", ints_outside(lambda v: 0 <= v < 2**32)),
-    ("llama", "data.val_percent", ints_outside(lambda v: 0 <= v < 100)),
+    ("llama", "data.val_percent", ints_outside(lambda v: 0 < v < 100)),
     ("llama", "data.eos_id", ints_outside(lambda v: v >= -1)),
     ("llama", "optimizer.learning_rate", floats_outside(lambda v: v > 0)),
     ("llama", "optimizer.b1", floats_outside(lambda v: 0 <= v < 1)),
@@ -313,7 +313,8 @@ OUT_OF_RANGE = [
         lambda good: st.text(min_size=1).filter(lambda x: "," not in x and x.strip() and not _is_int(x)).map(
             lambda bad: ",".join([*good, bad])))),
     ("llama", "data.mixture", st.one_of(WORDS, WORDS.map(lambda w: f"{w}:"), WORDS.map(lambda w: f"{w}:{w}"),
-                                        st.floats(max_value=0).map(lambda v: f"web:{v!r}"), WORDS.map(lambda w: f":{w}"))),
+                                        st.floats(max_value=0).map(lambda v: f"web:{v!r}"), WORDS.map(lambda w: f":{w}"),
+                                        st.just("web:inf,code:1"))),
     ("llama", "checkpoint.init_from", st.one_of(WORDS.map(lambda w: f"/nonexistent/{w}"),
                                                  WORDS.map(lambda w: f"/tmp@{w}"))),
 ]
