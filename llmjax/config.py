@@ -327,6 +327,8 @@ def check_fields(config) -> None:
     if o.warmup_steps < 0 or o.warmup_steps >= t.steps:
         _fail("optimizer.warmup_steps", o.warmup_steps,
               f"must be in [0, train.steps={t.steps}).")
+    if objective.check_fields is not None:  # Its fields on one device; `validate` adds the mesh's.
+        objective.check_fields(config, dict.fromkeys(MESH_AXES, 1))
 
     finetune.check(config)
     if config.tracking.wandb and importlib.util.find_spec("wandb") is None:
