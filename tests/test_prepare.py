@@ -23,6 +23,7 @@ from llmjax.data.prepare import PrepareOptions, prepare, token_counts
 from llmjax.data.shards import ShardWriter, index_path
 from llmjax.data import sources
 from llmjax.data.tokenizer import TextTokenizer
+from llmjax.train import objectives
 
 QUIET = dict(log=lambda *_: None, progress=False)
 
@@ -318,6 +319,27 @@ def test_empty_files_and_invalid_utf8_are_counted_not_fatal(tmp_path):
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "llmjax.cli.prepare", *args], cwd=ROOT, capture_output=True,
                           text=True)
+
+
+def test_objective_flags_train_the_tokens_bert_and_t5_need(tmp_path, tokenizer_file):
+    """A dataset for MLM and span corruption: its tokenizer has the mask and the 100 sentinels,
+    which the objectives find; without them the error names the flag that adds them."""
+    (tmp_path / "in").mkdir()
+    for i, d in enumerate(_documents(20, seed=8)):
+        (tmp_path / "in" / f"{i}.txt").write_text(d)
+    result = _cli(f"--input={tmp_path / 'in'}", f"--out={tmp_path / 'ds'}", "--vocab_size=500", "--workers=1",
+                  "--val_percent=20", "--objective=mlm", "--objective=span")
+    assert result.returncode == 0, result.stderr[-2000:]
+    tokenizer = open_dataset(tmp_path / "ds").tokenizer
+    for family, name in (("bert", "mlm"), ("t5", "span")):
+        ids = objectives.get(name).impl().token_ids(tokenizer, default_config(family))
+        assert ids, name
+    plain = TextTokenizer(tokenizer_file)
+    with pytest.raises(DataError, match="prepare the dataset with llmjax-prepare --objective mlm"):
+        objectives.get("mlm").impl().token_ids(plain, default_config("bert"))
+    both = _cli(f"--input={tmp_path / 'in'}", f"--out={tmp_path / 'x'}", f"--tokenizer={tokenizer_file}",
+                "--objective=mlm")
+    assert both.returncode == 1 and "with --tokenizer the given one is used as it is" in both.stderr
 
 
 def test_bad_input_fails_with_one_clear_line(tmp_path, tokenizer_file):

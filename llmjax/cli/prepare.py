@@ -13,6 +13,7 @@ from absl import app, flags
 from llmjax.cli.app import run as run_app
 from llmjax.errors import FlagError
 from llmjax.data.prepare import PrepareOptions, prepare
+from llmjax.train import objectives
 
 _INPUT = flags.DEFINE_multi_string("input", None, "A file, directory or glob pattern of .txt / .jsonl / "
                                    ".parquet inputs (optionally .gz or .zst); repeat for more.")
@@ -29,6 +30,10 @@ _VAL_PERCENT = flags.DEFINE_float("val_percent", 2.0, "Percent of documents held
 _WORKERS = flags.DEFINE_integer("workers", 0, "Tokenizing processes (0 = one per CPU core).")
 _SHARD_MB = flags.DEFINE_float("shard_mb", 64.0, "Input megabytes per shard, at most.")
 _MAX_FILES = flags.DEFINE_integer("max_files", 0, "Read only the first N input files (0 = all).")
+_OBJECTIVE = flags.DEFINE_multi_enum(
+    "objective", [], [name for name in objectives.names() if objectives.get(name).special_tokens],
+    "Also train the special tokens this objective needs into the tokenizer, as llmjax-train does: a mask "
+    "token (mlm, BERT) or 100 sentinels (span, T5). Repeat it for a dataset several objectives read.")
 flags.mark_flags_as_required(["input", "out"])
 
 
@@ -44,6 +49,9 @@ def main(argv) -> None:
                         f"on the held-out documents; the default is 2.")
     if _WORKERS.value < 0 or _MAX_FILES.value < 0:
         raise FlagError("--workers and --max_files must be >= 0.")
+    if _TOKENIZER.value and (flags.FLAGS["vocab_size"].present or _OBJECTIVE.value):
+        raise FlagError("--vocab_size and --objective shape the tokenizer llmjax trains; with --tokenizer the "
+                        "given one is used as it is: drop them (or --tokenizer).")
     if _EOS_ID.value >= 0 and not _TOKENIZER.value:
         raise FlagError("--eos_id names a token of the tokenizer given with --tokenizer; give that too, "
                         "or drop --eos_id (a trained tokenizer has its own).")
@@ -51,7 +59,8 @@ def main(argv) -> None:
         inputs=tuple(_INPUT.value), pattern=_PATTERN.value, text_field=_TEXT_FIELD.value,
         tokenizer=_TOKENIZER.value, eos_id=_EOS_ID.value, vocab_size=_VOCAB_SIZE.value, tokenizer_sample_mb=_SAMPLE_MB.value,
         val_percent=_VAL_PERCENT.value, max_files=_MAX_FILES.value, shard_mb=_SHARD_MB.value,
-        workers=_WORKERS.value)
+        workers=_WORKERS.value,
+        special_tokens=tuple(token for name in _OBJECTIVE.value for token in objectives.get(name).special_tokens))
     prepare(options, Path(_OUT.value).expanduser(), log=lambda *a: print(*a, flush=True),
             progress=True)
 

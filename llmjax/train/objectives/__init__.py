@@ -73,6 +73,10 @@ def register(objective: Objective) -> Objective:
     return objective
 
 
+def names() -> tuple[str, ...]:
+    return tuple(_OBJECTIVES)
+
+
 def get(name: str) -> Objective:
     if name not in _OBJECTIVES:
         raise ConfigError(f"config.objective.name={name!r}: no such objective; choose one of "

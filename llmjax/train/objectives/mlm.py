@@ -42,8 +42,9 @@ class MaskedLM(CausalLM):
         mask = tokenizer.token_id(MASK_NAMES)
         if mask is None:
             raise DataError(f"objective mlm needs a mask token, and tokenizer {tokenizer.path} has none "
-                            f"(looked for {', '.join(MASK_NAMES)}); let llmjax train the tokenizer "
-                            f"(data.tokenizer='') or give one with a mask token.")
+                            f"(looked for {', '.join(MASK_NAMES)}); prepare the dataset with llmjax-prepare "
+                            f"--objective mlm, let llmjax train the tokenizer of a text source "
+                            f"(data.tokenizer=''), or give one with a mask token.")
         known = [i for i in (mask, tokenizer.eos_id, tokenizer.pad_id) if i is not None]
         special = np.union1d(tokenizer.special_ids(), known).astype(np.int64)
         return {"mask": mask, "special": special,

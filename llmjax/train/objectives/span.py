@@ -83,8 +83,9 @@ class SpanCorruption(MaskedLM):
         if None in sentinels:
             raise DataError(f"objective span needs {needed} sentinel tokens for windows of "
                             f"{lengths(config)[0]} tokens, and tokenizer {tokenizer.path} lacks "
-                            f"{' / '.join(sentinel_names(sentinels.index(None)))}; let llmjax train "
-                            f"the tokenizer (data.tokenizer='') or give one with T5's <extra_id_N> tokens.")
+                            f"{' / '.join(sentinel_names(sentinels.index(None)))}; prepare the dataset "
+                            f"with llmjax-prepare --objective span, let llmjax train the tokenizer of a text "
+                            f"source (data.tokenizer=''), or give one with T5's <extra_id_N> tokens.")
         start = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
         return {"sentinels": np.asarray(sentinels, np.int32), "start": start, "eos": tokenizer.eos_id}
 
