@@ -259,6 +259,31 @@ def test_preparation_killed_at_random_moments_finishes_byte_identical(tmp_path):
     assert len(recorded) == 1 + 2 * 2 * units
 
 
+@pytest.mark.parametrize("signum, to_group, code", [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)])
+def test_ctrl_c_or_sigterm_stops_with_one_line_and_a_rerun_finishes(tmp_path, signum, to_group, code):
+    """Ctrl-C reaches every process of the group, SIGTERM (a scheduler) the main one: either way
+    one error line, no worker's traceback, no process left, and the rerun completes the data."""
+    rng = np.random.default_rng(11)
+    (tmp_path / "in").mkdir()
+    for i in range(400):
+        (tmp_path / "in" / f"{i:04d}.txt").write_text(" ".join(rng.choice(["def", "x", "(y):", "\n"], 1500)))
+    args = [sys.executable, "-m", "llmjax.cli.prepare", f"--input={tmp_path / 'in'}", "--vocab_size=300",
+            "--workers=2", "--shard_mb=0.05", f"--out={tmp_path / 'ds'}"]
+    job = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    deadline = time.time() + 120
+    while job.poll() is None and _units_done(tmp_path / "ds") < 2 and time.time() < deadline:
+        time.sleep(0.005)
+    (os.killpg if to_group else os.kill)(job.pid, signum)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == code, stderr[-2000:]
+    assert "Traceback" not in stderr and stderr.count("error: ") == 1, stderr[-2000:]
+    assert "error: interrupted; the finished units are kept: rerun the same command to finish." in stderr
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+    rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and (tmp_path / "ds" / "manifest.json").exists(), rerun.stderr[-2000:]
+
+
 def test_an_interrupted_shard_writer_leaves_only_tmp_files(tmp_path, monkeypatch):
     """What a rerun sweeps away before it starts: *.tmp, the index's temporary file too."""
     writer = ShardWriter(tmp_path / "train-00000.bin", 0, np.uint16)

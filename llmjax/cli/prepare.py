@@ -6,6 +6,8 @@ Train on the result with `--config.data.source=DIR` (or several with `--config.d
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 from absl import app, flags
@@ -61,8 +63,23 @@ def main(argv) -> None:
         val_percent=_VAL_PERCENT.value, max_files=_MAX_FILES.value, shard_mb=_SHARD_MB.value,
         workers=_WORKERS.value,
         special_tokens=tuple(token for name in _OBJECTIVE.value for token in objectives.get(name).special_tokens))
-    prepare(options, Path(_OUT.value).expanduser(), log=lambda *a: print(*a, flush=True),
-            progress=True)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        prepare(options, Path(_OUT.value).expanduser(), log=lambda *a: print(*a, flush=True),
+                progress=True)
+    except KeyboardInterrupt as interrupt:
+        print("\nerror: interrupted; the finished units are kept: rerun the same command to finish.",
+              file=sys.stderr, flush=True)
+        sys.exit(143 if isinstance(interrupt, _Terminated) else 130)  # The shells' 128 + signal.
+
+
+class _Terminated(KeyboardInterrupt):
+    pass
+
+
+def _stop(signum, frame) -> None:
+    """SIGTERM (a scheduler, `kill`) stops preparation as Ctrl-C does."""
+    raise _Terminated
 
 
 def run() -> None:

@@ -18,6 +18,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -283,8 +284,14 @@ def _run(jobs, workers: int):
         yield from map(_tokenize_unit, jobs)
         return
     # spawn, not fork: the caller may be a training process with JAX's threads running.
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_leave_interrupts) as pool:
         yield from pool.imap_unordered(_tokenize_unit, jobs)
+
+
+def _leave_interrupts() -> None:
+    """A worker leaves Ctrl-C (which reaches the whole process group) to the parent, which stops
+    the pool: one message, not a traceback per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _tokenizer(options, files, plan, out: Path, log) -> TextTokenizer:
