@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from llmjax.data.dataset import open_dataset
+from llmjax.config import default_config
+from llmjax.data.dataset import open_dataset, resolve
 from llmjax.data.pipeline import GlobalBatches, PackedWindows, eval_batches, mixture_rows, train_rows
 from llmjax.data.prepare import PrepareOptions, prepare
 
@@ -142,6 +144,17 @@ def two_datasets(tmp_path_factory):
     second = prepare(PrepareOptions(inputs=(str(base / "b.jsonl"),), tokenizer=str(first / "tokenizer.json"),
                                     val_percent=10, workers=1), base / "b", log=lambda *_: None, progress=False)
     return first, second
+
+
+def test_mixture_datasets_of_one_folder_name_keep_their_own_metrics(two_datasets, tmp_path):
+    """x/web and y/web are told apart by the paths given, so each keeps its validation line."""
+    first, second = two_datasets
+    shutil.copytree(first, tmp_path / "x" / "web")
+    shutil.copytree(second, tmp_path / "y" / "web")
+    data = default_config().data
+    data.mixture = f"{tmp_path / 'x' / 'web'}:1,{tmp_path / 'y' / 'web'}:1,{first}:1"
+    datasets = resolve(data, 300, tmp_path / "cache", log=lambda *_: None)
+    assert [d.name for d, _ in datasets] == [str(tmp_path / "x" / "web"), str(tmp_path / "y" / "web"), "a"]
 
 
 def test_device_batches_equal_the_host_global_batches(two_datasets):

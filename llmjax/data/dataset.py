@@ -109,6 +109,10 @@ def resolve(data_config, vocab_size: int, cache_dir: Path, log=print,
     specs = parse_mixture(data_config.mixture) or [(data_config.source, 1.0)]
     datasets = [(_open_or_prepare(spec, data_config, vocab_size, cache_dir, log, tuple(special_tokens)), w)
                 for spec, w in specs]
+    names = [dataset.name for dataset, _ in datasets]
+    for (dataset, _), (spec, _) in zip(datasets, specs):
+        if names.count(dataset.name) > 1:  # x/web and y/web: each keeps its own validation metrics.
+            dataset.name = spec
     first = datasets[0][0]
     for dataset, _ in datasets[1:]:
         if dataset.fingerprint != first.fingerprint:

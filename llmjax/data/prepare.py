@@ -319,6 +319,10 @@ def _train(options, files, plan, out: Path, log) -> None:
                     return
 
     train_tokenizer(sample(), options.vocab_size, out / HF_FILE, options.special_tokens)
+    learnt = TextTokenizer(out / HF_FILE).vocab_size
+    if learnt < options.vocab_size:
+        log(f"prepare: note: the training text gave {learnt:,} tokens, fewer than the {options.vocab_size:,} asked "
+            f"for (it has no more pairs to merge); a model's vocab_size of {learnt:,} or more fits it.")
 
 
 def _manifest(out, options, tokenizer: TextTokenizer, records: list[dict], dtype) -> dict:

@@ -43,6 +43,11 @@ class TextTokenizer:
         """`eos_id` >= 0 names the end-of-document token (e.g. an imported model's); otherwise
         it is looked up by name."""
         self.path = Path(path)
+        if self.path.is_dir():
+            inside = [name for name in (HF_FILE, SENTENCEPIECE_FILE) if (self.path / name).is_file()]
+            raise TokenizerError(f"tokenizer {self.path} is a directory; give the tokenizer file itself"
+                                 + (f", e.g. {self.path / inside[0]}." if inside else
+                                    " (a tokenizer.json or a SentencePiece .model)."))
         if not self.path.is_file():
             raise TokenizerError(f"tokenizer file {self.path} does not exist; give a tokenizer.json "
                                  f"or a SentencePiece .model file, or train one with --vocab_size.")
