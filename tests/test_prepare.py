@@ -118,6 +118,14 @@ def test_overlapping_or_added_inputs_move_no_document_across_the_split(tmp_path)
     assert ids("in", "in/*.txt") == one
     added = ids("in", "extra")
     assert set(one) < set(added) and len(added) == 41
+    # A directory reads the files under symlinked directories as a glob does, each once (a link
+    # looping back to an ancestor included).
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "a.txt").write_text("text behind a link")
+    (tmp_path / "in" / "link").symlink_to(tmp_path / "linked")
+    (tmp_path / "linked" / "loop").symlink_to(tmp_path / "in")
+    assert ids("in") == sorted([*one, "link/a.txt"])
+    (tmp_path / "in" / "link").unlink()
     counts = {}
     for name, inputs in (("one", ("in",)), ("both", ("in", "in/*.txt"))):
         out = prepare(PrepareOptions(inputs=tuple(str(tmp_path / i) for i in inputs), vocab_size=300,

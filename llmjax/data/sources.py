@@ -77,15 +77,20 @@ def find_inputs(inputs: list[str], pattern: str = "**/*") -> list[InputFile]:
     for spec in inputs:
         path = Path(spec).expanduser()
         if path.is_dir():
-            try:
-                files = [(p, p.relative_to(path)) for p in path.glob(pattern) if p.is_file()]
-            except (ValueError, NotImplementedError, IndexError) as error:  # pathlib's refusals.
-                raise SourceError(f"file pattern {pattern!r} cannot be used ({error}); give a relative "
-                                  f"glob such as '**/*.txt' (--pattern; data.glob for llmjax-train).") from None
+            if not pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+                raise SourceError(f"file pattern {pattern!r} cannot be used (it must stay inside the input "
+                                  f"directory); give a relative glob such as '**/*.txt' (--pattern; data.glob "
+                                  f"for llmjax-train).")
+            # glob.glob, as for a pattern input, follows symlinked directories (Path.glob does not
+            # before Python 3.13): a directory of links to the data is read, not silently skipped.
+            # Shallowest first: a file also reached around a symlink loop keeps its shortest path.
+            matches = sorted(globlib.glob(pattern, root_dir=path, recursive=True, include_hidden=True),
+                             key=lambda m: (len(Path(m).parts), m))
+            files = [(path / m, Path(m)) for m in matches if (path / m).is_file()]
         elif path.is_file():
             files = [(path, Path(path.name))]
         else:
-            matches = sorted(globlib.glob(str(path), recursive=True))
+            matches = sorted(globlib.glob(str(path), recursive=True), key=lambda m: (len(Path(m).parts), m))
             files = [(Path(m), Path(m).relative_to(_glob_base(spec))) for m in matches
                      if Path(m).is_file()]
             if not files:
