@@ -22,7 +22,7 @@ from llmjax.data.errors import DataError
 from llmjax.data.prepare import PrepareOptions, prepare, token_counts
 from llmjax.data.shards import ShardWriter, index_path
 from llmjax.data import sources
-from llmjax.data.tokenizer import TextTokenizer
+from llmjax.data.tokenizer import TextTokenizer, bounded_runs
 from llmjax.train import objectives
 
 QUIET = dict(log=lambda *_: None, progress=False)
@@ -571,3 +571,14 @@ def test_a_large_jsonl_file_is_cut_into_parts_and_gives_the_dataset_read_whole(t
     for split in ("train", "val"):  # Documents keep their ids (path:line), hence their split.
         assert _stream(whole, split).size
         np.testing.assert_array_equal(_stream(whole, split), _stream(cut, split))
+
+
+def test_tokenizer_training_sees_no_run_longer_than_its_limit():
+    """One giant run (a minified line, a blob) is cut into pieces before the BPE trainer, whose
+    time grows with the square of a pre-token's length; ordinary text passes unchanged."""
+    text = "def f(x): " + "x" * 40_000 + " then " + "\n" * 20_000 + "tail"
+    pieces = list(bounded_runs([text, "ordinary text", ""], limit=16_384))
+    assert "".join(pieces) == text + "ordinary text" and pieces[-2:] == ["ordinary text", ""]
+    assert max(len(run) for piece in pieces for run in re.findall(r"\S+|\s+", piece)) <= 16_384
+    corpus = [" ".join(_documents(5, seed=9))]
+    assert list(bounded_runs(corpus)) == corpus

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,27 @@ def load_from_dir(directory: Path) -> TextTokenizer | None:
     return None
 
 
+LONGEST_RUN = 16384  # Characters of one run (no space, or only spaces) the BPE trainer sees whole.
+
+
+def bounded_runs(texts: Iterable[str], limit: int = LONGEST_RUN) -> Iterator[str]:
+    """The texts, with any run of `limit` or more non-space (or space) characters cut into
+    pieces of `limit`, each yielded as a text of its own. The BPE trainer's time grows with the
+    square of its longest pre-token: one 5 MB line of a single letter ran for hours. Ordinary
+    text (the stdlib corpus has no run of even 256) passes through unchanged."""
+    for text in texts:
+        if len(text) < limit or (max(map(len, text.split()), default=0) < limit
+                                 and " " * limit not in text and "\n" * limit not in text):
+            yield text
+            continue
+        start = 0
+        for run in re.finditer(rf"\S{{{limit},}}|\s{{{limit},}}", text):
+            for cut in range(run.start() + limit, run.end(), limit):
+                yield text[start:cut]
+                start = cut
+        yield text[start:]
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int, path: Path,
                     extra_special: tuple[str, ...] = ()) -> TextTokenizer:
     """Trains a byte-level BPE of `vocab_size` tokens (specials included: llmjax's own and
@@ -177,7 +199,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, path: Path,
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[*SPECIAL_TOKENS, *extra_special],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.train_from_iterator(bounded_runs(texts), trainer)
     tmp = Path(f"{path}.tmp")
     tokenizer.save(str(tmp))
     tmp.rename(path)
