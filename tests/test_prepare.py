@@ -277,8 +277,11 @@ def test_ctrl_c_or_sigterm_stops_with_one_line_and_a_rerun_finishes(tmp_path, si
         (tmp_path / "in" / f"{i:04d}.txt").write_text(" ".join(rng.choice(["def", "x", "(y):", "\n"], 1500)))
     args = [sys.executable, "-m", "llmjax.cli.prepare", f"--input={tmp_path / 'in'}", "--vocab_size=300",
             "--workers=2", "--shard_mb=0.05", f"--out={tmp_path / 'ds'}"]
-    job = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
+    # As from a terminal, SIGINT handled: pytest-xdist's workers ignore it, which a child inherits
+    # (restored here before exec: a preexec_fn would fork this multithreaded process).
+    restore = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    job = subprocess.Popen([sys.executable, "-c", restore, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
     while job.poll() is None and _units_done(tmp_path / "ds") < 2 and time.time() < deadline:
         time.sleep(0.005)
