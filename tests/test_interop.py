@@ -69,7 +69,9 @@ def test_large_exports_are_sharded_with_an_index(tmp_path):
     with pytest.raises(InteropError, match="not empty and does not hold this export"):
         export_hf(tmp_path / "run", tmp_path / "out", dtype="bfloat16", log=lambda *_: None)
     (tmp_path / "out" / "README.md").write_text("model card\n")
-    with pytest.raises(InteropError, match="holds this export and also README.md, which the export did not write"):
+    (tmp_path / "out" / "model-finetuned.safetensors").write_text("a user's own weights\n")
+    with pytest.raises(InteropError, match="holds this export and also README.md, model-finetuned.safetensors, "
+                                           "which the export did not write"):
         export_hf(tmp_path / "run", tmp_path / "out", max_shard_bytes=40_000, log=lambda *_: None)
     assert (tmp_path / "out" / "README.md").read_text() == "model card\n"
 

@@ -97,9 +97,10 @@ def find_inputs(inputs: list[str], pattern: str = "**/*") -> list[InputFile]:
                 raise SourceError(f"input {spec!r} is neither a file, a directory nor a glob "
                                   f"pattern matching a file; check the path.")
         for p, rel in files:
-            if "site-packages" in rel.parts or "__pycache__" in rel.parts or p.resolve() in seen:
+            real = p.resolve()
+            if "site-packages" in rel.parts or "__pycache__" in rel.parts or real in seen:
                 continue  # A file two inputs name (a directory and a glob inside it) is read once.
-            seen.add(p.resolve())
+            seen.add(real)
             # Its id does not depend on the other inputs, so adding one moves nothing across the
             # split; only a second file of the same relative path is told apart by its input.
             key = str(rel) if str(rel) not in found else f"{spec}:{rel}"

@@ -59,8 +59,10 @@ def check_out(out: Path, marker: dict) -> None:
         if not isinstance(saved, dict) or {key: saved.get(key) for key in marker} != marker:
             raise InteropError(f"--out {out} is not empty and does not hold this export; choose a "
                                f"new directory or remove it.")
-        ours = set(saved.get("files", [])) | {MARKER}
-        if others := sorted(p.name for p in out.iterdir() if p.name not in ours and not _written_by_export(p.name)):
+        listed = saved.get("files")
+        ours = {MARKER} | (set(listed) if isinstance(listed, list)
+                           else {p.name for p in out.iterdir() if _written_by_export(p.name)})
+        if others := sorted(p.name for p in out.iterdir() if p.name not in ours):
             raise InteropError(f"--out {out} holds this export and also {', '.join(others[:5])}, which the "
                                f"export did not write; replacing the export would delete them. Move them "
                                f"out, or export to a new directory.")

@@ -69,8 +69,9 @@ def initial_state(config, tx, target: TrainState, checkpointer: Checkpointer, lo
         other.close()
         log(f"initialised from {source.workdir} step {step} (full state)")
         return state_from_checkpoint(restored, target, True), restored.meta["data_step"], {}
-    extras = [key for key in EXTRA_KEYS if key in saved_params(other.directory, step)]
-    restored = other.restore(step, source_params_target(other.directory, step, model_part(target.params), extras))
+    saved = saved_params(other.directory, step)
+    extras = [key for key in EXTRA_KEYS if key in saved]
+    restored = other.restore(step, source_params_target(saved, model_part(target.params), extras))
     other.close()
     params = source_model(restored.params, RunDir(source.workdir).config, model_part(target.params))
     log(f"initialised from {source.workdir} step {step} (params only"
@@ -83,12 +84,12 @@ def initial_state(config, tx, target: TrainState, checkpointer: Checkpointer, lo
 EXTRA_NAMES = {"task_head": "task head", "lora": "LoRA adapters"}
 
 
-def source_params_target(directory: Path, step: int, model_target: dict, extras: list[str]) -> dict:
-    """What to restore of a source run's checkpoint: the model onto this run's shardings, and a
-    fine-tuned source's extras (`extras`), replicated as they are saved."""
+def source_params_target(saved, model_target: dict, extras: list[str]) -> dict:
+    """What to restore of a source run's checkpoint (`saved`: its parameters' metadata): the
+    model onto this run's shardings, and a fine-tuned source's extras (`extras`), replicated as
+    they are saved."""
     if not extras:
         return model_target
-    saved = saved_params(directory, step)
     replicated = jax.sharding.NamedSharding(jax.tree.leaves(model_target)[0].sharding.mesh, jax.sharding.PartitionSpec())
     return model_target | {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
                                              saved[key]) for key in extras}
