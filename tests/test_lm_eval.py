@@ -156,9 +156,12 @@ def test_generate_until_is_greedy_generation_cut_at_the_stop_string(lm):
     assert results == expected
 
 
-def test_generation_longer_than_the_model_is_refused_with_its_fix(lm):
+def test_generation_longer_than_the_model_is_refused_with_its_fix(lm, workdir):
     with pytest.raises(EvaluationError, match="max_gen_toks=64.*--gen_kwargs max_gen_toks=N"):
         lm.generate_until(_requests("generate_until", [("def", {"until": ["\n"], "max_gen_toks": 64})]))
+    # A default as long as the model is refused when the model is loaded, before any task runs.
+    with pytest.raises(EvaluationError, match="--model_args max_gen_toks=64.*max_gen_toks=N with N < 64"):
+        LlmjaxLM(workdir=str(workdir), max_gen_toks=64)
 
 
 @pytest.mark.parametrize("family, kind", [("t5", "encoder-decoder"), ("bert", "encoder-only")])

@@ -117,6 +117,10 @@ class LlmjaxLM(TemplateLM):
         self.scorer = Scorer(self.loaded, batch_size_of(batch_size, max_batch_size))
         self.max_length = self.loaded.config.model.max_seq_len
         self.max_gen_toks = int(max_gen_toks) if max_gen_toks else min(256, self.max_length // 2)
+        if not 1 <= self.max_gen_toks < self.max_length:  # Refused before lm-eval builds its requests.
+            raise EvaluationError(f"--model_args max_gen_toks={self.max_gen_toks}: must be at least 1 and leave "
+                                  f"room for a prompt in model.max_seq_len={self.max_length}; give "
+                                  f"max_gen_toks=N with N < {self.max_length}.")
         self.seed = int(seed)
         self._ignored: set[str] = set()
 
