@@ -124,6 +124,25 @@ def test_tied_bfloat16_export_matches_transformers(reference_python, tmp_path):
                         reference_logits(reference_python, tmp_path / "out", tokens, tmp_path))
 
 
+def test_heads_wider_than_the_residual_stream_import_and_export_exactly(reference_python, tmp_path):
+    """A head_dim set apart from hidden_size / heads (Mistral-Nemo's 32 heads of 128 on a
+    5120-wide stream): 4 heads of 32 on a 64-wide stream."""
+    config = HF_CONFIG | {"head_dim": 32}
+    run_reference(reference_python, "make", tmp_path / "hf", json.dumps(config), 3)
+    train_tokenizer(["def f(x):\n    return x\n"] * 20, config["vocab_size"], tmp_path / "hf" / "tokenizer.json")
+    import_hf(tmp_path / "hf", tmp_path / "run", log=lambda *_: None)
+    assert RunDir(tmp_path / "run").config.model.head_dim == 32
+    tokens = random_tokens(3)
+    assert_logits_match(llmjax_logits(tmp_path / "run", tokens),
+                        reference_logits(reference_python, tmp_path / "hf", tokens, tmp_path))
+    export_hf(tmp_path / "run", tmp_path / "out", log=lambda *_: None)
+    source, exported = SafetensorsReader(tmp_path / "hf"), SafetensorsReader(tmp_path / "out")
+    assert exported.names() == source.names()
+    for name in source.names():
+        assert exported.read(name).tobytes() == source.read(name).tobytes(), name
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["head_dim"] == 32
+
+
 def test_sample_command_decodes_greedily_like_transformers(imported, reference_python):
     """Two prompts of different lengths in one batch (left padding, KV cache) against
     transformers' generate on each alone."""

@@ -2,8 +2,8 @@
 
 FLOPs per token = 6 x active non-embedding params (forward and backward of every matmul
 weight a token goes through) + 6 x d_model x vocab (the output projection, counted even when
-tied to the embedding) + 12 x layers x d_model x seq / 2 (attention scores and weighted values;
-causal halves it). Embedding lookups, norms, RoPE and elementwise ops are not counted.
+tied to the embedding) + 12 x layers x heads x head_dim x seq / 2 (attention scores and
+weighted values; causal halves it). Embedding lookups, norms, RoPE and elementwise ops are not counted.
 
 An MoE layer holds router + num_experts experts (+ shared experts), but a token passes through
 the router, experts_per_token experts and the shared ones only: those are its active
@@ -43,4 +43,4 @@ def param_count(m) -> int:
 
 def flops_per_token(m, seq_len: int) -> float:
     return (6 * active_non_embedding_params(m) + 6 * m.d_model * m.vocab_size
-            + 12 * m.num_layers * m.d_model * seq_len / 2)
+            + 12 * m.num_layers * m.num_heads * m.head_dim * seq_len / 2)

@@ -51,10 +51,7 @@ def model_overrides(hf: dict) -> dict:
     if missing:
         raise InteropError(f"config.json: lacks {', '.join(missing)}; is it a complete Llama config?")
     heads, d_model = hf["num_attention_heads"], hf["hidden_size"]
-    head_dim = hf.get("head_dim") or d_model // heads
-    if head_dim * heads != d_model:
-        raise InteropError(f"config.json: head_dim={head_dim} x num_attention_heads={heads} != "
-                           f"hidden_size={d_model}; llmjax needs d_model = heads x head_dim.")
+    head_dim = hf.get("head_dim") or d_model // heads  # Set apart from hidden_size by e.g. Mistral-Nemo.
     model = dict(family="llama", vocab_size=hf["vocab_size"], d_model=d_model, num_layers=hf["num_hidden_layers"],
                  num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
                  head_dim=head_dim, mlp_dim=hf["intermediate_size"],
