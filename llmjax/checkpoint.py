@@ -224,7 +224,11 @@ class Checkpointer:
         for step in reversed(steps):
             try:
                 return self.restore(step, params_target, opt_state_target)
-            except Exception as error:  # noqa: BLE001 - any failure to read means "damaged".
+            except Exception as error:  # noqa: BLE001 - any failure to read means "damaged",
+                if "tree structures do not match" in str(error):  # but another run's state does not.
+                    raise CheckpointError(f"checkpoint step {step} in {self.directory} holds other parameters "
+                                          f"or optimizer state than this config's; nothing was moved. "
+                                          f"{SAME_RUN_FIX}") from error
                 self._set_aside(step, error)
         if steps:
             raise CheckpointError(f"none of the checkpoints {steps} in {self.directory} could be "
@@ -287,27 +291,46 @@ def saved_params(directory: Path, step: int):
     return ocp.StandardCheckpointHandler().metadata(Path(directory) / str(step) / "params")
 
 
+def _shapes(tree) -> dict[str, tuple | None]:
+    """Each leaf's path and shape, an empty node (a stateless optimizer part, which Orbax's
+    metadata keeps as None) as None: two trees with the same map restore onto each other."""
+    def empty(x):
+        return x is None or (isinstance(x, (tuple, list, dict)) and not x)
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=empty)[0]
+    return {jax.tree_util.keystr(path): None if empty(leaf) else tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _saved_tree(directory: Path, step: int | None, item: str):
+    """(step, the metadata tree of a checkpoint's `item`) of `step` or the newest checkpoint;
+    None when there is none, or it cannot be read: the restore sets damaged checkpoints aside."""
+    from llmjax.rundir import saved_steps  # noqa: PLC0415
+
+    steps = saved_steps(directory)
+    if not steps or (step is not None and step not in steps):
+        return None
+    step = steps[-1] if step is None else step
+    if not (Path(directory) / str(step) / item).is_dir():
+        return None  # A params-only checkpoint (an import) has no optimizer state.
+    try:
+        verify_sizes(directory, step)
+        saved = ocp.StandardCheckpointHandler().metadata(Path(directory) / str(step) / item)
+    except Exception:  # noqa: BLE001 - not this check's call.
+        return None
+    return step, getattr(saved, "tree", saved)
+
+
 def check_same_model(directory: Path, step: int | None, params_target, fix: str = SAME_RUN_FIX,
                      ignored: tuple[str, ...] = ()) -> None:
     """Refuses, before anything compiles, a checkpoint (`step`, or the newest) whose parameters
     are not this model's: another shape, or other names (a checkpoint copied from another run,
     an edited config.json). Top-level keys in `ignored` are not compared (a fine-tuned run's
     task head and adapters, when only its model is taken). Reads the checkpoint's metadata
-    only; one that cannot be read is left to the restore, which sets damaged checkpoints aside."""
-    from llmjax.rundir import saved_steps  # noqa: PLC0415
-
-    steps = saved_steps(directory)
-    if not steps or (step is not None and step not in steps):
+    only."""
+    if (found := _saved_tree(directory, step, "params")) is None:
         return
-    step = steps[-1] if step is None else step
-    try:  # A damaged checkpoint is not this check's call: the restore sets it aside.
-        verify_sizes(directory, step)
-        saved = saved_params(directory, step)
-    except Exception:  # noqa: BLE001
-        return
+    step, saved = found
     saved = {key: value for key, value in saved.items() if key not in ignored}
-    shapes = [{jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
-              for t in (saved, params_target)]
+    shapes = [_shapes(t) for t in (saved, params_target)]
     problems = ([f"{k} is missing there" for k in shapes[1].keys() - shapes[0].keys()] +
                 [f"{k} is there but not in this model" for k in shapes[0].keys() - shapes[1].keys()] +
                 [f"{k} has shape {shapes[0][k]} there, {shapes[1][k]} in this model"
@@ -316,6 +339,18 @@ def check_same_model(directory: Path, step: int | None, params_target, fix: str 
         raise CheckpointError(f"checkpoint step {step} in {directory} holds another model than this "
                               f"config's: {'; '.join(sorted(problems)[:3])}"
                               f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}. {fix}")
+
+
+def check_same_optimizer(directory: Path, step: int | None, opt_state_target, fix: str) -> None:
+    """Refuses, before anything compiles or is written, a checkpoint whose optimizer state this
+    config's optimizer cannot take (another optimizer, clipping switched on or off, other
+    parameters frozen): restoring it would fail, and a failed restore reads as damage."""
+    if (found := _saved_tree(directory, step, "opt_state")) is None:
+        return
+    step, saved = found
+    if _shapes(saved) != _shapes(ocp.tree.serialize_tree(opt_state_target, keep_empty_nodes=True)):
+        raise CheckpointError(f"checkpoint step {step} in {directory} holds the state of another optimizer "
+                              f"than this config's (its parts differ), which this run cannot continue. {fix}")
 
 
 def metadata(step: int, data_step: int, loss: float, config, started: float) -> dict:

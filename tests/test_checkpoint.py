@@ -480,3 +480,29 @@ def test_a_run_resumed_at_its_last_step_keeps_its_summary(tmp_path):
     for key in ("final_train_loss", "final_val_loss", "final_val_bits_per_byte"):
         assert second[key] == pytest.approx(first[key], rel=1e-6), key
     assert json.loads((workdir / "status.json").read_text())["state"] == "done"
+
+
+def _files(directory):
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_an_optimizer_whose_state_differs_is_refused_before_anything_is_touched(tmp_path):
+    """Clipping switched off changes the optimizer state's parts: the restore would fail and,
+    read as damage, set every checkpoint aside (the next run then restarted from step 0). It
+    is one error naming the change, nothing moved or rewritten; the original command resumes.
+    init_mode=full from another optimizer (Muon) is refused the same way, nothing written."""
+    workdir, cache = tmp_path / "run", tmp_path / "cache"
+    assert run_train(workdir, "--config.train.steps=10", cache=cache).returncode == 0
+    before = _files(workdir)
+    refused = run_train(workdir, "--config.train.steps=10", "--config.optimizer.grad_clip=0", cache=cache)
+    assert refused.returncode != 0
+    assert refused.stderr.count("error:") == 1 and "Traceback" not in refused.stderr
+    assert "another optimizer" in refused.stderr and "optimizer.grad_clip: 1.0 -> 0.0" in refused.stderr
+    assert f"--config.checkpoint.init_from={workdir}" in refused.stderr
+    assert _files(workdir) == before
+    again = run_train(workdir, "--config.train.steps=12", cache=cache)
+    assert again.returncode == 0 and "resuming from checkpoint step 10" in again.stdout
+    branch = run_train(tmp_path / "branch", f"--config.checkpoint.init_from={workdir}",
+                       "--config.checkpoint.init_mode=full", "--config.optimizer.name=muon", cache=cache)
+    assert branch.returncode != 0 and "another optimizer" in branch.stderr and "init_mode=params" in branch.stderr
+    assert not (tmp_path / "branch").exists()

@@ -15,7 +15,7 @@ import jax
 
 from llmjax import config as config_lib
 from llmjax import flops
-from llmjax.checkpoint import Checkpointer, check_same_model
+from llmjax.checkpoint import Checkpointer, check_same_model, check_same_optimizer
 from llmjax.data.dataset import cache_dir, check_tokenizer, resolve
 from llmjax.finetune import EXTRA_KEYS
 from llmjax.finetune.params import model_part
@@ -82,13 +82,13 @@ def _train(config, workdir: str, log, print_sharding: bool, preemption: Preempti
     if print_sharding:  # Look, then stop: nothing is compiled or written.
         log(sharding_table(run.param_axes, run.params))
         return None
-    datasets = _datasets(config, log)
-    tokenizer = datasets[0][0].tokenizer
-    run.objective.token_ids(tokenizer, config)  # An objective's special tokens are checked before compiling.
-    for other in (run_dir.path, init_source and init_source.workdir):
-        if other:  # A model only makes sense of the tokens it was trained on.
-            check_tokenizer(other, tokenizer)
     check_same_model(run_dir.checkpoints, None, run.params)
+    optimizer_changes = {k: v for k, v in changes.items() if k.startswith(("optimizer.", "finetune."))}
+    check_same_optimizer(run_dir.checkpoints, None, run.state.opt_state,
+                         "Resume with the settings that wrote it"
+                         + (f" ({shown_changes(optimizer_changes)} changed)" if optimizer_changes else "")
+                         + f", or continue from its parameters with a fresh optimizer in a new workdir: "
+                           f"--workdir NEW --config.checkpoint.init_from={workdir}.")
     if init_source:  # A fine-tuning run takes the model's parameters; its own extras start afresh.
         check_same_model(RunDir(init_source.workdir).checkpoints, init_source.step, model_part(run.params),
                          fix="checkpoint.init_from must name a run of this model (pretrained or fine-tuned).",
@@ -98,6 +98,16 @@ def _train(config, workdir: str, log, print_sharding: bool, preemption: Preempti
             raise config_error("checkpoint.init_mode", "full", "restores the source run's whole training "
                                "state, and this run adds parameters the source lacks (a task head, LoRA "
                                "adapters); use init_mode=params, which starts them, and the optimizer, afresh.")
+        if config.checkpoint.init_mode == "full":
+            check_same_optimizer(RunDir(init_source.workdir).checkpoints, init_source.step, run.state.opt_state,
+                                 "checkpoint.init_mode=full continues the source's optimizer: give this run its "
+                                 "optimizer settings, or use init_mode=params, which starts the optimizer afresh.")
+    datasets = _datasets(config, log)
+    tokenizer = datasets[0][0].tokenizer
+    run.objective.token_ids(tokenizer, config)  # An objective's special tokens are checked before compiling.
+    for other in (run_dir.path, init_source and init_source.workdir):
+        if other:  # A model only makes sense of the tokens it was trained on.
+            check_tokenizer(other, tokenizer)
     evaluator = Evaluator(datasets, run, t.global_batch_size, t.eval_batches)  # No held-out data fails here.
     start = time.perf_counter()
     with attention.recorded_kernels() as kernels:
