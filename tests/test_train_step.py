@@ -2,6 +2,7 @@
 and it refuses non-finite updates."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ from llmjax import model
 from llmjax.data import pipeline
 from llmjax.run import bootstrap
 from llmjax.train.objectives.cross_entropy import chunked_cross_entropy_sums, cross_entropy_sums
-from llmjax.train.optimizer import build_optimizer, learning_rate_schedule, weight_decay_mask
+from llmjax.train.optimizer import build_optimizer, learning_rate_schedule
 
 from conftest import FAMILIES, MOE, TRANSFORMERS, init_params, make_tiny_config
 
@@ -271,15 +272,28 @@ def test_train_step_with_chunked_loss_matches_unchunked():
                  jax.device_get(state_chunked.params), jax.device_get(state_whole.params))
 
 
-def test_weight_decay_skips_norms_and_embeddings(tiny_config):
-    from llmjax.train.state import fresh_state  # noqa: PLC0415
-    state = jax.eval_shape(lambda: fresh_state(jax.random.key(0), tiny_config, build_optimizer(tiny_config)))
-    mask = weight_decay_mask(state.params)
-    assert mask["embed"]["embedding"] is False
-    assert mask["final_norm"]["scale"] is False
-    assert mask["layers"]["attention_norm"]["scale"] is False
-    assert mask["layers"]["mlp"]["gate"]["kernel"] is True
-    assert mask["layers"]["attention"]["query"]["kernel"] is True
+def _decayed(preset: str, optimizer: str) -> dict[str, bool]:
+    """{parameter: moved by one update of zero gradients}: only weight decay moves a parameter."""
+    from llmjax.presets import compose  # noqa: PLC0415
+    from llmjax.run import abstract_params  # noqa: PLC0415
+
+    config = compose(preset, overrides={"optimizer.name": optimizer, "optimizer.warmup_steps": 0,
+                                        "optimizer.grad_clip": 0.0, "train.steps": 100})
+    shapes, axes = abstract_params(config)
+    params = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), shapes)
+    tx = build_optimizer(config, axes)
+    updates, _ = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    return {jax.tree_util.keystr(path): bool(jnp.any(u != 0)) for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_moe", "gpt2-tiny", "bert-tiny", "t5-tiny", "lstm-tiny"])
+def test_weight_decay_takes_every_matrix_and_skips_norms_biases_and_embeddings(preset):
+    """Every weight matrix (an MoE layer's experts and the LSTM's recurrent weights, bare arrays,
+    included) and nothing else, under AdamW and Muon alike, so that they regularise the same."""
+    adamw = _decayed(preset, "adamw")
+    kept = {name for name in adamw if re.search(r"\['(embedding|scale|bias|\w+_bias)'\]$", name)}
+    assert {name for name, moved in adamw.items() if not moved} == kept
+    assert _decayed(preset, "muon") == adamw
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])

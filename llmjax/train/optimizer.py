@@ -1,16 +1,20 @@
 """AdamW (or Muon for the hidden matrices, llmjax/train/muon.py) with warmup and decay,
-global-norm clipping, and no weight decay on norms/embeddings."""
+global-norm clipping, and no weight decay on norms, biases or embeddings."""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import optax
 
 from llmjax import finetune
 from llmjax.finetune import partition
+from llmjax.finetune.params import path_name
 from llmjax.train import muon
 
-DECAYED_LEAVES = ("kernel", "lm_head")  # Matmul weights; embeddings and norm scales are not.
+# Matmul weights (the LSTM's recurrent ones included); embeddings, norm scales and biases are not.
+DECAYED_LEAVES = ("kernel", "lm_head", "recurrent")
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -27,12 +31,18 @@ def learning_rate_schedule(config) -> optax.Schedule:
     return optax.join_schedules([warmup, decay], [o.warmup_steps])
 
 
-def weight_decay_mask(params):
+def weight_decay_mask(params, param_axes) -> dict:
+    """Which parameters AdamW decays: the matmul weights, found by name, and an MoE layer's
+    experts, bare arrays found by their `experts` axis (`param_axes`: each parameter's logical
+    axes) -- the matrices Muon decays too, so that both optimizers regularise the same weights."""
+    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
+    experts = {path_name(path) for path, spec in jax.tree_util.tree_flatten_with_path(param_axes, is_leaf=is_spec)[0]
+               if "experts" in tuple(spec)}
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) in DECAYED_LEAVES, params)
+        lambda path, _: getattr(path[-1], "key", None) in DECAYED_LEAVES or path_name(path) in experts, params)
 
 
-def build_optimizer(config, param_axes=None) -> optax.GradientTransformation:
+def build_optimizer(config, param_axes) -> optax.GradientTransformation:
     """AdamW; with optimizer.name=muon, Muon for the matrices that `param_axes` (the logical
     axes of every parameter) show, AdamW for the rest; for a fine-tuning run that freezes or
     groups parameters, one of each per group (llmjax/finetune/partition.py)."""
@@ -40,11 +50,9 @@ def build_optimizer(config, param_axes=None) -> optax.GradientTransformation:
 
     def adamw(schedule):
         return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                           mask=weight_decay_mask)
+                           mask=functools.partial(weight_decay_mask, param_axes=param_axes))
     schedule = learning_rate_schedule(config)
     if o.name == "muon":
-        if param_axes is None:
-            raise ValueError("Muon needs the parameters' logical axes to find their matrices.")
         matrices = muon.matrices(param_axes)
 
         def orthogonalised(schedule):
