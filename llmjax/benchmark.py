@@ -140,7 +140,7 @@ def figures(config, runner: _Runner, peak_flops: float | None = None,
     """Median step time, tokens/s, TFLOP/s per device, MFU, compile time, peak memory; with the
     probe, also the median over rounds of MFU against that round's matmul speed."""
     tokens = config.train.global_batch_size * config.data.seq_len
-    per_step = tokens * flops.flops_per_token(config.model, config.data.seq_len)
+    per_step = tokens * flops.flops_per_token(config)
     step_seconds = statistics.median(runner.times)
     tokens_per_sec = tokens / step_seconds
     devices = jax.device_count()

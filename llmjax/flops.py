@@ -38,9 +38,16 @@ def param_count(model_config) -> int:
     return registry.of(model_config).flops.param_count(model_config)
 
 
-def flops_per_token(model_config, seq_len: int) -> float:
-    """Training FLOPs per token by the family's formula (stated in its flops.py)."""
-    return registry.of(model_config).flops.flops_per_token(model_config, seq_len)
+def flops_per_token(config) -> float:
+    """Training FLOPs per (encoder) token of a run by its family's formula (stated in its
+    flops.py), at the run's shapes: an encoder-decoder's decoder at the length its objective
+    feeds it (span corruption's targets at its rates, a task's `targets_length`), which the
+    model section alone does not say."""
+    from llmjax.train import objectives  # noqa: PLC0415 - objectives import the model registry.
+
+    decoder = objectives.of(config).impl().fields(config, 1).get("decoder_inputs")
+    lengths = {"decoder_len": decoder.shape[1]} if decoder is not None else {}
+    return registry.of(config.model).flops.flops_per_token(config.model, config.data.seq_len, **lengths)
 
 
 def measure_matmul_peak(dtype=jnp.bfloat16, size: int = 2048, min_seconds: float = 2.0) -> float:

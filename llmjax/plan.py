@@ -72,7 +72,7 @@ def plan(config, target: str) -> Plan:
     params, optimizer = per_device_bytes(state.params), per_device_bytes(state.opt_state)
     temp = float(analysis.temp_size_in_bytes)
     tokens = config.train.global_batch_size * config.data.seq_len
-    step_flops = flops.flops_per_token(config.model, config.data.seq_len) * tokens
+    step_flops = flops.flops_per_token(config) * tokens
     peak = flops.PEAK_BF16_FLOPS[chip] * mesh.devices.size
     return Plan(target=target, devices=mesh.devices.size, mesh=dict(mesh.shape), params_bytes=params,
                 optimizer_bytes=optimizer, temp_bytes=temp, total_bytes=params + optimizer + temp,

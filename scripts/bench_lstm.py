@@ -59,7 +59,7 @@ def main() -> None:
         for dtype in ("bfloat16", "float32"):
             ours, theirs = commands(shape, dtype, args)
             config = benchmark.benchmark_config("lstm-5m", shape | {"model.dtype": dtype})
-            per_token = flops.flops_per_token(config.model, config.data.seq_len)
+            per_token = flops.flops_per_token(config)
             entries[(shape_name, dtype)] = {"llmjax": ours, "torch": theirs, "per_token": per_token}
     runs = {key: {"llmjax": [], "torch": []} for key in entries}
     for round_index in range(args.rounds):

@@ -66,7 +66,7 @@ def main() -> None:
 
     peak, source = flops.host_peak_flops(default_cache_dir(), "bfloat16")
     config = benchmark.benchmark_config("bench36m")
-    per_token = flops.flops_per_token(config.model, config.data.seq_len)
+    per_token = flops.flops_per_token(config)
     commands = entries(args)
     runs = {name: [] for name in commands}
     for round_index in range(args.rounds):

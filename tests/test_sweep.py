@@ -36,8 +36,7 @@ def test_llama_presets_have_the_published_parameter_counts(preset, published):
 def test_moe_flops_count_the_active_parameters():
     """Mixtral 8x7B's 12.9B active parameters (2 of 8 experts, the router, attention,
     embeddings) are what a token computes with; a dense model's active parameters are all."""
-    from llmjax.flops import flops_per_token  # noqa: PLC0415
-    from llmjax.model.llama.flops import active_non_embedding_params, non_embedding_params  # noqa: PLC0415
+    from llmjax.model.llama.flops import active_non_embedding_params, flops_per_token, non_embedding_params  # noqa: PLC0415
 
     mixtral, dense = compose("mixtral_8x7b").model, compose("llama2_7b").model
     embeddings = 2 * mixtral.vocab_size * mixtral.d_model
@@ -311,7 +310,7 @@ def test_scaling_report_fits_the_ladder(tmp_path):
         workdir = tmp_path / "runs" / f"d{d_model}"
         workdir.mkdir(parents=True)
         (workdir / "config.json").write_text(json.dumps(config.to_dict()))
-        compute = flops_per_token(config.model, config.data.seq_len) * 100 * \
+        compute = flops_per_token(config) * 100 * \
             config.train.global_batch_size * config.data.seq_len
         loss = 30.0 * compute ** -0.05
         (workdir / "metrics.jsonl").write_text(

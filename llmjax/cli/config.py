@@ -21,7 +21,7 @@ def describe(config, num_devices: int) -> str:
 
     seq = config.data.seq_len
     tokens_per_step = config.train.global_batch_size * seq
-    per_token = flops.flops_per_token(config.model, seq)
+    per_token = flops.flops_per_token(config)
     lines = [str(config), "derived:",
              f"  parameters:            {flops.param_count(config.model):,}",
              f"  non-embedding params:  {flops.non_embedding_params(config.model):,}",

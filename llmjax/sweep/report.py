@@ -69,7 +69,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
             row["family"] = config.model.get("family", "llama")
             row["objective"] = config.get("objective", {}).get("name", "causal_lm")
             row["val_accuracy"] = val[-1].get("accuracy", math.nan) if val else math.nan
-            row["flops_per_step"] = flops.flops_per_token(config.model, config.data.seq_len) * tokens_per_step
+            row["flops_per_step"] = flops.flops_per_token(config) * tokens_per_step
             row["compute"] = row["flops_per_step"] * row["steps"]
         rows.append(row)
     return rows, manifest.get("sweep", {})

@@ -149,7 +149,7 @@ def _train(config, workdir: str, log, print_sharding: bool, preemption: Preempti
         effects = [
             hooks.GuardHook(guard, checkpointer, run.state, log),
             hooks.LogHook(writer, meter, t.global_batch_size * seq,
-                          flops.flops_per_token(config.model, seq), run.mesh.devices.size, peak, log),
+                          flops.flops_per_token(config), run.mesh.devices.size, peak, log),
             hooks.StatusHook(set_status),
             hooks.EvalHook(evaluator, eval_fn, writer, meter, log),
             hooks.PreemptionHook(preemption, checkpointer, log),
