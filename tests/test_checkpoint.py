@@ -506,3 +506,21 @@ def test_an_optimizer_whose_state_differs_is_refused_before_anything_is_touched(
                        "--config.checkpoint.init_mode=full", "--config.optimizer.name=muon", cache=cache)
     assert branch.returncode != 0 and "another optimizer" in branch.stderr and "init_mode=params" in branch.stderr
     assert not (tmp_path / "branch").exists()
+
+
+def test_logged_means_skip_bad_steps_and_survive_a_resume_mid_interval(tmp_path):
+    """A skipped step (non-finite) is counted, not averaged into its interval's loss; a run
+    stopped mid-interval (here: a shorter run extended) logs the same means as one never
+    stopped, from the interval's metrics its checkpoint kept."""
+    overrides = ("--config.train.log_every=5", "--config.train.inject_nan_at=8", "--config.optimizer.schedule=constant")
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert run_train(reference, *overrides, "--config.train.steps=20", cache=tmp_path / "cache").returncode == 0
+    assert run_train(resumed, *overrides, "--config.train.steps=7", cache=tmp_path / "cache").returncode == 0
+    assert run_train(resumed, *overrides, "--config.train.steps=20", cache=tmp_path / "cache").returncode == 0
+    logged = {r["step"]: r for r in records(reference)}
+    assert logged[10]["skipped"] == 1 and all(np.isfinite(r["loss"]) for r in logged.values())
+    assert np.isfinite(json.loads((reference / "summary.json").read_text())["final_train_loss"])
+    again = {r["step"]: r for r in records(resumed)}
+    for step in (10, 15, 20):
+        for key in ("loss", "grad_norm", "learning_rate", "skipped", "data_step"):
+            assert again[step][key] == logged[step][key], (step, key)

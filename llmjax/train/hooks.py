@@ -42,12 +42,15 @@ class Progress:
     train_loss: float = float("nan")  # Mean loss of the last logged interval.
     val: dict = dataclasses.field(default_factory=lambda: {"loss": float("nan"), "bits_per_byte": float("nan")})
     guard: object = None  # The DivergenceGuard, whose state each checkpoint records.
+    meter: Throughput | None = None  # The steps of the log interval in progress.
 
     def meta(self) -> dict:
-        """What a checkpoint records beside the arrays."""
+        """What a checkpoint records beside the arrays: also the metrics of the log interval in
+        progress, so that a run resumed mid-interval logs the same means as one never stopped."""
         return metadata(self.step, self.data_step, self.train_loss, self.config, self.started) | {
             "skipped_steps": int(self.state.skipped_steps)} | (
-            {"guard": self.guard.state()} if self.guard is not None else {})
+            {"guard": self.guard.state()} if self.guard is not None else {}) | (
+            {"log_window": self.meter.window()} if self.meter is not None else {})
 
 
 class Hook:
@@ -59,13 +62,18 @@ class Hook:
 
 
 class Throughput:
-    """The steps since the last progress line, and when that interval began."""
+    """The steps since the last progress line, and when that interval began; `carried`: those
+    of them a resumed run took over from its checkpoint (in the means, not in the timing)."""
 
-    def __init__(self):
-        self.pending, self.start = [], time.perf_counter()
+    def __init__(self, carried: list[dict] = ()):
+        self.pending, self.carried, self.start = list(carried), len(carried), time.perf_counter()
 
     def restart(self) -> None:
-        self.pending, self.start = [], time.perf_counter()
+        self.pending, self.carried, self.start = [], 0, time.perf_counter()
+
+    def window(self) -> list[dict]:
+        """The interval's metrics so far, as plain numbers (a checkpoint's JSON)."""
+        return [{k: float(v) for k, v in m.items()} for m in jax.device_get(self.pending)]
 
 
 def duration(seconds: float) -> str:
@@ -115,21 +123,25 @@ class LogHook(Hook):
         if p.step % t.log_every and p.step != t.steps:
             return None
         fetched = jax.device_get(meter.pending)
-        values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        elapsed = time.perf_counter() - meter.start
-        tokens_per_sec = len(fetched) * self.tokens_per_step / elapsed
+        # A skipped step (non-finite loss or gradient, nothing applied) is counted, not averaged:
+        # one bad batch would otherwise make the whole interval's loss NaN.
+        good = [m for m in fetched if not int(m["skipped"])] or fetched
+        values = {k: float(np.mean(np.asarray([m[k] for m in good], np.float64))) for k in fetched[0]}
+        elapsed, timed = time.perf_counter() - meter.start, len(fetched) - meter.carried
+        tokens_per_sec = timed * self.tokens_per_step / elapsed
         flops = tokens_per_sec * self.flops_per_token
         values.update(tokens_per_sec=tokens_per_sec, data_step=fetched[-1]["data_step"],
                       tflops_per_device=flops / self.devices / 1e12, mfu=flops / self.peak,
                       skipped=sum(int(m["skipped"]) for m in fetched))
         p.train_loss = values["loss"]
         self.writer.write(p.step, "train", values)
-        eta = (t.steps - p.step) * elapsed / len(fetched)
+        eta = (t.steps - p.step) * elapsed / timed
         self.log(f"step {p.step:>6}/{t.steps} | loss {values['loss']:.4f} | lr {values['learning_rate']:.2e} "
                  f"| grad_norm {values['grad_norm']:.3f} | {tokens_per_sec:,.0f} tok/s "
                  f"| MFU {100 * values['mfu']:.1f}% | ETA {duration(eta)}"
                  + (f" | skipped {values['skipped']}" if values["skipped"] else "") + _routing(values))
-        meter.restart()
+        if p.step % t.log_every == 0:  # A last step off the schedule keeps its interval open in the
+            meter.restart()            # checkpoint: a longer rerun logs the interval whole.
         return None
 
     def after_rollback(self, p: Progress) -> None:

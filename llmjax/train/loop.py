@@ -132,8 +132,9 @@ def _train(config, workdir: str, log, print_sharding: bool, preemption: Preempti
     state, data_step, resumed = initial_state(config, run.tx, run.state, checkpointer, log)
     guard = DivergenceGuard(t.guard_spike_factor, t.guard_patience, t.guard_max_rollbacks)
     guard.load(resumed.get("guard"))
+    meter = hooks.Throughput(resumed.get("log_window", []))
     progress = hooks.Progress(config=config, state=state, step=int(state.step), data_step=data_step,
-                              started=time.perf_counter(), guard=guard,
+                              started=time.perf_counter(), guard=guard, meter=meter,
                               train_loss=resumed.get("loss", float("nan")))
     writer = MetricsWriter(run_dir.path, enabled=distributed.is_primary(), resume_step=progress.step,
                            config=config)
@@ -145,7 +146,6 @@ def _train(config, workdir: str, log, print_sharding: bool, preemption: Preempti
     set_status("running", progress.step)
     run_start_step = progress.step
     try:
-        meter = hooks.Throughput()
         effects = [
             hooks.GuardHook(guard, checkpointer, run.state, log),
             hooks.LogHook(writer, meter, t.global_batch_size * seq,
