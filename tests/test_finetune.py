@@ -156,6 +156,47 @@ def test_lora_adapts_each_familys_query_and_value_projections_by_default(preset,
     assert names == adapted
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"finetune.freeze": "embeddingz"}, "pattern 'embeddingz' matches no parameter; parameter paths begin embed/embedding"),
+    ({"finetune.lr_multipliers": "task_headz=10"}, "pattern 'task_headz' matches no parameter"),
+    ({"finetune.freeze": "task_head|.*"}, None),  # The head is never frozen: this trains it alone.
+])
+def test_a_pattern_that_matches_no_parameter_is_refused(overrides, message):
+    """Before, a misspelt pattern trained exactly as if it were not there."""
+    from llmjax.config import ConfigError  # noqa: PLC0415
+    from llmjax.train.optimizer import build_optimizer  # noqa: PLC0415
+
+    config = finetune("package,tiny")
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    axes = abstract_params(config)[1]
+    if message is None:
+        build_optimizer(config, axes)
+        return
+    with pytest.raises(ConfigError, match=message):
+        build_optimizer(config, axes)
+
+
+@pytest.mark.parametrize("preset, overrides, message", [
+    ("tiny", {"finetune.freeze": ".*"}, "freezes every parameter, so nothing would train"),
+    ("package,lora,tiny", {}, "without checkpoint.init_from are random"),
+    ("package,lora,tiny", {"checkpoint.init_from": "runs/demo", "optimizer.name": "muon"}, "would train as AdamW"),
+])
+def test_fine_tuning_that_would_not_train_as_asked_is_refused(preset, overrides, message):
+    from llmjax.config import ConfigError  # noqa: PLC0415
+    from llmjax.presets import compose  # noqa: PLC0415
+    from llmjax.train.optimizer import build_optimizer  # noqa: PLC0415
+
+    config = compose(preset) if preset == "tiny" else finetune(preset)
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(config, 1)
+        build_optimizer(config, abstract_params(config)[1])
+
+
 def test_lora_without_targets_is_refused_for_a_family_with_no_default():
     with pytest.raises(Exception, match="lstm family has no default targets"):
         validate(finetune("package,lora,lstm-tiny"), 1)

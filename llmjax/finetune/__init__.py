@@ -56,6 +56,14 @@ def check(config) -> None:
         raise config_error("finetune.lora_targets", f.lora_targets,
                            f"names no projection, and the {config.model.family} family has no default targets; "
                            f"give the module names of the kernels to adapt.")
+    if f.lora_rank and not config.checkpoint.init_from:
+        raise config_error("finetune.lora_rank", f.lora_rank,
+                           "adapts a pretrained model and freezes its weights, which without "
+                           "checkpoint.init_from are random; set --config.checkpoint.init_from=RUN.")
+    if f.lora_rank and config.optimizer.name == "muon":
+        raise config_error("optimizer.name", "muon",
+                           "with LoRA the model's matrices are frozen and Muon leaves low-rank adapters "
+                           "to AdamW, so the run would train as AdamW; use optimizer.name=adamw.")
     for key in ("freeze", "lr_multipliers"):
         for part in patterns(f[key]):
             regex = part.rpartition("=")[0] if key == "lr_multipliers" else part
@@ -69,3 +77,20 @@ def check(config) -> None:
                                                                 "REGEX=MULTIPLIER with a multiplier >= 0") +
                                    "; e.g. " + ("'embed,layers/attention'." if key == "freeze" else
                                                 "'task_head=10,embed=0.1'.")) from None
+
+
+def check_names(config, names: list[str]) -> None:
+    """Refuses, once the parameters' paths are known and before anything compiles, a freeze or
+    lr_multipliers pattern that matches none of them (a misspelt one would train as if it were
+    not there) and a freeze that leaves nothing to train."""
+    f = config.finetune
+    shown = ", ".join(sorted({"/".join(name.split("/")[:2]) for name in names}))
+    for key, regexes in (("freeze", patterns(f.freeze)), ("lr_multipliers", [r for r, _ in multipliers(f.lr_multipliers)])):
+        for regex in regexes:
+            if not any(re.search(regex, name) for name in names):
+                raise config_error(f"finetune.{key}", f[key], f"pattern {regex!r} matches no parameter; "
+                                                              f"parameter paths begin {shown}.")
+    if patterns(f.freeze) and all(name.split("/")[0] not in EXTRA_KEYS and
+                                  any(re.search(p, name) for p in patterns(f.freeze)) for name in names):
+        raise config_error("finetune.freeze", f.freeze, "freezes every parameter, so nothing would train; "
+                                                       "freeze fewer (a task's head is never frozen).")

@@ -31,13 +31,18 @@ def learning_rate_schedule(config) -> optax.Schedule:
     return optax.join_schedules([warmup, decay], [o.warmup_steps])
 
 
+def named_axes(param_axes) -> dict[str, tuple]:
+    """{parameter path ("layers/mlp/up/kernel"): its logical axes}."""
+    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
+    return {path_name(path): tuple(spec)
+            for path, spec in jax.tree_util.tree_flatten_with_path(param_axes, is_leaf=is_spec)[0]}
+
+
 def weight_decay_mask(params, param_axes) -> dict:
     """Which parameters AdamW decays: the matmul weights, found by name, and an MoE layer's
     experts, bare arrays found by their `experts` axis (`param_axes`: each parameter's logical
     axes) -- the matrices Muon decays too, so that both optimizers regularise the same weights."""
-    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
-    experts = {path_name(path) for path, spec in jax.tree_util.tree_flatten_with_path(param_axes, is_leaf=is_spec)[0]
-               if "experts" in tuple(spec)}
+    experts = {name for name, axes in named_axes(param_axes).items() if "experts" in axes}
     return jax.tree_util.tree_map_with_path(
         lambda path, _: getattr(path[-1], "key", None) in DECAYED_LEAVES or path_name(path) in experts, params)
 
@@ -47,6 +52,7 @@ def build_optimizer(config, param_axes) -> optax.GradientTransformation:
     axes of every parameter) show, AdamW for the rest; for a fine-tuning run that freezes or
     groups parameters, one of each per group (llmjax/finetune/partition.py)."""
     o = config.optimizer
+    finetune.check_names(config, list(named_axes(param_axes)))
 
     def adamw(schedule):
         return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
