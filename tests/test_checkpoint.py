@@ -2,8 +2,10 @@
 subprocesses, real signals, real files."""
 
 import json
+import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import jax
@@ -245,25 +247,35 @@ def test_unwritable_checkpoint_directory_is_an_error(tmp_path):
     assert "checkpoint" in result.stderr and "checkpoints" in result.stderr
 
 
-def test_ckpt_command_lists_and_inspects(tmp_path):
-    workdir = tmp_path / "run"
-    trained = run_train(workdir, "--config.train.steps=20", "--config.checkpoint.every_steps=10",
-                        cache=tmp_path / "cache")
-    assert trained.returncode == 0
-    env = train_env(tmp_path / "cache")
-    listed = subprocess.run([*train_command(workdir)[:1], "-m", "llmjax.cli.ckpt", "list", str(workdir)],
-                            env=env, capture_output=True, text=True, cwd=ROOT)
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    """(workdir, cache, the training's stdout) of a 20-step run checkpointed at 10 and 20."""
+    root = tmp_path_factory.mktemp("two_checkpoints")
+    trained = run_train(root / "run", "--config.train.steps=20", "--config.checkpoint.every_steps=10",
+                        cache=root / "cache")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    return root / "run", root / "cache", trained.stdout
+
+
+def ckpt(cache, *args):
+    return subprocess.run([sys.executable, "-m", "llmjax.cli.ckpt", *map(str, args)],
+                          env=train_env(cache), capture_output=True, text=True, cwd=ROOT)
+
+
+def test_ckpt_command_lists_and_inspects(two_checkpoints, tmp_path):
+    workdir, cache, stdout = two_checkpoints
+    workdir = shutil.copytree(workdir, tmp_path / "run")
+    listed = ckpt(cache, "list", workdir)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0].split()[:4] == ["step", "data_step", "loss", "size"]
     assert [line.split()[0] for line in lines[1:]] == ["10", "20"]
     loss_20 = json.loads((workdir / "summary.json").read_text())["final_train_loss"]
     assert float(lines[2].split()[2]) == pytest.approx(loss_20, abs=1e-4)
-    inspected = subprocess.run([*train_command(workdir)[:1], "-m", "llmjax.cli.ckpt", "inspect",
-                                str(workdir), "--step=10"], env=env, capture_output=True, text=True, cwd=ROOT)
+    inspected = ckpt(cache, "inspect", workdir, "--step=10")
     assert inspected.returncode == 0, inspected.stderr
     assert "layers/mlp/gate/kernel" in inspected.stdout and "(2, 64, 128)" in inspected.stdout
-    count = trained.stdout.split("parameters: ")[1].split()[0]  # The trainer's own formula.
+    count = stdout.split("parameters: ")[1].split()[0]  # The trainer's own formula.
     assert f"total parameters: {count}" in inspected.stdout
     # Each checkpoint says how far into the run it was saved: on the run's own clock.
     seconds = [json.loads((workdir / "checkpoints" / str(s) / "meta" / "metadata").read_text())["wall_seconds"]
@@ -271,9 +283,40 @@ def test_ckpt_command_lists_and_inspects(tmp_path):
     assert 0 < seconds[0] < seconds[1] <= json.loads((workdir / "summary.json").read_text())["wall_seconds"]
     assert f"saved {seconds[0]:.1f} s into the run" in inspected.stdout
     # Asked for fewer steps than it has trained: refused, where it used to report "done".
-    shorter = run_train(workdir, "--config.train.steps=15", cache=tmp_path / "cache")
+    shorter = run_train(workdir, "--config.train.steps=15", cache=cache)
     assert shorter.returncode == 2 and shorter.stderr.startswith(
         f"error: config.train.steps=15: the run in {workdir} has reached step 20 already"), shorter.stderr[-2000:]
+
+
+
+def test_ckpt_command_marks_damaged_checkpoints_and_refuses_to_inspect_them(two_checkpoints, tmp_path):
+    """A truncated metadata file, a params item emptied: `list` says what is wrong with each
+    step and lists the others; `inspect` of one is an error naming the step, the damage and
+    the newest intact step, never a traceback."""
+    workdir, cache, _ = two_checkpoints
+    workdir = shutil.copytree(workdir, tmp_path / "run")
+    directory = workdir / "checkpoints"
+    (directory / "10" / "meta" / "metadata").write_text('{"step": 10, "data_st')
+    listed = ckpt(cache, "list", workdir)
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr[-2000:]
+    rows = listed.stdout.splitlines()[1:]
+    assert rows[0].startswith(f"      10  damaged: {directory / '10' / 'meta' / 'metadata'} cannot be read")
+    assert rows[1].split()[:2] == ["20", "20"]
+    inspected = ckpt(cache, "inspect", workdir, "--step=10")
+    assert inspected.returncode == 2 and inspected.stderr.startswith(
+        f"error: checkpoint step 10 in {directory} is damaged: {directory / '10' / 'meta' / 'metadata'} "
+        f"cannot be read"), inspected.stderr[-2000:]
+    assert inspected.stderr.rstrip().endswith("Inspect the newest intact one with --step 20.")
+    for f in (directory / "20" / "params").iterdir():
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
+    listed = ckpt(cache, "list", workdir)
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr[-2000:]
+    assert listed.stdout.splitlines()[2].startswith("      20  damaged: file ")
+    latest = ckpt(cache, "inspect", workdir)
+    assert latest.returncode == 2 and latest.stderr.startswith(
+        f"error: checkpoint step 20 in {directory} is damaged: file {directory / '20' / 'params'}"), latest.stderr
+    assert "No other checkpoint of the run is intact: restore them from a backup." in latest.stderr
+    assert len(latest.stderr.splitlines()) == 1 and "Traceback" not in latest.stderr
 
 
 def _free_port():

@@ -318,9 +318,15 @@ def test_scaling_report_fits_the_ladder(tmp_path):
             + json.dumps({"step": 100, "split": "val", "loss": loss}) + "\n")
         (workdir / "status.json").write_text(json.dumps({"state": "done", "step": 100}))
         runs.append({"name": f"d{d_model}", "overrides": {"model.d_model": d_model}})
+    # The largest model, preempted at step 60 after an evaluation at step 50 far off the curve:
+    # its loss is not at the compute it has spent, and is neither fitted nor plotted.
+    _synthetic_run(tmp_path / "runs" / "d256", {"model.d_model": 256, "model.head_dim": 64, "train.steps": 100},
+                   "preempted", 60, train=[(60, 9.0)], val=[(50, 9.0)])
+    runs.append({"name": "d256", "overrides": {"model.d_model": 256}})
     (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs, "sweep": {"scaling": True}}))
     text, plots = report(tmp_path)
     assert "scaling: final val loss ~ compute^-0.050 (fitted over 3 runs)" in text
+    assert "left out of the final-loss plots: d256 (preempted at step 60)" in text
     assert [p.name for p in plots] == ["loss_curves.png", "scaling.png"]
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -435,13 +441,53 @@ def test_config_overrides_apply_to_every_run_of_a_sweep(tmp_path):
 
 def test_final_loss_is_plotted_per_optimizer_against_the_learning_rate(tmp_path):
     rows = [{"overrides": {"optimizer.name": name, "optimizer.learning_rate": lr, "seed": seed},
-             "val_loss": loss + seed * 0.01, "train_loss": math.nan}
+             "final_val_loss": loss + seed * 0.01, "train_loss": math.nan}
             for name, losses in (("adamw", (4.0, 3.8, 3.9)), ("muon", (3.9, 3.7, 3.6)))
             for lr, loss in zip((1e-3, 3e-3, 1e-2), losses) for seed in (0, 1)]
     assert report.categories(rows, "optimizer.learning_rate") == ["optimizer.name"]
     assert report.categories(rows, "optimizer.name") == []  # Numeric overrides are the x axis, not lines.
-    labels = report.plot_final_vs(rows, "optimizer.learning_rate", tmp_path / "lr.png")
-    assert labels == ["name=adamw", "name=muon"] and (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
+    lines = report.plot_final_vs(rows, "optimizer.learning_rate", tmp_path / "lr.png")
+    assert list(lines) == ["name=adamw", "name=muon"] and (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _synthetic_run(workdir, overrides, state, step, train, val):
+    """A run directory as training leaves it: config, status, and (step, loss) records."""
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps(compose("tiny", overrides=overrides).to_dict()))
+    (workdir / "status.json").write_text(json.dumps({"state": state, "step": step}))
+    (workdir / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "split": split, "loss": loss, "tokens_per_sec": 1.0}) + "\n"
+        for split, records in (("train", train), ("val", val)) for s, loss in records))
+
+
+def test_final_loss_plots_and_table_tell_unfinished_runs_apart(tmp_path):
+    """Two finished runs of a learning-rate sweep, one preempted at step 152 after an evaluation
+    at step 100 and one failed before any: only the finished runs' step-300 losses are plotted
+    as final (never a train loss in a val loss's place), the table says at which step the
+    preempted run's val loss was measured, and the report names the runs left out."""
+    from llmjax.sweep.report import report as write_report  # noqa: PLC0415
+
+    runs = {"lr=0.001": (1e-3, "done", 300, [(150, 4.5), (300, 4.0)], [(100, 4.6), (300, 4.3)]),
+            "lr=0.003": (3e-3, "done", 300, [(150, 4.0), (300, 3.5)], [(100, 4.2), (300, 3.9)]),
+            "lr=0.01": (1e-2, "preempted", 152, [(150, 4.1)], [(100, 4.7461)]),
+            "lr=0.03": (3e-2, "failed", 63, [(60, 5.0868)], [])}
+    for name, (lr, state, step, train, val) in runs.items():
+        _synthetic_run(tmp_path / "runs" / name, {"optimizer.learning_rate": lr, "train.steps": 300},
+                       state, step, train, val)
+    (tmp_path / "sweep.json").write_text(json.dumps(
+        {"runs": [{"name": name, "overrides": {"optimizer.learning_rate": lr}} for name, (lr, *_) in runs.items()],
+         "sweep": {}}))
+    text, plots = write_report(tmp_path)
+    table = {line.split()[0]: line.split() for line in text.splitlines()[2:6]}
+    assert table["lr=0.001"][2] == "300" and table["lr=0.001"][5] == "4.3000"
+    assert table["lr=0.01"][1:3] == ["preempted", "152"] and table["lr=0.01"][5] == "4.7461@100"
+    assert table["lr=0.03"][1:3] == ["failed", "63"] and table["lr=0.03"][5] == "nan"
+    assert "left out of the final-loss plots: lr=0.01 (preempted at step 152)" in text
+    assert "left out of the final-loss plots: lr=0.03 (failed at step 63)" in text
+    assert [p.name for p in plots] == ["loss_curves.png", "final_loss_vs_learning_rate.png"]
+    rows, _ = report.collect(tmp_path)
+    assert report.plot_final_vs(rows, "optimizer.learning_rate", tmp_path / "lr.png") == {
+        "mean": [(1e-3, 4.3), (3e-3, 3.9)]}
 
 
 def test_moe_report_draws_loss_against_compute_and_routing_per_layer(tmp_path):

@@ -27,20 +27,21 @@ PER_POSITION = "per_position.json"
 def table(rows: list[dict]) -> str:
     """One line per causal-LM run, grouped by family, smallest first; then the runs of other
     objectives, with the accuracy of their predictions."""
-    header = f"{'family':8} {'non-emb params':>14} {'params':>10} {'val loss':>9} {'val bpb':>8} {'tok/s':>8}  run"
+    val = max([9] + [len(r["val_text"]) for r in rows])  # LOSS@STEP where not the run's last step.
+    header = f"{'family':8} {'non-emb params':>14} {'params':>10} {'val loss':>{val}} {'val bpb':>8} {'tok/s':>8}  run"
     lines = [header, "-" * len(header)]
     for r in sorted(causal(rows), key=_order):
         lines.append(f"{r.get('family', '?'):8} {r.get('non_embedding_params', 0):>14,} {r.get('params', 0):>10,} "
-                     f"{r['val_loss']:>9.4f} {r['val_bpb']:>8.4f} {r['tokens_per_sec']:>8,.0f}  {r['name']}")
+                     f"{r['val_text']:>{val}} {r['val_bpb']:>8.4f} {r['tokens_per_sec']:>8,.0f}  {r['name']}")
     others = [r for r in rows if r not in causal(rows)]
     if others:
-        header = (f"{'family':8} {'objective':10} {'non-emb params':>14} {'params':>10} {'val loss':>9} "
+        header = (f"{'family':8} {'objective':10} {'non-emb params':>14} {'params':>10} {'val loss':>{val}} "
                   f"{'val acc':>8} {'tok/s':>8}  run")
         lines += ["", "other objectives (loss over their own targets: not comparable with the above)",
                   header, "-" * len(header)]
         for r in sorted(others, key=_order):
             lines.append(f"{r.get('family', '?'):8} {r.get('objective', '?'):10} {r.get('non_embedding_params', 0):>14,} "
-                         f"{r.get('params', 0):>10,} {r['val_loss']:>9.4f} {r.get('val_accuracy', math.nan):>8.4f} "
+                         f"{r.get('params', 0):>10,} {r['val_text']:>{val}} {r.get('val_accuracy', math.nan):>8.4f} "
                          f"{r['tokens_per_sec']:>8,.0f}  {r['name']}")
     return "\n".join(lines)
 
@@ -104,17 +105,19 @@ def _label(r: dict) -> str:
 
 
 def plot_loss_vs_compute(rows: list[dict], path: Path, figure) -> None:
-    """Final validation loss against training compute, one line per family through its sizes."""
+    """Final validation loss against training compute, one line per family through its sizes
+    (finished runs only: an unfinished one's loss is not at the compute it has spent)."""
     plt, fig, ax = figure()
     style = _style(rows)
     for family in sorted({r.get("family", "?") for r in rows}):
         done = sorted((r for r in rows if r.get("family") == family and r.get("compute")
-                       and math.isfinite(r["val_loss"])), key=lambda r: r["compute"])
+                       and math.isfinite(r["final_val_loss"])), key=lambda r: r["compute"])
         if done:
-            ax.plot([r["compute"] for r in done], [r["val_loss"] for r in done], "o-",
+            ax.plot([r["compute"] for r in done], [r["final_val_loss"] for r in done], "o-",
                     color=style(done[0])[0], label=family)
             for r in done:
-                ax.annotate(f"{r['non_embedding_params'] / 1e6:.2g}M", (r["compute"], r["val_loss"]), fontsize=7)
+                ax.annotate(f"{r['non_embedding_params'] / 1e6:.2g}M", (r["compute"], r["final_val_loss"]),
+                            fontsize=7)
     ax.set(xscale="log", xlabel="training compute (FLOPs)", ylabel="final val loss (nats/token)",
            title="Loss against compute, per family (labels: non-embedding parameters)")
     ax.legend()

@@ -46,10 +46,11 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
             by_step[(r["split"], r["step"])] = r
         train = [by_step[k] for k in sorted(k for k in by_step if k[0] == "train")]
         val = [by_step[k] for k in sorted(k for k in by_step if k[0] == "val")]
-        row = {"name": entry["name"], "overrides": entry["overrides"],
-               "status": RunDir(workdir).status()["state"], "steps": train[-1]["step"] if train else 0,
+        status = RunDir(workdir).status()
+        steps = max(status.get("step", 0), train[-1]["step"] if train else 0)  # Preempted after its last log.
+        row = {"name": entry["name"], "overrides": entry["overrides"], "status": status["state"], "steps": steps,
                "train_loss": train[-1]["loss"] if train else math.nan,
-               "val_loss": val[-1]["loss"] if val else math.nan,
+               "val_loss": val[-1]["loss"] if val else math.nan, "val_step": val[-1]["step"] if val else None,
                "val_bpb": val[-1].get("bits_per_byte", math.nan) if val else math.nan,
                "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in train) if train else math.nan,
                "train_curve": [(r["step"], r["loss"]) for r in train],
@@ -71,23 +72,42 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
             row["val_accuracy"] = val[-1].get("accuracy", math.nan) if val else math.nan
             row["flops_per_step"] = flops.flops_per_token(config) * tokens_per_step
             row["compute"] = row["flops_per_step"] * row["steps"]
+        row["left_out"] = _left_out(row)
+        row["final_val_loss"] = math.nan if row["left_out"] else row["val_loss"]
+        at = row["val_step"]  # Shown with the loss when not the run's last step.
+        row["val_text"] = f"{row['val_loss']:.4f}" + (f"@{at}" if at is not None and at != steps else "")
         rows.append(row)
     return rows, manifest.get("sweep", {})
+
+
+def _left_out(row: dict) -> str | None:
+    """Why the run's last val loss is not a final one (None when it is): plots of final loss
+    compare runs at the end of their training, and with the loss they were evaluated on."""
+    if row["status"] != "done":
+        return f"{row['status']} at step {row['steps']}"
+    if row["val_step"] is None:
+        return f"done at step {row['steps']}, never evaluated"
+    if row["val_step"] != row["steps"]:
+        return f"done at step {row['steps']}, last evaluated at step {row['val_step']}"
+    return None if math.isfinite(row["val_loss"]) else f"done at step {row['steps']}, val loss {row['val_loss']}"
 
 
 def table(rows: list[dict]) -> str:
     """One line per run; a column for each task metric any run reports (fine-tuning)."""
     width = max([40] + [len(r["name"]) for r in rows])
+    val_width = max([9] + [len(r["val_text"]) for r in rows])
     metrics = [m for m in TASK_METRICS if any(m in r["task_curves"] for r in rows)]
-    header = (f"{'run':{width}} {'status':10} {'steps':>6} {'tokens':>12} {'train loss':>10} {'val loss':>9} "
+    header = (f"{'run':{width}} {'status':10} {'steps':>6} {'tokens':>12} {'train loss':>10} {'val loss':>{val_width}} "
               + "".join(f"{m:>9} " for m in metrics) + f"{'tok/s':>8}  overrides")
     lines = [header, "-" * len(header)]
     for r in rows:
         finals = {m: curve[-1][1] for m, curve in r["task_curves"].items() if curve}
         lines.append(f"{r['name']:{width}} {r['status']:10} {r['steps']:>6} {r.get('tokens', 0):>12,} "
-                     f"{r['train_loss']:>10.4f} {r['val_loss']:>9.4f} "
+                     f"{r['train_loss']:>10.4f} {r['val_text']:>{val_width}} "
                      + "".join(f"{finals.get(m, math.nan):>9.4f} " for m in metrics)
                      + f"{r['tokens_per_sec']:>8,.0f}  {json.dumps(r['overrides'])}")
+    if val_width > 9:
+        lines.append("(val loss LOSS@STEP: measured at STEP, before the run's last step)")
     return "\n".join(lines)
 
 
@@ -155,16 +175,18 @@ def categories(rows, key: str) -> list[str]:
     return found
 
 
-def plot_final_vs(rows, key: str, path: Path) -> list[str]:
-    """Final val loss (train loss where a run has none) against `key`: the runs and their mean,
-    one line per combination of the categorical overrides; returns the lines' labels."""
+def plot_final_vs(rows, key: str, path: Path) -> dict[str, list[tuple]]:
+    """Final val loss of the finished runs against `key`: the runs and their mean, one line per
+    combination of the categorical overrides; returns each line's label and (x, loss) points.
+    An unfinished run's loss is of another step and a train loss of another thing: neither
+    belongs among the others, so such runs are left out (`report` lists them)."""
     plt, fig, ax = _figure()
+    rows = [r for r in rows if math.isfinite(r["final_val_loss"]) and key in r["overrides"]]
     groups = categories(rows, key)
     by_group = collections.defaultdict(list)
     for r in rows:
-        if key in r["overrides"]:
-            label = ", ".join(f"{g.split('.')[-1]}={r['overrides'].get(g)}" for g in groups) or "mean"
-            by_group[label].append((r["overrides"][key], r["val_loss"] if math.isfinite(r["val_loss"]) else r["train_loss"]))
+        label = ", ".join(f"{g.split('.')[-1]}={r['overrides'].get(g)}" for g in groups) or "mean"
+        by_group[label].append((r["overrides"][key], r["final_val_loss"]))
     every_x = []
     for label, points in by_group.items():
         xs = sorted({x for x, _ in points})
@@ -179,20 +201,21 @@ def plot_final_vs(rows, key: str, path: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return list(by_group)
+    return dict(by_group)
 
 
 def plot_scaling(rows, path: Path) -> tuple[float, int]:
     """Final val loss against training compute with the fitted power law; returns its exponent
-    and the number of runs it was fitted to (those with a final val loss)."""
-    done = [r for r in rows if r.get("compute") and math.isfinite(r["val_loss"])]
+    and the number of runs it was fitted to (the finished ones: compute and loss of the same
+    step)."""
+    done = [r for r in rows if r.get("compute") and math.isfinite(r["final_val_loss"])]
     compute = np.array([r["compute"] for r in done])
-    loss = np.array([r["val_loss"] for r in done])
+    loss = np.array([r["final_val_loss"] for r in done])
     a, b = fit_power_law(compute, loss)
     plt, fig, ax = _figure()
     ax.scatter(compute, loss, label="runs")
     for r in done:
-        ax.annotate(f"{r['params'] / 1e6:.2g}M", (r["compute"], r["val_loss"]), fontsize=7)
+        ax.annotate(f"{r['params'] / 1e6:.2g}M", (r["compute"], r["final_val_loss"]), fontsize=7)
     grid = np.geomspace(compute.min(), compute.max(), 50)
     ax.plot(grid, a * grid ** -b, "--", label=f"L = {a:.3g} C^-{b:.3f}")
     ax.set(xscale="log", yscale="log", xlabel="training compute (FLOPs)", ylabel="final val loss",
@@ -223,18 +246,23 @@ def report(sweep_dir: Path, log=print) -> tuple[str, list[Path]]:
             plots.append(sweep_dir / f"val_{metric}.png")
             plot_task_metric(rows, metric, plots[-1])
     keys = list(dict.fromkeys(k for r in rows for k in r["overrides"]))
+    final = [r for r in rows if math.isfinite(r["final_val_loss"])]
     for key in keys:
         values = {json.dumps(r["overrides"].get(key)) for r in rows}
         numeric = all(isinstance(r["overrides"].get(key), (int, float)) for r in rows)
-        if key != "seed" and len(values) > 1 and numeric and not sweep.get("scaling"):
+        if (key != "seed" and len(values) > 1 and numeric and not sweep.get("scaling")
+                and any(key in r["overrides"] for r in final)):
             plots.append(sweep_dir / f"final_loss_vs_{key.split('.')[-1]}.png")
             plot_final_vs(rows, key, plots[-1])
-    if sweep.get("scaling") and sum(1 for r in rows if math.isfinite(r["val_loss"])) >= 2:
+    if sweep.get("scaling") and sum(1 for r in final if r.get("compute")) >= 2:
         plots.append(sweep_dir / "scaling.png")
         exponent, fitted = plot_scaling(rows, plots[-1])
         text += f"\n\nscaling: final val loss ~ compute^-{exponent:.3f} (fitted over {fitted} runs)"
     if sweep.get("families"):
         plots += family_plots
+    left_out = [f"left out of the final-loss plots: {r['name']} ({r['left_out']})" for r in rows if r["left_out"]]
+    if left_out and any(p.name.startswith(("final_loss_vs_", "scaling", "loss_vs_compute_by_")) for p in plots):
+        text += "\n\n" + "\n".join(left_out)
     if routing.any_moe(rows):
         plots += [sweep_dir / "loss_vs_compute.png", sweep_dir / "routing.png"]
         plot_curves(rows, plots[-2], compute=True)
