@@ -284,3 +284,18 @@ def test_a_lora_classifier_step_on_a_mesh_matches_one_device(mesh):
     assert losses_1[-1] < losses_1[0]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  *(jax.tree.map(np.asarray, jax.device_get(s.params)) for s in (state_8, state_1)))
+
+
+def test_macro_f1_averages_over_the_labels_the_evaluation_holds():
+    """Three labels, the evaluated examples of two, all right: 1.0 as scikit-learn's default
+    gives, not 2/3 (the absent label counted as F1 0); and from the summed confusion matrix."""
+    from sklearn.metrics import f1_score  # noqa: PLC0415
+
+    config = make_tiny_config("llama")
+    config.objective = objectives.get("classify").defaults() | {"labels": "a,b,c"}
+    confusion = np.array([[3, 0, 0], [1, 2, 0], [0, 0, 0]], np.float32)
+    values = objectives.of(config).impl().metrics((0.0, 6.0, confusion), 0.0)
+    truth, predicted = [0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1]
+    assert values["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro")) != 0.0
+    perfect = objectives.of(config).impl().metrics((0.0, 5.0, np.diag([3.0, 2.0, 0.0])), 0.0)
+    assert perfect["macro_f1"] == 1.0

@@ -105,7 +105,7 @@ class Classify(TaskObjective):
         loss = mean(nll, count)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
                 "accuracy": mean(float(np.trace(confusion)), float(confusion.sum())),
-                "macro_f1": float(f1_score(truth, predicted, labels=np.arange(k), average="macro", zero_division=0))}
+                "macro_f1": macro_f1(truth, predicted)}
 
     def baseline(self, task, config) -> tuple[str, dict[str, float]]:
         """Always predicting the train split's majority label, on the held-out examples the
@@ -114,11 +114,17 @@ class Classify(TaskObjective):
         truth = [task.val[i].fields["label"] for i in scored]
         predicted = [tasks.majority_label(task.train)] * len(truth)
         return "majority class", {"accuracy": float(np.mean([t == p for t, p in zip(truth, predicted)])),
-                                  "macro_f1": float(f1_score(truth, predicted, labels=labels(config),
-                                                             average="macro", zero_division=0))}
+                                  "macro_f1": macro_f1(truth, predicted)}
 
     def describe(self, values: dict[str, float]) -> str:
         return f"loss {values['loss']:.4f} acc {values['accuracy']:.4f} macro-F1 {values['macro_f1']:.4f}"
+
+
+def macro_f1(truth, predicted) -> float:
+    """Mean F1 over the labels that occur among the evaluated examples or the predictions
+    (scikit-learn's default): a label absent from both has no F1, and counting it as 0 would
+    deflate the score of a model that is right on every example."""
+    return float(f1_score(truth, predicted, average="macro", zero_division=0))
 
 
 def pooled(params, batch, config):
