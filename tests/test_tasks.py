@@ -183,6 +183,24 @@ def test_given_labels_keep_their_order_and_integer_labels_are_names(tmp_path):
     assert majority_label(given.train) in ("0", "1", "2")
 
 
+def test_labels_with_commas_or_edge_spaces_survive_the_config_string(tmp_path):
+    """The label set found in the data is written into objective.labels and read back from it
+    (the head's size, every later evaluation): "good, really" and " pos" stay whole."""
+    from llmjax.tasks import labels as label_set  # noqa: PLC0415
+
+    names = ["good, really", " pos", "bad"]
+    write_jsonl(tmp_path / "a.jsonl", [{"text": f"t{i}", "label": names[i % 3]} for i in range(40)])
+    found = load(section(task_files=str(tmp_path / "a.jsonl"), val_percent=30.0), tmp_path, **QUIET).labels
+    assert sorted(found) == sorted(names)
+    written = label_set.format(found)
+    assert label_set.parse(written) == found
+    again = load(section(task_files=str(tmp_path / "a.jsonl"), val_percent=30.0, labels=written), tmp_path, **QUIET)
+    assert again.labels == found
+    assert label_set.format(("neg", "pos")) == "neg,pos" and label_set.parse(" neg, pos,") == ("neg", "pos")
+    with pytest.raises(DataError, match="not a JSON list"):
+        label_set.parse('["a", ')
+
+
 def test_chat_messages_keep_only_role_and_content(tmp_path):
     messages = [{"role": "user", "content": "hi", "name": "x"}, {"role": "assistant", "content": "hello"}]
     write_jsonl(tmp_path / "chat.jsonl", [{"conversation": messages}] * 2 + [{"conversation": messages[1:]}] * 2)

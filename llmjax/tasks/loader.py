@@ -18,6 +18,7 @@ from pathlib import Path
 
 from llmjax.data.errors import DataError
 from llmjax.data.sources import stdlib_root
+from llmjax.tasks import labels as label_set
 from llmjax.tasks import stdlib
 from llmjax.tasks.examples import FIELDS, KINDS, Example, TaskData, describe, fingerprint, in_validation, subset
 from llmjax.tasks.files import read_examples, resolve
@@ -117,7 +118,7 @@ def _labels(spec: str, kind: str, train: list[Example], val: list[Example], sour
     if kind != "classification":
         return None
     if spec:
-        labels = tuple(label for label in (part.strip() for part in spec.split(",")) if label)
+        labels = label_set.parse(spec)
         if not labels:
             raise DataError(f"labels={spec!r}: the label set is empty; name the classes, comma-separated, or set "
                             f"labels=\"\" to use the training labels.")

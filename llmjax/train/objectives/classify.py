@@ -20,6 +20,7 @@ from sklearn.metrics import f1_score
 
 from llmjax import model, tasks
 from llmjax.model import registry
+from llmjax.tasks import labels as label_set
 from llmjax.train.objectives.cross_entropy import mean
 from llmjax.train.objectives.fields import ROW_AXES, Field, abstract_batch
 from llmjax.train.objectives.task import TaskObjective, fit, spread
@@ -28,7 +29,7 @@ BATCH_AXES = ("activation_batch",)
 
 
 def labels(config) -> list[str]:
-    return [label for label in config.objective.labels.split(",") if label]
+    return list(label_set.parse(config.objective.labels))
 
 
 class Classify(TaskObjective):

@@ -19,6 +19,7 @@ import numpy as np
 from llmjax import tasks
 from llmjax.data.dataset import cache_dir
 from llmjax.data.errors import DataError
+from llmjax.tasks import labels as label_set
 
 
 _TOKENIZED: dict[tuple, object] = {}  # (objective, tokenizer, section) -> tokenised task, built once per process.
@@ -67,7 +68,7 @@ class TaskObjective:
                             f"{task.name} is a {task.kind} task; choose the objective for it.")
         if task.labels and not config.objective.labels:
             config = config.copy_and_resolve_references()
-            config.objective.labels = ",".join(task.labels)
+            config.objective.labels = label_set.format(task.labels)
         name, scores = self.baseline(task, config)
         log(f"baseline ({name}) on the held-out examples: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         return config
