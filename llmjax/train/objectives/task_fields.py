@@ -14,7 +14,9 @@ FIELDS = {
     "labels": "",  # Classification's label set, comma-separated; "" = the train split's, filled in at start.
     "val_percent": 10.0,
     "max_examples": 0,  # Train on N examples chosen by a hash of each (0 = all).
-    "truncate": "right",  # An example longer than the row: cut its end (right), its start (left), or refuse (error).
+    # An example longer than the row: cut (generation: its prompt first) at the end (right) or
+    # start (left), or refuse (error).
+    "truncate": "right",
 }
 TRUNCATE = ("right", "left", "error")
 GENERATION_FIELDS = {  # sft and seq2seq: the prompt's template and how evaluation generates.
