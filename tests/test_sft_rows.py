@@ -10,6 +10,7 @@ import pytest
 from llmjax import tasks
 from llmjax.config import default_config
 from llmjax.data.errors import DataError
+from llmjax.train.objectives import seq2seq
 from llmjax.train.objectives.sft import OBJECTIVE
 
 EOS, PAD = 0, 1
@@ -29,15 +30,16 @@ class Characters:
         return "".join(chr(t) for t in ids)
 
 
-def encode(tmp_path, rows, kind="generation", truncate="right", seq_len=64, max_seq_len=64, **objective):
+def encode(tmp_path, rows, kind="generation", truncate="right", seq_len=64, max_seq_len=64, objective=OBJECTIVE,
+           **fields):
     (tmp_path / "task.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    config = default_config("llama", "sft")
+    config = default_config(*(("t5", "seq2seq") if objective is seq2seq.OBJECTIVE else ("llama", "sft")))
     config.model.max_seq_len, config.data.seq_len = max_seq_len, seq_len
     config.objective.update(task="", task_files=str(tmp_path / "task.jsonl"), val_files=str(tmp_path / "task.jsonl"),
-                            kind=kind, truncate=truncate, **objective)
+                            kind=kind, truncate=truncate, **fields)
     task = tasks.load(config.objective, tmp_path / "cache", lambda *_: None)
     tokenizer = Characters(tmp_path)
-    return OBJECTIVE.encode(task, tokenizer, config), tokenizer
+    return objective.encode(task, tokenizer, config), tokenizer
 
 
 def first_example(encoded, tokenizer, split="train"):
@@ -128,3 +130,14 @@ def test_a_chat_without_an_assistant_turn_is_refused_naming_its_line(tmp_path):
     rows = [chat("hi", "hello"), {"messages": [{"role": "user", "content": "hi"}]}]
     with pytest.raises(DataError, match="task.jsonl:2: the chat has no assistant message"):
         encode(tmp_path, rows, kind="chat")
+
+
+@pytest.mark.parametrize("truncate", ["right", "left"])
+def test_an_encoder_decoders_response_is_cut_at_its_end_and_its_prompt_from_the_side_truncate_names(tmp_path,
+                                                                                                   truncate):
+    response = "0123456789" * 8
+    encoded, tokenizer = encode(tmp_path, [{"prompt": PROMPT, "response": response}], truncate=truncate,
+                                objective=seq2seq.OBJECTIVE, seq_len=32, template="{prompt}:", targets_length=16)
+    row = encoded["train"][0]
+    assert tokenizer.decode(row["targets"][:row["weights"].astype(bool).sum()]) == response[:15] + chr(EOS)
+    assert tokenizer.decode(row["inputs"]) == (PROMPT[:30] if truncate == "right" else PROMPT[-30:]) + ":" + chr(EOS)
