@@ -98,3 +98,28 @@ def test_moe_fields_are_checked_against_each_other_and_the_mesh(mesh, model, fie
     config.mesh.ici.update(**mesh)
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         validate(config, 8)
+
+
+@pytest.mark.parametrize("family, objective, change, message", [
+    ("llama", "sft", dict(max_new_tokens=32), "objective.max_new_tokens=32: must be below model.max_seq_len=32"),
+    ("llama", "sft", dict(eval_examples=0), "objective.eval_examples=0: must be at least 1"),
+    ("t5", "seq2seq", dict(eval_examples=-2), "objective.eval_examples=-2: must be at least 1"),
+    ("llama", "sft", dict(num_beams=0), "objective.num_beams=0: must be at least 1"),
+    ("t5", "seq2seq", dict(max_new_tokens=0), "objective.max_new_tokens=0: must be at least 1"),
+])
+def test_generation_settings_that_cannot_generate_are_refused_before_anything_runs(family, objective, change,
+                                                                                     message):
+    config = make_tiny_config(family)
+    config.objective = default_config(family, objective).objective
+    config.objective.max_new_tokens = 8  # The tiny model holds 32 tokens.
+    validate(config, 8)
+    config.objective.update(**change)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        validate(config, 8)
+
+
+def test_an_encoder_decoder_generates_past_model_max_seq_len():
+    config = make_tiny_config("t5")  # Its decoder's positions are relative: no bound on new tokens.
+    config.objective = default_config("t5", "seq2seq").objective
+    config.objective.max_new_tokens = 2 * config.model.max_seq_len
+    validate(config, 8)

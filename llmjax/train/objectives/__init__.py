@@ -22,6 +22,7 @@ the implementation (`Objective.impl()`) is loaded on first use.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from typing import Callable, Mapping
 
@@ -118,9 +119,9 @@ register(Objective("mlm", _load("llmjax.train.objectives.mlm"), special_tokens=(
 }))
 register(Objective("classify", _load("llmjax.train.objectives.classify"), fields=task_fields.FIELDS,
                    check_fields=task_fields.check_fields))
-register(Objective("sft", _load("llmjax.train.objectives.sft"), check_fields=task_fields.check_fields,
-                   fields=task_fields.GENERATION_FIELDS))
-register(Objective("seq2seq", _load("llmjax.train.objectives.seq2seq"), check_fields=task_fields.check_fields,
+register(Objective("sft", _load("llmjax.train.objectives.sft"), fields=task_fields.GENERATION_FIELDS,
+                   check_fields=functools.partial(task_fields.check_generation_fields, in_context=True)))
+register(Objective("seq2seq", _load("llmjax.train.objectives.seq2seq"), check_fields=task_fields.check_generation_fields,
                    fields={**task_fields.GENERATION_FIELDS,
                            "targets_length": 64}))  # Decoder tokens: the response and end-of-document.
 register(Objective("span", _load("llmjax.train.objectives.span"), check_fields=span_lengths.check,

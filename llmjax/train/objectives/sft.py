@@ -84,44 +84,27 @@ class SupervisedFineTuning(TaskObjective, CausalLM):
     kinds = ("generation", "chat")
 
     def encode(self, task, tokenizer, config) -> dict:
-        length, eos = config.data.seq_len, tokenizer.eos_id
-        before, after = (tokenizer.encode_batch([part])[0] if part else [] for part in template_parts(config))
+        length, eos, o = config.data.seq_len, tokenizer.eos_id, config.objective
+        parts = split(task, tokenizer, config)
         examples = []  # (tokens, trained mask, where)
-        if task.kind == "chat":
-            template = chat_template(tokenizer)
-            for e in task.train + task.val:
-                pieces, trained = chat_turns(e.fields["messages"], template)
-                ids = tokenizer.encode_batch(pieces)
-                tokens = [t for piece in ids for t in piece]
-                mask = [flag for piece, flag in zip(ids, trained) for _ in piece]
-                examples.append((tokens[:length] + [eos], mask[:length] + [True], e.where))
-        else:
-            texts = [e.fields[k] for e in task.train + task.val for k in ("prompt", "response")]
-            ids = tokenizer.encode_batch(texts)
-            for e, prompt, response in zip(task.train + task.val, ids[0::2], ids[1::2]):
-                response = fit(response, length // 2, config, e.where, "response") + [eos]
-                room = length + 1 - len(before) - len(after) - len(response)
-                prompt = [*before, *fit(prompt, room, config, e.where, "prompt"), *after]
-                examples.append((prompt + response, [False] * len(prompt) + [True] * len(response), e.where))
+        for e, (head, prompt, tail, response) in zip(task.train + task.val, parts):
+            # A row holds length + 1 tokens, end-of-document one of them.
+            room = room_beside(head + tail, length, e.where, f"a row of data.seq_len={length}; raise data.seq_len")
+            prompt, response = keep(prompt, response, room, config, e.where)
+            example = head + prompt + tail + response + [(eos, True)]
+            examples.append(([t for t, _ in example], [trained for _, trained in example], e.where))
         train, val = examples[:len(task.train)], examples[len(task.train):]
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos
-        scored = [task.val[i] for i in spread(config.objective.eval_examples, len(task.val))]
-        prompts = [self.prompt(e, tokenizer, config, before, after) for e in scored]
+        scored = spread(o.eval_examples, len(task.val))
+        within = (f"model.max_seq_len={config.model.max_seq_len} beside objective.max_new_tokens={o.max_new_tokens}; "
+                  f"lower objective.max_new_tokens")
+        prompts = []  # Cut as the training rows' prompts are, so generation reads what training read.
+        for i in scored:
+            (head, prompt, tail, _), where = parts[len(task.train) + i], task.val[i].where
+            room = room_beside(head + tail, config.model.max_seq_len - o.max_new_tokens, where, within)
+            prompts.append([t for t, _ in head + fit(prompt, room, config, where, "generation prompt", within) + tail])
         return {"train": pack(train, length, pad), "val": pack(val, length, pad), "prompts": prompts,
-                "references": [reference(e) for e in scored]}
-
-    def prompt(self, example, tokenizer, config, before, after) -> list[int]:
-        """What generation continues: the prompt (or the chat up to its last assistant turn),
-        cut so that it and objective.max_new_tokens fit model.max_seq_len."""
-        room = config.model.max_seq_len - config.objective.max_new_tokens
-        if "messages" in example.fields:
-            messages = example.fields["messages"]
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            pieces, _ = chat_turns(messages[:last + 1], chat_template(tokenizer))
-            ids = [t for piece in tokenizer.encode_batch(pieces[:-1]) for t in piece]
-            return ids[-room:]
-        body = tokenizer.encode_batch([example.fields["prompt"]])[0]
-        return [*before, *body[:max(room - len(before) - len(after), 1)], *after]
+                "references": [reference(task.val[i]) for i in scored]}
 
     def extra_metrics(self, params, config, token_ids: dict) -> dict[str, float]:
         o, tokenizer = config.objective, token_ids["tokenizer"]
@@ -155,6 +138,55 @@ def reference(example) -> str:
     if "response" in example.fields:
         return example.fields["response"]
     return [m["content"] for m in example.fields["messages"] if m["role"] == "assistant"][-1]
+
+
+def split(task, tokenizer, config) -> list[tuple[list, list, list, list]]:
+    """Each example as (head, prompt, tail, response), lists of (token, trained) pairs. Truncation
+    cuts the prompt and response only: the head and tail around the prompt (objective.template's
+    text, or a chat's header opening the answer) are what tell the model that an answer starts.
+    A chat's response is its last assistant turn (and any turn after it), its prompt all before."""
+    examples = task.train + task.val
+    if task.kind != "chat":
+        head, tail = ([(t, False) for t in tokenizer.encode_batch([part])[0]] if part else []
+                      for part in template_parts(config))
+        ids = tokenizer.encode_batch([e.fields[k] for e in examples for k in ("prompt", "response")])
+        return [(head, [(t, False) for t in p], tail, [(t, True) for t in r]) for p, r in zip(ids[0::2], ids[1::2])]
+    template, parts = chat_template(tokenizer), []
+    for e in examples:
+        pieces, trained = chat_turns(e.fields["messages"], template)
+        if not any(trained):
+            raise DataError(f"{e.where}: the chat has no assistant message, so nothing to train on; add the "
+                            f"assistant's reply or drop the line.")
+        last, ids = max(i for i, flag in enumerate(trained) if flag), tokenizer.encode_batch(pieces)
+        pairs = [(t, flag) for piece, flag in zip(ids, trained) for t in piece]
+        header, answer = (sum(len(piece) for piece in ids[:n]) for n in (last - 1, last))
+        parts.append(([], pairs[:header], pairs[header:answer], pairs[answer:]))
+    return parts
+
+
+def room_beside(fixed: list, total: int, where: str, within: str) -> int:
+    """What `total` tokens leave for an example's prompt and response beside its template."""
+    if total - len(fixed) < 1:
+        raise DataError(f"{where}: the template around the prompt is {len(fixed)} tokens, leaving no room in "
+                        f"{within}, or shorten objective.template.")
+    return total - len(fixed)
+
+
+def keep(prompt: list, response: list, room: int, config, where: str) -> tuple[list, list]:
+    """The prompt and response cut to `room` tokens together. A whole example that fits is kept;
+    one that does not loses prompt first, from the side objective.truncate names, down to half
+    the room (or the whole prompt, if shorter); only a response longer than what is left is cut,
+    at its end, since a response cut at its start would train the model to begin mid-answer.
+    Under truncate=error, only an example that does not fit is refused."""
+    if len(prompt) + len(response) <= room:
+        return prompt, response
+    if config.objective.truncate == "error":
+        raise DataError(f"{where}: the prompt and response are {len(prompt)} + {len(response)} tokens, over the "
+                        f"{room} that fit a row of data.seq_len={config.data.seq_len} beside the template and "
+                        f"end-of-document; raise data.seq_len, shorten the example, or set objective.truncate=right "
+                        f"(or left) to cut it.")
+    response = response[:room - min(len(prompt), room // 2)]
+    return fit(prompt, room - len(response), config, where, "prompt"), response
 
 
 def pack(examples, length: int, pad: int) -> list[dict]:

@@ -38,16 +38,19 @@ def spread(count: int, total: int) -> list[int]:
     return [i * total // count for i in range(count)]
 
 
-def fit(tokens: list[int], room: int, config, where: str, what: str) -> list[int]:
-    """`tokens` cut to `room` as objective.truncate says, or refused naming the example."""
+def fit(tokens: list, room: int, config, where: str, what: str, within: str = "", keep_start: bool = False) -> list:
+    """`tokens` cut to `room` as objective.truncate says, or refused naming the example; `within`
+    says what bounds the room and how to raise it (by default, a row of data.seq_len). A response
+    keeps its start whatever the mode (`keep_start`): cut there, it would teach the model to
+    begin an answer mid-sentence."""
     if len(tokens) <= room:
         return tokens
     mode = config.objective.truncate
     if mode == "error":
-        raise DataError(f"{where}: the {what} is {len(tokens)} tokens, over the {room} that fit a row of "
-                        f"data.seq_len={config.data.seq_len}; raise data.seq_len, shorten the example, or set "
-                        f"objective.truncate=right (or left) to cut it.")
-    return tokens[:room] if mode == "right" else tokens[len(tokens) - room:]
+        within = within or f"a row of data.seq_len={config.data.seq_len}; raise data.seq_len"
+        raise DataError(f"{where}: the {what} is {len(tokens)} tokens, over the {room} that fit {within}, "
+                        f"shorten the example, or set objective.truncate=right (or left) to cut it.")
+    return tokens[:room] if mode == "right" or keep_start else tokens[len(tokens) - room:]
 
 
 class TaskObjective:

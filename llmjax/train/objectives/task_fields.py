@@ -14,7 +14,9 @@ FIELDS = {
     "labels": "",  # Classification's label set, comma-separated; "" = the train split's, filled in at start.
     "val_percent": 10.0,
     "max_examples": 0,  # Train on N examples chosen by a hash of each (0 = all).
-    "truncate": "right",  # An example longer than the row: cut its end (right), its start (left), or refuse (error).
+    # An example longer than the row: cut (generation: its prompt first) at the end (right) or
+    # start (left), or refuse (error).
+    "truncate": "right",
 }
 TRUNCATE = ("right", "left", "error")
 GENERATION_FIELDS = {  # sft and seq2seq: the prompt's template and how evaluation generates.
@@ -31,3 +33,18 @@ def check_fields(config, mesh_shape: dict) -> None:
     del mesh_shape
     if config.objective.truncate not in TRUNCATE:
         raise config_error("objective.truncate", config.objective.truncate, f"must be one of {', '.join(TRUNCATE)}.")
+
+
+def check_generation_fields(config, mesh_shape: dict, in_context: bool = False) -> None:
+    """What evaluation's generation needs, refused before anything runs rather than at the first
+    evaluation, after training. `in_context`: a decoder continues the prompt in its own context,
+    so the new tokens must leave at least one token of model.max_seq_len for it."""
+    check_fields(config, mesh_shape)
+    o = config.objective
+    for key in ("eval_examples", "num_beams", "max_new_tokens"):
+        if o[key] < 1:
+            raise config_error(f"objective.{key}", o[key], "must be at least 1.")
+    if in_context and o.max_new_tokens >= config.model.max_seq_len:
+        raise config_error("objective.max_new_tokens", o.max_new_tokens,
+                           f"must be below model.max_seq_len={config.model.max_seq_len}, which holds the prompt "
+                           f"and the new tokens; lower it (or raise model.max_seq_len).")
