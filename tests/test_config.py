@@ -23,7 +23,7 @@ def test_config_is_locked_against_unknown_keys():
 
 @pytest.mark.parametrize("change, key, hint", [
     (lambda c: c.model.update(num_kv_heads=3), "config.model.num_kv_heads=3", "must divide"),
-    (lambda c: c.model.update(d_model=48), "config.model.d_model=48", "num_heads * model.head_dim"),
+    (lambda c: c.model.update(head_dim=7), "config.model.head_dim=7", "must be even"),
     (lambda c: c.model.update(dtype="float16"), "config.model.dtype='float16'", "one of"),
     (lambda c: c.model.update(remat="everything"), "config.model.remat", "one of"),
     (lambda c: c.model.update(num_layers=0), "config.model.num_layers=0", "positive integer"),
