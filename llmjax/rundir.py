@@ -156,14 +156,23 @@ class RunDir:
         return changes
 
     def changes(self, config) -> dict[str, tuple]:
-        """`config_changes` of `config` against the run saved here ({} for a new directory). A
-        task's labels that `config` leaves empty are left to its data, which fills them in when
-        the run starts (`objective.labels`): not a change."""
+        """`config_changes` of `config` against the run saved here ({} for a new directory). What
+        a task's data fills in when the run starts is not a change where `config` leaves it
+        empty (its labels, and the examples' fingerprint, also where an older run saved none);
+        nor are task files named relative to here that the run saved as absolute paths."""
         if not (self.path / CONFIG).exists():
             return {}
+        from llmjax.tasks.files import absolute  # noqa: PLC0415 - the task layer imports this module's peers.
+
         changes = config_changes(self.config, config)
-        if "labels" in config.objective and not config.objective.labels:
+        o = config.objective
+        if "labels" in o and not o.labels:
             changes.pop("objective.labels", None)
+        if "task_fingerprint" in o and not (o.task_fingerprint and self.config.objective.task_fingerprint):
+            changes.pop("objective.task_fingerprint", None)
+        for key in ("objective.task_files", "objective.val_files"):
+            if key in changes and absolute(changes[key][0]) == absolute(changes[key][1]):
+                changes.pop(key)
         return changes
 
     @cached_property

@@ -299,3 +299,34 @@ def test_macro_f1_averages_over_the_labels_the_evaluation_holds():
     assert values["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro")) != 0.0
     perfect = objectives.of(config).impl().metrics((0.0, 5.0, np.diag([3.0, 2.0, 0.0])), 0.0)
     assert perfect["macro_f1"] == 1.0
+
+
+def test_a_run_is_resumed_and_evaluated_only_on_the_examples_it_started_on(tmp_path):
+    """The task files are saved as absolute paths (llmjax-eval works from any directory) with
+    the examples' fingerprint; relabelled examples are refused on resume and on evaluation,
+    instead of being trained or scored silently."""
+    (tmp_path / "data").mkdir()
+    write_task(tmp_path / "data" / "task.jsonl")
+    args = ("--config.objective.task=", "--config.objective.task_files=data/task.jsonl",
+            "--config.objective.kind=classification", "--config.objective.fields=text=sentence,label=colour",
+            "--config.train.eval_every=0", "--config.optimizer.warmup_steps=1")
+    command = [sys.executable, "-m", "llmjax.cli.train", "--config", str(ROOT / "configs/finetune.py:package,tiny"),
+               f"--workdir={tmp_path / 'run'}", *args]
+    first = subprocess.run([*command, "--config.train.steps=4"], cwd=tmp_path, env=train_env(tmp_path / "cache"),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["objective"]
+    assert saved["task_files"] == str(tmp_path / "data" / "task.jsonl") and len(saved["task_fingerprint"]) == 16
+    evaluate = [sys.executable, "-m", "llmjax.cli.eval", f"--workdir={tmp_path / 'run'}"]
+    evaluated = subprocess.run(evaluate, cwd=ROOT, env=train_env(tmp_path / "cache"), capture_output=True,
+                               text=True, timeout=300)
+    assert evaluated.returncode == 0 and "acc" in evaluated.stdout, evaluated.stderr[-3000:]
+    text = (tmp_path / "data" / "task.jsonl").read_text()
+    (tmp_path / "data" / "task.jsonl").write_text(text.replace('"red"', '"tmp"').replace('"blue"', '"red"')
+                                                  .replace('"tmp"', '"blue"'))
+    resumed = subprocess.run([*command, "--config.train.steps=8"], cwd=tmp_path,
+                             env=train_env(tmp_path / "cache"), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode != 0 and "objective.task_fingerprint" in resumed.stderr, resumed.stderr[-3000:]
+    refused = subprocess.run(evaluate, cwd=ROOT, env=train_env(tmp_path / "cache"), capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode != 0 and "are not those this run was started on" in refused.stderr, refused.stderr[-3000:]

@@ -7,7 +7,8 @@ import this layer, not the other way round.
 """
 
 from llmjax.tasks.examples import KINDS, Example, TaskData, describe, majority_label
+from llmjax.tasks.files import absolute
 from llmjax.tasks.loader import load
 from llmjax.tasks.stdlib import BUILTIN
 
-__all__ = ["BUILTIN", "KINDS", "Example", "TaskData", "describe", "load", "majority_label"]
+__all__ = ["BUILTIN", "KINDS", "Example", "TaskData", "absolute", "describe", "load", "majority_label"]

@@ -18,6 +18,13 @@ from llmjax.tasks.examples import FIELDS, Example, canonical_fields, missing_fie
 SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
+def absolute(spec: str) -> str:
+    """Comma-separated paths or globs, each relative one made absolute: the run's config then
+    names its task files from any working directory (llmjax-eval, a resume from elsewhere)."""
+    parts = (Path(part.strip()).expanduser() for part in spec.split(",") if part.strip())
+    return ",".join(str(part if part.is_absolute() else Path.cwd() / part) for part in parts)
+
+
 def resolve(spec: str, key: str) -> list[Path]:
     """The files named by `spec` (comma-separated paths or glob patterns, the config key
     `key`), in the order given, each glob's matches sorted, repeats dropped."""

@@ -26,7 +26,14 @@ _TOKENIZED: dict[tuple, object] = {}  # (objective, tokenizer, section) -> token
 
 
 def load_task(config, log=print) -> tasks.TaskData:
-    return tasks.load(config.objective, cache_dir(config), log)
+    """The run's task; refused when its examples are not those the run was started on."""
+    task = tasks.load(config.objective, cache_dir(config), log)
+    saved = config.objective.task_fingerprint
+    if saved and saved != task.fingerprint:
+        raise DataError(f"the task's examples ({task.name}) are not those this run was started on: their "
+                        f"fingerprint is {task.fingerprint}, the run's {saved} (a task file edited or replaced "
+                        f"since?). Restore the files, or fine-tune on these examples in a new workdir.")
+    return task
 
 
 def spread(count: int, total: int) -> list[int]:
@@ -65,13 +72,16 @@ class TaskObjective:
     def resolve(self, config, log):
         """The task's label set written into the config (objective.labels), so the head's
         shape, and every later evaluation or export, is fixed by the run's own config."""
+        config = config.copy_and_resolve_references()
+        o = config.objective
+        o.task_files, o.val_files = tasks.absolute(o.task_files), tasks.absolute(o.val_files)
         task = load_task(config, log)
         if task.kind not in self.kinds:
             raise DataError(f"objective {self.name} trains on {' or '.join(self.kinds)} tasks, and "
                             f"{task.name} is a {task.kind} task; choose the objective for it.")
-        if task.labels and not config.objective.labels:
-            config = config.copy_and_resolve_references()
-            config.objective.labels = label_set.format(task.labels)
+        if task.labels and not o.labels:
+            o.labels = label_set.format(task.labels)
+        o.task_fingerprint = task.fingerprint
         name, scores = self.baseline(task, config)
         log(f"baseline ({name}) on the held-out examples: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         return config

@@ -12,6 +12,9 @@ FIELDS = {
     "kind": "",  # What task_files hold: classification | generation | chat ("" for a built-in task).
     "fields": "",  # Renames, "canonical=column,...", e.g. "text=sentence,label=sentiment".
     "labels": "",  # Classification's label set, comma-separated; "" = the train split's, filled in at start.
+    # Filled in at start: the examples' fingerprint, so that resuming or evaluating the run on
+    # other examples (a task file edited since) is refused rather than silently scored.
+    "task_fingerprint": "",
     "val_percent": 10.0,
     "max_examples": 0,  # Train on N examples chosen by a hash of each (0 = all).
     # An example longer than the row: cut (generation: its prompt first) at the end (right) or
