@@ -87,3 +87,26 @@ def finetune(arg: str = "package"):
             overrides |= {"finetune.lora_targets": "query,value,out,down", "train.steps": 900,
                           "optimizer.warmup_steps": 90, "train.eval_every": 300}
     return compose(smoke or "5m", data="stdlib_json" if smoke else "stdlib", objective=objective, overrides=overrides)
+
+
+def from_run(arg: str):
+    """A saved run's config (configs/imported.py): `RUN`, or `RUN,OBJECTIVE` with that
+    objective's defaults in place of the run's own (an imported BERT fine-tuned to classify)."""
+    from llmjax.rundir import RunDir  # noqa: PLC0415 - the run layer imports the presets' peers.
+    from llmjax.train import objectives  # noqa: PLC0415
+
+    workdir, _, objective = arg.rpartition(",") if "," in arg else (arg, "", "")
+    config = RunDir(workdir).config
+    if not objective:
+        return config
+    family = registry.get(config.model.family)
+    if objective not in family.objectives:
+        raise ConfigError(f"configs/imported.py:{arg}: the {family.name} family trains on "
+                          f"{', '.join(family.objectives)}, not {objective!r}"
+                          + ("" if objective in objectives.names() else f" (objectives: {', '.join(objectives.names())})")
+                          + ".")
+    fresh = default_config(family.name, objective)
+    for section in config:
+        if section != "objective":
+            fresh[section] = config[section]
+    return fresh

@@ -330,3 +330,18 @@ def test_a_run_is_resumed_and_evaluated_only_on_the_examples_it_started_on(tmp_p
     refused = subprocess.run(evaluate, cwd=ROOT, env=train_env(tmp_path / "cache"), capture_output=True,
                              text=True, timeout=300)
     assert refused.returncode != 0 and "are not those this run was started on" in refused.stderr, refused.stderr[-3000:]
+
+
+def test_a_saved_run_config_takes_another_objective_of_its_family(tmp_path):
+    """configs/imported.py:RUN,OBJECTIVE: the run's model and data, that objective's defaults."""
+    from llmjax.config import ConfigError, default_config  # noqa: PLC0415
+    from llmjax.presets import from_run  # noqa: PLC0415
+
+    saved = default_config("bert")
+    saved.model.num_layers = 3
+    (tmp_path / "config.json").write_text(json.dumps(saved.to_dict()))
+    config = from_run(f"{tmp_path},classify")
+    assert config.objective.name == "classify" and "task_files" in config.objective
+    assert config.model.num_layers == 3 and from_run(str(tmp_path)).objective.name == "mlm"
+    with pytest.raises(ConfigError, match="the bert family trains on mlm, classify, not 'sft'"):
+        from_run(f"{tmp_path},sft")

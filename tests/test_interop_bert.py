@@ -16,7 +16,7 @@ from llmjax.interop.import_hf import import_hf
 from llmjax.interop.safetensors_io import SafetensorsReader
 from llmjax.rundir import RunDir
 
-from conftest import ROOT, train_command, train_env
+from conftest import ROOT, run_reference, train_command, train_env
 from hf_parity import (CONTINUE, QUIET, assert_config_refused_before_writing, assert_logits_match, llmjax_logits,
                        random_tokens, reference_logits)
 
@@ -99,3 +99,50 @@ def test_trained_bert_export_loads_in_transformers_with_its_logits_and_mask_toke
 ])
 def test_unsupported_configs_are_refused_before_anything_is_written(bert, tmp_path, changes, field):
     assert_config_refused_before_writing(bert["tied"]["hf"], changes, field, tmp_path)
+
+
+def test_an_imported_hub_bert_fine_tunes_on_a_task_reading_cls_first(reference_python, tmp_path):
+    """A Hub-style BERT: a WordPiece tokenizer with [CLS]/[SEP] and no eos_token_id in its
+    config.json. Imported, it fine-tunes with configs/imported.py:RUN,classify: [SEP] ends
+    each text and the head reads [CLS], as BERT was pretrained; the task is learnt."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers  # noqa: PLC0415
+
+    from llmjax.data.tokenizer import TextTokenizer  # noqa: PLC0415
+    from llmjax.presets import from_run  # noqa: PLC0415
+    from llmjax.tasks import load  # noqa: PLC0415
+    from llmjax.train import objectives  # noqa: PLC0415
+    from test_finetune import WORDS, write_task  # noqa: PLC0415
+
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizers.BertNormalizer(), pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer.train_from_iterator([" ".join(WORDS + ["red_marker", "blue_marker"])] * 10,
+                                  trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+    tokenizer.save(str(hf_dir / "tokenizer.json"))
+    config = {k: v for k, v in HF_CONFIG.items() if k != "eos_token_id"} | {"vocab_size": tokenizer.get_vocab_size()}
+    run_reference(reference_python, "make-bert", hf_dir, json.dumps(config), 0)
+    import_hf(hf_dir, tmp_path / "imported", **QUIET)
+    task = write_task(tmp_path / "task.jsonl")
+    args = [f"--config.checkpoint.init_from={tmp_path / 'imported'}", f"--config.objective.task_files={task}",
+            f"--config.objective.val_files={task}", "--config.objective.kind=classification",
+            "--config.objective.fields=text=sentence,label=colour", "--config.train.steps=40",
+            "--config.train.eval_every=40", "--config.optimizer.warmup_steps=4", "--config.data.seq_len=32",
+            "--config.train.global_batch_size=8", "--config.data.source=stdlib", "--config.data.glob=json/*.py"]
+    imported_config = f"configs/imported.py:{tmp_path / 'imported'},classify"
+    result = subprocess.run(train_command(tmp_path / "run", *args, config=imported_config), cwd=ROOT,
+                            env=train_env(tmp_path / "cache"), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["split"] == "val" and final["accuracy"] == 1.0, final
+    # The rows it trained on: [CLS] text [SEP], pooled at [CLS].
+    run_config = from_run(f"{tmp_path / 'run'}")
+    text = TextTokenizer(hf_dir / "tokenizer.json")
+    assert text.eos_id == tokenizer.token_to_id("[SEP]")
+    rows = objectives.of(run_config).impl().encode(load(run_config.objective, tmp_path / "cache", log=lambda *_: None),
+                                                   text, run_config)["train"]
+    first = rows[0]
+    n = int((first["segment_ids"] == 0).sum())
+    assert first["inputs"][0] == tokenizer.token_to_id("[CLS]") and first["pool"] == 0
+    assert first["inputs"][n - 1] == tokenizer.token_to_id("[SEP]")

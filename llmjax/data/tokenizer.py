@@ -24,8 +24,12 @@ from llmjax.data.jsonfile import read_json_object
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
-# End-of-document tokens of common tokenizers, looked up in a tokenizer.json that llmjax did not train.
-EOS_NAMES = (EOS, "</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>")
+# End-of-document tokens of common tokenizers, looked up in a tokenizer.json that llmjax did not
+# train; BERT's [SEP] ends its inputs, and its config.json names no eos_token_id.
+EOS_NAMES = (EOS, "</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "[SEP]")
+# The token an encoder's classifier reads first (BERT's [CLS]); llmjax's own BERT reads the
+# end-of-document token that precedes every document it was pretrained on.
+CLS_NAMES = ("[CLS]",)
 # The masked-language-model's mask token: llmjax's own, BERT's and RoBERTa's names.
 MASK = "<|mask|>"
 MASK_NAMES = (MASK, "[MASK]", "<mask>")

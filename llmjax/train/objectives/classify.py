@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 from llmjax import model, tasks
+from llmjax.data.tokenizer import CLS_NAMES
 from llmjax.model import registry
 from llmjax.tasks import labels as label_set
 from llmjax.train.objectives.cross_entropy import mean
@@ -51,9 +52,16 @@ class Classify(TaskObjective):
         first = registry.of(config).pooling == "first"
         length, pad = config.data.seq_len, tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
 
+        # Around each text: a decoder ends it with end-of-document and pools there; an encoder pools
+        # its first token: [CLS] text [SEP] as BERT was pretrained, where the tokenizer has [CLS],
+        # else the end-of-document token that precedes each document llmjax's BERT saw.
+        cls = tokenizer.token_id(CLS_NAMES) if first else None
+        before, after = (([cls], [tokenizer.eos_id]) if cls is not None else
+                         ([tokenizer.eos_id], []) if first else ([], [tokenizer.eos_id]))
+
         def row(example, body):
-            body = fit(body, length - 1, config, example.where, "text")
-            tokens = [tokenizer.eos_id, *body] if first else [*body, tokenizer.eos_id]
+            body = fit(body, length - len(before) - len(after), config, example.where, "text")
+            tokens = [*before, *body, *after]
             n = len(tokens)
             return {"inputs": np.asarray(tokens + [pad] * (length - n), np.int32),
                     "positions": np.arange(length, dtype=np.int32),
