@@ -97,13 +97,18 @@ def test_lora_trains_its_adapters_and_the_head_and_leaves_the_pretrained_weights
                                                                     adapters["mlp"]["down"]))
     assert np.abs(np.asarray(after["task_head"]["kernel"])).max() > 0
     # The whole training state cannot come from a run without the head and adapters: refused
-    # before compiling, with nothing written.
+    # before compiling, with nothing written; from a run with the same ones, it continues it.
     full = run_train(tmp_path / "full", "--config.finetune.lora_rank=4", f"--config.checkpoint.init_from={pretrained}",
                      "--config.checkpoint.init_mode=full", cache=tmp_path / "cache",
                      config="configs/finetune.py:package,tiny")
-    assert full.returncode == 2 and full.stderr.startswith("error: config.checkpoint.init_mode='full': restores"), \
-        full.stderr[-3000:]
+    assert full.returncode != 0 and full.stderr.startswith("error: checkpoint step"), full.stderr[-3000:]
+    assert "['lora']" in full.stderr and "is missing there" in full.stderr and "init_mode=params starts those" in full.stderr
     assert "compiled" not in full.stdout and not (tmp_path / "full").exists()
+    continued = run_train(tmp_path / "full", "--config.finetune.lora_rank=4", "--config.finetune.lora_targets=query,value,down",
+                          f"--config.checkpoint.init_from={tuned}", "--config.checkpoint.init_mode=full",
+                          "--config.train.steps=24", "--config.train.eval_every=0", cache=tmp_path / "cache",
+                          config="configs/finetune.py:package,tiny")
+    assert continued.returncode == 0 and "(full state)" in continued.stdout, continued.stderr[-3000:]
     # llmjax-eval shows the task's metrics, and evaluates the task, not other data.
     evaluated = subprocess.run([sys.executable, "-m", "llmjax.cli.eval", f"--workdir={tuned}"], cwd=ROOT,
                                env=train_env(tmp_path / "cache"), capture_output=True, text=True, timeout=300)

@@ -89,16 +89,14 @@ def _train(config, workdir: str, log, print_sharding: bool, preemption: Preempti
                          + (f" ({shown_changes(optimizer_changes)} changed)" if optimizer_changes else "")
                          + f", or continue from its parameters with a fresh optimizer in a new workdir: "
                            f"--workdir NEW --config.checkpoint.init_from={workdir}.")
-    if init_source:  # A fine-tuning run takes the model's parameters; its own extras start afresh.
-        check_same_model(RunDir(init_source.workdir).checkpoints, init_source.step, model_part(run.params),
-                         fix="checkpoint.init_from must name a run of this model (pretrained or fine-tuned).",
-                         ignored=() if config.checkpoint.init_mode == "full" else EXTRA_KEYS)
-        if config.checkpoint.init_mode == "full" and jax.tree.structure(model_part(run.params)) != \
-                jax.tree.structure(run.params):
-            raise config_error("checkpoint.init_mode", "full", "restores the source run's whole training "
-                               "state, and this run adds parameters the source lacks (a task head, LoRA "
-                               "adapters); use init_mode=params, which starts them, and the optimizer, afresh.")
-        if config.checkpoint.init_mode == "full":
+    if init_source:  # A fine-tuning run takes the model's parameters; its own extras start afresh ...
+        full = config.checkpoint.init_mode == "full"  # ... unless it continues the source's whole state.
+        check_same_model(RunDir(init_source.workdir).checkpoints, init_source.step,
+                         run.params if full else model_part(run.params), ignored=() if full else EXTRA_KEYS,
+                         fix="checkpoint.init_from must name a run of this model (pretrained or fine-tuned)"
+                             + (", and init_mode=full one with this run's task head and LoRA adapters too; "
+                                "init_mode=params starts those, and the optimizer, afresh." if full else "."))
+        if full:
             check_same_optimizer(RunDir(init_source.workdir).checkpoints, init_source.step, run.state.opt_state,
                                  "checkpoint.init_mode=full continues the source's optimizer: give this run its "
                                  "optimizer settings, or use init_mode=params, which starts the optimizer afresh.")
