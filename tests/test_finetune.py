@@ -68,6 +68,10 @@ def test_every_classifying_family_learns_a_task_from_local_files(tmp_path, prese
     assert saved["objective"]["labels"] == "blue,red"  # Filled in from the train split, sorted.
     final = records(tmp_path / "run", "val")[-1]
     assert final["accuracy"] == 1.0 and final["macro_f1"] == 1.0, final
+    # The summary and the last line report the task's metrics, not bits per byte of a corpus.
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["final_val"]["macro_f1"] == 1.0 and "final_val_bits_per_byte" not in summary
+    assert "acc 1.0000 macro-F1 1.0000; checkpoint saves" in result.stdout.splitlines()[-1]
 
 
 def params_of(workdir):

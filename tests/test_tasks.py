@@ -258,6 +258,7 @@ ERRORS = {  # id: (files, section overrides, what the message must say)
     "no train": ({"a.jsonl": _side(50.0, True)}, dict(val_percent=50.0), ["task_files='a.jsonl'", "lower val_percent"]),
     "no val": ({"a.jsonl": _side(50.0, False)}, dict(val_percent=50.0), ["task_files='a.jsonl'", "raise val_percent"]),
     "empty val files": ({"a.jsonl": GOOD, "v.jsonl": []}, dict(val_files="v.jsonl"), ["val_files='v.jsonl'", "no examples"]),
+    "empty task file": ({"a.jsonl": []}, {}, ["a.jsonl", "no examples"]),
     "damaged parquet": ({"a.parquet": b"PAR1 not really"}, {}, ["a.parquet:", "cannot be read as Parquet", "replace it"]),
     "no kind": ({"a.jsonl": GOOD}, dict(kind=""), ["kind=''", "classification, generation, chat"]),
     "bad fields": ({"a.jsonl": GOOD}, dict(fields="txt=sentence"), ["fields='txt=sentence'", "text=your_column"]),

@@ -54,8 +54,9 @@ def check(config) -> None:
         raise config_error("finetune.lora_alpha", f.lora_alpha, "must be positive.")
     if f.lora_rank and not lora_targets(config):
         raise config_error("finetune.lora_targets", f.lora_targets,
-                           f"names no projection, and the {config.model.family} family has no default targets; "
-                           f"give the module names of the kernels to adapt.")
+                           f"names no projection, and the {config.model.family} family has no default targets: "
+                           f"LoRA adapts attention and MLP projections (module names such as query,value), "
+                           f"which it has none of; fine-tune it fully, or freeze parts with finetune.freeze.")
     if f.lora_rank and not config.checkpoint.init_from:
         raise config_error("finetune.lora_rank", f.lora_rank,
                            "adapts a pretrained model and freezes its weights, which without "

@@ -104,6 +104,8 @@ def _check_split(train: list[Example], val: list[Example], source: str, val_sour
                 raise DataError(f"{where}: no examples; give files with at least one example.")
         return
     total = len(train) + len(val)
+    if not total:
+        raise DataError(f"{source}: no examples; give files with at least one example.")
     if not train:
         raise DataError(f"{source}: none of the {total} examples is left for training at val_percent={val_percent}; "
                         f"lower val_percent or give more examples.")

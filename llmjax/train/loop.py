@@ -27,6 +27,7 @@ from llmjax.run import bootstrap
 from llmjax.train import objectives
 from llmjax.train import hooks
 from llmjax.train.evaluate import Evaluator
+from llmjax.train.objectives.task import TaskObjective
 from llmjax.train.guard import DivergenceGuard
 from llmjax.train.preemption import PreemptionFlag
 from llmjax.train.resume import initial_state, parse_init_from
@@ -167,22 +168,27 @@ def _train(config, workdir: str, log, print_sharding: bool, preemption: Preempti
         writer.close()
     if progress.step == run_start_step:  # Resumed at the last step: the summary's figures still.
         progress.val = Evaluator.headline(evaluator(eval_fn, progress.state.params))
+    # A task's run is measured on its task (accuracy, macro-F1, BLEU ...), not in bits per byte
+    # of a corpus: its summary holds what its evaluation reports.
+    task = isinstance(run.objective, TaskObjective)
     summary = {"steps": t.steps, "final_train_loss": progress.train_loss,
-               "final_val_loss": progress.val["loss"],
-               "final_val_bits_per_byte": progress.val.get("bits_per_byte", float("nan")),
-               "unigram_entropy": datasets[0][0].manifest["unigram_entropy_nats"],
-               "skipped_steps": int(progress.state.skipped_steps), "rollbacks": guard.rollbacks,
+               "final_val_loss": progress.val["loss"], "final_val": dict(progress.val)}
+    if not task:
+        summary |= {"final_val_bits_per_byte": progress.val.get("bits_per_byte", float("nan")),
+                    "unigram_entropy": datasets[0][0].manifest["unigram_entropy_nats"]}
+    summary |= {"skipped_steps": int(progress.state.skipped_steps), "rollbacks": guard.rollbacks,
                "checkpoint_saves": checkpointer.saves,
                "checkpoint_blocked_seconds": checkpointer.blocked_seconds,
                "wall_seconds": time.perf_counter() - progress.started}
     if distributed.is_primary():
         run_dir.write_summary(summary)
     set_status("done", progress.step)  # After the summary: a run marked done always has one.
-    log(f"done in {hooks.duration(summary['wall_seconds'])}: train loss {progress.train_loss:.4f}, "
-        f"val loss {progress.val['loss']:.4f}" + (f", val bits/byte {progress.val['bits_per_byte']:.4f}"
-                                                   if "bits_per_byte" in progress.val else "") + " "
-        f"(unigram entropy of the corpus: {summary['unigram_entropy']:.4f} nats/token); checkpoint "
-        f"saves blocked training for {summary['checkpoint_blocked_seconds']:.2f}s in all")
+    measured = (f"val {run.objective.describe(progress.val)}" if task else
+                f"val loss {progress.val['loss']:.4f}" + (f", val bits/byte {progress.val['bits_per_byte']:.4f}"
+                                                           if "bits_per_byte" in progress.val else "")
+                + f" (unigram entropy of the corpus: {summary['unigram_entropy']:.4f} nats/token)")
+    log(f"done in {hooks.duration(summary['wall_seconds'])}: train loss {progress.train_loss:.4f}, {measured}; "
+        f"checkpoint saves blocked training for {summary['checkpoint_blocked_seconds']:.2f}s in all")
     return summary
 
 
