@@ -204,8 +204,18 @@ class RunDir:
                     | ({"error": error} if error else {}))
 
     def status(self) -> dict:
+        """status.json's state and step; "damaged" where it cannot be read (cut short, edited):
+        the run's checkpoints, not this file, say where a rerun resumes."""
         path = self.path / STATUS
-        return json.loads(path.read_text()) if path.exists() else {"state": "new", "step": 0}
+        if not path.exists():
+            return {"state": "new", "step": 0}
+        try:
+            status = json.loads(path.read_text())
+        except (ValueError, OSError):
+            status = None
+        if not (isinstance(status, dict) and isinstance(status.get("state"), str) and isinstance(status.get("step"), int)):
+            return {"state": "damaged", "step": 0, "error": f"{path} cannot be read"}
+        return status
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.path / SUMMARY, summary, indent=2)

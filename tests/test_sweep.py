@@ -490,6 +490,23 @@ def test_final_loss_plots_and_table_tell_unfinished_runs_apart(tmp_path):
         "mean": [(1e-3, 4.3), (3e-3, 3.9)]}
 
 
+def test_a_damaged_status_or_metrics_line_is_shown_not_a_traceback(tmp_path):
+    """status.json cut short and a metrics line that is JSON but no record (hand-edited): the
+    report shows the run as damaged and reads the records that are records."""
+    from llmjax.sweep.report import report as write_report  # noqa: PLC0415
+
+    for name in ("ok", "cut"):
+        _synthetic_run(tmp_path / "runs" / name, {"train.steps": 300}, "done", 300, [(300, 4.0)], [(300, 4.3)])
+    (tmp_path / "runs" / "cut" / "status.json").write_text('{"state": "do')
+    with (tmp_path / "runs" / "cut" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3}\n[1, 2]\n')
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": [{"name": n, "overrides": {}} for n in ("ok", "cut")],
+                                                     "sweep": {}}))
+    text, _ = write_report(tmp_path)
+    table = {line.split()[0]: line.split() for line in text.splitlines()[2:4]}
+    assert table["cut"][1] == "damaged" and table["cut"][4:6] == ["4.0000", "4.3000"] and table["ok"][1] == "done"
+
+
 def test_moe_report_draws_loss_against_compute_and_routing_per_layer(tmp_path):
     """A dense and an MoE run (synthetic records, with routing metrics named as the train step
     names them): the report adds loss against compute and the routing plot."""

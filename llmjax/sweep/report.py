@@ -27,10 +27,12 @@ def _records(workdir: Path) -> list[dict]:
         return []
     out = []
     for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
+        try:  # A line cut short by a crash, or edited, is not a record.
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict) and isinstance(record.get("split"), str) and isinstance(record.get("step"), int):
+            out.append(record)
     return out
 
 
