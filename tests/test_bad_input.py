@@ -166,10 +166,11 @@ class Harness:
                     jax.config.update(name, value)
         return Outcome(code, stderr.getvalue(), self.backend_compiles - before + reached)
 
-    def train(self, *args: str, workdir: Path, config: str = CONFIGS["llama"]) -> Outcome:
-        """`llmjax-train --config=CONFIG --workdir=WORKDIR ARGS...`: cli/app.py's flag parser,
-        then its error handler around cli/train.py's main, as `run` does."""
-        argv = ["llmjax-train", f"--config={config}", f"--workdir={workdir}", *args]
+    def train(self, *args: str, workdir: Path, config: str = CONFIGS["llama"], spaced: bool = False) -> Outcome:
+        """`llmjax-train --config=CONFIG --workdir=WORKDIR ARGS...` (`spaced`: `--config CONFIG`,
+        as the README writes it): cli/app.py's flag parser, then its error handler around
+        cli/train.py's main, as `run` does."""
+        argv = ["llmjax-train", *(["--config", config] if spaced else [f"--config={config}"]), f"--workdir={workdir}", *args]
 
         def body():
             flags.FLAGS.unparse_flags()
@@ -555,10 +556,12 @@ def config_file(draw, body: str) -> str:
 
 def test_broken_config_files_end_in_one_clear_error(harness, record_property):
     def check(text: str):
-        config, workdir = harness.tmpdir() / "config.py", harness.tmpdir() / "run"
+        config = harness.tmpdir() / "config.py"
         config.write_text(text)
-        assert_one_clear_error(harness.train(workdir=workdir, config=str(config)), [config])
-        assert not workdir.exists()
+        for spaced in (False, True):  # --config=FILE and --config FILE
+            workdir = harness.tmpdir() / "run"
+            assert_one_clear_error(harness.train(workdir=workdir, config=str(config), spaced=spaced), [config])
+            assert not workdir.exists()
 
     tried = try_each_kind({kind: (config_file(body), 4) for kind, body in CONFIG_FILE_BODIES.items()}, check)
     missing = harness.tmpdir() / "missing.py"

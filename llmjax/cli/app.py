@@ -56,10 +56,20 @@ def _flag_error(error: Exception) -> str | None:
     return None
 
 
+def config_argument(argv) -> str:
+    """The --config file as given, `--config=FILE` or `--config FILE` (the README's form)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return ""
+
+
 def _config_file_error(error: BaseException | None, argv) -> str | None:
     """For an exception the --config file raised while loading (or one it caused: absl and
     ml_collections wrap it in others), one line with its message and the file's line."""
-    given = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), "")
+    given = config_argument(argv)
     path = os.path.abspath(given.split(":", 1)[0]) if given else None
     if path and isinstance(error, AttributeError) and "'get_config'" in str(error):
         return f"error: --config={given} defines no get_config(); define one that returns the config (see configs/)."
@@ -107,7 +117,8 @@ def load_config(config_flag):
     (ml_collections loads it lazily, on first access)."""
     try:
         config = config_flag.value
-        config.keys()
+        if isinstance(config, ml_collections.ConfigDict):
+            config.keys()
     except OSError as error:
         sys.exit(f"error: {str(error).splitlines()[0]}: {' '.join(str(error).split()[-6:])}; give "
                  f"--config the path of a config file (see configs/).")
