@@ -307,7 +307,7 @@ OUT_OF_RANGE = [
     ("llama", "model.param_dtype", not_one_of(DTYPES)),
     ("llama", "model.remat", not_one_of(REMAT_POLICIES)),
     ("llama", "model.attention_impl", not_one_of(ATTENTION_IMPLS)),
-    ("t5", "model.attention_impl", st.sampled_from(["blockwise", "splash"])),  # No score bias in those kernels.
+    ("t5", "model.attention_impl", st.just("splash")),  # No score bias in that kernel.
     ("llama", "model.family", not_one_of(registry.names())),
     ("llama", "objective.name", not_one_of(OBJECTIVES)),
     ("llama", "train.inject_nan_at", st.lists(st.integers(0, 99).map(str), max_size=3).flatmap(

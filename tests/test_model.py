@@ -458,3 +458,17 @@ def test_the_attention_kernels_a_model_traces_are_recorded_for_the_run_to_print(
     with recorded_kernels() as kernels:
         jax.eval_shape(lambda p, b: model.forward(p, b, config=config), params, batch)
     assert kernels == expected
+
+
+def test_t5_may_name_the_blockwise_kernel_which_takes_its_position_bias():
+    """What `auto` picks on CPU, named: accepted, and traced for the biased scores as well."""
+    from llmjax.config import validate  # noqa: PLC0415
+    from test_train_step import random_batch  # noqa: PLC0415
+
+    config = make_tiny_config("t5")
+    config.model.attention_impl = "blockwise"
+    validate(config, jax.device_count())
+    params = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), config)))
+    with recorded_kernels() as kernels:
+        jax.eval_shape(lambda p, b: model.forward(p, b, config=config), params, random_batch(config))
+    assert kernels == {"bidirectional: blockwise", "position-biased: blockwise"}

@@ -8,8 +8,9 @@ from llmjax.errors import config_error
 from llmjax.model.spec import TransformerSpec, divisible, finite, positive
 
 # Relative position biases are added to the attention scores, which only the kernels that take
-# an additive bias do (XLA's, and cuDNN's through jax.nn.dot_product_attention).
-T5_ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+# an additive bias do: XLA's, the CPU blockwise kernel, and cuDNN's through
+# jax.nn.dot_product_attention; TPU's splash kernel does not.
+T5_ATTENTION_IMPLS = ("auto", "xla", "blockwise", "cudnn")
 FEED_FORWARDS = ("gated-gelu", "relu")
 
 
@@ -45,8 +46,8 @@ class T5Spec(TransformerSpec):
         if model.attention_impl not in T5_ATTENTION_IMPLS:
             raise config_error("model.attention_impl", model.attention_impl,
                                f"must be one of {', '.join(T5_ATTENTION_IMPLS)} for T5: its relative "
-                               f"position bias is added to the scores, which the blockwise and "
-                               f"splash kernels do not take.")
+                               f"position bias is added to the scores, which the splash kernel does "
+                               f"not take.")
         if model.relative_buckets < 4 or model.relative_buckets % 4:
             raise config_error("model.relative_buckets", model.relative_buckets,
                                "must be a multiple of 4 (half per direction in the encoder, half of "
