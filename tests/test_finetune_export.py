@@ -36,14 +36,22 @@ def exported(reference_python, tmp_path_factory):
     llmjax-train, its export, and transformers' fp32 logits on random tokens of the merged
     export, of base/ with PEFT's adapter, and of base/ alone (one reference process)."""
     tmp = tmp_path_factory.mktemp("finetune_export")
-    training = {family: subprocess.Popen(
-        train_command(tmp / family / "run", *CONTINUE, *LORA, f"--config.finetune.lora_targets={targets}",
-                      config=config), cwd=ROOT, env=train_env(tmp / "cache"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for family, (config, targets) in RUNS.items()}
+
+    def train_each(args_of) -> None:
+        """One llmjax-train per family of RUNS at once, each with `args_of(family)`."""
+        training = {family: subprocess.Popen(
+            train_command(tmp / family / name, *args, config=RUNS[family][0]), cwd=ROOT, env=train_env(tmp / "cache"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for family in RUNS
+            for name, args in [args_of(family)]}
+        for process in training.values():
+            _, stderr = process.communicate(timeout=600)
+            assert process.returncode == 0, stderr[-3000:]
+
+    train_each(lambda family: ("pretrained", CONTINUE))  # LoRA adapts a pretrained model.
+    train_each(lambda family: ("run", (*CONTINUE, *LORA, f"--config.finetune.lora_targets={RUNS[family][1]}",
+                                       f"--config.checkpoint.init_from={tmp / family / 'pretrained'}")))
     models, commands = {}, []
-    for family, process in training.items():
-        _, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, stderr[-3000:]
+    for family in RUNS:
         m = models[family] = dict(run=tmp / family / "run", hf=tmp / family / "hf")
         export_hf(m["run"], m["hf"], **QUIET)
         m["tokens"] = random_tokens(3, RunDir(m["run"]).config.model.vocab_size)

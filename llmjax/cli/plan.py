@@ -47,8 +47,9 @@ def main(argv) -> None:
     print(result.report())
     if not result.fits:
         print(f"error: needs {result.total_bytes / 1e9:.1f} GB per device, the {_TARGET.value} has "
-              f"{result.memory_bytes / 1e9:.0f} GB; raise mesh.ici.fsdp, enable model.remat=full, or "
-              f"lower train.global_batch_size / data.seq_len.", file=sys.stderr)
+              f"{result.memory_bytes / 1e9:.0f} GB; raise mesh.ici.fsdp, "
+              + ("" if config.model.get("remat") in (None, "full") else "enable model.remat=full, ")
+              + "or lower train.global_batch_size / data.seq_len.", file=sys.stderr)
         sys.exit(EXIT_DOES_NOT_FIT)
 
 
