@@ -33,6 +33,13 @@ def path_name(path) -> str:
     return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
+def named_axes(param_axes) -> dict[str, tuple]:
+    """{parameter path ("layers/mlp/up/kernel"): its logical axes}, from the PartitionSpecs."""
+    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
+    return {path_name(path): tuple(spec)
+            for path, spec in jax.tree_util.tree_flatten_with_path(param_axes, is_leaf=is_spec)[0]}
+
+
 def is_frozen(name: str, config) -> bool:
     """Whether the parameter at `name` ("layers/mlp/up/kernel") stays as pretrained: with LoRA
     every weight of the model does; otherwise those matching finetune.freeze."""

@@ -31,7 +31,7 @@ from optax.contrib import MuonDimensionNumbers
 
 from llmjax.finetune import EXTRA_KEYS
 from llmjax.finetune.lora import input_dims
-from llmjax.finetune.params import path_name
+from llmjax.finetune.params import named_axes, path_name
 
 BATCH_AXES = ("layers", "qkv", "gates", "experts")
 MATRIX_LEAVES = ("kernel", "recurrent")  # The LSTM's recurrent weights are matrices too.
@@ -52,13 +52,8 @@ def dimension_numbers(name: str, axes: tuple) -> MuonDimensionNumbers | None:
 
 def matrices(param_axes) -> dict[str, MuonDimensionNumbers]:
     """{parameter path: its matrix} of every parameter Muon updates."""
-    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
-    found = {}
-    for path, spec in jax.tree_util.tree_flatten_with_path(param_axes, is_leaf=is_spec)[0]:
-        dims = dimension_numbers(path_name(path), tuple(spec))
-        if dims is not None:
-            found[path_name(path)] = dims
-    return found
+    found = {name: dimension_numbers(name, axes) for name, axes in named_axes(param_axes).items()}
+    return {name: dims for name, dims in found.items() if dims is not None}
 
 
 def scale_by_muon(dims: dict[str, MuonDimensionNumbers], config) -> optax.GradientTransformation:

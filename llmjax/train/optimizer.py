@@ -10,7 +10,7 @@ import optax
 
 from llmjax import finetune
 from llmjax.finetune import partition
-from llmjax.finetune.params import path_name
+from llmjax.finetune.params import named_axes, path_name
 from llmjax.train import muon
 
 # Matmul weights (the LSTM's recurrent ones included); embeddings, norm scales and biases are not.
@@ -29,13 +29,6 @@ def learning_rate_schedule(config) -> optax.Schedule:
     else:
         decay = optax.constant_schedule(peak)
     return optax.join_schedules([warmup, decay], [o.warmup_steps])
-
-
-def named_axes(param_axes) -> dict[str, tuple]:
-    """{parameter path ("layers/mlp/up/kernel"): its logical axes}."""
-    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
-    return {path_name(path): tuple(spec)
-            for path, spec in jax.tree_util.tree_flatten_with_path(param_axes, is_leaf=is_spec)[0]}
 
 
 def weight_decay_mask(params, param_axes) -> dict:
