@@ -141,3 +141,12 @@ def test_an_encoder_decoders_response_is_cut_at_its_end_and_its_prompt_from_the_
     row = encoded["train"][0]
     assert tokenizer.decode(row["targets"][:row["weights"].astype(bool).sum()]) == response[:15] + chr(EOS)
     assert tokenizer.decode(row["inputs"]) == (PROMPT[:30] if truncate == "right" else PROMPT[-30:]) + ":" + chr(EOS)
+
+
+def test_a_chat_template_that_ends_a_turn_with_end_of_document_gets_no_second_one(tmp_path):
+    # The template's eos_token text "\x00" is EOS in the one-token-per-character tokenizer.
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "eos_token": "\x00", "chat_template": "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}"
+                                              "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"}))
+    encoded, tokenizer = encode(tmp_path, [chat("hi", "hello", "and?", "bye")], kind="chat", max_new_tokens=8)
+    assert first_example(encoded, tokenizer) == ("<user>hi$<assistant>hello$<user>and?$<assistant>bye$", "hello$bye$")

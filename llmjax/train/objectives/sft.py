@@ -1,9 +1,9 @@
 """Supervised fine-tuning of a decoder: the loss is on the response only, the prompt is context.
 
 Each example becomes prompt tokens (objective.template around the prompt, or the chat's turns
-rendered by the chat template of the tokenizer's config, `chat_template`)
-followed by response tokens and end-of-document; its own inputs, next-token targets, positions
-from 0 and weights (1 on response targets only) are computed apart, then examples are packed
+rendered by the chat template of the tokenizer's config, `chat_template`) followed by response
+tokens and end-of-document (once: a chat template's turn may end with it); its own inputs,
+next-token targets, positions from 0 and weights (1 on response targets only) are computed apart, then examples are packed
 into rows of data.seq_len in file order, each in a segment of its own, so attention never
 crosses from one example to another and no target is another example's token. Evaluation is
 the held-out loss, plus generation: objective.eval_examples held-out prompts (spread through the file) are
@@ -91,7 +91,8 @@ class SupervisedFineTuning(TaskObjective, CausalLM):
             # A row holds length + 1 tokens, end-of-document one of them.
             room = room_beside(head + tail, length, e.where, f"a row of data.seq_len={length}; raise data.seq_len")
             prompt, response = keep(prompt, response, room, config, e.where)
-            example = head + prompt + tail + response + [(eos, True)]
+            ended = response and response[-1][0] == eos  # A chat template's turn may end with it.
+            example = head + prompt + tail + response + ([] if ended else [(eos, True)])
             examples.append(([t for t, _ in example], [trained for _, trained in example], e.where))
         train, val = examples[:len(task.train)], examples[len(task.train):]
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos
