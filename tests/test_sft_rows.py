@@ -150,3 +150,13 @@ def test_a_chat_template_that_ends_a_turn_with_end_of_document_gets_no_second_on
                                               "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"}))
     encoded, tokenizer = encode(tmp_path, [chat("hi", "hello", "and?", "bye")], kind="chat", max_new_tokens=8)
     assert first_example(encoded, tokenizer) == ("<user>hi$<assistant>hello$<user>and?$<assistant>bye$", "hello$bye$")
+
+
+@pytest.mark.parametrize("objective", [OBJECTIVE, seq2seq.OBJECTIVE])
+def test_a_template_that_leaves_no_room_is_refused_as_the_templates_fault_not_an_examples(tmp_path, objective):
+    with pytest.raises(DataError) as refused:
+        encode(tmp_path, [{"prompt": "abc", "response": "xyz"}], objective=objective, seq_len=64,
+               template="T" * 70 + "{prompt}", **({"targets_length": 8} if objective is seq2seq.OBJECTIVE else {}))
+    assert str(refused.value).startswith("the text of objective.template around {prompt} is 70 tokens, leaving no "
+                                         "room in a row of data.seq_len=64"), refused.value
+    assert "task.jsonl" not in str(refused.value) and str(refused.value).endswith("or shorten objective.template.")

@@ -21,7 +21,7 @@ from llmjax.train.objectives import text_metrics
 from llmjax.train.objectives.sft import SupervisedFineTuning, reference, template_parts
 from llmjax.train.objectives.span import encoder_decoder_fields
 from llmjax.train.objectives.fields import Field
-from llmjax.train.objectives.task import fit, spread
+from llmjax.train.objectives.task import fit, room_beside, spread
 
 
 def padded(tokens: list[int], length: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,8 +46,9 @@ class Seq2Seq(SupervisedFineTuning):
         examples = task.train + task.val
         ids = tokenizer.encode_batch([e.fields[k] for e in examples for k in ("prompt", "response")])
         encoded = []  # (encoder input tokens, target tokens) per example
+        room = room_beside(len(before) + len(after), length - 1, f"a row of data.seq_len={length} beside "
+                                                                 f"end-of-document; raise data.seq_len")
         for e, prompt, response in zip(examples, ids[0::2], ids[1::2]):
-            room = length - 1 - len(before) - len(after)
             encoded.append(([*before, *fit(prompt, room, config, e.where, "prompt"), *after, eos],
                             fit(response, targets_length - 1, config, e.where, "response", keep_start=True) + [eos]))
 

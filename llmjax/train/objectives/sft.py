@@ -27,7 +27,7 @@ from llmjax.sample.select import Sampling
 from llmjax.train.objectives import text_metrics
 from llmjax.train.objectives.causal_lm import CausalLM
 from llmjax.train.objectives.cross_entropy import mean
-from llmjax.train.objectives.task import TaskObjective, fit, spread
+from llmjax.train.objectives.task import TaskObjective, fit, room_beside, spread
 
 
 def template_parts(config) -> tuple[str, str]:
@@ -89,7 +89,8 @@ class SupervisedFineTuning(TaskObjective, CausalLM):
         examples = []  # (tokens, trained mask, where)
         for e, (head, prompt, tail, response) in zip(task.train + task.val, parts):
             # A row holds length + 1 tokens, end-of-document one of them.
-            room = room_beside(head + tail, length, e.where, f"a row of data.seq_len={length}; raise data.seq_len")
+            room = room_beside(len(head + tail), length, f"a row of data.seq_len={length}; raise data.seq_len",
+                               e.where if task.kind == "chat" else "")
             prompt, response = keep(prompt, response, room, config, e.where)
             ended = response and response[-1][0] == eos  # A chat template's turn may end with it.
             example = head + prompt + tail + response + ([] if ended else [(eos, True)])
@@ -102,7 +103,8 @@ class SupervisedFineTuning(TaskObjective, CausalLM):
         prompts = []  # Cut as the training rows' prompts are, so generation reads what training read.
         for i in scored:
             (head, prompt, tail, _), where = parts[len(task.train) + i], task.val[i].where
-            room = room_beside(head + tail, config.model.max_seq_len - o.max_new_tokens, where, within)
+            room = room_beside(len(head + tail), config.model.max_seq_len - o.max_new_tokens, within,
+                               where if task.kind == "chat" else "")
             prompts.append([t for t, _ in head + fit(prompt, room, config, where, "generation prompt", within) + tail])
         return {"train": pack(train, length, pad), "val": pack(val, length, pad), "prompts": prompts,
                 "references": [reference(task.val[i]) for i in scored]}
@@ -163,14 +165,6 @@ def split(task, tokenizer, config) -> list[tuple[list, list, list, list]]:
         header, answer = (sum(len(piece) for piece in ids[:n]) for n in (last - 1, last))
         parts.append(([], pairs[:header], pairs[header:answer], pairs[answer:]))
     return parts
-
-
-def room_beside(fixed: list, total: int, where: str, within: str) -> int:
-    """What `total` tokens leave for an example's prompt and response beside its template."""
-    if total - len(fixed) < 1:
-        raise DataError(f"{where}: the template around the prompt is {len(fixed)} tokens, leaving no room in "
-                        f"{within}, or shorten objective.template.")
-    return total - len(fixed)
 
 
 def keep(prompt: list, response: list, room: int, config, where: str) -> tuple[list, list]:

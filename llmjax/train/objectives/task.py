@@ -1,10 +1,10 @@
 """What the fine-tuning objectives share: their task (`llmjax.tasks`), tokenised once, and rows
 made from its examples rather than from packed windows of the pretraining corpus.
 
-The pretraining data is still resolved as for any run (the tokenizer comes with it, and a
-fine-tuning run must use its pretrained model's); the task's examples are tokenised with it at
-start-up, before anything compiles, so an example that does not fit (`truncate="error"`) is
-refused by file and line. Training rows are the task's rows in a seeded order redrawn every
+The run takes its pretrained model's tokenizer (or `data.tokenizer`); only a run from scratch
+prepares the corpus, to train one. The task's examples are tokenised with it at start-up,
+before anything compiles, so an example that does not fit (`truncate="error"`) is refused by
+file and line. Training rows are the task's rows in a seeded order redrawn every
 epoch (Grain's shuffle), so the batch of step s is a function of (task, seed, s) and resume is
 exact; the held-out rows are evaluated in file order, the same every time: all of them, or where
 fewer are asked for (train.eval_batches, objective.eval_examples) an evenly spread subset, since
@@ -58,6 +58,19 @@ def fit(tokens: list, room: int, config, where: str, what: str, within: str = ""
         raise DataError(f"{where}: the {what} is {len(tokens)} tokens, over the {room} that fit {within}, "
                         f"shorten the example, or set objective.truncate=right (or left) to cut it.")
     return tokens[:room] if mode == "right" or keep_start else tokens[len(tokens) - room:]
+
+
+def room_beside(fixed: int, total: int, within: str, where: str = "") -> int:
+    """What `total` tokens leave for an example's prompt and response beside the `fixed` tokens
+    around them: objective.template's, the same for every example, or (`where` an example) the
+    header its chat template opens the answer with."""
+    if total - fixed >= 1:
+        return total - fixed
+    if where:
+        raise DataError(f"{where}: the chat template's header opening the answer is {fixed} tokens, leaving no "
+                        f"room in {within}.")
+    raise DataError(f"the text of objective.template around {{prompt}} is {fixed} tokens, leaving no room in "
+                    f"{within}, or shorten objective.template.")
 
 
 class TaskObjective:
