@@ -73,10 +73,11 @@ class Run:
     def batch_shardings(self, batch_size: int | None = None) -> dict[str, NamedSharding]:
         return {name: self.sharding(f.axes) for name, f in self.batch_fields(batch_size).items()}
 
-    def train_batches(self, datasets) -> pipeline.GlobalBatches:
+    def train_batches(self, datasets, tokenizer=None) -> pipeline.GlobalBatches:
         """The batch of every step: the objective's rows of the (mixed) packed windows of
-        `datasets`, each process loading only the rows its devices hold."""
-        token_ids = self.objective.token_ids(datasets[0][0].tokenizer, self.config)  # One tokenizer for all.
+        `datasets` (of the task, for a fine-tuning run, which has only a `tokenizer`), each
+        process loading only the rows its devices hold."""
+        token_ids = self.objective.token_ids(tokenizer or datasets[0][0].tokenizer, self.config)  # One for all.
         rows = self.objective.train_rows(datasets, self.config, token_ids)
         return pipeline.GlobalBatches(rows, {k: f.shape for k, f in self.batch_fields().items()},
                                       self.batch_shardings())

@@ -354,3 +354,24 @@ def test_a_saved_run_config_takes_another_objective_of_its_family(tmp_path):
     assert config.model.num_layers == 3 and from_run(str(tmp_path)).objective.name == "mlm"
     with pytest.raises(ConfigError, match="the bert family trains on mlm, classify, not 'sft'"):
         from_run(f"{tmp_path},sft")
+
+
+def test_a_model_pretrained_with_special_tokens_fine_tunes_on_its_tokenizer_without_its_corpus(tmp_path):
+    """BERT pretrained by MLM has [MASK] in its tokenizer, which a classifier's corpus would not
+    train into one: the fine-tuning run (and its evaluation) takes the pretrained run's tokenizer
+    instead of preparing the corpus, into a cache that is left without any dataset."""
+    pretrained = tmp_path / "pretrained"
+    result = run_train(pretrained, "--config.train.steps=6", cache=tmp_path / "cache", config="configs/bert_tiny.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    tuned, cache = tmp_path / "tuned", tmp_path / "tuning-cache"
+    result = run_train(tuned, f"--config.checkpoint.init_from={pretrained}", "--config.train.steps=8",
+                       "--config.train.eval_every=8", cache=cache, config="configs/finetune.py:package,bert-tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"data: the task is tokenized with {pretrained / 'tokenizer.json'}" in result.stdout
+    assert (tuned / "tokenizer.json").read_bytes() == (pretrained / "tokenizer.json").read_bytes()
+    assert not list(cache.glob("dataset-*")), sorted(cache.iterdir())
+    evaluated = subprocess.run([sys.executable, "-m", "llmjax.cli.eval", f"--workdir={tuned}"], cwd=ROOT,
+                               env=train_env(cache), capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"accuracy {records(tuned, 'val')[-1]['accuracy']:.4f}" in evaluated.stdout, evaluated.stdout
+    assert not list(cache.glob("dataset-*")), sorted(cache.iterdir())

@@ -128,6 +128,21 @@ def resolve(data_config, vocab_size: int, cache_dir: Path, log=print,
     return datasets
 
 
+def given_tokenizer(data_config, vocab_size: int, *workdirs) -> TextTokenizer | None:
+    """The tokenizer a run has without preparing a corpus: `data.tokenizer`, else the one saved
+    in the first of `workdirs` that has one; None when there is none. A fine-tuning run reads
+    its task, so this is all the data it needs: preparing the corpus would train a tokenizer
+    without the special tokens its pretrained model's objective added, or tokenize gigabytes
+    with an imported model's, for nothing."""
+    if data_config.tokenizer:
+        tokenizer = TextTokenizer(Path(data_config.tokenizer).expanduser(), data_config.eos_id)
+    else:
+        tokenizer = next(filter(None, (load_from_dir(Path(w)) for w in workdirs if w)), None)
+    if tokenizer is not None:
+        _check_vocab(tokenizer.vocab_size, tokenizer.fingerprint, vocab_size)
+    return tokenizer
+
+
 def _check_vocab(tokenizer_vocab: int, fingerprint: str, model_vocab: int) -> None:
     if tokenizer_vocab > model_vocab:
         raise DatasetError(f"model.vocab_size={model_vocab} is smaller than the data's tokenizer "

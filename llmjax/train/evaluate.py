@@ -13,7 +13,7 @@ import numpy as np
 from llmjax.checkpoint import Checkpointer, check_same_model
 from llmjax.config import apply_overrides
 from llmjax.data import pipeline
-from llmjax.data.dataset import cache_dir, check_tokenizer, is_prepared, open_dataset, resolve
+from llmjax.data.dataset import cache_dir, check_tokenizer, given_tokenizer, is_prepared, open_dataset, resolve
 from llmjax.data.tokenizer import load_from_dir
 from llmjax.run import bootstrap
 from llmjax.train import objectives
@@ -34,11 +34,11 @@ class Evaluator:
     """Places each dataset's validation batches on the devices once, then evaluates any params.
     As for training batches, each process builds only the rows its devices hold."""
 
-    def __init__(self, datasets, run, batch_size: int, max_batches: int):
+    def __init__(self, datasets, run, batch_size: int, max_batches: int, tokenizer=None):
         config, self.objective, self.config = run.config, run.objective, run.config
         self.layout = pipeline.RowLayout({k: f.shape for k, f in run.batch_fields(batch_size).items()},
                                          run.batch_shardings(batch_size))
-        self.token_ids = self.objective.token_ids(datasets[0][0].tokenizer, config)
+        self.token_ids = self.objective.token_ids(tokenizer or datasets[0][0].tokenizer, config)
         self.sets = []
         for name, host, token_bytes in self.objective.eval_sets(datasets, config, self.token_ids, batch_size,
                                                                 max_batches, self.layout.local_rows):
@@ -96,7 +96,8 @@ def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, 
     batch_size = -(-config.train.global_batch_size // devices) * devices
     overrides = {f"mesh.ici.{axis}": 1 for axis in ("fsdp", "expert", "sequence", "tensor")} | {
         "mesh.ici.data": -1, "train.global_batch_size": batch_size}
-    if data and isinstance(objectives.of(config).impl(), TaskObjective):
+    task = isinstance(objectives.of(config).impl(), TaskObjective)
+    if data and task:
         raise FlagError(f"--data {data}: {run_dir.given} is a fine-tuning run, evaluated on its task's "
                         f"held-out examples (objective.task={config.objective.task!r}); drop --data.")
     if data:
@@ -113,14 +114,18 @@ def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, 
     if glob:
         overrides["data.glob"] = glob
     config = apply_overrides(config, overrides)
-    datasets = resolve(config.data, config.model.vocab_size, cache_dir(config), log,
-                       objectives.of(config).special_tokens)
-    check_tokenizer(run_dir.path, datasets[0][0].tokenizer)
+    if task:  # Its task is tokenized with the run's own tokenizer: no corpus is read.
+        datasets, tokenizer = [], given_tokenizer(config.data, config.model.vocab_size, run_dir.path)
+    if not task or tokenizer is None:
+        datasets = resolve(config.data, config.model.vocab_size, cache_dir(config), log,
+                           objectives.of(config).special_tokens)
+        tokenizer = datasets[0][0].tokenizer
+    check_tokenizer(run_dir.path, tokenizer)
     run = bootstrap(config, train=False)  # Parameters only: no optimizer is built.
     check_same_model(run_dir.checkpoints, step, run.params)
     eval_fn = run.compile_eval_step()
     position_fn = run.compile_eval_step(per_position=True) if per_position else None
-    evaluator = Evaluator(datasets, run, batch_size, max_batches or config.train.eval_batches)
+    evaluator = Evaluator(datasets, run, batch_size, max_batches or config.train.eval_batches, tokenizer)
     for name, batches, _ in evaluator.sets:
         if max_batches and len(batches) < max_batches:
             log(f"note: {name} has {len(batches)} validation batches of {batch_size}; evaluating all of them, "

@@ -16,7 +16,7 @@ import jax
 from llmjax import config as config_lib
 from llmjax import flops
 from llmjax.checkpoint import Checkpointer, check_same_model, check_same_optimizer
-from llmjax.data.dataset import cache_dir, check_tokenizer, resolve
+from llmjax.data.dataset import cache_dir, check_tokenizer, given_tokenizer, resolve
 from llmjax.finetune import EXTRA_KEYS
 from llmjax.finetune.params import model_part
 from llmjax.metrics import MetricsWriter
@@ -33,6 +33,20 @@ from llmjax.train.preemption import PreemptionFlag
 from llmjax.train.resume import initial_state, parse_init_from
 from llmjax.rundir import RunDir, shown_changes
 from llmjax.errors import config_error
+
+
+def _data(config, workdir, init_source, log):
+    """(datasets, tokenizer). A fine-tuning run reads its task, not a corpus: it takes
+    `data.tokenizer` or its model's (the run it starts from, or its own on resume), and the
+    corpus is prepared only to train a tokenizer when it has none (a task run from scratch)."""
+    if isinstance(objectives.of(config).impl(), TaskObjective):
+        tokenizer = given_tokenizer(config.data, config.model.vocab_size, init_source and init_source.workdir, workdir)
+        if tokenizer is not None:
+            log(f"data: the task is tokenized with {tokenizer.path} ({tokenizer.fingerprint}, "
+                f"{tokenizer.vocab_size} tokens)")
+            return [], tokenizer
+    datasets = _datasets(config, log)
+    return datasets, datasets[0][0].tokenizer
 
 
 def _datasets(config, log):
@@ -101,13 +115,12 @@ def _train(config, workdir: str, log, print_sharding: bool, preemption: Preempti
             check_same_optimizer(RunDir(init_source.workdir).checkpoints, init_source.step, run.state.opt_state,
                                  "checkpoint.init_mode=full continues the source's optimizer: give this run its "
                                  "optimizer settings, or use init_mode=params, which starts the optimizer afresh.")
-    datasets = _datasets(config, log)
-    tokenizer = datasets[0][0].tokenizer
+    datasets, tokenizer = _data(config, workdir, init_source, log)
     run.objective.token_ids(tokenizer, config)  # An objective's special tokens are checked before compiling.
     for other in (run_dir.path, init_source and init_source.workdir):
         if other:  # A model only makes sense of the tokens it was trained on.
             check_tokenizer(other, tokenizer)
-    evaluator = Evaluator(datasets, run, t.global_batch_size, t.eval_batches)  # No held-out data fails here.
+    evaluator = Evaluator(datasets, run, t.global_batch_size, t.eval_batches, tokenizer)  # No held-out data fails here.
     start = time.perf_counter()
     with attention.recorded_kernels() as kernels:
         train_fn, eval_fn = run.compile_steps()
@@ -116,7 +129,7 @@ def _train(config, workdir: str, log, print_sharding: bool, preemption: Preempti
         log(f"attention on {jax.default_backend()}: {', '.join(sorted(kernels))} (model.attention_impl="
             f"{config.model.attention_impl})")
 
-    train_data = run.train_batches(datasets)
+    train_data = run.train_batches(datasets, tokenizer)
     print(f"data: process {jax.process_index()} of {jax.process_count()} reads rows "  # Every process.
           f"{train_data.local_rows[0]}..{train_data.local_rows[-1]} of each global batch of "
           f"{t.global_batch_size}", flush=True)
