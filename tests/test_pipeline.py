@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grain
 import numpy as np
 import pytest
 
@@ -84,6 +85,19 @@ def test_batches_are_a_seeded_function_of_the_step():
     windows = PackedWindows(tokens, 8, EOS)
     for row, index in enumerate(a[5]["index"]):
         np.testing.assert_array_equal(a[5]["inputs"][row], windows[int(index)]["inputs"])
+
+
+def test_each_seed_has_its_own_orders_not_a_neighbours_one_epoch_later():
+    tokens = _stream(seed=2, docs=200)
+    n = len(PackedWindows(tokens, 8, EOS))
+
+    def epochs(seed, count=3):
+        rows = train_rows(tokens, 8, EOS, seed)
+        return [tuple(int(rows[e * n + i]["index"]) for i in range(n)) for e in range(count)]
+    orders = [order for seed in range(6) for order in epochs(seed)]
+    assert len(set(orders)) == len(orders)  # 6 seeds x 3 epochs, no order twice.
+    grains_own = grain.MapDataset.source(PackedWindows(tokens, 8, EOS)).shuffle(seed=0)
+    assert epochs(0, 1)[0] == tuple(int(grains_own[i]["index"]) for i in range(n))  # Seed 0's run is unchanged.
 
 
 def test_eval_batches_are_fixed_and_in_order():

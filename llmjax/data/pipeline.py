@@ -61,8 +61,18 @@ class PackedWindows:
 
 def train_rows(tokens, seq_len: int, eos_id: int, seed: int, pad_id: int | None = None) -> grain.MapDataset:
     """`ds[i]` is the i-th sequence of the endless, per-epoch reshuffled stream."""
-    source = grain.MapDataset.source(PackedWindows(tokens, seq_len, eos_id, pad_id))
-    return source.shuffle(seed=seed).repeat()
+    return reshuffled(grain.MapDataset.source(PackedWindows(tokens, seq_len, eos_id, pad_id)), seed)
+
+
+_WEYL = 0x9E3779B1  # Odd: multiplying by it permutes the 32-bit seeds.
+
+
+def reshuffled(source: grain.MapDataset, seed: int) -> grain.MapDataset:
+    """`source` repeated endlessly, each epoch in its own seeded order. Grain shuffles epoch e
+    with seed + e, so seeds s and s + 1 would train on the same orders one epoch apart: a sweep
+    over seeds would not be independent runs. Spread by the golden-ratio multiplier, seeds up to
+    16,384 apart are over 80,000 epochs apart; seed 0 keeps Grain's own orders."""
+    return source.shuffle(seed=seed * _WEYL % 2**32).repeat()
 
 
 def mixture_rows(datasets, seq_len: int, seed: int) -> grain.MapDataset:

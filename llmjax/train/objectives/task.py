@@ -17,6 +17,7 @@ import grain
 import numpy as np
 
 from llmjax import tasks
+from llmjax.data import pipeline
 from llmjax.data.dataset import cache_dir
 from llmjax.data.errors import DataError
 from llmjax.tasks import labels as label_set
@@ -110,7 +111,7 @@ class TaskObjective:
     def train_rows(self, datasets, config, token_ids: dict):
         del datasets
         rows = token_ids["train"]
-        return grain.MapDataset.source(rows).shuffle(seed=config.seed).repeat()
+        return pipeline.reshuffled(grain.MapDataset.source(rows), config.seed)
 
     def eval_sets(self, datasets, config, token_ids: dict, batch_size: int, max_batches: int, rows: list[int]):
         """The held-out rows in order, padded with weightless copies of the first to whole
