@@ -272,7 +272,7 @@ def test_ckpt_command_lists_and_inspects(two_checkpoints, tmp_path):
     assert [line.split()[0] for line in lines[1:]] == ["10", "20"]
     loss_20 = json.loads((workdir / "summary.json").read_text())["final_train_loss"]
     assert float(lines[2].split()[2]) == pytest.approx(loss_20, abs=1e-4)
-    inspected = ckpt(cache, "inspect", workdir, "--step=10")
+    inspected = ckpt(cache, "inspect", f"--workdir={workdir}", "--step=10")  # As every other command takes it.
     assert inspected.returncode == 0, inspected.stderr
     assert "layers/mlp/gate/kernel" in inspected.stdout and "(2, 64, 128)" in inspected.stdout
     count = stdout.split("parameters: ")[1].split()[0]  # The trainer's own formula.

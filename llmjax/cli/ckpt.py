@@ -1,4 +1,5 @@
 """`llmjax-ckpt list WORKDIR` and `llmjax-ckpt inspect WORKDIR [--step S]`: what a run has saved.
+`--workdir=WORKDIR` in place of WORKDIR, as every other llmjax command takes it, works too.
 
 Reads only metadata and the small JSON item, never the arrays, so it is instant even for
 large models and safe to run beside a training job. A checkpoint whose metadata cannot be read
@@ -20,6 +21,7 @@ from llmjax.errors import FlagError, LlmjaxError
 from llmjax.rundir import RunDir, saved_steps
 
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for `inspect` (default: the latest).")
+_WORKDIR = flags.DEFINE_string("workdir", "", "The run's workdir, if not given after the command.")
 
 
 class Damaged(LlmjaxError):
@@ -140,9 +142,10 @@ def inspect_checkpoint(directory: Path, step: int) -> str:
 
 
 def main(argv) -> None:
-    if len(argv) != 3 or argv[1] not in ("list", "inspect"):
-        raise app.UsageError("usage: llmjax-ckpt list|inspect WORKDIR [--step S]")
-    directory = RunDir(argv[2]).checkpoints
+    given = argv[2:] + ([_WORKDIR.value] if _WORKDIR.value else [])
+    if len(argv) < 2 or argv[1] not in ("list", "inspect") or len(given) != 1:
+        raise app.UsageError("usage: llmjax-ckpt list|inspect WORKDIR [--step S] (or --workdir=WORKDIR)")
+    directory = RunDir(given[0]).checkpoints
     if not directory.is_dir():
         raise FlagError(f"{directory} does not exist; give the workdir of a training run.")
     steps = saved_steps(directory)
