@@ -97,9 +97,10 @@ class Run:
         (with `per_position`, its sums per position in the context instead)."""
         shardings = jax.tree.map(lambda x: x.sharding, self.params)
         step = position_eval_step if per_position else eval_step
-        if per_position and not hasattr(self.objective, "position_sums"):
-            raise LlmjaxError(f"objective {self.objective.name} has no per-position losses; "
-                              f"evaluate without --per_position.")
+        if per_position and getattr(self.objective, "position_sums", None) is None:
+            raise LlmjaxError(f"objective {self.objective.name} has no per-position losses (they are the loss "
+                              f"against context length, of a decoder-only or bidirectional model); evaluate "
+                              f"without --per_position.")
         evaluate = jax.jit(functools.partial(step, config=self.config),
                            in_shardings=(shardings, self.batch_shardings(batch_size)),
                            out_shardings=NamedSharding(self.mesh, PartitionSpec()))

@@ -160,3 +160,16 @@ def test_standalone_eval_of_mlm_and_span_runs_reproduces_their_metrics(tmp_path,
     for key in ("loss", "perplexity", "accuracy"):
         assert values[key] == pytest.approx(final[key], rel=1e-5), key
     assert f"step 10 | {name} | loss {values['loss']:.4f} | ppl" in result.stdout
+
+
+@pytest.mark.parametrize("preset,objective", [("t5-tiny", "span"), ("t5-tiny", "seq2seq")])
+def test_per_position_losses_of_an_encoder_decoder_are_refused_in_one_line(preset, objective):
+    """Its targets read the whole encoder input: there is no context length to plot them by
+    (this was a broadcasting traceback from the compiler)."""
+    from llmjax.errors import LlmjaxError  # noqa: PLC0415
+    from llmjax.presets import compose  # noqa: PLC0415
+    from llmjax.run import bootstrap  # noqa: PLC0415
+
+    run = bootstrap(compose(preset, data="stdlib_json", objective=objective), train=False)
+    with pytest.raises(LlmjaxError, match=f"objective {objective} has no per-position losses"):
+        run.compile_eval_step(per_position=True)

@@ -34,6 +34,7 @@ def padded(tokens: list[int], length: int, pad: int) -> tuple[np.ndarray, np.nda
 class Seq2Seq(SupervisedFineTuning):
     name = "seq2seq"
     kinds = ("generation",)
+    position_sums = None  # As span corruption's: the decoder reads the whole encoder input.
 
     def fields(self, config, batch_size: int) -> dict[str, Field]:
         return encoder_decoder_fields(batch_size, config.data.seq_len, config.objective.targets_length)

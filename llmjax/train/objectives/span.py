@@ -65,6 +65,7 @@ class SpanCorruption(MaskedLM):
     """MLM's evaluation (loss, perplexity, accuracy over the scored targets), over rows with
     an encoder and a decoder side."""
     name = "span"
+    position_sums = None  # A target's context is the whole encoder input: no context length to plot it against.
 
     def fields(self, config, batch_size: int) -> dict[str, Field]:
         _, encoder, decoder = lengths(config)
