@@ -153,6 +153,12 @@ def test_a_decoder_trains_on_prefix_lm_with_the_whole_trainer(tmp_path):
     losses = [r["loss"] for r in records if r["split"] == "train"]
     assert losses[-1] < losses[0]
     assert np.isfinite(summary["final_val_bits_per_byte"])
+    # Transformers would read its prompts causally: the export says so.
+    from llmjax.interop.export import export_hf  # noqa: PLC0415
+
+    said = []
+    export_hf(tmp_path / "run", tmp_path / "hf", log=said.append)
+    assert any(line.startswith(f"note: {tmp_path / 'run'} was trained as a prefix LM") for line in said), said
 
 
 SENTINEL_IDS = np.arange(1000, 1100, dtype=np.int32)  # Outside the documents' token range.

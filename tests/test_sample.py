@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from llmjax import model
+from llmjax.config import default_config
 from llmjax.errors import LlmjaxError
 from llmjax.model.layers.kv_cache import cache_attention
 from llmjax.sample import cached
@@ -54,6 +55,24 @@ def test_cached_decoding_equals_full_forward_and_greedy_is_its_argmax(family):
         # Left padding and the cache change no logit beyond fp32 rounding.
         np.testing.assert_allclose(out["logits"][row], expected, rtol=1e-5, atol=1e-5)
         assert out["tokens"][row].tolist() == expected.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_prefix_lm_reads_its_prompt_as_the_prefix_it_was_trained_with(family):
+    """The first new token's logits are those of the training pass with the prompt as the
+    prefix (every prompt token seeing all of it), not of a causal pass; the later ones, of the
+    same pass over prompt + tokens so far, since what follows the prefix is causal."""
+    config, params = _setup(family)
+    config.objective = default_config(family, "prefix_lm").objective
+    out = generate(params, config, PROMPTS, GREEDY, eos_ids=(), pad_id=PAD, keep_logits=True)
+    for row, prompt in enumerate(PROMPTS):
+        sequence = prompt + out["tokens"][row].tolist()
+        batch = {"inputs": jnp.asarray([sequence]), "positions": None, "segment_ids": None,
+                 "prefix": jnp.asarray([[i < len(prompt) for i in range(len(sequence))]])}
+        expected = np.asarray(model.forward(params, batch, config=config)[0, len(prompt) - 1:-1])
+        np.testing.assert_allclose(out["logits"][row], expected, rtol=1e-5, atol=1e-5)
+        causal = np.asarray(model.apply(params, jnp.asarray([sequence]), config=config)[0, len(prompt) - 1])
+        assert np.abs(causal - expected[0]).max() > 1e-3  # Read causally, the prompt gives other logits.
 
 
 def test_eos_stops_a_row_and_pads_after_it():

@@ -131,5 +131,8 @@ def export_hf(workdir: Path, out: Path, step: int | None = None, dtype: str | No
         raise
     if "task_head" in params:
         log(f"note: {run.path}'s task head is not exported (the export is the model without it)")
+    if config.objective.name == "prefix_lm":
+        log(f"note: {run.path} was trained as a prefix LM; transformers reads a prompt causally, so its "
+            f"logits differ from llmjax-sample's, which reads the prompt as the prefix")
     log(f"exported {run.path} step {step} ({dtype}) to {out}: {', '.join(files)}")
     return out

@@ -60,16 +60,18 @@ def unrolled(params, decoder):
     return split(params), (module, dataclasses.replace(spec, scan_layers=False))
 
 
-def forward(params, cache, tokens_BT, positions_BT, segment_ids_BT, *, decoder, last_only: bool = False):
+def forward(params, cache, tokens_BT, positions_BT, segment_ids_BT, *, decoder, last_only: bool = False,
+            prefix_BT=None):
     """(fp32 logits [B, T, V], updated cache): the T tokens are appended to the cache. With
     `last_only`, the logits [B, 1, V] of the last token alone: a prompt's next token needs no
     others, and the output layer over every prompt token was a quarter of a prefill's FLOPs
-    at bench36m (vocabulary 8192, d_model 512)."""
+    at bench36m (vocabulary 8192, d_model 512). `prefix_BT` marks a prefix LM's prompt."""
     module, spec = decoder
+    prefix = {} if prefix_BT is None else {"prefix_BT": prefix_BT}  # Only the families that train so take it.
     with nn.logical_axis_rules(AXIS_RULES):
         out, variables = module(spec).apply(
             {"params": params, "cache": cache}, tokens_BT, positions_BT, segment_ids_BT, not last_only,
-            mutable=["cache"])
+            mutable=["cache"], **prefix)
         if last_only:
             hidden_BTD, logits_fn = out
             out = logits_fn(hidden_BTD[:, -1:])

@@ -61,12 +61,13 @@ def left_pad(prompts: list[list[int]], pad_id: int, length: int | None = None) -
     return tokens, mask
 
 
-def prefill(params, decoder, tokens_BT, mask_BT, cache_length: int):
-    """(logits [B, V] of each prompt's next token, decoding state (cache, next positions [B]))."""
+def prefill(params, decoder, tokens_BT, mask_BT, cache_length: int, prompt_is_prefix: bool = False):
+    """(logits [B, V] of each prompt's next token, decoding state (cache, next positions [B])).
+    A prefix LM (`prompt_is_prefix`) reads its prompt bidirectionally, as it was trained to."""
     positions_BT = jnp.maximum(jnp.cumsum(mask_BT, axis=1) - 1, 0)
     cache = cached.init_cache(params, decoder, tokens_BT.shape[0], cache_length)
     logits_B1V, cache = cached.forward(params, cache, tokens_BT, positions_BT, mask_BT, decoder=decoder,
-                                       last_only=True)
+                                       last_only=True, prefix_BT=mask_BT if prompt_is_prefix else None)
     return logits_B1V[:, 0], (cache, positions_BT[:, -1] + 1)
 
 
@@ -105,23 +106,24 @@ def prepare(params, config, prompts, settings: Settings, *, eos_ids, pad_id: int
     # End and pad ids are traced, not static: changing them does not recompile.
     eos = jnp.asarray(tuple(eos_ids) or (-1,), jnp.int32)
     static = {"decoder": cached.inference_decoder(config), "settings": settings,
-              "cache_length": tokens.shape[1] + settings.max_new_tokens, "keep_logits": keep_logits}
+              "cache_length": tokens.shape[1] + settings.max_new_tokens, "keep_logits": keep_logits,
+              "prompt_is_prefix": config.objective.name == "prefix_lm"}
     loop = _run_one_row if len(prompts) * settings.num_beams == 1 else _run
     return loop, (params, tokens, mask, jax.random.key(seed), eos, jnp.int32(pad_id)), static
 
 
 def _loop(params, tokens_BT, mask_BT, rng, eos_ids, pad_id, *, decoder, settings: Settings,
-          cache_length: int, keep_logits: bool):
+          cache_length: int, keep_logits: bool, prompt_is_prefix: bool):
     if settings.num_beams > 1:  # Every beam starts as a copy of its prompt.
         tokens_BT, mask_BT = (jnp.repeat(x, settings.num_beams, 0) for x in (tokens_BT, mask_BT))
     params, decoder = cached.unrolled(params, decoder)
     length, stages = cached.growth(tokens_BT.shape[1], cache_length, settings.grow_cache)
-    logits_BV, state = prefill(params, decoder, tokens_BT, mask_BT, length)
+    logits_BV, state = prefill(params, decoder, tokens_BT, mask_BT, length, prompt_is_prefix)
     return search(decode_step(params, decoder), reorder_state, state, logits_BV, rng, eos_ids, pad_id,
                   settings=settings, keep_logits=keep_logits, stages=stages)
 
 
-_STATIC = ("decoder", "settings", "cache_length", "keep_logits")
+_STATIC = ("decoder", "settings", "cache_length", "keep_logits", "prompt_is_prefix")
 _run = jax.jit(_loop, static_argnames=_STATIC)
 # One row decodes through XLA:CPU's fp32 matrix-vector products; with float normalization their
 # bf16 weights are converted once, before the loop, not at every token (llmjax/cpu_runtime.py).

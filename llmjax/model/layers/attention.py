@@ -79,13 +79,14 @@ def _requested_or_fastest(requested: str, platform: str, dtype, head_dim: int, l
 def causal_attention(module: nn.Module, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, impl: str, prefix_BT=None):
     """Attention output [B, T, N, H]. `module` is the calling Flax module: when its "cache"
     collection is mutable (decoding), the keys and values are appended to its cache and the
-    queries attend to everything cached so far instead. `prefix_BT` (prefix LM, training)
-    marks the tokens every query of their document sees, ahead of it or not."""
+    queries attend to everything cached so far instead. `prefix_BT` (prefix LM: in training,
+    and a prompt's tokens in decoding) marks the tokens every query of their document sees,
+    ahead of it or not."""
     q_BTNH = nn.with_logical_constraint(q_BTNH, HEADS_ACT)
     k_BTKH = nn.with_logical_constraint(k_BTKH, KV_ACT)
     v_BTKH = nn.with_logical_constraint(v_BTKH, KV_ACT)
     if module.is_mutable_collection("cache") and not module.is_initializing():  # Decoding.
-        k_BKSH, v_BKSH, mask_B1TS = attend_to_cache(module, k_BTKH, v_BTKH, segment_ids_BT)
+        k_BKSH, v_BKSH, mask_B1TS = attend_to_cache(module, k_BTKH, v_BTKH, segment_ids_BT, prefix_BT)
         # One new query over the cache is memory-bound: plain XLA is as fast as any kernel.
         out_BTNH = cache_attention(q_BTNH, k_BKSH, v_BKSH, mask_B1TS)
     else:

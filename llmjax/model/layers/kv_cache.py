@@ -15,10 +15,11 @@ import jax.numpy as jnp
 from llmjax import cpu_runtime
 
 
-def attend_to_cache(module: nn.Module, k_BTKH, v_BTKH, segment_ids_BT):
+def attend_to_cache(module: nn.Module, k_BTKH, v_BTKH, segment_ids_BT, prefix_BT=None):
     """Appends this call's keys and values; returns all cached keys and values [B, K, S, H]
     (the cache's own layout, see `cache_attention`) and the mask [B, 1, T, S] of which slots
-    each new query may attend to."""
+    each new query may attend to. New tokens marked in `prefix_BT` (a prefix LM's prompt) are
+    seen by every new query of their segment, ahead of it or not, as in training."""
     k_BKTH, v_BKTH = k_BTKH.swapaxes(1, 2), v_BTKH.swapaxes(1, 2)
     key = module.variable("cache", "cached_key", jnp.zeros, k_BKTH.shape, k_BTKH.dtype)
     value = module.variable("cache", "cached_value", jnp.zeros, v_BKTH.shape, v_BTKH.dtype)
@@ -36,9 +37,12 @@ def attend_to_cache(module: nn.Module, k_BTKH, v_BTKH, segment_ids_BT):
     index.value = start + length
     slot_S = jnp.arange(key.value.shape[2])
     query_T = start + jnp.arange(length)
-    causal_TS = slot_S[None, :] <= query_T[:, None]
+    seen_BTS = (slot_S[None, :] <= query_T[:, None])[None]
+    if prefix_BT is not None:
+        prefix_BS = append(jnp.zeros(segments.value.shape, bool), prefix_BT.astype(bool), 1)
+        seen_BTS = seen_BTS | prefix_BS[:, None, :]
     same_BTS = segments.value[:, None, :] == segment_ids_BT[:, :, None]
-    return key.value, value.value, (causal_TS[None] & same_BTS)[:, None]
+    return key.value, value.value, (seen_BTS & same_BTS)[:, None]
 
 
 def cache_attention(q_BTNH, k_BKSH, v_BKSH, mask_B1TS, bias_1NTS=None, scale: float | None = None):
