@@ -239,3 +239,24 @@ def test_model_args_llmjax_cannot_take_are_one_error(tmp_path, model_args, messa
     """Through lm-eval's own constructor path, before any run is loaded."""
     with pytest.raises(EvaluationError, match=re.escape(message)):
         LlmjaxLM.create_from_arg_string(model_args.replace("RUN", str(tmp_path)))
+
+
+def test_a_prefix_lm_scores_a_continuation_reading_its_context_both_ways(lm):
+    """As it was trained: the context is the prefix, seen both ways; the continuation causal."""
+    import dataclasses  # noqa: PLC0415
+
+    from llmjax.evaluation.scoring import Scorer  # noqa: PLC0415
+
+    config = lm.loaded.config.copy_and_resolve_references()
+    config.objective = default_config("llama", "prefix_lm").objective
+    scorer = Scorer(dataclasses.replace(lm.loaded, config=config), batch_size=2)
+    pairs = [([5, 9, 17, 33], [40, 41]), ([7, 8], [9, 10, 11]), ([12, 13, 14], [15])]
+    for (context, continuation), (logprob, _) in zip(pairs, scorer.loglikelihood(pairs)):
+        tokens = context + continuation
+        batch = {"inputs": np.asarray([tokens[:-1]]),
+                 "prefix": np.asarray([[i < len(context) for i in range(len(tokens) - 1)]])}
+        logp = jax.nn.log_softmax(model.forward(_host_params(lm), batch, config=config)[0], axis=-1)
+        expected = sum(float(logp[len(context) - 1 + i, t]) for i, t in enumerate(continuation))
+        assert logprob == pytest.approx(expected, abs=1e-4)
+        causal = sum(float(r) for r in _target_logprobs(lm, tokens)[0][-len(continuation):])
+        assert abs(causal - expected) > 1e-3  # Read causally, the context scores otherwise.

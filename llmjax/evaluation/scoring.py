@@ -19,10 +19,12 @@ from llmjax.evaluation.loading import EvaluationError, LoadedRun
 from llmjax.sample.generate import Settings, bucket, generate
 from llmjax.sample.select import Sampling
 
-def _target_logprobs(params, inputs_BT, targets_BT, *, config):
+def _target_logprobs(params, inputs_BT, targets_BT, prefix_BT, *, config):
     """(log-probability of each target given the inputs up to it [B, T], whether it is the
-    most likely token there [B, T]): all that leaves the devices, not [B, T, V] logits."""
-    logits_BTV = model.apply(params, inputs_BT, config=config)
+    most likely token there [B, T]): all that leaves the devices, not [B, T, V] logits. A
+    prefix LM reads the context (`prefix_BT`) both ways, as it was trained to."""
+    prefix = {"prefix": prefix_BT} if config.objective.name == "prefix_lm" else {}
+    logits_BTV = model.forward(params, {"inputs": inputs_BT, **prefix}, config=config)
     logp_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
     target_BT = jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1)[..., 0]
     return target_BT, jnp.argmax(logits_BTV, axis=-1) == targets_BT
@@ -43,7 +45,7 @@ class Scorer:
         self._rows = loaded.run.sharding(("activation_batch", None))
         params = jax.tree.map(lambda x: x.sharding, loaded.params)
         self._forward = jax.jit(functools.partial(_target_logprobs, config=loaded.config),
-                                in_shardings=(params, self._rows, self._rows),
+                                in_shardings=(params, self._rows, self._rows, self._rows),
                                 out_shardings=(self._rows, self._rows))
         self._generations = 0  # Each generate() call draws its own sampling key.
 
@@ -69,13 +71,14 @@ class Scorer:
             chunk = order[start:start + self.batch_size]
             width = bucket(len(sequences[chunk[0]]) - 1, self.max_len)
             inputs = np.full((self.batch_size, width), self.loaded.pad_id, np.int32)
-            targets = inputs.copy()
+            targets, prefix = inputs.copy(), np.zeros_like(inputs)
             for row, i in enumerate(chunk):
                 inputs[row, :len(sequences[i]) - 1] = sequences[i][:-1]
                 targets[row, :len(sequences[i]) - 1] = sequences[i][1:]
+                prefix[row, :len(sequences[i]) - len(pairs[i][1])] = 1  # The context, as cut.
             with self.loaded.run.context():
                 logp, greedy = self._forward(self.loaded.params, *(jax.device_put(x, self._rows)
-                                                                   for x in (inputs, targets)))
+                                                                   for x in (inputs, targets, prefix)))
             logp, greedy = np.asarray(logp, np.float64), np.asarray(greedy)
             for row, i in enumerate(chunk):
                 end = len(sequences[i]) - 1
