@@ -542,3 +542,53 @@ def test_moe_report_draws_loss_against_compute_and_routing_per_layer(tmp_path):
                              .splitlines() if '"train"' in line])
     assert curves[0] == [(10, pytest.approx(2.0), pytest.approx(0.1)), (20, pytest.approx(2.0), pytest.approx(0.2))]
     assert curves[1][0][1:] == (pytest.approx(1.0), 0.0)
+
+
+def _finished_sweep(sweep_dir, experiment, overrides):
+    """The sweep directory a finished launch of `experiment` with the command line's
+    `overrides` leaves (synthetic: each run's config, status and a last checkpoint's marker)."""
+    from llmjax.sweep import launch  # noqa: PLC0415
+
+    _, runs, sweep = plan(experiment, 1, overrides)
+    for run in runs:
+        run_directory = RunDir(launch.run_dir(sweep_dir, run))
+        run_directory.write_config(run.config)
+        run_directory.write_status("done", run.config.train.steps)
+        (run_directory.checkpoints / str(run.config.train.steps)).mkdir(parents=True)
+        (run_directory.checkpoints / str(run.config.train.steps) / "_CHECKPOINT_METADATA").write_text("{}")
+    launch.write_manifest(sweep_dir, experiment, runs, sweep)
+    return runs
+
+
+def test_relaunch_with_fewer_steps_is_refused_before_anything_is_written(tmp_path):
+    """A sweep trained with --config.train.steps=100, relaunched without it (80 steps): each
+    trainer would refuse, so the sweep refuses first, with the trainer's own check, and leaves
+    the manifest and every run as they were (they used to be marked failed)."""
+    experiment = _experiment(tmp_path, {"grid": {"optimizer.learning_rate": [1e-3, 3e-3]}})
+    sweep_dir = tmp_path / "sweep"
+    runs = _finished_sweep(sweep_dir, experiment, {"train.steps": 100})
+    before = {p: p.read_bytes() for p in sweep_dir.rglob("*") if p.is_file()}
+    again = subprocess.run(_sweep(tmp_path, experiment), cwd=ROOT, env=_sweep_env(tmp_path), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 2 and again.stderr == (
+        f"error: run {runs[0].name}: config.train.steps=80: the run in {sweep_dir / 'runs' / runs[0].name} has "
+        f"reached step 100 already; give train.steps >= 100 to continue it, or train a shorter run in a new "
+        f"--workdir.\n"), again.stderr
+    assert {p: p.read_bytes() for p in sweep_dir.rglob("*") if p.is_file()} == before
+
+
+def test_a_trainer_that_refuses_to_start_leaves_a_finished_run_done(tmp_path, monkeypatch):
+    """A done run launched again (its config changed) whose trainer exits with an error before
+    starting: the sweep reports the launch failed, but the run's record stays done."""
+    from llmjax.sweep import launch  # noqa: PLC0415
+
+    experiment = _experiment(tmp_path, {"grid": {"optimizer.learning_rate": [1e-3]}})
+    sweep_dir = tmp_path / "sweep"
+    run, = _finished_sweep(sweep_dir, experiment, {})
+    status = (launch.run_dir(sweep_dir, run) / "status.json").read_text()
+    monkeypatch.setattr(launch, "train_command", lambda *_: [
+        sys.executable, "-c", "import sys; print('error: config.x=1: refused'); sys.exit(2)"])
+    logged = []
+    states = launch.run_local(experiment, sweep_dir, [run], 1, {run.name: {"train.steps": (80, 90)}}, logged.append)
+    assert states == {run.name: "failed"} and f"failed  {run.name}: error: config.x=1: refused" in logged
+    assert (launch.run_dir(sweep_dir, run) / "status.json").read_text() == status

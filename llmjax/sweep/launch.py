@@ -69,6 +69,24 @@ def _last_error_line(log: Path) -> str:
     return (errors or lines or ["no output"])[-1].strip()
 
 
+KEPT_STATES = ("done", "preempted", "failed")  # A record that a trainer which refused to start leaves as it was.
+
+
+def _record_failure(workdir: Path, code: int, launched: dict) -> str:
+    """The error of a training that exited with `code`, recorded in its status.json unless the
+    trainer did so itself or never started: the trainer records its own failures, a crash may
+    not have, and one that refused to start (e.g. asked for fewer steps than the run has) wrote
+    nothing, so a finished run stays done and its results stay in the report."""
+    status = RunDir(workdir).status()
+    error = f"killed by {signal.Signals(-code).name}" if code < 0 else _last_error_line(workdir / "train.log")
+    untouched = status == launched
+    if status["state"] == "failed" and not untouched:
+        return status.get("error", error)
+    if not (untouched and status["state"] in KEPT_STATES):
+        RunDir(workdir).write_status("failed", status["step"], error)
+    return error
+
+
 def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, changes: dict,
               log=print) -> dict:
     """Runs what is not done yet with its config (`changes`, from `check_workdirs`), `parallel`
@@ -84,6 +102,7 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
         else:
             todo.append(run)
     active: dict[str, tuple[subprocess.Popen, Path, object]] = {}
+    launched = {}  # {name: its status.json as it was when its training started}
     stopping = []
 
     def forward(signum, _frame):
@@ -101,6 +120,7 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
                 resumed = RunDir(workdir).checkpoints.is_dir()
                 changed = shown_changes(changes[run.name], limit=None)
                 log(f"{'resume' if resumed else 'start'}  {run.name}" + (f" (changed: {changed})" if changed else ""))
+                launched[run.name] = RunDir(workdir).status()
                 out = open(workdir / "train.log", "a")
                 process = subprocess.Popen(train_command(experiment, workdir, run.overrides),
                                            stdout=out, stderr=subprocess.STDOUT)
@@ -117,13 +137,8 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
                     states[name] = "done"
                 elif code == EXIT_PREEMPTED or (stopping and -code in (signal.SIGTERM, signal.SIGINT)):
                     states[name] = "preempted"  # Or stopped before it could catch the signal: rerun resumes.
-                else:  # The trainer records its own failures; a crash may not have.
-                    status = RunDir(workdir).status()
-                    if status["state"] != "failed":
-                        status["error"] = (f"killed by {signal.Signals(-code).name}" if code < 0 else
-                                           _last_error_line(workdir / "train.log"))
-                        RunDir(workdir).write_status("failed", status["step"], status["error"])
-                    error = status["error"]
+                else:
+                    error = _record_failure(workdir, code, launched.pop(name))
                     states[name] = "failed"
                 log(f"{states[name]:7} {name}" + (f": {error}" if states[name] == "failed" else ""))
             time.sleep(0.2)
