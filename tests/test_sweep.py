@@ -407,6 +407,24 @@ def test_slurm_array_script(tmp_path):
     assert not (tmp_path / "sweep.json").exists(), "a dry run writes nothing"
 
 
+def test_slurm_submission_makes_the_directory_of_the_tasks_output(tmp_path):
+    """SLURM does not create the directory of `#SBATCH --output`: a stand-in sbatch refuses the
+    script, as every task of the array would fail, unless it exists when the script is handed over."""
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/bash\nout=$(sed -n "s/^#SBATCH --output=//p" "$1")\n'
+                    '[ -d "$(dirname "$out")" ] || { echo "sbatch: error: no directory for $out" >&2; exit 1; }\n'
+                    'echo "Submitted batch job 42"\n')
+    fake.chmod(0o755)
+    env = _sweep_env(tmp_path)
+    env["PATH"] = f"{fake.parent}:{env['PATH']}"
+    experiment = _experiment(tmp_path, {"grid": {"optimizer.learning_rate": [1e-3, 3e-3]}})
+    result = subprocess.run(_sweep(tmp_path, experiment, "--cluster=slurm"), cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "Submitted batch job 42" in result.stdout, result.stderr[-2000:]
+    assert (tmp_path / "sweep" / "runs").is_dir() and (tmp_path / "sweep" / "sweep.json").exists()
+
+
 def test_config_command_prints_derived_figures(tmp_path):
     command = [sys.executable, "-m", "llmjax.cli.config", "--config=configs/llama3_8b.py", "--config.train.steps=10"]
     result = subprocess.run([*command, "--config.optimizer.warmup_steps=1", "--config.mesh.ici.fsdp=8"], cwd=ROOT,

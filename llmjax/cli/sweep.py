@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -62,11 +60,7 @@ def main(argv) -> None:
             print(script)
             return
         launch.write_manifest(sweep_dir, experiment, runs, sweep)
-        path = sweep_dir / "sweep.sbatch"
-        path.write_text(script)
-        if not shutil.which("sbatch"):
-            raise FlagError(f"sbatch not found on this machine; the script is at {path}.")
-        print(subprocess.run(["sbatch", str(path)], check=True, capture_output=True, text=True).stdout)
+        print(launch.submit_slurm(sweep_dir, script))
         return
     if _DRY_RUN.value:
         return

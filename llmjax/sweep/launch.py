@@ -11,6 +11,7 @@ written: the report would otherwise show the new overrides beside results of the
 from __future__ import annotations
 
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from llmjax.sweep.expand import CONFIG_ARG, Run, SweepError
-from llmjax.errors import EXIT_PREEMPTED
+from llmjax.errors import EXIT_PREEMPTED, FlagError
 from llmjax.rundir import RunDir, WorkdirError, identity_changes, shown_changes, write_json
 from llmjax.slurm import sbatch_script
 
@@ -148,6 +149,22 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
     for run in todo:
         states.setdefault(run.name, "not started")
     return states
+
+
+def submit_slurm(sweep_dir: Path, script: str) -> str:
+    """Writes `script` to SWEEP_DIR/sweep.sbatch and hands it to sbatch; returns sbatch's
+    answer. The runs/ directory its `#SBATCH --output` names is made first: SLURM does not make
+    it, and every task would fail at once with its output nowhere."""
+    (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
+    path = sweep_dir / "sweep.sbatch"
+    path.write_text(script)
+    if not shutil.which("sbatch"):
+        raise FlagError(f"sbatch not found on this machine; the script is at {path}.")
+    result = subprocess.run(["sbatch", str(path)], capture_output=True, text=True)
+    if result.returncode:
+        answer = (result.stderr.strip() or result.stdout.strip() or f"exit status {result.returncode}").splitlines()
+        raise SweepError(f"sbatch refused {path}: {answer[-1]}; fix what it says and launch again.")
+    return result.stdout
 
 
 def slurm_script(experiment: str, sweep_dir: Path, runs: list[Run], slurm: dict) -> str:
