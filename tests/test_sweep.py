@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -108,9 +109,16 @@ def _experiment(tmp_path, sweep, name="exp.py"):
     ({"grid": {"model.num_kv_heads": [3]}}, "must divide model.num_heads"),
     ({"grid": {"optimizer.learning_rate": [1e-3, 1e-3]}}, "runs would share the workdirs"),
     ({"grid": {"optimizer.learning_rate": [1.0001e-3, 1.0002e-3]}}, "runs would share the workdirs"),
+    # Not a list: a string was swept letter by letter, the others were tracebacks or ignored.
+    ({"grid": {"data.glob": "json"}}, "sweep grid 'data.glob': 'json' is not a list of values; give a list, "
+                                      "e.g. ['json']."),
+    ({"grid": {"optimizer.learning_rate": 1e-3}}, "sweep grid 'optimizer.learning_rate': 0.001 is not a list"),
+    ({"seeds": 2}, "sweep seeds: 2 is not a list of values; give a list, e.g. [0, 1]."),
+    ({"seeds": 0}, "sweep seeds: 0 is not a list of values"),
+    ({"grid": {"optimizer.learning_rate": []}}, "sweep grid 'optimizer.learning_rate': the list is empty"),
 ])
 def test_bad_sweeps_are_refused_before_any_run(tmp_path, sweep, message):
-    with pytest.raises(SweepError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(SweepError, match=re.escape(message)):
         plan(_experiment(tmp_path, sweep), 1)
 
 

@@ -60,14 +60,40 @@ def load_experiment(path: str):
 
 
 def _draw(spec, rng: random.Random):
-    if isinstance(spec, list):
+    if isinstance(spec, list) and spec:
         return rng.choice(spec)
+    if not (isinstance(spec, tuple) and len(spec) == 3):
+        raise SweepError(f"random spec {spec!r}: give (kind, low, high), e.g. ('log_uniform', 1e-4, 1e-2), "
+                         f"or a list of choices.")
     kind, low, high = spec
     if kind == "uniform":
         return rng.uniform(low, high)
     if kind == "log_uniform":
         return math.exp(rng.uniform(math.log(low), math.log(high)))
     raise SweepError(f"random spec {spec!r}: kind must be uniform or log_uniform.")
+
+
+def _check_list(field: str, values, example) -> None:
+    """A sweep's list of values, refused when it is anything else: a string was swept
+    character by character, a number raised a TypeError, and `"seeds": 0` was ignored."""
+    if not isinstance(values, (list, tuple)):
+        raise SweepError(f"sweep {field}: {values!r} is not a list of values; give a list, e.g. {example!r}.")
+    if not values:
+        raise SweepError(f"sweep {field}: the list is empty; give at least one value, or leave the field out.")
+
+
+def _checked(sweep: dict) -> None:
+    for key, values in sweep.get("grid", {}).items():
+        _check_list(f"grid {key!r}", values, [values])
+    if "seeds" in sweep:
+        n = sweep["seeds"]
+        _check_list("seeds", n, list(range(n)) if isinstance(n, int) and n > 0 else [0, 1])
+    if "runs" in sweep:
+        _check_list("runs", sweep["runs"], [{"model.num_layers": 2}])
+        if bad := [run for run in sweep["runs"] if not isinstance(run, dict)]:
+            raise SweepError(f"sweep runs: {bad[0]!r} is not a dict; give each run as {{dotted key: value}}.")
+    if not (isinstance(n := sweep.get("num_random", 1), int) and n >= 1):
+        raise SweepError(f"sweep num_random: {n!r}; give the number of random draws, 1 or more.")
 
 
 def expand(sweep: dict | None) -> list[dict]:
@@ -78,6 +104,7 @@ def expand(sweep: dict | None) -> list[dict]:
              "per_position"}
     if unknown := set(sweep) - known:
         raise SweepError(f"sweep has unknown fields {sorted(unknown)}; allowed: {sorted(known)}.")
+    _checked(sweep)
     grid = sweep.get("grid", {})
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     if sweep.get("random"):
@@ -85,11 +112,9 @@ def expand(sweep: dict | None) -> list[dict]:
         draws = [{k: _draw(v, rng) for k, v in sweep["random"].items()}
                  for _ in range(sweep.get("num_random", 1))]
         combos = [c | d for c in combos for d in draws]
-    explicit = sweep.get("runs", [])
-    if explicit:
+    if explicit := sweep.get("runs", []):
         combos = [c | e for c in combos for e in explicit]
-    seeds = sweep.get("seeds")
-    if seeds:
+    if seeds := sweep.get("seeds"):
         combos = [c | {"seed": s} for c in combos for s in seeds]
     return combos
 
