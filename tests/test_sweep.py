@@ -18,8 +18,9 @@ from llmjax.config import ConfigError
 from llmjax.flops import param_count
 from llmjax.presets import compose, model_presets
 from llmjax.rundir import RunDir, saved_steps
-from llmjax.sweep.expand import SweepError, expand, plan, run_name
-from llmjax.sweep import report
+from llmjax.sweep.expand import SweepError, expand, plan
+from llmjax.sweep.names import run_name
+from llmjax.sweep import launch, manifest, report
 from llmjax.sweep.report import fit_power_law
 
 from conftest import ROOT, train_env
@@ -572,17 +573,17 @@ def test_moe_report_draws_loss_against_compute_and_routing_per_layer(tmp_path):
 
 def _finished_sweep(sweep_dir, experiment, overrides):
     """The sweep directory a finished launch of `experiment` with the command line's
-    `overrides` leaves (synthetic: each run's config, status and a last checkpoint's marker)."""
-    from llmjax.sweep import launch  # noqa: PLC0415
-
-    _, runs, sweep = plan(experiment, 1, overrides)
+    `overrides` leaves (synthetic: each new run's config, status and a last checkpoint's marker)."""
+    _, runs, sweep = plan(experiment, 1, overrides, manifest.existing(sweep_dir))
     for run in runs:
         run_directory = RunDir(launch.run_dir(sweep_dir, run))
+        if run_directory.path.exists():
+            continue
         run_directory.write_config(run.config)
         run_directory.write_status("done", run.config.train.steps)
         (run_directory.checkpoints / str(run.config.train.steps)).mkdir(parents=True)
         (run_directory.checkpoints / str(run.config.train.steps) / "_CHECKPOINT_METADATA").write_text("{}")
-    launch.write_manifest(sweep_dir, experiment, runs, sweep)
+    manifest.write(sweep_dir, experiment, runs, sweep)
     return runs
 
 
@@ -606,8 +607,6 @@ def test_relaunch_with_fewer_steps_is_refused_before_anything_is_written(tmp_pat
 def test_a_trainer_that_refuses_to_start_leaves_a_finished_run_done(tmp_path, monkeypatch):
     """A done run launched again (its config changed) whose trainer exits with an error before
     starting: the sweep reports the launch failed, but the run's record stays done."""
-    from llmjax.sweep import launch  # noqa: PLC0415
-
     experiment = _experiment(tmp_path, {"grid": {"optimizer.learning_rate": [1e-3]}})
     sweep_dir = tmp_path / "sweep"
     run, = _finished_sweep(sweep_dir, experiment, {})
@@ -618,3 +617,74 @@ def test_a_trainer_that_refuses_to_start_leaves_a_finished_run_done(tmp_path, mo
     states = launch.run_local(experiment, sweep_dir, [run], 1, {run.name: {"train.steps": (80, 90)}}, logged.append)
     assert states == {run.name: "failed"} and f"failed  {run.name}: error: config.x=1: refused" in logged
     assert (launch.run_dir(sweep_dir, run) / "status.json").read_text() == status
+
+
+def _rewrite(experiment, sweep):
+    """The experiment file of `_experiment`, with another sweep."""
+    text = open(experiment).read()
+    open(experiment, "w").write(text[:text.index("def get_sweep")] + f"def get_sweep():\n    return {sweep!r}\n")
+
+
+def test_a_grown_sweep_keeps_the_names_of_the_runs_it_has(tmp_path):
+    """Seeds added to a finished learning-rate sweep: the seed-0 runs are the runs already
+    trained (seed 0 is the default), so they keep their directories instead of being renamed
+    `learning_rate=0.001-seed=0` and trained again; the new runs get new names, and the report
+    shows all four."""
+    experiment = _experiment(tmp_path, {"grid": {"optimizer.learning_rate": [1e-3, 3e-3]}})
+    sweep_dir = tmp_path / "sweep"
+    old = [r.name for r in _finished_sweep(sweep_dir, experiment, {})]
+    assert old == ["learning_rate=0.001", "learning_rate=0.003"]
+    _rewrite(experiment, {"grid": {"optimizer.learning_rate": [1e-3, 3e-3]}, "seeds": [0, 1]})
+    dry = subprocess.run(_sweep(tmp_path, experiment, "--dry_run"), cwd=ROOT, env=_sweep_env(tmp_path),
+                         capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    listed = [line.split()[0] for line in dry.stdout.splitlines() if line.startswith("  learning_rate=")]
+    assert listed == ["learning_rate=0.001", "learning_rate=0.001-seed=1", "learning_rate=0.003",
+                      "learning_rate=0.003-seed=1"]
+    _finished_sweep(sweep_dir, experiment, {})
+    rows, _ = report.collect(sweep_dir)
+    assert sorted(r["name"] for r in rows) == sorted(listed) and {r["status"] for r in rows} == {"done"}
+
+
+def test_more_random_draws_keep_the_first_draws_runs(tmp_path):
+    experiment = _experiment(tmp_path, {"random": {"optimizer.learning_rate": ("log_uniform", 1e-4, 1e-2),
+                                                   "model.num_layers": [1, 2]}, "num_random": 3})
+    sweep_dir = tmp_path / "sweep"
+    old = [r.name for r in _finished_sweep(sweep_dir, experiment, {})]
+    _rewrite(experiment, {"random": {"optimizer.learning_rate": ("log_uniform", 1e-4, 1e-2),
+                                     "model.num_layers": [1, 2]}, "num_random": 6})
+    new = [r.name for r in plan(experiment, 1, None, manifest.existing(sweep_dir))[1]]
+    assert new[:3] == old and len(set(new)) == 6
+
+
+def test_a_relaunch_recognises_runs_of_a_manifest_without_swept_keys(tmp_path):
+    """sweep.json as written before it recorded which overrides the sweep set: the keys alike
+    in every run (--config.train.steps=100 here) are taken for the command line's, so a
+    relaunch without them plans the same runs (and is then refused for its fewer steps)."""
+    experiment = _experiment(tmp_path, {"grid": {"optimizer.learning_rate": [1e-3, 3e-3]}, "seeds": [0, 1]})
+    sweep_dir = tmp_path / "sweep"
+    old = [r.name for r in _finished_sweep(sweep_dir, experiment, {"train.steps": 100})]
+    legacy = json.loads((sweep_dir / "sweep.json").read_text())
+    legacy["runs"] = [{k: v for k, v in r.items() if k != "swept"} for r in legacy["runs"]]
+    (sweep_dir / "sweep.json").write_text(json.dumps(legacy))
+    _, runs, _ = plan(experiment, 1, None, manifest.existing(sweep_dir))
+    assert [r.name for r in runs] == old
+    with pytest.raises(SweepError, match="has reached step 100 already"):
+        launch.check_workdirs(sweep_dir, runs)
+
+
+def test_a_new_run_never_takes_the_name_of_another_run(tmp_path):
+    """Runs trained with weight decay 0.5, then a sweep of the same rates without it: the new
+    runs are other runs, so they get their own directories (the name and a digest), and the
+    manifest keeps the earlier runs for the report."""
+    experiment = _experiment(tmp_path, {"runs": [{"optimizer.learning_rate": lr, "optimizer.weight_decay": 0.5}
+                                                 for lr in (1e-3, 3e-3)]})
+    sweep_dir = tmp_path / "sweep"
+    old = [r.name for r in _finished_sweep(sweep_dir, experiment, {})]
+    _rewrite(experiment, {"grid": {"optimizer.learning_rate": [1e-3, 3e-3]}})
+    _, runs, sweep = plan(experiment, 1, None, manifest.existing(sweep_dir))
+    assert [r.name[:-9] for r in runs] == old and not {r.name for r in runs} & set(old)
+    assert [r.name for r in plan(experiment, 1, None, manifest.existing(sweep_dir))[1]] == [r.name for r in runs]
+    manifest.write(sweep_dir, experiment, runs, sweep)
+    assert [r["name"] for r in manifest.read(sweep_dir)["runs"]] == [r.name for r in runs] + old
+

@@ -18,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from llmjax.sweep.expand import CONFIG_ARG, Run, SweepError
+from llmjax.sweep import SweepError
+from llmjax.sweep.expand import CONFIG_ARG, Run
 from llmjax.errors import EXIT_PREEMPTED, FlagError
-from llmjax.rundir import RunDir, WorkdirError, identity_changes, shown_changes, write_json
+from llmjax.rundir import RunDir, WorkdirError, identity_changes, shown_changes
 from llmjax.slurm import sbatch_script
 
 
@@ -55,13 +56,6 @@ def check_workdirs(sweep_dir: Path, runs: list[Run]) -> dict[str, dict]:
         except WorkdirError as error:
             raise SweepError(f"run {run.name}: {error}") from None
     return changes
-
-
-def write_manifest(sweep_dir: Path, experiment: str, runs: list[Run], sweep: dict) -> None:
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {"experiment": str(Path(experiment).resolve()), "sweep": sweep,
-                "runs": [{"name": r.name, "overrides": r.overrides} for r in runs]}
-    write_json(sweep_dir / "sweep.json", manifest, indent=1, default=str)  # Whole, even if killed.
 
 
 def _last_error_line(log: Path) -> str:
