@@ -688,3 +688,36 @@ def test_a_new_run_never_takes_the_name_of_another_run(tmp_path):
     manifest.write(sweep_dir, experiment, runs, sweep)
     assert [r["name"] for r in manifest.read(sweep_dir)["runs"]] == [r.name for r in runs] + old
 
+
+def test_long_values_make_names_that_fit_and_stay_apart(tmp_path):
+    """A 260-character string in a run's overrides made a directory name over the filesystem's
+    limit: an OSError mid-sweep, after the runs before it had trained."""
+    experiment = _experiment(tmp_path, {"runs": [{"tracking.wandb_project": "p" * 260},
+                                                 {"tracking.wandb_project": "p" * 259 + "q"}]})
+    names = [r.name for r in plan(experiment, 1)[1]]
+    assert all(len(n) <= 120 for n in names) and len(set(names)) == 2
+    assert names == [r.name for r in plan(experiment, 1)[1]]  # The same at every launch.
+    for name in names:
+        (tmp_path / "runs" / name).mkdir(parents=True)
+
+
+def test_a_sweep_that_dies_of_an_error_stops_its_trainings(tmp_path, monkeypatch):
+    """--parallel 2: the first run trains while the second cannot make its directory; the
+    error ends the sweep, and the first training with it (it trained on, orphaned)."""
+    from llmjax.sweep.expand import Run  # noqa: PLC0415
+
+    started = []
+    popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
+    monkeypatch.setattr(launch, "train_command", lambda *_: [sys.executable, "-c", "import time; time.sleep(120)"])
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "blocked").write_text("")
+    runs = [Run("first", {}), Run("blocked/second", {})]
+    try:
+        with pytest.raises(OSError):
+            launch.run_local("exp.py", tmp_path, runs, 2, {r.name: {} for r in runs}, log=lambda _: None)
+        assert len(started) == 1 and started[0].poll() == -signal.SIGTERM
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()

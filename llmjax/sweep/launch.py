@@ -82,11 +82,28 @@ def _record_failure(workdir: Path, code: int, launched: dict) -> str:
     return error
 
 
+def _stop(active: dict, grace: float = 60.0) -> None:
+    """SIGTERM to every training still running (each checkpoints and stops), SIGKILL to any
+    still running `grace` seconds later: a sweep that dies of an error leaves no training
+    behind, training on with no one to record how it ends."""
+    for process, _, _ in active.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process, _, out in active.values():
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        out.close()
+
+
 def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, changes: dict,
               log=print) -> dict:
     """Runs what is not done yet with its config (`changes`, from `check_workdirs`), `parallel`
     at a time; returns {name: final state}. SIGTERM or Ctrl-C is passed on to the running
-    trainings, which checkpoint and stop."""
+    trainings, which checkpoint and stop; so is an exception that ends the sweep (`_stop`)."""
     states = {}
     todo = []
     for run in runs:
@@ -137,6 +154,9 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
                     states[name] = "failed"
                 log(f"{states[name]:7} {name}" + (f": {error}" if states[name] == "failed" else ""))
             time.sleep(0.2)
+    except BaseException:
+        _stop(active)
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

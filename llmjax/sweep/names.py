@@ -52,13 +52,23 @@ def _format(value) -> str:
     return str(value)
 
 
+def _fit(name: str, values: dict) -> str:
+    """`name`, or where it is too long its start and a digest of `values` (a run's own values
+    in full, not as shown): the same run gets the same name at every launch, two runs two."""
+    if len(name) <= MAX_LENGTH:
+        return name
+    return f"{name[:MAX_LENGTH - _DIGEST - 1]}-{digest(values)}"
+
+
 def run_name(overrides: dict, varying: list[str]) -> str:
     """`learning_rate=0.001-seed=1`: the last part of each key whose value differs between
-    runs, so names stay short and say what distinguishes the run."""
+    runs, so names stay short and say what distinguishes the run; a long one (a long string
+    value) is cut and ends in a digest of the values, since a file name over the filesystem's
+    limit failed mid-sweep."""
     if not varying:
         return "run"
     parts = [f"{key.split('.')[-1]}={_format(overrides[key])}" for key in varying]
-    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", "-".join(parts))
+    return _fit(re.sub(r"[^A-Za-z0-9_.=,+-]", "_", "-".join(parts)), {k: overrides[k] for k in varying})
 
 
 def _json(value):
