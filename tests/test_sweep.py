@@ -534,6 +534,29 @@ def test_a_damaged_status_or_metrics_line_is_shown_not_a_traceback(tmp_path):
     assert table["cut"][1] == "damaged" and table["cut"][4:6] == ["4.0000", "4.3000"] and table["ok"][1] == "done"
 
 
+def test_a_damaged_config_or_manifest_is_one_line_not_a_traceback(tmp_path):
+    """A run's config.json cut short: the report shows the others in full and that run
+    without the figures its config gives, saying it is damaged. sweep.json cut short: one
+    error line."""
+    from llmjax.sweep.report import report as write_report  # noqa: PLC0415
+
+    for name in ("ok", "cut"):
+        _synthetic_run(tmp_path / "runs" / name, {"train.steps": 300}, "done", 300, [(300, 4.0)], [(300, 4.3)])
+    (tmp_path / "runs" / "cut" / "config.json").write_text('{"model": {"d_mod')
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": [{"name": n, "overrides": {}} for n in ("ok", "cut")],
+                                                     "sweep": {}}))
+    text, _ = write_report(tmp_path)
+    table = {line.split()[0]: line.split() for line in text.splitlines()[2:4]}
+    assert table["cut"][1:4] == ["done", "300", "0"] and table["cut"][5] == "4.3000"
+    assert table["ok"][3] != "0"  # Tokens, from the config.
+    assert f"damaged: cut: {tmp_path / 'runs' / 'cut' / 'config.json'} is not valid JSON" in text
+    (tmp_path / "sweep.json").write_text('{"runs": [{"name": "ok", "overri')
+    damaged = subprocess.run([sys.executable, "-m", "llmjax.cli.report", str(tmp_path)], cwd=ROOT,
+                             env=_sweep_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert damaged.returncode == 2 and damaged.stderr.startswith(
+        f"error: {tmp_path / 'sweep.json'} is not valid JSON") and damaged.stderr.count("\n") == 1, damaged.stderr
+
+
 def test_moe_report_draws_loss_against_compute_and_routing_per_layer(tmp_path):
     """A dense and an MoE run (synthetic records, with routing metrics named as the train step
     names them): the report adds loss against compute and the routing plot."""

@@ -40,6 +40,8 @@ def read(sweep_dir: Path) -> dict | None:
     runs = manifest["runs"]
     if not isinstance(runs, list) or not all(_valid_entry(e) for e in runs):
         raise SweepError(f"{path}: its runs are not a list of {{name, overrides}}; {_fix(path)}")
+    if not isinstance(manifest.get("sweep", {}), dict):
+        raise SweepError(f"{path}: its sweep is not a dict; {_fix(path)}")
     return manifest
 
 
