@@ -472,9 +472,23 @@ def test_final_loss_is_plotted_per_optimizer_against_the_learning_rate(tmp_path)
             for name, losses in (("adamw", (4.0, 3.8, 3.9)), ("muon", (3.9, 3.7, 3.6)))
             for lr, loss in zip((1e-3, 3e-3, 1e-2), losses) for seed in (0, 1)]
     assert report.categories(rows, "optimizer.learning_rate") == ["optimizer.name"]
-    assert report.categories(rows, "optimizer.name") == []  # Numeric overrides are the x axis, not lines.
+    assert report.categories(rows, "optimizer.name") == ["optimizer.learning_rate"]
     lines = report.plot_final_vs(rows, "optimizer.learning_rate", tmp_path / "lr.png")
     assert list(lines) == ["name=adamw", "name=muon"] and (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_final_loss_is_plotted_per_weight_decay_against_the_learning_rate(tmp_path):
+    """A grid of two numbers: the mean over weight decays favours 3e-3 (3.75 < 4.0), though the
+    best run (3.0) is at 1e-3 without weight decay, so each weight decay gets its own line; a
+    key whose values no two runs share (a random draw) makes no lines."""
+    losses = {(1e-3, 0.0): 3.0, (1e-3, 0.1): 5.0, (3e-3, 0.0): 4.0, (3e-3, 0.1): 3.5}
+    rows = [{"overrides": {"optimizer.learning_rate": lr, "optimizer.weight_decay": wd}, "final_val_loss": loss}
+            for (lr, wd), loss in losses.items()]
+    assert report.plot_final_vs(rows, "optimizer.learning_rate", tmp_path / "lr.png") == {
+        "weight_decay=0": [(1e-3, 3.0), (3e-3, 4.0)], "weight_decay=0.1": [(1e-3, 5.0), (3e-3, 3.5)]}
+    drawn = [{"overrides": {"optimizer.learning_rate": 1e-3 * (1 + i), "model.num_layers": 1 + i % 2}} for i in range(4)]
+    assert report.categories(drawn, "model.num_layers") == [] and report.categories(drawn, "optimizer.learning_rate") == [
+        "model.num_layers"]
 
 
 def _synthetic_run(workdir, overrides, state, step, train, val):

@@ -46,7 +46,7 @@ def digest(values: dict) -> str:
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:_DIGEST]
 
 
-def _format(value) -> str:
+def format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
@@ -67,7 +67,7 @@ def run_name(overrides: dict, varying: list[str]) -> str:
     limit failed mid-sweep."""
     if not varying:
         return "run"
-    parts = [f"{key.split('.')[-1]}={_format(overrides[key])}" for key in varying]
+    parts = [f"{key.split('.')[-1]}={format_value(overrides[key])}" for key in varying]
     return _fit(re.sub(r"[^A-Za-z0-9_.=,+-]", "_", "-".join(parts)), {k: overrides[k] for k in varying})
 
 

@@ -19,6 +19,7 @@ from llmjax.errors import FlagError
 from llmjax.rundir import CONFIG, RunDir, WorkdirError
 from llmjax.sweep import families, routing
 from llmjax.sweep.manifest import read as read_manifest
+from llmjax.sweep.names import format_value
 
 
 TASK_METRICS = ("accuracy", "macro_f1", "bleu", "chrf", "rouge_l")  # What fine-tuning objectives report.
@@ -182,13 +183,14 @@ def plot_task_metric(rows, metric: str, path: Path) -> None:
 
 
 def categories(rows, key: str) -> list[str]:
-    """The other overrides that take more than one non-numeric value (an optimizer's name, a
-    model preset): one line each when final loss is plotted against `key`."""
+    """The other overrides, numeric or not, that take more than one value and repeat them (an
+    optimizer's name, a grid's weight decay): one line each when final loss is plotted against
+    `key`, since a mean over them can favour another `key` than any of them does. Seeds are
+    repeats, averaged; values no two runs share (random draws) would make a line per run."""
     found = []
     for other in dict.fromkeys(k for r in rows for k in r["overrides"]):
-        values = {json.dumps(r["overrides"].get(other)) for r in rows}
-        if other not in (key, "seed") and len(values) > 1 and not all(
-                isinstance(r["overrides"].get(other), (int, float)) for r in rows):
+        values = [json.dumps(r["overrides"].get(other)) for r in rows]
+        if other not in (key, "seed") and 1 < len(set(values)) < len(values):
             found.append(other)
     return found
 
@@ -203,7 +205,7 @@ def plot_final_vs(rows, key: str, path: Path) -> dict[str, list[tuple]]:
     groups = categories(rows, key)
     by_group = collections.defaultdict(list)
     for r in rows:
-        label = ", ".join(f"{g.split('.')[-1]}={r['overrides'].get(g)}" for g in groups) or "mean"
+        label = ", ".join(f"{g.split('.')[-1]}={format_value(r['overrides'].get(g))}" for g in groups) or "mean"
         by_group[label].append((r["overrides"][key], r["final_val_loss"]))
     every_x = []
     for label, points in by_group.items():
