@@ -117,6 +117,7 @@ def _experiment(tmp_path, sweep, name="exp.py"):
     ({"seeds": 2}, "sweep seeds: 2 is not a list of values; give a list, e.g. [0, 1]."),
     ({"seeds": 0}, "sweep seeds: 0 is not a list of values"),
     ({"grid": {"optimizer.learning_rate": []}}, "sweep grid 'optimizer.learning_rate': the list is empty"),
+    ({"grid": [("optimizer.learning_rate", [1e-3])]}, "sweep grid: [('optimizer.learning_rate', [0.001])] is not a dict"),
 ])
 def test_bad_sweeps_are_refused_before_any_run(tmp_path, sweep, message):
     with pytest.raises(SweepError, match=re.escape(message)):

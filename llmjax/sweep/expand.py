@@ -80,6 +80,9 @@ def _check_list(field: str, values, example) -> None:
 
 
 def _checked(sweep: dict) -> None:
+    for field in ("grid", "random"):
+        if not isinstance(sweep.get(field, {}), dict):
+            raise SweepError(f"sweep {field}: {sweep[field]!r} is not a dict; give {{dotted key: values}}.")
     for key, values in sweep.get("grid", {}).items():
         _check_list(f"grid {key!r}", values, [values])
     if "seeds" in sweep:
