@@ -122,7 +122,9 @@ class RunDir:
     # The config.
     def check(self, config) -> dict[str, tuple]:
         """The config changes against a previous run in this directory ({} for a new one).
-        Fails unless the directory can hold this run; leaves nothing behind."""
+        Fails unless the directory can hold this run, trained to `config.train.steps`, without
+        losing a step it has; leaves nothing behind. The trainer and the commands that start
+        it (llmjax-launch, llmjax-sweep) all ask this, so they refuse the same runs."""
         workdir, path = self.path, self.given
         if workdir.exists() and not workdir.is_dir():
             raise WorkdirError(f"--workdir {path}: exists and is not a directory; choose another path.")
@@ -142,6 +144,10 @@ class RunDir:
             raise WorkdirError(f"--workdir {path}: holds a run with a different model/data/seed/batch size "
                                f"({shown_changes(conflicts)}); choose a new --workdir, or start from that run with "
                                f"--config.checkpoint.init_from={workdir}.")
+        if (saved := self.steps()) and saved[-1] > config.train.steps:  # Training would not resume it.
+            raise WorkdirError(f"config.train.steps={config.train.steps!r}: the run in {path} has reached step "
+                               f"{saved[-1]} already; give train.steps >= {saved[-1]} to continue it, or train a "
+                               f"shorter run in a new --workdir.")
         probe = workdir
         while not probe.exists():
             probe = probe.parent

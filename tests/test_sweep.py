@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -17,8 +18,9 @@ from llmjax.config import ConfigError
 from llmjax.flops import param_count
 from llmjax.presets import compose, model_presets
 from llmjax.rundir import RunDir, saved_steps
-from llmjax.sweep.expand import SweepError, expand, plan, run_name
-from llmjax.sweep import report
+from llmjax.sweep.expand import SweepError, expand, plan
+from llmjax.sweep.names import run_name
+from llmjax.sweep import launch, manifest, report
 from llmjax.sweep.report import fit_power_law
 
 from conftest import ROOT, train_env
@@ -108,9 +110,17 @@ def _experiment(tmp_path, sweep, name="exp.py"):
     ({"grid": {"model.num_kv_heads": [3]}}, "must divide model.num_heads"),
     ({"grid": {"optimizer.learning_rate": [1e-3, 1e-3]}}, "runs would share the workdirs"),
     ({"grid": {"optimizer.learning_rate": [1.0001e-3, 1.0002e-3]}}, "runs would share the workdirs"),
+    # Not a list: a string was swept letter by letter, the others were tracebacks or ignored.
+    ({"grid": {"data.glob": "json"}}, "sweep grid 'data.glob': 'json' is not a list of values; give a list, "
+                                      "e.g. ['json']."),
+    ({"grid": {"optimizer.learning_rate": 1e-3}}, "sweep grid 'optimizer.learning_rate': 0.001 is not a list"),
+    ({"seeds": 2}, "sweep seeds: 2 is not a list of values; give a list, e.g. [0, 1]."),
+    ({"seeds": 0}, "sweep seeds: 0 is not a list of values"),
+    ({"grid": {"optimizer.learning_rate": []}}, "sweep grid 'optimizer.learning_rate': the list is empty"),
+    ({"grid": [("optimizer.learning_rate", [1e-3])]}, "sweep grid: [('optimizer.learning_rate', [0.001])] is not a dict"),
 ])
 def test_bad_sweeps_are_refused_before_any_run(tmp_path, sweep, message):
-    with pytest.raises(SweepError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(SweepError, match=re.escape(message)):
         plan(_experiment(tmp_path, sweep), 1)
 
 
@@ -407,6 +417,24 @@ def test_slurm_array_script(tmp_path):
     assert not (tmp_path / "sweep.json").exists(), "a dry run writes nothing"
 
 
+def test_slurm_submission_makes_the_directory_of_the_tasks_output(tmp_path):
+    """SLURM does not create the directory of `#SBATCH --output`: a stand-in sbatch refuses the
+    script, as every task of the array would fail, unless it exists when the script is handed over."""
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/bash\nout=$(sed -n "s/^#SBATCH --output=//p" "$1")\n'
+                    '[ -d "$(dirname "$out")" ] || { echo "sbatch: error: no directory for $out" >&2; exit 1; }\n'
+                    'echo "Submitted batch job 42"\n')
+    fake.chmod(0o755)
+    env = _sweep_env(tmp_path)
+    env["PATH"] = f"{fake.parent}:{env['PATH']}"
+    experiment = _experiment(tmp_path, {"grid": {"optimizer.learning_rate": [1e-3, 3e-3]}})
+    result = subprocess.run(_sweep(tmp_path, experiment, "--cluster=slurm"), cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "Submitted batch job 42" in result.stdout, result.stderr[-2000:]
+    assert (tmp_path / "sweep" / "runs").is_dir() and (tmp_path / "sweep" / "sweep.json").exists()
+
+
 def test_config_command_prints_derived_figures(tmp_path):
     command = [sys.executable, "-m", "llmjax.cli.config", "--config=configs/llama3_8b.py", "--config.train.steps=10"]
     result = subprocess.run([*command, "--config.optimizer.warmup_steps=1", "--config.mesh.ici.fsdp=8"], cwd=ROOT,
@@ -445,9 +473,23 @@ def test_final_loss_is_plotted_per_optimizer_against_the_learning_rate(tmp_path)
             for name, losses in (("adamw", (4.0, 3.8, 3.9)), ("muon", (3.9, 3.7, 3.6)))
             for lr, loss in zip((1e-3, 3e-3, 1e-2), losses) for seed in (0, 1)]
     assert report.categories(rows, "optimizer.learning_rate") == ["optimizer.name"]
-    assert report.categories(rows, "optimizer.name") == []  # Numeric overrides are the x axis, not lines.
+    assert report.categories(rows, "optimizer.name") == ["optimizer.learning_rate"]
     lines = report.plot_final_vs(rows, "optimizer.learning_rate", tmp_path / "lr.png")
     assert list(lines) == ["name=adamw", "name=muon"] and (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_final_loss_is_plotted_per_weight_decay_against_the_learning_rate(tmp_path):
+    """A grid of two numbers: the mean over weight decays favours 3e-3 (3.75 < 4.0), though the
+    best run (3.0) is at 1e-3 without weight decay, so each weight decay gets its own line; a
+    key whose values no two runs share (a random draw) makes no lines."""
+    losses = {(1e-3, 0.0): 3.0, (1e-3, 0.1): 5.0, (3e-3, 0.0): 4.0, (3e-3, 0.1): 3.5}
+    rows = [{"overrides": {"optimizer.learning_rate": lr, "optimizer.weight_decay": wd}, "final_val_loss": loss}
+            for (lr, wd), loss in losses.items()]
+    assert report.plot_final_vs(rows, "optimizer.learning_rate", tmp_path / "lr.png") == {
+        "weight_decay=0": [(1e-3, 3.0), (3e-3, 4.0)], "weight_decay=0.1": [(1e-3, 5.0), (3e-3, 3.5)]}
+    drawn = [{"overrides": {"optimizer.learning_rate": 1e-3 * (1 + i), "model.num_layers": 1 + i % 2}} for i in range(4)]
+    assert report.categories(drawn, "model.num_layers") == [] and report.categories(drawn, "optimizer.learning_rate") == [
+        "model.num_layers"]
 
 
 def _synthetic_run(workdir, overrides, state, step, train, val):
@@ -507,6 +549,29 @@ def test_a_damaged_status_or_metrics_line_is_shown_not_a_traceback(tmp_path):
     assert table["cut"][1] == "damaged" and table["cut"][4:6] == ["4.0000", "4.3000"] and table["ok"][1] == "done"
 
 
+def test_a_damaged_config_or_manifest_is_one_line_not_a_traceback(tmp_path):
+    """A run's config.json cut short: the report shows the others in full and that run
+    without the figures its config gives, saying it is damaged. sweep.json cut short: one
+    error line."""
+    from llmjax.sweep.report import report as write_report  # noqa: PLC0415
+
+    for name in ("ok", "cut"):
+        _synthetic_run(tmp_path / "runs" / name, {"train.steps": 300}, "done", 300, [(300, 4.0)], [(300, 4.3)])
+    (tmp_path / "runs" / "cut" / "config.json").write_text('{"model": {"d_mod')
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": [{"name": n, "overrides": {}} for n in ("ok", "cut")],
+                                                     "sweep": {}}))
+    text, _ = write_report(tmp_path)
+    table = {line.split()[0]: line.split() for line in text.splitlines()[2:4]}
+    assert table["cut"][1:4] == ["done", "300", "0"] and table["cut"][5] == "4.3000"
+    assert table["ok"][3] != "0"  # Tokens, from the config.
+    assert f"damaged: cut: {tmp_path / 'runs' / 'cut' / 'config.json'} is not valid JSON" in text
+    (tmp_path / "sweep.json").write_text('{"runs": [{"name": "ok", "overri')
+    damaged = subprocess.run([sys.executable, "-m", "llmjax.cli.report", str(tmp_path)], cwd=ROOT,
+                             env=_sweep_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert damaged.returncode == 2 and damaged.stderr.startswith(
+        f"error: {tmp_path / 'sweep.json'} is not valid JSON") and damaged.stderr.count("\n") == 1, damaged.stderr
+
+
 def test_moe_report_draws_loss_against_compute_and_routing_per_layer(tmp_path):
     """A dense and an MoE run (synthetic records, with routing metrics named as the train step
     names them): the report adds loss against compute and the routing plot."""
@@ -542,3 +607,155 @@ def test_moe_report_draws_loss_against_compute_and_routing_per_layer(tmp_path):
                              .splitlines() if '"train"' in line])
     assert curves[0] == [(10, pytest.approx(2.0), pytest.approx(0.1)), (20, pytest.approx(2.0), pytest.approx(0.2))]
     assert curves[1][0][1:] == (pytest.approx(1.0), 0.0)
+
+
+def _finished_sweep(sweep_dir, experiment, overrides):
+    """The sweep directory a finished launch of `experiment` with the command line's
+    `overrides` leaves (synthetic: each new run's config, status and a last checkpoint's marker)."""
+    _, runs, sweep = plan(experiment, 1, overrides, manifest.existing(sweep_dir))
+    for run in runs:
+        run_directory = RunDir(launch.run_dir(sweep_dir, run))
+        if run_directory.path.exists():
+            continue
+        run_directory.write_config(run.config)
+        run_directory.write_status("done", run.config.train.steps)
+        (run_directory.checkpoints / str(run.config.train.steps)).mkdir(parents=True)
+        (run_directory.checkpoints / str(run.config.train.steps) / "_CHECKPOINT_METADATA").write_text("{}")
+    manifest.write(sweep_dir, experiment, runs, sweep)
+    return runs
+
+
+def test_relaunch_with_fewer_steps_is_refused_before_anything_is_written(tmp_path):
+    """A sweep trained with --config.train.steps=100, relaunched without it (80 steps): each
+    trainer would refuse, so the sweep refuses first, with the trainer's own check, and leaves
+    the manifest and every run as they were (they used to be marked failed)."""
+    experiment = _experiment(tmp_path, {"grid": {"optimizer.learning_rate": [1e-3, 3e-3]}})
+    sweep_dir = tmp_path / "sweep"
+    runs = _finished_sweep(sweep_dir, experiment, {"train.steps": 100})
+    before = {p: p.read_bytes() for p in sweep_dir.rglob("*") if p.is_file()}
+    again = subprocess.run(_sweep(tmp_path, experiment), cwd=ROOT, env=_sweep_env(tmp_path), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 2 and again.stderr == (
+        f"error: run {runs[0].name}: config.train.steps=80: the run in {sweep_dir / 'runs' / runs[0].name} has "
+        f"reached step 100 already; give train.steps >= 100 to continue it, or train a shorter run in a new "
+        f"--workdir.\n"), again.stderr
+    assert {p: p.read_bytes() for p in sweep_dir.rglob("*") if p.is_file()} == before
+
+
+def test_a_trainer_that_refuses_to_start_leaves_a_finished_run_done(tmp_path, monkeypatch):
+    """A done run launched again (its config changed) whose trainer exits with an error before
+    starting: the sweep reports the launch failed, but the run's record stays done."""
+    experiment = _experiment(tmp_path, {"grid": {"optimizer.learning_rate": [1e-3]}})
+    sweep_dir = tmp_path / "sweep"
+    run, = _finished_sweep(sweep_dir, experiment, {})
+    status = (launch.run_dir(sweep_dir, run) / "status.json").read_text()
+    monkeypatch.setattr(launch, "train_command", lambda *_: [
+        sys.executable, "-c", "import sys; print('error: config.x=1: refused'); sys.exit(2)"])
+    logged = []
+    states = launch.run_local(experiment, sweep_dir, [run], 1, {run.name: {"train.steps": (80, 90)}}, logged.append)
+    assert states == {run.name: "failed"} and f"failed  {run.name}: error: config.x=1: refused" in logged
+    assert (launch.run_dir(sweep_dir, run) / "status.json").read_text() == status
+
+
+def _rewrite(experiment, sweep):
+    """The experiment file of `_experiment`, with another sweep."""
+    text = open(experiment).read()
+    open(experiment, "w").write(text[:text.index("def get_sweep")] + f"def get_sweep():\n    return {sweep!r}\n")
+
+
+def test_a_grown_sweep_keeps_the_names_of_the_runs_it_has(tmp_path):
+    """Seeds added to a finished learning-rate sweep: the seed-0 runs are the runs already
+    trained (seed 0 is the default), so they keep their directories instead of being renamed
+    `learning_rate=0.001-seed=0` and trained again; the new runs get new names, and the report
+    shows all four."""
+    experiment = _experiment(tmp_path, {"grid": {"optimizer.learning_rate": [1e-3, 3e-3]}})
+    sweep_dir = tmp_path / "sweep"
+    old = [r.name for r in _finished_sweep(sweep_dir, experiment, {})]
+    assert old == ["learning_rate=0.001", "learning_rate=0.003"]
+    _rewrite(experiment, {"grid": {"optimizer.learning_rate": [1e-3, 3e-3]}, "seeds": [0, 1]})
+    dry = subprocess.run(_sweep(tmp_path, experiment, "--dry_run"), cwd=ROOT, env=_sweep_env(tmp_path),
+                         capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    listed = [line.split()[0] for line in dry.stdout.splitlines() if line.startswith("  learning_rate=")]
+    assert listed == ["learning_rate=0.001", "learning_rate=0.001-seed=1", "learning_rate=0.003",
+                      "learning_rate=0.003-seed=1"]
+    _finished_sweep(sweep_dir, experiment, {})
+    rows, _ = report.collect(sweep_dir)
+    assert sorted(r["name"] for r in rows) == sorted(listed) and {r["status"] for r in rows} == {"done"}
+
+
+def test_more_random_draws_keep_the_first_draws_runs(tmp_path):
+    experiment = _experiment(tmp_path, {"random": {"optimizer.learning_rate": ("log_uniform", 1e-4, 1e-2),
+                                                   "model.num_layers": [1, 2]}, "num_random": 3})
+    sweep_dir = tmp_path / "sweep"
+    old = [r.name for r in _finished_sweep(sweep_dir, experiment, {})]
+    _rewrite(experiment, {"random": {"optimizer.learning_rate": ("log_uniform", 1e-4, 1e-2),
+                                     "model.num_layers": [1, 2]}, "num_random": 6})
+    new = [r.name for r in plan(experiment, 1, None, manifest.existing(sweep_dir))[1]]
+    assert new[:3] == old and len(set(new)) == 6
+
+
+def test_a_relaunch_recognises_runs_of_a_manifest_without_swept_keys(tmp_path):
+    """sweep.json as written before it recorded which overrides the sweep set: the keys alike
+    in every run (--config.train.steps=100 here) are taken for the command line's, so a
+    relaunch without them plans the same runs (and is then refused for its fewer steps)."""
+    experiment = _experiment(tmp_path, {"grid": {"optimizer.learning_rate": [1e-3, 3e-3]}, "seeds": [0, 1]})
+    sweep_dir = tmp_path / "sweep"
+    old = [r.name for r in _finished_sweep(sweep_dir, experiment, {"train.steps": 100})]
+    legacy = json.loads((sweep_dir / "sweep.json").read_text())
+    legacy["runs"] = [{k: v for k, v in r.items() if k != "swept"} for r in legacy["runs"]]
+    (sweep_dir / "sweep.json").write_text(json.dumps(legacy))
+    _, runs, _ = plan(experiment, 1, None, manifest.existing(sweep_dir))
+    assert [r.name for r in runs] == old
+    with pytest.raises(SweepError, match="has reached step 100 already"):
+        launch.check_workdirs(sweep_dir, runs)
+
+
+def test_a_new_run_never_takes_the_name_of_another_run(tmp_path):
+    """Runs trained with weight decay 0.5, then a sweep of the same rates without it: the new
+    runs are other runs, so they get their own directories (the name and a digest), and the
+    manifest keeps the earlier runs for the report."""
+    experiment = _experiment(tmp_path, {"runs": [{"optimizer.learning_rate": lr, "optimizer.weight_decay": 0.5}
+                                                 for lr in (1e-3, 3e-3)]})
+    sweep_dir = tmp_path / "sweep"
+    old = [r.name for r in _finished_sweep(sweep_dir, experiment, {})]
+    _rewrite(experiment, {"grid": {"optimizer.learning_rate": [1e-3, 3e-3]}})
+    _, runs, sweep = plan(experiment, 1, None, manifest.existing(sweep_dir))
+    assert [r.name[:-9] for r in runs] == old and not {r.name for r in runs} & set(old)
+    assert [r.name for r in plan(experiment, 1, None, manifest.existing(sweep_dir))[1]] == [r.name for r in runs]
+    manifest.write(sweep_dir, experiment, runs, sweep)
+    assert [r["name"] for r in manifest.read(sweep_dir)["runs"]] == [r.name for r in runs] + old
+
+
+def test_long_values_make_names_that_fit_and_stay_apart(tmp_path):
+    """A 260-character string in a run's overrides made a directory name over the filesystem's
+    limit: an OSError mid-sweep, after the runs before it had trained."""
+    experiment = _experiment(tmp_path, {"runs": [{"tracking.wandb_project": "p" * 260},
+                                                 {"tracking.wandb_project": "p" * 259 + "q"}]})
+    names = [r.name for r in plan(experiment, 1)[1]]
+    assert all(len(n) <= 120 for n in names) and len(set(names)) == 2
+    assert names == [r.name for r in plan(experiment, 1)[1]]  # The same at every launch.
+    for name in names:
+        (tmp_path / "runs" / name).mkdir(parents=True)
+
+
+def test_a_sweep_that_dies_of_an_error_stops_its_trainings(tmp_path, monkeypatch):
+    """--parallel 2: the first run trains while the second cannot make its directory; the
+    error ends the sweep, and the first training with it (it trained on, orphaned)."""
+    from llmjax.sweep.expand import Run  # noqa: PLC0415
+
+    started = []
+    popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
+    monkeypatch.setattr(launch, "train_command", lambda *_: [sys.executable, "-c", "import time; time.sleep(120)"])
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "blocked").write_text("")
+    runs = [Run("first", {}), Run("blocked/second", {})]
+    try:
+        with pytest.raises(OSError):
+            launch.run_local("exp.py", tmp_path, runs, 2, {r.name: {} for r in runs}, log=lambda _: None)
+        assert len(started) == 1 and started[0].poll() == -signal.SIGTERM
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()

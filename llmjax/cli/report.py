@@ -7,7 +7,6 @@ from pathlib import Path
 from absl import app
 
 from llmjax.cli.app import run as run_app
-from llmjax.errors import FlagError
 
 
 def main(argv) -> None:
@@ -15,10 +14,7 @@ def main(argv) -> None:
         raise app.UsageError("usage: llmjax-report SWEEP_DIR")
     from llmjax.sweep.report import report  # noqa: PLC0415
 
-    sweep_dir = Path(argv[1]).expanduser()
-    if not (sweep_dir / "sweep.json").exists():
-        raise FlagError(f"{sweep_dir} has no sweep.json; give the --workdir of an llmjax-sweep.")
-    text, plots = report(sweep_dir)
+    text, plots = report(Path(argv[1]).expanduser())
     print(text)
     print("\nplots:\n" + "\n".join(f"  {p}" for p in plots))
 

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -35,14 +33,14 @@ def main(argv) -> None:
         raise app.UsageError("usage: llmjax-sweep EXPERIMENT.py --workdir DIR [flags]")
     import jax  # noqa: PLC0415 - only after flags, so --help is instant.
 
-    from llmjax.sweep import launch  # noqa: PLC0415
+    from llmjax.sweep import launch, manifest  # noqa: PLC0415
     from llmjax.sweep.expand import plan  # noqa: PLC0415
 
     if _PARALLEL.value < 1:
         raise FlagError(f"--parallel={_PARALLEL.value}: give the number of runs to train at a time, 1 or more.")
     experiment, sweep_dir = argv[1], Path(_WORKDIR.value).expanduser().resolve()
     overrides = config_overrides(sys.argv[1:], _CONFIG.value)
-    base, runs, sweep = plan(experiment, jax.device_count(), overrides)
+    base, runs, sweep = plan(experiment, jax.device_count(), overrides, manifest.existing(sweep_dir))
     if _RUN_INDEX.value is not None:
         if not 0 <= _RUN_INDEX.value < len(runs):
             raise FlagError(f"--run_index={_RUN_INDEX.value}: the sweep has {len(runs)} runs.")
@@ -61,17 +59,13 @@ def main(argv) -> None:
         if _DRY_RUN.value:
             print(script)
             return
-        launch.write_manifest(sweep_dir, experiment, runs, sweep)
-        path = sweep_dir / "sweep.sbatch"
-        path.write_text(script)
-        if not shutil.which("sbatch"):
-            raise FlagError(f"sbatch not found on this machine; the script is at {path}.")
-        print(subprocess.run(["sbatch", str(path)], check=True, capture_output=True, text=True).stdout)
+        manifest.write(sweep_dir, experiment, runs, sweep)
+        print(launch.submit_slurm(sweep_dir, script))
         return
     if _DRY_RUN.value:
         return
     if _RUN_INDEX.value is None:
-        launch.write_manifest(sweep_dir, experiment, runs, sweep)
+        manifest.write(sweep_dir, experiment, runs, sweep)
     states = launch.run_local(experiment, sweep_dir, runs, _PARALLEL.value, changes,
                               log=lambda line: print(line, flush=True))
     counts = {s: list(states.values()).count(s) for s in dict.fromkeys(states.values())}

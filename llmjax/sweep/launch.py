@@ -11,15 +11,17 @@ written: the report would otherwise show the new overrides beside results of the
 from __future__ import annotations
 
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from llmjax.sweep.expand import CONFIG_ARG, Run, SweepError
-from llmjax.errors import EXIT_PREEMPTED
-from llmjax.rundir import RunDir, WorkdirError, identity_changes, shown_changes, write_json
+from llmjax.sweep import SweepError
+from llmjax.sweep.expand import CONFIG_ARG, Run
+from llmjax.errors import EXIT_PREEMPTED, FlagError
+from llmjax.rundir import RunDir, WorkdirError, identity_changes, shown_changes
 from llmjax.slurm import sbatch_script
 
 
@@ -56,24 +58,52 @@ def check_workdirs(sweep_dir: Path, runs: list[Run]) -> dict[str, dict]:
     return changes
 
 
-def write_manifest(sweep_dir: Path, experiment: str, runs: list[Run], sweep: dict) -> None:
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {"experiment": str(Path(experiment).resolve()), "sweep": sweep,
-                "runs": [{"name": r.name, "overrides": r.overrides} for r in runs]}
-    write_json(sweep_dir / "sweep.json", manifest, indent=1, default=str)  # Whole, even if killed.
-
-
 def _last_error_line(log: Path) -> str:
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:") or "Error" in line.split(":")[0]]
     return (errors or lines or ["no output"])[-1].strip()
 
 
+KEPT_STATES = ("done", "preempted", "failed")  # A record that a trainer which refused to start leaves as it was.
+
+
+def _record_failure(workdir: Path, code: int, launched: dict) -> str:
+    """The error of a training that exited with `code`, recorded in its status.json unless the
+    trainer did so itself or never started: the trainer records its own failures, a crash may
+    not have, and one that refused to start (e.g. asked for fewer steps than the run has) wrote
+    nothing, so a finished run stays done and its results stay in the report."""
+    status = RunDir(workdir).status()
+    error = f"killed by {signal.Signals(-code).name}" if code < 0 else _last_error_line(workdir / "train.log")
+    untouched = status == launched
+    if status["state"] == "failed" and not untouched:
+        return status.get("error", error)
+    if not (untouched and status["state"] in KEPT_STATES):
+        RunDir(workdir).write_status("failed", status["step"], error)
+    return error
+
+
+def _stop(active: dict, grace: float = 60.0) -> None:
+    """SIGTERM to every training still running (each checkpoints and stops), SIGKILL to any
+    still running `grace` seconds later: a sweep that dies of an error leaves no training
+    behind, training on with no one to record how it ends."""
+    for process, _, _ in active.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process, _, out in active.values():
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        out.close()
+
+
 def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, changes: dict,
               log=print) -> dict:
     """Runs what is not done yet with its config (`changes`, from `check_workdirs`), `parallel`
     at a time; returns {name: final state}. SIGTERM or Ctrl-C is passed on to the running
-    trainings, which checkpoint and stop."""
+    trainings, which checkpoint and stop; so is an exception that ends the sweep (`_stop`)."""
     states = {}
     todo = []
     for run in runs:
@@ -84,6 +114,7 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
         else:
             todo.append(run)
     active: dict[str, tuple[subprocess.Popen, Path, object]] = {}
+    launched = {}  # {name: its status.json as it was when its training started}
     stopping = []
 
     def forward(signum, _frame):
@@ -101,6 +132,7 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
                 resumed = RunDir(workdir).checkpoints.is_dir()
                 changed = shown_changes(changes[run.name], limit=None)
                 log(f"{'resume' if resumed else 'start'}  {run.name}" + (f" (changed: {changed})" if changed else ""))
+                launched[run.name] = RunDir(workdir).status()
                 out = open(workdir / "train.log", "a")
                 process = subprocess.Popen(train_command(experiment, workdir, run.overrides),
                                            stdout=out, stderr=subprocess.STDOUT)
@@ -117,22 +149,36 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
                     states[name] = "done"
                 elif code == EXIT_PREEMPTED or (stopping and -code in (signal.SIGTERM, signal.SIGINT)):
                     states[name] = "preempted"  # Or stopped before it could catch the signal: rerun resumes.
-                else:  # The trainer records its own failures; a crash may not have.
-                    status = RunDir(workdir).status()
-                    if status["state"] != "failed":
-                        status["error"] = (f"killed by {signal.Signals(-code).name}" if code < 0 else
-                                           _last_error_line(workdir / "train.log"))
-                        RunDir(workdir).write_status("failed", status["step"], status["error"])
-                    error = status["error"]
+                else:
+                    error = _record_failure(workdir, code, launched.pop(name))
                     states[name] = "failed"
                 log(f"{states[name]:7} {name}" + (f": {error}" if states[name] == "failed" else ""))
             time.sleep(0.2)
+    except BaseException:
+        _stop(active)
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     for run in todo:
         states.setdefault(run.name, "not started")
     return states
+
+
+def submit_slurm(sweep_dir: Path, script: str) -> str:
+    """Writes `script` to SWEEP_DIR/sweep.sbatch and hands it to sbatch; returns sbatch's
+    answer. The runs/ directory its `#SBATCH --output` names is made first: SLURM does not make
+    it, and every task would fail at once with its output nowhere."""
+    (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
+    path = sweep_dir / "sweep.sbatch"
+    path.write_text(script)
+    if not shutil.which("sbatch"):
+        raise FlagError(f"sbatch not found on this machine; the script is at {path}.")
+    result = subprocess.run(["sbatch", str(path)], capture_output=True, text=True)
+    if result.returncode:
+        answer = (result.stderr.strip() or result.stdout.strip() or f"exit status {result.returncode}").splitlines()
+        raise SweepError(f"sbatch refused {path}: {answer[-1]}; fix what it says and launch again.")
+    return result.stdout
 
 
 def slurm_script(experiment: str, sweep_dir: Path, runs: list[Run], slurm: dict) -> str:

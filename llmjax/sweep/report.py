@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from llmjax import flops
-from llmjax.rundir import RunDir, config_from_dict
+from llmjax.errors import FlagError
+from llmjax.rundir import CONFIG, RunDir, WorkdirError
 from llmjax.sweep import families, routing
+from llmjax.sweep.manifest import read as read_manifest
+from llmjax.sweep.names import format_value
 
 
 TASK_METRICS = ("accuracy", "macro_f1", "bleu", "chrf", "rouge_l")  # What fine-tuning objectives report.
@@ -38,7 +41,9 @@ def _records(workdir: Path) -> list[dict]:
 
 def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
     """(one row per run, the sweep spec) from `sweep.json` and the run directories."""
-    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    manifest = read_manifest(sweep_dir)
+    if manifest is None:
+        raise FlagError(f"{sweep_dir} has no sweep.json; give the --workdir of an llmjax-sweep.")
     rows = []
     for entry in manifest["runs"]:
         workdir = sweep_dir / "runs" / entry["name"]
@@ -61,10 +66,8 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
                "task_curves": {m: [(r["step"], r[m]) for r in val if m in r] for m in TASK_METRICS
                                if any(m in r for r in val)},
                "routing": routing.curves(train)}
-        config_path = workdir / "config.json"
-        if config_path.exists():
-            # With defaults for fields added since the run was saved (e.g. the MoE ones).
-            config = config_from_dict(json.loads(config_path.read_text()))
+        config = _config(workdir, row)
+        if config is not None:
             tokens_per_step = config.train.global_batch_size * config.data.seq_len
             row["tokens"] = row["steps"] * tokens_per_step
             row["params"] = flops.param_count(config.model)
@@ -80,6 +83,19 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict]:
         row["val_text"] = f"{row['val_loss']:.4f}" + (f"@{at}" if at is not None and at != steps else "")
         rows.append(row)
     return rows, manifest.get("sweep", {})
+
+
+def _config(workdir: Path, row: dict):
+    """The run's config (with defaults for fields added since it was saved, e.g. the MoE ones),
+    None before the run has saved one; a damaged one is None too, its error in the row for the
+    table, which shows the run without the figures that need it."""
+    if not (workdir / CONFIG).exists():
+        return None
+    try:
+        return RunDir(workdir).config
+    except WorkdirError as error:
+        row["config_error"] = str(error)
+        return None
 
 
 def _left_out(row: dict) -> str | None:
@@ -110,6 +126,7 @@ def table(rows: list[dict]) -> str:
                      + f"{r['tokens_per_sec']:>8,.0f}  {json.dumps(r['overrides'])}")
     if val_width > 9:
         lines.append("(val loss LOSS@STEP: measured at STEP, before the run's last step)")
+    lines += [f"damaged: {r['name']}: {r['config_error']}" for r in rows if r.get("config_error")]
     return "\n".join(lines)
 
 
@@ -166,13 +183,14 @@ def plot_task_metric(rows, metric: str, path: Path) -> None:
 
 
 def categories(rows, key: str) -> list[str]:
-    """The other overrides that take more than one non-numeric value (an optimizer's name, a
-    model preset): one line each when final loss is plotted against `key`."""
+    """The other overrides, numeric or not, that take more than one value and repeat them (an
+    optimizer's name, a grid's weight decay): one line each when final loss is plotted against
+    `key`, since a mean over them can favour another `key` than any of them does. Seeds are
+    repeats, averaged; values no two runs share (random draws) would make a line per run."""
     found = []
     for other in dict.fromkeys(k for r in rows for k in r["overrides"]):
-        values = {json.dumps(r["overrides"].get(other)) for r in rows}
-        if other not in (key, "seed") and len(values) > 1 and not all(
-                isinstance(r["overrides"].get(other), (int, float)) for r in rows):
+        values = [json.dumps(r["overrides"].get(other)) for r in rows]
+        if other not in (key, "seed") and 1 < len(set(values)) < len(values):
             found.append(other)
     return found
 
@@ -187,7 +205,7 @@ def plot_final_vs(rows, key: str, path: Path) -> dict[str, list[tuple]]:
     groups = categories(rows, key)
     by_group = collections.defaultdict(list)
     for r in rows:
-        label = ", ".join(f"{g.split('.')[-1]}={r['overrides'].get(g)}" for g in groups) or "mean"
+        label = ", ".join(f"{g.split('.')[-1]}={format_value(r['overrides'].get(g))}" for g in groups) or "mean"
         by_group[label].append((r["overrides"][key], r["final_val_loss"]))
     every_x = []
     for label, points in by_group.items():

@@ -32,7 +32,6 @@ from llmjax.train.guard import DivergenceGuard
 from llmjax.train.preemption import PreemptionFlag
 from llmjax.train.resume import initial_state, parse_init_from
 from llmjax.rundir import RunDir, shown_changes
-from llmjax.errors import config_error
 
 
 def _data(config, workdir, init_source, log):
@@ -81,10 +80,6 @@ def _train(config, workdir: str, log, print_sharding: bool, preemption: Preempti
     changes = run_dir.check(config)
     init_source = parse_init_from(config.checkpoint.init_from)
     t, seq = config.train, config.data.seq_len
-    if (saved := run_dir.steps()) and saved[-1] > t.steps:
-        raise config_error("train.steps", t.steps, f"the run in {workdir} has reached step {saved[-1]} already; "
-                                                   f"give train.steps >= {saved[-1]} to continue it, or train a "
-                                                   f"shorter run in a new --workdir.")
     log(f"config:\n{config}")
     if changes:
         log(f"config changes since this workdir's last start: {shown_changes(changes, limit=None)}")
