@@ -113,7 +113,7 @@ def prepare(params, config, prompts, settings: Settings, *, eos_ids, pad_id: int
 
 
 def _loop(params, tokens_BT, mask_BT, rng, eos_ids, pad_id, *, decoder, settings: Settings,
-          cache_length: int, keep_logits: bool, prompt_is_prefix: bool):
+          cache_length: int, keep_logits: bool, prompt_is_prefix: bool = False):
     if settings.num_beams > 1:  # Every beam starts as a copy of its prompt.
         tokens_BT, mask_BT = (jnp.repeat(x, settings.num_beams, 0) for x in (tokens_BT, mask_BT))
     params, decoder = cached.unrolled(params, decoder)
