@@ -585,3 +585,56 @@ def test_tokenizer_training_sees_no_run_longer_than_its_limit():
     assert max(len(run) for piece in pieces for run in re.findall(r"\S+|\s+", piece)) <= 16_384
     corpus = [" ".join(_documents(5, seed=9))]
     assert list(bounded_runs(corpus)) == corpus
+
+
+def test_a_corpus_of_one_text_file_holds_out_its_tail(tmp_path, monkeypatch):
+    """tiny-shakespeare's input.txt: one document, which no hash can put on both sides, holds out
+    its last val_percent of bytes from a line boundary on; the tokenizer is not trained on it.
+    llmjax-train's own preparation of a directory holding it gets validation tokens too."""
+    (tmp_path / "src").mkdir()
+    lines = [f"{d.replace(chr(10), ' ')}\n" for d in _documents(200, seed=11)]
+    data = "".join(lines).encode()
+    (tmp_path / "src" / "input.txt").write_bytes(data)
+    import llmjax.data.prepare as prepare_module  # noqa: PLC0415
+    seen, train = [], prepare_module.train_tokenizer
+    monkeypatch.setattr(prepare_module, "train_tokenizer", lambda texts, *a: train(seen.extend(texts) or seen, *a))
+    out = prepare(PrepareOptions(inputs=(str(tmp_path / "src" / "input.txt"),), vocab_size=300, val_percent=10,
+                                 workers=1), tmp_path / "ds", **QUIET)
+    splits = json.loads((out / "manifest.json").read_text())["splits"]
+    assert (splits["train"]["documents"], splits["val"]["documents"]) == (1, 1)
+    head, tail = data[:splits["train"]["bytes"]], data[splits["train"]["bytes"]:]
+    assert head.endswith(b"\n") and len(tail) == splits["val"]["bytes"]  # Cut at a line boundary,
+    assert len(data) * 0.1 <= len(tail) < len(data) * 0.1 + max(map(len, lines))  # from the byte 10% from the end.
+    assert open_dataset(out).tokenizer.decode(_stream(out, "val")[:-1].tolist()) == tail.decode()
+    assert [text.encode() for text in seen] == [head]
+    config = default_config().data
+    config.update(source=str(tmp_path / "src"), glob="*", val_percent=2)
+    [(dataset, _)] = resolve(config, 300, tmp_path / "cache", lambda *_: None)
+    assert dataset.tokens["val"] > 0 and dataset.manifest["splits"]["val"]["documents"] == 1
+
+
+def test_a_dataset_left_without_a_split_is_refused_naming_a_val_percent_that_gives_both(tmp_path):
+    """Two JSONL lines, both hashed to train at 2%: refused before --out is left holding a dataset
+    that training cannot evaluate on, and the value the error names works; the same for none left
+    to train on, and for llmjax-train's own preparation, whose data.val_percent is a whole number."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.jsonl").write_text('{"text": "a"}\n{"text": "b"}')
+    options = dict(inputs=(str(tmp_path / "src" / "a.jsonl"),), vocab_size=300, workers=1)
+    for val_percent, word, split in ((2, "raise", "validation"), (95, "lower", "training")):
+        with pytest.raises(DataError, match=fr"no {split} documents \(.*--val_percent {val_percent}\); {word} "
+                                            r"--val_percent to at \w+ [\d.]+ \(data.val_percent=\d+") as error:
+            prepare(PrepareOptions(**options, val_percent=val_percent), tmp_path / "ds", **QUIET)
+        assert not (tmp_path / "ds").exists()
+        given, whole = re.search(r"([\d.]+) \(data.val_percent=(\d+)", str(error.value)).groups()
+        out = prepare(PrepareOptions(**options, val_percent=float(given)), tmp_path / f"ds{given}", **QUIET)
+        assert all(v["documents"] == 1 for v in json.loads((out / "manifest.json").read_text())["splits"].values())
+        config = default_config().data
+        config.update(source=str(tmp_path / "src"), glob="*", val_percent=val_percent)
+        cached = lambda: {p for p in (tmp_path / "cache").glob("*") if p.is_dir()}  # noqa: E731
+        before = cached()
+        with pytest.raises(DataError, match=f"data.val_percent={whole} for llmjax-train"):
+            resolve(config, 300, tmp_path / "cache", lambda *_: None)
+        assert cached() == before  # Nothing half-made left in the cache.
+        config.val_percent = int(whole)
+        [(dataset, _)] = resolve(config, 300, tmp_path / "cache", lambda *_: None)
+        assert dataset.tokens["train"] and dataset.tokens["val"]
