@@ -638,3 +638,45 @@ def test_a_dataset_left_without_a_split_is_refused_naming_a_val_percent_that_giv
         config.val_percent = int(whole)
         [(dataset, _)] = resolve(config, 300, tmp_path / "cache", lambda *_: None)
         assert dataset.tokens["train"] and dataset.tokens["val"]
+
+
+def test_a_parquet_text_column_that_is_not_strings_is_refused_naming_it(tmp_path):
+    """As JSONL names a field that is not a string: one error naming file, column and type, and
+    --out left as it was, so the corrected command is not refused as another dataset."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+    path = tmp_path / "two.parquet"
+    for column, kind in (([1, 2, 3], "int64"), ([b"a", b"b", b"c"], "binary")):
+        pq.write_table(pa.table({"text": column, "body": ["a doc", "b doc", "c doc"]}), path)
+        options = dict(inputs=(str(path),), vocab_size=300, val_percent=50, workers=1)
+        with pytest.raises(DataError, match=f"^{re.escape(str(path))}: column 'text' is {kind}, not a string; "
+                                            f".*--text_field"):
+            prepare(PrepareOptions(**options), tmp_path / "ds", **QUIET)
+        assert not (tmp_path / "ds").exists()
+    assert open_dataset(prepare(PrepareOptions(**options, text_field="body"), tmp_path / "ds", **QUIET)).tokens["val"]
+
+
+@pytest.mark.parametrize("error, kept", [(RuntimeError("a bug bad input ran into"), False),
+                                         (OSError(28, "No space left on device"), True),
+                                         (KeyboardInterrupt(), True)])
+def test_a_failed_preparation_leaves_out_as_found_unless_a_rerun_can_resume_it(tmp_path, monkeypatch, error, kept):
+    """Whatever fails a preparation this call started because of its input leaves --out as it
+    was (absent, or the empty directory given); a full disk or an interruption keeps the
+    finished units, and the same command then finishes."""
+    import llmjax.data.prepare as prepare_module  # noqa: PLC0415
+    _raw_text(tmp_path / "src")
+    (tmp_path / "ds").mkdir()
+    options = PrepareOptions(inputs=(str(tmp_path / "src"),), vocab_size=300, val_percent=20, workers=1)
+    manifest = prepare_module._manifest
+
+    def fail(*args):
+        raise error
+    monkeypatch.setattr(prepare_module, "_manifest", fail)  # Every unit is done by then.
+    with pytest.raises(type(error)):
+        prepare(options, tmp_path / "ds", **QUIET)
+    left = sorted(p.name for p in (tmp_path / "ds").iterdir())
+    assert ("plan.json" in left and "unit-00000.json" in left) if kept else left == []
+    monkeypatch.setattr(prepare_module, "_manifest", manifest)
+    logs = []
+    prepare(options, tmp_path / "ds", log=logs.append, progress=False)
+    assert any("resuming" in line for line in logs) == kept

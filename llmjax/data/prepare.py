@@ -291,9 +291,9 @@ def _check_output(out: Path, identity: dict) -> dict | None:
 
 def prepare(options: PrepareOptions, out: Path, log=print, progress: bool = True) -> Path:
     """Prepares (or finishes preparing) the dataset `options` describe in `out`. A preparation
-    this call starts and bad input stops (a damaged file, no text) leaves `out` as it found it:
-    after the input is fixed, the same command starts afresh instead of finding `out` holding
-    another dataset."""
+    this call starts and bad input stops (a damaged file, no text, a split left empty) leaves
+    `out` as it found it: after the input is fixed, the same command starts afresh instead of
+    finding `out` holding another dataset."""
     out = Path(out)
     check_vocab_size(options)
     _check_out_path(out, options)
@@ -313,12 +313,19 @@ def prepare(options: PrepareOptions, out: Path, log=print, progress: bool = True
     try:
         _write_json(out / PLAN, plan)
         return _prepare(options, out, files, plan, workers, log, progress)
-    except DataError:
-        for written in out.iterdir() if existed else [out]:
-            if written.is_dir():
-                shutil.rmtree(written)
-            else:
-                written.unlink()
+    except Exception as error:
+        # Bad input, or a bug it runs into (an unforeseen type of Parquet column), fails the
+        # same way on every rerun: what this call wrote would only stop the corrected command
+        # ("--out already holds a different dataset"), so it goes. A failure of the machine (a
+        # full disk, an I/O error, memory) is not the input's: it keeps the finished units, as an
+        # interruption does (Ctrl-C, SIGTERM, a kill: not an Exception, never caught here), so
+        # that the same command resumes once the cause is gone. `out` was empty or absent.
+        if not isinstance(error, (OSError, MemoryError)):
+            for written in out.iterdir() if existed else [out]:
+                if written.is_dir():
+                    shutil.rmtree(written)
+                else:
+                    written.unlink()
         raise
 
 

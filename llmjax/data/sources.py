@@ -342,6 +342,9 @@ def _parquet_documents(file: InputFile, text_field: str, stats: ReadStats):
             if text_field not in parquet.schema_arrow.names:
                 raise SourceError(f"{file.path}: no column {text_field!r} (has "
                                   f"{parquet.schema_arrow.names}); {_TEXT_FIELD_FIX}")
+            kind = parquet.schema_arrow.field(text_field).type
+            if not _is_text(pa, kind.value_type if pa.types.is_dictionary(kind) else kind):
+                raise SourceError(f"{file.path}: column {text_field!r} is {kind}, not a string; {_TEXT_FIELD_FIX}")
             row = 0
             for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
                 for value in batch.column(0).to_pylist():
@@ -353,3 +356,10 @@ def _parquet_documents(file: InputFile, text_field: str, stats: ReadStats):
                     yield f"{file.relpath}:{row}", _decode(value.encode("utf-8", "surrogatepass"), stats)
         except pa.ArrowException as error:
             raise _unreadable(file, error) from None
+
+
+def _is_text(pa, kind) -> bool:
+    """Whether a Parquet column of this Arrow type reads as Python strings (or only nulls, which
+    are empty documents). String views exist from pyarrow 16 on."""
+    views = getattr(pa.types, "is_string_view", lambda _: False)
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or views(kind) or pa.types.is_null(kind)
