@@ -680,3 +680,26 @@ def test_a_failed_preparation_leaves_out_as_found_unless_a_rerun_can_resume_it(t
     logs = []
     prepare(options, tmp_path / "ds", log=logs.append, progress=False)
     assert any("resuming" in line for line in logs) == kept
+
+
+def test_a_file_name_that_is_not_utf8_is_prepared_and_hashed_by_its_bytes(tmp_path):
+    """caf\\xe9.txt in Latin-1 (Python's name for it holds a surrogate escape) is read, split by
+    the hash of its name's own bytes and recorded in the plan and manifest, which read back to
+    it; a UTF-8 name hashes as it always did, so no document moves across the split."""
+    (tmp_path / "src").mkdir()
+    latin1 = os.fsdecode(b"caf\xe9.txt")
+    (tmp_path / "src" / latin1).write_text("latin1 named file " * 40)
+    (tmp_path / "src" / "ok.txt").write_text("normal file " * 40)
+    options, logs = PrepareOptions(inputs=(str(tmp_path / "src"),), vocab_size=300, workers=1), []
+    out = prepare(options, tmp_path / "ds", **QUIET)
+    prepare(options, out, log=logs.append, progress=False)  # The plan's identity reads back equal.
+    assert logs == [f"prepare: {out} already holds this dataset; nothing to do."]
+    bucket = lambda name: int(hashlib.sha1(name).hexdigest(), 16) % 10_000  # noqa: E731
+    assert sources.bucket(latin1) == bucket(b"caf\xe9.txt") and sources.bucket("café.txt") == bucket("café.txt".encode())
+    for name in ("plan.json", "manifest.json"):
+        assert (out / name).read_bytes().isascii()
+    assert json.loads((out / "manifest.json").read_text())["sources"] == [latin1, "ok.txt"]
+    config = default_config().data
+    config.update(source=str(tmp_path / "src"), glob="*")
+    [(dataset, _)] = resolve(config, 300, tmp_path / "cache", lambda *_: None)  # llmjax-train's preparation.
+    assert dataset.tokens["train"] and dataset.tokens["val"]
