@@ -611,6 +611,9 @@ def test_a_corpus_of_one_text_file_holds_out_its_tail(tmp_path, monkeypatch):
     config.update(source=str(tmp_path / "src"), glob="*", val_percent=2)
     [(dataset, _)] = resolve(config, 300, tmp_path / "cache", lambda *_: None)
     assert dataset.tokens["val"] > 0 and dataset.manifest["splits"]["val"]["documents"] == 1
+    (tmp_path / "line.txt").write_text("one line, no boundary to cut its tail at " * 20)
+    with pytest.raises(DataError, match=r"no training documents .*; break .*line.txt into lines .*, or add documents"):
+        prepare(PrepareOptions(inputs=(str(tmp_path / "line.txt"),), vocab_size=300, workers=1), tmp_path / "l", **QUIET)
 
 
 def test_a_dataset_left_without_a_split_is_refused_naming_a_val_percent_that_gives_both(tmp_path):

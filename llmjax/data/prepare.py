@@ -192,8 +192,9 @@ def _check_splits(options: PrepareOptions, files: list[sources.InputFile], plan:
                      _read_pieces(_plan_pieces(files, plan), options.text_field, sources.ReadStats())
                      if not _by_position(file, part))
     fix = _val_percent_fix(empty, buckets[0], buckets[-1]) if len(buckets) > 1 and buckets[0] < buckets[-1] else ""
-    if len(files) == 1 and files[0].kind == "text" and files[0].compression:
-        fix += f"decompress {files[0].path} (a corpus of one uncompressed text file holds out its tail), or "
+    if len(files) == 1 and files[0].kind == "text":  # One document, of which no tail could be held out.
+        fix += (f"decompress {files[0].path} (a corpus of one uncompressed text file holds out its tail), or "
+                if files[0].compression else f"break {files[0].path} into lines (its held-out tail starts at one), or ")
     raise PrepareError(f"the dataset would have no {'training' if empty == 'train' else 'validation'} documents "
                        f"({counts['train']:,} train, {counts['val']:,} validation with --val_percent "
                        f"{options.val_percent:g}); {fix}add documents.")
