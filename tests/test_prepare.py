@@ -706,3 +706,25 @@ def test_a_file_name_that_is_not_utf8_is_prepared_and_hashed_by_its_bytes(tmp_pa
     config.update(source=str(tmp_path / "src"), glob="*")
     [(dataset, _)] = resolve(config, 300, tmp_path / "cache", lambda *_: None)  # llmjax-train's preparation.
     assert dataset.tokens["train"] and dataset.tokens["val"]
+
+
+def test_an_out_where_an_input_glob_matches_files_is_refused(tmp_path, monkeypatch):
+    """As an --out inside an input directory is: with --input 'g/**/*' --out g/prep, a rerun to
+    finish an interrupted preparation would read the dataset's own files. An --out the glob
+    cannot reach (another suffix, a hidden directory) is taken, and the check agrees with glob."""
+    import glob  # noqa: PLC0415
+    monkeypatch.chdir(tmp_path)
+    _raw_text(tmp_path / "g")
+    (tmp_path / "g" / "sub").mkdir()
+    (tmp_path / "g" / "sub" / "x.txt").write_text("in a subdirectory")
+    options = dict(vocab_size=300, val_percent=20, workers=1)
+    for pattern in ("g/**/*", "g/*/*", "g/**/*.json", f"{tmp_path}/g/p*/*"):
+        with pytest.raises(DataError, match=f"--out g/prep is inside what the input pattern '{re.escape(pattern)}' matches"):
+            prepare(PrepareOptions(inputs=(pattern,), **options), Path("g/prep"), **QUIET)
+        assert not (tmp_path / "g" / "prep").exists()
+    for pattern, out in (("g/**/*", "g/.prep"), ("g/*.txt", "g/prep1"), ("g/**/*.txt", "g/prep2"), ("g/*", "g/prep3")):
+        prepare(PrepareOptions(inputs=(pattern,), **options), Path(out), **QUIET)
+        for name in os.listdir(out):  # Nothing there that the glob finds, as the check said.
+            assert not sources.glob_matches(pattern, Path(out) / name)
+            assert str(Path(out) / name) not in glob.glob(pattern, recursive=True)
+        assert sources.glob_matches(pattern, Path("g/0.txt")) == ("g/0.txt" in glob.glob(pattern, recursive=True))

@@ -30,7 +30,7 @@ from llmjax.data.errors import DataError
 from llmjax.data.jsonfile import read_json_object
 from llmjax.data import sources
 from llmjax.data.shards import ShardWriter, file_checksum, index_path, temporary_path, token_dtype
-from llmjax.data.tokenizer import HF_FILE, SPECIAL_TOKENS, TextTokenizer, train_tokenizer
+from llmjax.data.tokenizer import HF_FILE, IDS_FILE, SENTENCEPIECE_FILE, SPECIAL_TOKENS, TextTokenizer, train_tokenizer
 
 FORMAT_VERSION = 2
 MANIFEST, PLAN = "manifest.json", "plan.json"
@@ -262,15 +262,24 @@ def _write_json(path: Path, value) -> None:
 
 
 def _check_out_path(out: Path, options: PrepareOptions) -> None:
-    """Refuses an --out that is a file, or inside an input directory: a rerun, which finishes an
-    interrupted preparation, would read the dataset's own files as input."""
+    """Refuses an --out that is a file, or inside an input directory, or where an input glob
+    would match its files: a rerun, which finishes an interrupted preparation, would read the
+    dataset's own files as input."""
     if out.exists() and not out.is_dir():
         raise PrepareError(f"--out {out} is a file; give a new or empty directory.")
+    shard = _unit_name("train", 0)  # One name of each kind of file a dataset directory holds.
+    names = (PLAN, MANIFEST, HF_FILE, SENTENCEPIECE_FILE, IDS_FILE, "unit-00000.json", shard,
+             index_path(Path(shard)).name, temporary_path(Path(PLAN)).name)
     for spec in options.inputs:
         given = Path(spec).expanduser()
         if given.is_dir() and out.resolve().is_relative_to(given.resolve()):
             raise PrepareError(f"--out {out} is inside the input directory {spec}, whose files would "
                                f"then include the dataset's own; choose an --out outside it.")
+        matched = next((name for name in names if not given.exists() and sources.glob_matches(spec, out / name)), None)
+        if matched:
+            raise PrepareError(f"--out {out} is inside what the input pattern {spec!r} matches (it would match "
+                               f"{out / matched}), whose files would then include the dataset's own; choose an "
+                               f"--out outside it, or a pattern that does not reach it.")
 
 
 def _check_output(out: Path, identity: dict) -> dict | None:

@@ -10,6 +10,7 @@ and a held-out tail instead, each named by its first line: see `tail_parts`.)
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import glob as globlib
 import gzip
 import hashlib
@@ -119,6 +120,28 @@ def _glob_base(pattern: str) -> Path:
     parts = Path(pattern).expanduser().parts
     base = list(itertools.takewhile(lambda part: not globlib.has_magic(part), parts))
     return Path(*base) if base else Path(".")
+
+
+def glob_matches(pattern: str, path: Path) -> bool:
+    """Whether the input glob `pattern` would match the file `path` (existing or not), as
+    `find_inputs` globs: `**` spans any directories but hidden ones, and no wildcard matches a
+    name's leading dot. Lets llmjax-prepare refuse an --out whose files a rerun would read."""
+    base = _glob_base(pattern)
+    try:
+        parts = Path(path).resolve().relative_to(base.resolve()).parts
+    except ValueError:
+        return False
+    return _match_parts(Path(pattern).expanduser().parts[len(base.parts):], parts)
+
+
+def _match_parts(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_match_parts(pattern[1:], parts[i:]) for i in range(len(parts) + 1)
+                   if not any(part.startswith(".") for part in parts[:i]))
+    return (bool(parts) and (pattern[0].startswith(".") or not parts[0].startswith("."))
+            and fnmatch.fnmatchcase(parts[0], pattern[0]) and _match_parts(pattern[1:], parts[1:]))
 
 
 def id_bytes(doc_id: str) -> bytes:
