@@ -728,3 +728,21 @@ def test_an_out_where_an_input_glob_matches_files_is_refused(tmp_path, monkeypat
             assert not sources.glob_matches(pattern, Path(out) / name)
             assert str(Path(out) / name) not in glob.glob(pattern, recursive=True)
         assert sources.glob_matches(pattern, Path("g/0.txt")) == ("g/0.txt" in glob.glob(pattern, recursive=True))
+
+
+def test_a_jsonl_file_starting_with_a_utf8_bom_is_read(tmp_path):
+    """The BOM an editor wrote is skipped at the start of a JSONL file (gzip'd too) and nowhere
+    else; a text file is read as it is, BOM and all."""
+    lines = b'{"text": "first"}\n{"text": "second"}\n'
+    (tmp_path / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + lines)
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b"\xef\xbb\xbf" + lines))
+    for name in ("a.jsonl", "b.jsonl.gz"):
+        file = sources.find_inputs([str(tmp_path / name)])[0]
+        assert list(sources.read_documents(file, "text", sources.ReadStats())) == [
+            (f"{name}:1", "first"), (f"{name}:2", "second")]
+    (tmp_path / "c.txt").write_bytes(b"\xef\xbb\xbfplain")
+    file = sources.find_inputs([str(tmp_path / "c.txt")])[0]
+    assert list(sources.read_documents(file, "text", sources.ReadStats())) == [("c.txt", "\ufeffplain")]
+    (tmp_path / "d.jsonl").write_bytes(lines + b"\xef\xbb\xbf" + lines)  # Not at the start: still an error.
+    with pytest.raises(DataError, match=r"d.jsonl:3: not valid JSON"):
+        list(sources.read_documents(sources.find_inputs([str(tmp_path / "d.jsonl")])[0], "text", sources.ReadStats()))

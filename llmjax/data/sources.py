@@ -330,6 +330,8 @@ def _documents(file: InputFile, text_field: str, stats: ReadStats, part: tuple[i
             handle.seek(start)
             lines = _lines_until(handle, end)
         for number, line in enumerate(lines, first):
+            if number == 1:  # Editors on Windows start UTF-8 files with a BOM; json refuses it.
+                line = line.removeprefix(b"\xef\xbb\xbf")
             if not line.strip():
                 continue
             try:
