@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import shutil
@@ -28,7 +27,7 @@ import numpy as np
 
 from llmjax.data.errors import DataError
 from llmjax.data.jsonfile import read_json_object
-from llmjax.data import sources
+from llmjax.data import sources, split_check
 from llmjax.data.shards import ShardWriter, file_checksum, index_path, temporary_path, token_dtype
 from llmjax.data.tokenizer import HF_FILE, IDS_FILE, SENTENCEPIECE_FILE, SPECIAL_TOKENS, TextTokenizer, train_tokenizer
 
@@ -72,8 +71,8 @@ class PrepareOptions:
         identity = {"format_version": FORMAT_VERSION, "text_field": self.text_field,
                     "val_percent": self.val_percent, "tokenizer": tokenizer,
                     "files": [[f.relpath, f.size, f.path.stat().st_mtime_ns] for f in files]}
-        if _single_document(files, self.val_percent):  # Absent otherwise, as above. Split by
-            identity["held_out"] = "tail"  # position: not a cached dataset made before, without validation.
+        if _single_document(files, self.val_percent):  # Absent otherwise, as above: split by position,
+            identity["held_out"] = "tail"  # it is not the dataset cached before, which had no validation.
         return identity
 
 
@@ -145,7 +144,7 @@ def _forced_validation(files: list[sources.InputFile], units: list[list], val_pe
     those two parts are placed by position alone, never by hash (`_held_out`). With one document
     per file and none hashed into validation, the file that hashes lowest is held out. A corpus
     left without validation documents all the same (JSONL or Parquet rows, all hashed to train)
-    is refused when prepared, naming the --val_percent that holds one out (`_check_splits`)."""
+    is refused when prepared, naming the --val_percent that holds one out (`split_check`)."""
     if _single_document(files, val_percent):
         return [f"{files[0].relpath}:{units[-1][-1][3]}"]  # The tail: the last part of the last unit.
     texts = [f.relpath for f in files if f.kind == "text"]
@@ -178,39 +177,10 @@ def _plan_pieces(files: list[sources.InputFile], plan: dict) -> list:
 
 
 def _check_splits(options: PrepareOptions, files: list[sources.InputFile], plan: dict, records: list[dict]) -> None:
-    """Refuses a dataset without training documents, or without validation ones while
-    val_percent asks for some (a few JSONL lines, all hashed to train): training would stop at
-    its first evaluation, and no --val_percent can mend it there. The fix names the value that
-    puts documents on both sides, found from the documents' hashes, read again only here."""
     counts = {split: sum(r["shards"][split]["documents"] for r in records) for split in SPLITS}
-    empty = "train" if not counts["train"] else "val" if not counts["val"] and options.val_percent > 0 else ""
-    if not empty:
-        return
-    if not counts["train"] and not counts["val"]:
-        raise PrepareError(f"no text in {list(options.inputs)}: every document is empty; check the inputs.")
-    buckets = sorted(sources.bucket(doc_id) for file, part, doc_id, _ in
-                     _read_pieces(_plan_pieces(files, plan), options.text_field, sources.ReadStats())
-                     if not _by_position(file, part))
-    fix = _val_percent_fix(empty, buckets[0], buckets[-1]) if len(buckets) > 1 and buckets[0] < buckets[-1] else ""
-    if len(files) == 1 and files[0].kind == "text":  # One document, of which no tail could be held out.
-        fix += (f"decompress {files[0].path} (a corpus of one uncompressed text file holds out its tail), or "
-                if files[0].compression else f"break {files[0].path} into lines (its held-out tail starts at one), or ")
-    raise PrepareError(f"the dataset would have no {'training' if empty == 'train' else 'validation'} documents "
-                       f"({counts['train']:,} train, {counts['val']:,} validation with --val_percent "
-                       f"{options.val_percent:g}); {fix}add documents.")
-
-
-def _val_percent_fix(empty: str, lowest: int, highest: int) -> str:
-    """How to move the document of the lowest hash bucket into validation, or that of the
-    highest into training, keeping the other where it is (a document is held out when its bucket
-    is below val_percent * 100); with the whole number data.val_percent takes where one does."""
-    if empty == "val":
-        given, whole = (lowest + 1) / 100, math.ceil((lowest + 1) / 100)
-        fits, fix = whole * 100 <= highest, f"raise --val_percent to at least {given:g}"
-    else:
-        given, whole = (highest - 0.5) / 100, highest // 100
-        fits, fix = lowest < whole * 100, f"lower --val_percent to at most {given:g}"
-    return fix + (f" (data.val_percent={whole} for llmjax-train), or " if fits else ", or ")
+    split_check.check(counts, options, files, lambda: [  # Read again only when a split is empty.
+        sources.bucket(doc_id) for file, part, doc_id, _ in
+        _read_pieces(_plan_pieces(files, plan), options.text_field, sources.ReadStats()) if not _by_position(file, part)])
 
 
 def _unit_name(split: str, unit: int) -> str:
@@ -275,7 +245,7 @@ def _check_out_path(out: Path, options: PrepareOptions) -> None:
         if given.is_dir() and out.resolve().is_relative_to(given.resolve()):
             raise PrepareError(f"--out {out} is inside the input directory {spec}, whose files would "
                                f"then include the dataset's own; choose an --out outside it.")
-        matched = next((name for name in names if not given.exists() and sources.glob_matches(spec, out / name)), None)
+        matched = None if given.exists() else next((n for n in names if sources.glob_matches(spec, out / n)), None)
         if matched:
             raise PrepareError(f"--out {out} is inside what the input pattern {spec!r} matches (it would match "
                                f"{out / matched}), whose files would then include the dataset's own; choose an "
