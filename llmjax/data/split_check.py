@@ -22,7 +22,8 @@ def check(counts: dict[str, int], options, files: list, buckets: Callable[[], li
     if not empty:
         return
     if not counts["train"] and not counts["val"]:
-        raise SplitError(f"no text in {list(options.inputs)}: every document is empty; check the inputs.")
+        raise SplitError(f"no text in {list(options.inputs)}: every document is empty or blank (they are "
+                         f"skipped); give inputs that hold text.")
     found = sorted(buckets())
     fix = _val_percent_fix(empty, found[0], found[-1]) if len(found) > 1 and found[0] < found[-1] else ""
     if len(files) == 1 and files[0].kind == "text":  # One document, of which no tail could be held out.
