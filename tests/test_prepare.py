@@ -585,3 +585,164 @@ def test_tokenizer_training_sees_no_run_longer_than_its_limit():
     assert max(len(run) for piece in pieces for run in re.findall(r"\S+|\s+", piece)) <= 16_384
     corpus = [" ".join(_documents(5, seed=9))]
     assert list(bounded_runs(corpus)) == corpus
+
+
+def test_a_corpus_of_one_text_file_holds_out_its_tail(tmp_path, monkeypatch):
+    """tiny-shakespeare's input.txt: one document, which no hash can put on both sides, holds out
+    its last val_percent of bytes from a line boundary on; the tokenizer is not trained on it.
+    llmjax-train's own preparation of a directory holding it gets validation tokens too."""
+    (tmp_path / "src").mkdir()
+    lines = [f"{d.replace(chr(10), ' ')}\n" for d in _documents(200, seed=11)]
+    data = "".join(lines).encode()
+    (tmp_path / "src" / "input.txt").write_bytes(data)
+    import llmjax.data.prepare as prepare_module  # noqa: PLC0415
+    seen, train = [], prepare_module.train_tokenizer
+    monkeypatch.setattr(prepare_module, "train_tokenizer", lambda texts, *a: train(seen.extend(texts) or seen, *a))
+    out = prepare(PrepareOptions(inputs=(str(tmp_path / "src" / "input.txt"),), vocab_size=300, val_percent=10,
+                                 workers=1), tmp_path / "ds", **QUIET)
+    splits = json.loads((out / "manifest.json").read_text())["splits"]
+    assert (splits["train"]["documents"], splits["val"]["documents"]) == (1, 1)
+    head, tail = data[:splits["train"]["bytes"]], data[splits["train"]["bytes"]:]
+    assert head.endswith(b"\n") and len(tail) == splits["val"]["bytes"]  # Cut at a line boundary,
+    assert len(data) * 0.1 <= len(tail) < len(data) * 0.1 + max(map(len, lines))  # from the byte 10% from the end.
+    assert open_dataset(out).tokenizer.decode(_stream(out, "val")[:-1].tolist()) == tail.decode()
+    assert [text.encode() for text in seen] == [head]
+    config = default_config().data
+    config.update(source=str(tmp_path / "src"), glob="*", val_percent=2)
+    [(dataset, _)] = resolve(config, 300, tmp_path / "cache", lambda *_: None)
+    assert dataset.tokens["val"] > 0 and dataset.manifest["splits"]["val"]["documents"] == 1
+    (tmp_path / "line.txt").write_text("one line, no boundary to cut its tail at " * 20)
+    with pytest.raises(DataError, match=r"no training documents .*; break .*line.txt into lines .*, or add documents"):
+        prepare(PrepareOptions(inputs=(str(tmp_path / "line.txt"),), vocab_size=300, workers=1), tmp_path / "l", **QUIET)
+
+
+def test_a_dataset_left_without_a_split_is_refused_naming_a_val_percent_that_gives_both(tmp_path):
+    """Two JSONL lines, both hashed to train at 2%: refused before --out is left holding a dataset
+    that training cannot evaluate on, and the value the error names works; the same for none left
+    to train on, and for llmjax-train's own preparation, whose data.val_percent is a whole number."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.jsonl").write_text('{"text": "a"}\n{"text": "b"}')
+    options = dict(inputs=(str(tmp_path / "src" / "a.jsonl"),), vocab_size=300, workers=1)
+    for val_percent, word, split in ((2, "raise", "validation"), (95, "lower", "training")):
+        with pytest.raises(DataError, match=fr"no {split} documents \(.*--val_percent {val_percent}\); {word} "
+                                            r"--val_percent to at \w+ [\d.]+ \(data.val_percent=\d+") as error:
+            prepare(PrepareOptions(**options, val_percent=val_percent), tmp_path / "ds", **QUIET)
+        assert not (tmp_path / "ds").exists()
+        given, whole = re.search(r"([\d.]+) \(data.val_percent=(\d+)", str(error.value)).groups()
+        out = prepare(PrepareOptions(**options, val_percent=float(given)), tmp_path / f"ds{given}", **QUIET)
+        assert all(v["documents"] == 1 for v in json.loads((out / "manifest.json").read_text())["splits"].values())
+        config = default_config().data
+        config.update(source=str(tmp_path / "src"), glob="*", val_percent=val_percent)
+        cached = lambda: {p for p in (tmp_path / "cache").glob("*") if p.is_dir()}  # noqa: E731
+        before = cached()
+        with pytest.raises(DataError, match=f"data.val_percent={whole} for llmjax-train"):
+            resolve(config, 300, tmp_path / "cache", lambda *_: None)
+        assert cached() == before  # Nothing half-made left in the cache.
+        config.val_percent = int(whole)
+        [(dataset, _)] = resolve(config, 300, tmp_path / "cache", lambda *_: None)
+        assert dataset.tokens["train"] and dataset.tokens["val"]
+
+
+def test_a_parquet_text_column_that_is_not_strings_is_refused_naming_it(tmp_path):
+    """As JSONL names a field that is not a string: one error naming file, column and type, and
+    --out left as it was, so the corrected command is not refused as another dataset."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+    path = tmp_path / "two.parquet"
+    for column, kind in (([1, 2, 3], "int64"), ([b"a", b"b", b"c"], "binary")):
+        pq.write_table(pa.table({"text": column, "body": ["a doc", "b doc", "c doc"]}), path)
+        options = dict(inputs=(str(path),), vocab_size=300, val_percent=50, workers=1)
+        with pytest.raises(DataError, match=f"^{re.escape(str(path))}: column 'text' is {kind}, not a string; "
+                                            f".*--text_field"):
+            prepare(PrepareOptions(**options), tmp_path / "ds", **QUIET)
+        assert not (tmp_path / "ds").exists()
+    assert open_dataset(prepare(PrepareOptions(**options, text_field="body"), tmp_path / "ds", **QUIET)).tokens["val"]
+
+
+@pytest.mark.parametrize("error, kept", [(RuntimeError("a bug bad input ran into"), False),
+                                         (OSError(28, "No space left on device"), True),
+                                         (KeyboardInterrupt(), True)])
+def test_a_failed_preparation_leaves_out_as_found_unless_a_rerun_can_resume_it(tmp_path, monkeypatch, error, kept):
+    """Whatever fails a preparation this call started because of its input leaves --out as it
+    was (absent, or the empty directory given); a full disk or an interruption keeps the
+    finished units, and the same command then finishes."""
+    import llmjax.data.prepare as prepare_module  # noqa: PLC0415
+    _raw_text(tmp_path / "src")
+    (tmp_path / "ds").mkdir()
+    options = PrepareOptions(inputs=(str(tmp_path / "src"),), vocab_size=300, val_percent=20, workers=1)
+    manifest = prepare_module._manifest
+
+    def fail(*args):
+        raise error
+    monkeypatch.setattr(prepare_module, "_manifest", fail)  # Every unit is done by then.
+    with pytest.raises(type(error)):
+        prepare(options, tmp_path / "ds", **QUIET)
+    left = sorted(p.name for p in (tmp_path / "ds").iterdir())
+    assert ("plan.json" in left and "unit-00000.json" in left) if kept else left == []
+    monkeypatch.setattr(prepare_module, "_manifest", manifest)
+    logs = []
+    prepare(options, tmp_path / "ds", log=logs.append, progress=False)
+    assert any("resuming" in line for line in logs) == kept
+
+
+def test_a_file_name_that_is_not_utf8_is_prepared_and_hashed_by_its_bytes(tmp_path):
+    """caf\\xe9.txt in Latin-1 (Python's name for it holds a surrogate escape) is read, split by
+    the hash of its name's own bytes and recorded in the plan and manifest, which read back to
+    it; a UTF-8 name hashes as it always did, so no document moves across the split."""
+    (tmp_path / "src").mkdir()
+    latin1 = os.fsdecode(b"caf\xe9.txt")
+    (tmp_path / "src" / latin1).write_text("latin1 named file " * 40)
+    (tmp_path / "src" / "ok.txt").write_text("normal file " * 40)
+    options, logs = PrepareOptions(inputs=(str(tmp_path / "src"),), vocab_size=300, workers=1), []
+    out = prepare(options, tmp_path / "ds", **QUIET)
+    prepare(options, out, log=logs.append, progress=False)  # The plan's identity reads back equal.
+    assert logs == [f"prepare: {out} already holds this dataset; nothing to do."]
+    bucket = lambda name: int(hashlib.sha1(name).hexdigest(), 16) % 10_000  # noqa: E731
+    assert sources.bucket(latin1) == bucket(b"caf\xe9.txt") and sources.bucket("café.txt") == bucket("café.txt".encode())
+    for name in ("plan.json", "manifest.json"):
+        assert (out / name).read_bytes().isascii()
+    assert json.loads((out / "manifest.json").read_text())["sources"] == [latin1, "ok.txt"]
+    config = default_config().data
+    config.update(source=str(tmp_path / "src"), glob="*")
+    [(dataset, _)] = resolve(config, 300, tmp_path / "cache", lambda *_: None)  # llmjax-train's preparation.
+    assert dataset.tokens["train"] and dataset.tokens["val"]
+
+
+def test_an_out_where_an_input_glob_matches_files_is_refused(tmp_path, monkeypatch):
+    """As an --out inside an input directory is: with --input 'g/**/*' --out g/prep, a rerun to
+    finish an interrupted preparation would read the dataset's own files. An --out the glob
+    cannot reach (another suffix, a hidden directory) is taken, and the check agrees with glob."""
+    import glob  # noqa: PLC0415
+    monkeypatch.chdir(tmp_path)
+    _raw_text(tmp_path / "g")
+    (tmp_path / "g" / "sub").mkdir()
+    (tmp_path / "g" / "sub" / "x.txt").write_text("in a subdirectory")
+    options = dict(vocab_size=300, val_percent=20, workers=1)
+    for pattern in ("g/**/*", "g/*/*", "g/**/*.json", f"{tmp_path}/g/p*/*"):
+        with pytest.raises(DataError, match=f"--out g/prep is inside what the input pattern '{re.escape(pattern)}' matches"):
+            prepare(PrepareOptions(inputs=(pattern,), **options), Path("g/prep"), **QUIET)
+        assert not (tmp_path / "g" / "prep").exists()
+    for pattern, out in (("g/**/*", "g/.prep"), ("g/*.txt", "g/prep1"), ("g/**/*.txt", "g/prep2"), ("g/*", "g/prep3")):
+        prepare(PrepareOptions(inputs=(pattern,), **options), Path(out), **QUIET)
+        for name in os.listdir(out):  # Nothing there that the glob finds, as the check said.
+            assert not sources.glob_matches(pattern, Path(out) / name)
+            assert str(Path(out) / name) not in glob.glob(pattern, recursive=True)
+        assert sources.glob_matches(pattern, Path("g/0.txt")) == ("g/0.txt" in glob.glob(pattern, recursive=True))
+
+
+def test_a_jsonl_file_starting_with_a_utf8_bom_is_read(tmp_path):
+    """The BOM an editor wrote is skipped at the start of a JSONL file (gzip'd too) and nowhere
+    else; a text file is read as it is, BOM and all."""
+    lines = b'{"text": "first"}\n{"text": "second"}\n'
+    (tmp_path / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + lines)
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b"\xef\xbb\xbf" + lines))
+    for name in ("a.jsonl", "b.jsonl.gz"):
+        file = sources.find_inputs([str(tmp_path / name)])[0]
+        assert list(sources.read_documents(file, "text", sources.ReadStats())) == [
+            (f"{name}:1", "first"), (f"{name}:2", "second")]
+    (tmp_path / "c.txt").write_bytes(b"\xef\xbb\xbfplain")
+    file = sources.find_inputs([str(tmp_path / "c.txt")])[0]
+    assert list(sources.read_documents(file, "text", sources.ReadStats())) == [("c.txt", "\ufeffplain")]
+    (tmp_path / "d.jsonl").write_bytes(lines + b"\xef\xbb\xbf" + lines)  # Not at the start: still an error.
+    with pytest.raises(DataError, match=r"d.jsonl:3: not valid JSON"):
+        list(sources.read_documents(sources.find_inputs([str(tmp_path / "d.jsonl")])[0], "text", sources.ReadStats()))

@@ -1,8 +1,9 @@
 """Raw text in, a prepared dataset out: a tokenizer, token shards per split, and a manifest.
 
 The inputs are cut into units of whole files (or, for a large uncompressed JSONL file, of
-parts of whole lines); each unit is tokenized by a worker process and written as one train and
-one validation shard, then marked done. The manifest is written last, so a directory without
+parts of whole lines; a corpus that is one text file, into its head and its held-out tail);
+each unit is tokenized by a worker process and written as one train and one validation shard,
+then marked done. The manifest is written last, so a directory without
 one is an unfinished preparation: rerunning the same command skips the finished units and does
 the rest. The token stream of a split is its shards in unit
 order, i.e. the documents in sorted-path order, however the inputs were cut into units. The
@@ -26,9 +27,9 @@ import numpy as np
 
 from llmjax.data.errors import DataError
 from llmjax.data.jsonfile import read_json_object
-from llmjax.data import sources
+from llmjax.data import sources, split_check
 from llmjax.data.shards import ShardWriter, file_checksum, index_path, temporary_path, token_dtype
-from llmjax.data.tokenizer import HF_FILE, SPECIAL_TOKENS, TextTokenizer, train_tokenizer
+from llmjax.data.tokenizer import HF_FILE, IDS_FILE, SENTENCEPIECE_FILE, SPECIAL_TOKENS, TextTokenizer, train_tokenizer
 
 FORMAT_VERSION = 2
 MANIFEST, PLAN = "manifest.json", "plan.json"
@@ -67,9 +68,12 @@ class PrepareOptions:
                      else {"train_vocab_size": self.vocab_size, "sample_mb": self.tokenizer_sample_mb})
         if self.special_tokens and not self.tokenizer:  # Absent when empty: older datasets keep their keys.
             tokenizer["special_tokens"] = list(self.special_tokens)
-        return {"format_version": FORMAT_VERSION, "text_field": self.text_field,
-                "val_percent": self.val_percent, "tokenizer": tokenizer,
-                "files": [[f.relpath, f.size, f.path.stat().st_mtime_ns] for f in files]}
+        identity = {"format_version": FORMAT_VERSION, "text_field": self.text_field,
+                    "val_percent": self.val_percent, "tokenizer": tokenizer,
+                    "files": [[f.relpath, f.size, f.path.stat().st_mtime_ns] for f in files]}
+        if _single_document(files, self.val_percent):  # Absent otherwise, as above: split by position,
+            identity["held_out"] = "tail"  # it is not the dataset cached before, which had no validation.
+        return identity
 
 
 def check_vocab_size(options: PrepareOptions) -> None:
@@ -93,15 +97,18 @@ def dataset_key(options: PrepareOptions) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _units(files: list[sources.InputFile], shard_bytes: float, workers: int) -> list[list]:
+def _units(files: list[sources.InputFile], shard_bytes: float, workers: int, val_percent: float) -> list[list]:
     """Consecutive pieces grouped up to `shard_bytes`, and into enough units to keep every
     worker busy with a few each. A piece is a whole file (its index), or a part of an
     uncompressed JSONL file larger than a unit ([index, start byte, end byte, first line]), so
-    that one large file is still tokenized by every worker."""
+    that one large file is still tokenized by every worker, or the head or tail of a corpus that
+    is one text document (see `_forced_validation`)."""
     target = min(shard_bytes, max(1, sum(f.size for f in files)) / (4 * workers))
-    units, current, size = [], [], 0
+    units, current, size, single = [], [], 0, _single_document(files, val_percent)
     for index, file in enumerate(files):
-        if file.kind == "jsonl" and not file.compression and file.size > target:
+        if single:
+            pieces = [[index, *part] for part in sources.tail_parts(file, val_percent)]
+        elif file.kind == "jsonl" and not file.compression and file.size > target:
             pieces = [[index, *part] for part in sources.line_parts(file, max(1, int(target)))]
         else:
             pieces = [index]
@@ -123,15 +130,57 @@ def _piece(files: list[sources.InputFile], piece) -> tuple[sources.InputFile, tu
     return files[index], (start, end, first_line), end - start
 
 
-def _forced_validation(files: list[sources.InputFile], val_percent: float) -> list[str]:
-    """With one document per file and none hashed into validation, the file that hashes lowest
-    is held out instead, so a small corpus still has a validation split."""
+def _single_document(files: list[sources.InputFile], val_percent: float) -> bool:
+    """Whether the corpus is one uncompressed text file: one document, which no hash of its id
+    can put on both sides of the split, but whose bytes can be cut."""
+    return val_percent > 0 and len(files) == 1 and files[0].kind == "text" and not files[0].compression
+
+
+def _forced_validation(files: list[sources.InputFile], units: list[list], val_percent: float) -> list[str]:
+    """Ids of documents held out whatever their hash, so that a small corpus of plain text still
+    has a validation split. A corpus that is one text document (tiny-shakespeare's input.txt) is
+    cut by `_units` into a head and its tail, the last val_percent of its bytes from a line
+    boundary on (`sources.tail_parts`), and the tail is held out, as the char-level setups do;
+    those two parts are placed by position alone, never by hash (`_held_out`). With one document
+    per file and none hashed into validation, the file that hashes lowest is held out. A corpus
+    left without validation documents all the same (JSONL or Parquet rows, all hashed to train)
+    is refused when prepared, naming the --val_percent that holds one out (`split_check`)."""
+    if _single_document(files, val_percent):
+        return [f"{files[0].relpath}:{units[-1][-1][3]}"]  # The tail: the last part of the last unit.
     texts = [f.relpath for f in files if f.kind == "text"]
     if len(texts) < 2 or len(texts) != len(files) or val_percent <= 0:
         return []
     if any(sources.is_validation(t, val_percent) for t in texts):
         return []
-    return [min(texts, key=lambda t: hashlib.sha1(t.encode()).hexdigest())]
+    return [min(texts, key=lambda t: hashlib.sha1(sources.id_bytes(t)).hexdigest())]
+
+
+def _held_out(file: sources.InputFile, part, doc_id: str, forced_val, val_percent: float) -> bool:
+    """Whether a document is validation: forced, or by the hash of its id, except a part of a
+    text file (a single document's head or tail), which is placed by position alone."""
+    return doc_id in forced_val or (not _by_position(file, part) and sources.is_validation(doc_id, val_percent))
+
+
+def _by_position(file: sources.InputFile, part) -> bool:
+    return part is not None and file.kind == "text"
+
+
+def _read_pieces(pieces, text_field: str, stats: sources.ReadStats):
+    """(file, part, document id, text) of each non-empty document of `pieces` (see `_piece`), in order."""
+    for file, part, _ in pieces:
+        for doc_id, text in sources.read_documents(file, text_field, stats, part):
+            yield file, part, doc_id, text
+
+
+def _plan_pieces(files: list[sources.InputFile], plan: dict) -> list:
+    return [_piece(files, piece) for unit in plan["units"] for piece in unit]
+
+
+def _check_splits(options: PrepareOptions, files: list[sources.InputFile], plan: dict, records: list[dict]) -> None:
+    counts = {split: sum(r["shards"][split]["documents"] for r in records) for split in SPLITS}
+    split_check.check(counts, options, files, lambda: [  # Read again only when a split is empty.
+        sources.bucket(doc_id) for file, part, doc_id, _ in
+        _read_pieces(_plan_pieces(files, plan), options.text_field, sources.ReadStats()) if not _by_position(file, part)])
 
 
 def _unit_name(split: str, unit: int) -> str:
@@ -153,13 +202,12 @@ def _tokenize_unit(args) -> dict:
             writers[split].append(ids)
         batch[split].clear()
 
-    for file, part, _ in pieces:
-        for doc_id, text in sources.read_documents(file, options.text_field, stats, part):
-            split = "val" if doc_id in forced_val or sources.is_validation(doc_id, options.val_percent) else "train"
-            batch[split].append(text)
-            split_bytes[split] += len(text.encode("utf-8"))
-            if len(batch[split]) >= 256:
-                flush(split)
+    for file, part, doc_id, text in _read_pieces(pieces, options.text_field, stats):
+        split = "val" if _held_out(file, part, doc_id, forced_val, options.val_percent) else "train"
+        batch[split].append(text)
+        split_bytes[split] += len(text.encode("utf-8"))
+        if len(batch[split]) >= 256:
+            flush(split)
     for split in SPLITS:
         flush(split)
     record = {"unit": unit, "files": [f.relpath for f, _, _ in pieces], "input_bytes": sum(n for *_, n in pieces),
@@ -184,15 +232,24 @@ def _write_json(path: Path, value) -> None:
 
 
 def _check_out_path(out: Path, options: PrepareOptions) -> None:
-    """Refuses an --out that is a file, or inside an input directory: a rerun, which finishes an
-    interrupted preparation, would read the dataset's own files as input."""
+    """Refuses an --out that is a file, or inside an input directory, or where an input glob
+    would match its files: a rerun, which finishes an interrupted preparation, would read the
+    dataset's own files as input."""
     if out.exists() and not out.is_dir():
         raise PrepareError(f"--out {out} is a file; give a new or empty directory.")
+    shard = _unit_name("train", 0)  # One name of each kind of file a dataset directory holds.
+    names = (PLAN, MANIFEST, HF_FILE, SENTENCEPIECE_FILE, IDS_FILE, "unit-00000.json", shard,
+             index_path(Path(shard)).name, temporary_path(Path(PLAN)).name)
     for spec in options.inputs:
         given = Path(spec).expanduser()
         if given.is_dir() and out.resolve().is_relative_to(given.resolve()):
             raise PrepareError(f"--out {out} is inside the input directory {spec}, whose files would "
                                f"then include the dataset's own; choose an --out outside it.")
+        matched = None if given.exists() else next((n for n in names if sources.glob_matches(spec, out / n)), None)
+        if matched:
+            raise PrepareError(f"--out {out} is inside what the input pattern {spec!r} matches (it would match "
+                               f"{out / matched}), whose files would then include the dataset's own; choose an "
+                               f"--out outside it, or a pattern that does not reach it.")
 
 
 def _check_output(out: Path, identity: dict) -> dict | None:
@@ -214,9 +271,9 @@ def _check_output(out: Path, identity: dict) -> dict | None:
 
 def prepare(options: PrepareOptions, out: Path, log=print, progress: bool = True) -> Path:
     """Prepares (or finishes preparing) the dataset `options` describe in `out`. A preparation
-    this call starts and bad input stops (a damaged file, no text) leaves `out` as it found it:
-    after the input is fixed, the same command starts afresh instead of finding `out` holding
-    another dataset."""
+    this call starts and bad input stops (a damaged file, no text, a split left empty) leaves
+    `out` as it found it: after the input is fixed, the same command starts afresh instead of
+    finding `out` holding another dataset."""
     out = Path(out)
     check_vocab_size(options)
     _check_out_path(out, options)
@@ -231,17 +288,24 @@ def prepare(options: PrepareOptions, out: Path, log=print, progress: bool = True
         return _prepare(options, out, files, plan, workers, log, progress)
     existed = out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    plan = {"identity": identity, "units": _units(files, options.shard_mb * 2**20, workers),
-            "forced_val": _forced_validation(files, options.val_percent)}
+    units = _units(files, options.shard_mb * 2**20, workers, options.val_percent)
+    plan = {"identity": identity, "units": units, "forced_val": _forced_validation(files, units, options.val_percent)}
     try:
         _write_json(out / PLAN, plan)
         return _prepare(options, out, files, plan, workers, log, progress)
-    except DataError:
-        for written in out.iterdir() if existed else [out]:
-            if written.is_dir():
-                shutil.rmtree(written)
-            else:
-                written.unlink()
+    except Exception as error:
+        # Bad input, or a bug it runs into (an unforeseen type of Parquet column), fails the
+        # same way on every rerun: what this call wrote would only stop the corrected command
+        # ("--out already holds a different dataset"), so it goes. A failure of the machine (a
+        # full disk, an I/O error, memory) is not the input's: it keeps the finished units, as an
+        # interruption does (Ctrl-C, SIGTERM, a kill: not an Exception, never caught here), so
+        # that the same command resumes once the cause is gone. `out` was empty or absent.
+        if not isinstance(error, (OSError, MemoryError)):
+            for written in out.iterdir() if existed else [out]:
+                if written.is_dir():
+                    shutil.rmtree(written)
+                else:
+                    written.unlink()
         raise
 
 
@@ -265,7 +329,9 @@ def _prepare(options: PrepareOptions, out: Path, files, plan: dict, workers: int
             meter.update(record)
     finally:  # Its line ended before anything else is printed, an error too.
         meter.close()
-    manifest = _manifest(out, options, tokenizer, [done[u] for u in range(len(plan["units"]))], dtype)
+    records = [done[u] for u in range(len(plan["units"]))]
+    _check_splits(options, files, plan, records)
+    manifest = _manifest(out, options, tokenizer, records, dtype)
     _write_json(out / MANIFEST, manifest)
     seconds = time.perf_counter() - start
     stats = manifest["read_stats"]
@@ -307,16 +373,15 @@ def _train(options, files, plan, out: Path, log) -> None:
     log(f"prepare: training a {options.vocab_size}-token byte-level BPE on up to "
         f"{options.tokenizer_sample_mb:g} MB of training text ...")
 
-    def sample():
-        seen, stats = 0, sources.ReadStats()
-        for file in files:
-            for doc_id, text in sources.read_documents(file, options.text_field, stats):
-                if doc_id in plan["forced_val"] or sources.is_validation(doc_id, options.val_percent):
-                    continue
-                yield text
-                seen += len(text)
-                if seen >= budget:
-                    return
+    def sample():  # The documents the workers put in train, in the same order.
+        seen = 0
+        for file, part, doc_id, text in _read_pieces(_plan_pieces(files, plan), options.text_field, sources.ReadStats()):
+            if _held_out(file, part, doc_id, plan["forced_val"], options.val_percent):
+                continue
+            yield text
+            seen += len(text)
+            if seen >= budget:
+                return
 
     train_tokenizer(sample(), options.vocab_size, out / HF_FILE, options.special_tokens)
     learnt = TextTokenizer(out / HF_FILE).vocab_size
@@ -335,9 +400,6 @@ def _manifest(out, options, tokenizer: TextTokenizer, records: list[dict], dtype
         splits[split] = {"shards": shards, "tokens": sum(s["tokens"] for s in shards),
                          "documents": sum(s["documents"] for s in shards),
                          "bytes": sum(s["bytes"] for s in shards)}
-    if not splits["train"]["tokens"]:
-        raise PrepareError(f"no training text in {list(options.inputs)} (all documents empty or held "
-                           f"out); check the inputs or lower --val_percent (data.val_percent for llmjax-train).")
     counts = sum(token_counts(out / shard["file"], dtype, tokenizer.vocab_size) for shard in splits["train"]["shards"])
     return {"format_version": FORMAT_VERSION, "inputs": list(options.inputs),
             "tokenizer": {"file": tokenizer.path.name, "fingerprint": tokenizer.fingerprint,

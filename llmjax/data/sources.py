@@ -3,12 +3,14 @@
 A plain-text file is one document; a JSONL line or a Parquet row is one document. Each
 document carries a stable id (the file's path relative to its input root, plus the line or
 row number), which decides the train/validation split by hash: adding files never moves a
-document from one side to the other.
+document from one side to the other. (A corpus that is a single text file is cut into a head
+and a held-out tail instead, each named by its first line: see `tail_parts`.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import glob as globlib
 import gzip
 import hashlib
@@ -120,9 +122,43 @@ def _glob_base(pattern: str) -> Path:
     return Path(*base) if base else Path(".")
 
 
+def glob_matches(pattern: str, path: Path) -> bool:
+    """Whether the input glob `pattern` would match the file `path` (existing or not), as
+    `find_inputs` globs: `**` spans any directories but hidden ones, and no wildcard matches a
+    name's leading dot. Lets llmjax-prepare refuse an --out whose files a rerun would read."""
+    base = _glob_base(pattern)
+    try:
+        parts = Path(path).resolve().relative_to(base.resolve()).parts
+    except ValueError:
+        return False
+    return _match_parts(Path(pattern).expanduser().parts[len(base.parts):], parts)
+
+
+def _match_parts(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_match_parts(pattern[1:], parts[i:]) for i in range(len(parts) + 1)
+                   if not any(part.startswith(".") for part in parts[:i]))
+    return (bool(parts) and (pattern[0].startswith(".") or not parts[0].startswith("."))
+            and fnmatch.fnmatchcase(parts[0], pattern[0]) and _match_parts(pattern[1:], parts[1:]))
+
+
+def id_bytes(doc_id: str) -> bytes:
+    """The bytes a document id (or file name) is hashed as: a path's own bytes, as os.fsencode
+    gives them on a UTF-8 file system, so that a name that is not UTF-8 (decoded by Python with
+    surrogate escapes) is hashed too; a UTF-8 name gives the bytes it always did, and stays on its
+    side of the split."""
+    return doc_id.encode("utf-8", "surrogateescape")
+
+
+def bucket(doc_id: str) -> int:
+    """Which of 10,000 buckets a document falls in: those below val_percent * 100 are held out."""
+    return int(hashlib.sha1(id_bytes(doc_id)).hexdigest(), 16) % 10_000
+
+
 def is_validation(doc_id: str, val_percent: float) -> bool:
-    bucket = int(hashlib.sha1(doc_id.encode()).hexdigest(), 16) % 10_000
-    return bucket < val_percent * 100
+    return bucket(doc_id) < val_percent * 100
 
 
 def _open_binary(file: InputFile):
@@ -203,19 +239,47 @@ def line_parts(file: InputFile, target: int) -> list[tuple[int, int, int]]:
                 handle.seek(start + target - 1)
                 handle.readline()
                 end = handle.tell()
-            handle.seek(start)
-            newlines, left = 0, end - start
-            while left and (block := handle.read(min(left, 1 << 24))):
-                newlines, left = newlines + block.count(b"\n"), left - len(block)
             parts.append((start, end, line))
-            start, line = end, line + newlines
+            start, line = end, line + _newlines(handle, start, end)
     return parts
+
+
+def tail_parts(file: InputFile, val_percent: float) -> list[tuple[int, int, int]]:
+    """(start byte, end byte, number of its first line) of an uncompressed text file's head and
+    its tail: the last `val_percent` of its bytes, from the start of the line they begin in (a
+    byte at least, so that a file ending in a newline still has one). One text document hashes
+    wholly to one side, so a corpus that is one text file (tiny-shakespeare's input.txt) holds out
+    its tail instead, as the char-level setups do. The whole file, as one part, when its first
+    line reaches into the tail: there is no line boundary to cut at."""
+    at = min(int(file.size * (1 - val_percent / 100)), file.size - 1)
+    with open(file.path, "rb") as handle:
+        cut = at
+        while cut > 0:  # Back to the newline before byte `at`, a block at a time.
+            step = min(cut, 1 << 20)
+            handle.seek(cut - step)
+            newline = handle.read(step).rfind(b"\n")
+            cut -= step
+            if newline >= 0:
+                cut += newline + 1
+                break
+        if cut <= 0:
+            return [(0, file.size, 1)]
+        return [(0, cut, 1), (cut, file.size, 1 + _newlines(handle, 0, cut))]
+
+
+def _newlines(handle, start: int, end: int) -> int:
+    """How many newlines bytes [start, end) of an open file hold, read a block at a time."""
+    handle.seek(start)
+    newlines, left = 0, end - start
+    while left and (block := handle.read(min(left, 1 << 24))):
+        newlines, left = newlines + block.count(b"\n"), left - len(block)
+    return newlines
 
 
 def read_documents(file: InputFile, text_field: str, stats: ReadStats,
                    part: tuple[int, int, int] | None = None) -> Iterator[tuple[str, str]]:
     """(document id, text) for each non-empty document of `file`, or of one `part` of it (see
-    `line_parts`). Invalid UTF-8 is replaced (U+FFFD) and counted; empty documents are counted
+    `line_parts` and `tail_parts`). Invalid UTF-8 is replaced (U+FFFD) and counted; empty documents are counted
     and skipped. A file that cannot be read (damaged, truncated, not in its suffix's format)
     raises SourceError naming it."""
     try:
@@ -254,7 +318,11 @@ def _documents(file: InputFile, text_field: str, stats: ReadStats, part: tuple[i
         return
     with _open_binary(file) as handle:
         if file.kind == "text":
-            yield file.relpath, _decode(handle.read(), stats)
+            if part is None:
+                yield file.relpath, _decode(handle.read(), stats)
+            else:  # A single document's head or tail (see `tail_parts`).
+                handle.seek(part[0])
+                yield f"{file.relpath}:{part[2]}", _decode(handle.read(part[1] - part[0]), stats)
             return
         lines, first = (io.BufferedReader(handle) if file.compression else handle), 1
         if part is not None:
@@ -262,6 +330,8 @@ def _documents(file: InputFile, text_field: str, stats: ReadStats, part: tuple[i
             handle.seek(start)
             lines = _lines_until(handle, end)
         for number, line in enumerate(lines, first):
+            if number == 1:  # Editors on Windows start UTF-8 files with a BOM; json refuses it.
+                line = line.removeprefix(b"\xef\xbb\xbf")
             if not line.strip():
                 continue
             try:
@@ -297,6 +367,9 @@ def _parquet_documents(file: InputFile, text_field: str, stats: ReadStats):
             if text_field not in parquet.schema_arrow.names:
                 raise SourceError(f"{file.path}: no column {text_field!r} (has "
                                   f"{parquet.schema_arrow.names}); {_TEXT_FIELD_FIX}")
+            kind = parquet.schema_arrow.field(text_field).type
+            if not _is_text(pa, kind.value_type if pa.types.is_dictionary(kind) else kind):
+                raise SourceError(f"{file.path}: column {text_field!r} is {kind}, not a string; {_TEXT_FIELD_FIX}")
             row = 0
             for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
                 for value in batch.column(0).to_pylist():
@@ -308,3 +381,10 @@ def _parquet_documents(file: InputFile, text_field: str, stats: ReadStats):
                     yield f"{file.relpath}:{row}", _decode(value.encode("utf-8", "surrogatepass"), stats)
         except pa.ArrowException as error:
             raise _unreadable(file, error) from None
+
+
+def _is_text(pa, kind) -> bool:
+    """Whether a Parquet column of this Arrow type reads as Python strings (or only nulls, which
+    are empty documents). String views exist from pyarrow 16 on."""
+    views = getattr(pa.types, "is_string_view", lambda _: False)
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or views(kind) or pa.types.is_null(kind)

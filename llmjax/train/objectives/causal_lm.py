@@ -65,7 +65,8 @@ class CausalLM:
             stream = dataset.stream("val")
             if stream.size < 2:
                 raise DataError(f"dataset {dataset.name} ({dataset.directory}) has no validation "
-                                f"tokens; prepare it with a larger --val_percent.")
+                                f"tokens; prepare it again with a --val_percent above 0 (llmjax-prepare "
+                                f"refuses a corpus it would leave without any, naming the value that works).")
             try:
                 host = pipeline.eval_batches(stream, self.window_len(config), dataset.eos_id, batch_size,
                                              max_batches, dataset.pad_id, to_rows, rows)
