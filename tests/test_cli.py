@@ -4,6 +4,10 @@ import json
 import subprocess
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from llmjax.cli.app import config_overrides
 
 from conftest import ROOT, run_train, train_command, train_env, untouched
 
@@ -104,3 +108,19 @@ def test_accelerator_extras_name_extras_the_installed_jax_has():
         (requirement,) = extras[name]
         wanted = re.fullmatch(r"jax\[(\w+)\]>=0\.12", requirement)
         assert wanted and wanted.group(1) in provided, (name, requirement, sorted(provided))
+
+
+def test_config_overrides_are_read_in_every_form_absl_accepts(monkeypatch):
+    """What llmjax-sweep applies to every run: each override the command line gave, in whichever
+    form absl parsed it (`--noconfig.KEY` was not read, so the runs kept KEY's default)."""
+    flag_values = flags.FlagValues()
+    config_flag = config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values)
+    argv = ["llmjax-sweep", "experiments/seeds.py", "--config", str(ROOT / "configs" / "tiny.py"),
+            "--config.train.steps", "7", "--config.train.log_every=3", "-config.seed=5",
+            "--noconfig.model.fp32_logits", "--config.checkpoint.required", "-noconfig.checkpoint.async_save",
+            "--config.data.seq_len=32"]
+    monkeypatch.setattr("sys.argv", argv)  # Where ml_collections reads the overrides from.
+    flag_values(argv)
+    assert config_overrides(argv[1:], config_flag.value, flag_values) == {
+        "train.steps": 7, "train.log_every": 3, "seed": 5, "model.fp32_logits": False,
+        "checkpoint.required": True, "checkpoint.async_save": False, "data.seq_len": 32}

@@ -96,3 +96,18 @@ def test_tpu_command(tmp_path):
     assert "--auto_distributed" in result.stdout
     missing = launch(tmp_path, f"--workdir={tmp_path / 'run'}", "--cluster=tpu", "--dry_run")
     assert missing.returncode == 1 and "needs --tpu_name and --zone" in missing.stderr
+
+
+# Every form absl's parser accepts for a --config override, each setting another key.
+OVERRIDE_FORMS = ("--config.train.steps", "7", "--config.train.log_every=3", "-config.seed=5",
+                  "--noconfig.model.fp32_logits", "--config.checkpoint.required", "-noconfig.checkpoint.async_save")
+
+
+@pytest.mark.parametrize("cluster", ["local", "slurm"])
+def test_every_form_of_config_override_reaches_the_processes(tmp_path, cluster):
+    """The launcher validates the config with all its overrides applied; each process must build
+    that config, so each must get every override as given (`--noconfig.KEY` was dropped)."""
+    result = launch(tmp_path, f"--workdir={tmp_path / 'run'}", f"--cluster={cluster}", "--dry_run", *OVERRIDE_FORMS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    command = [line for line in result.stdout.splitlines() if "llmjax.cli.train" in line][0]
+    assert "-m llmjax.cli.train --config=configs/tiny.py " + " ".join(OVERRIDE_FORMS) + " --workdir=" in command

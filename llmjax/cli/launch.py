@@ -21,7 +21,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from llmjax.cli.app import load_config, run as run_app
+from llmjax.cli.app import config_arguments, load_config, run as run_app
 from llmjax.cpu_runtime import with_fake_devices
 from llmjax.errors import FlagError
 from llmjax.slurm import sbatch_script
@@ -46,21 +46,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def config_args(argv_all: list[str]) -> list[str]:
-    """The --config and --config.* arguments exactly as given, to pass on to each process,
-    with the value of each one given after a space (`--config.train.steps 6`, which absl
-    accepts for any flag but a boolean one)."""
-    out, take_next = [], False
-    for arg in argv_all:
-        if take_next:
-            out.append(arg)
-            take_next = False
-        elif arg == "--config" or arg.startswith("--config."):
-            out.append(arg)
-            name = arg[2:]
-            take_next = "=" not in arg and not (name in flags.FLAGS and flags.FLAGS[name].boolean)
-        elif arg.startswith("--config="):
-            out.append(arg)
-    return out
+    """The --config file and overrides, in every form absl accepts (`config_arguments`), exactly
+    as given: what each process needs to build the config this launcher validated."""
+    return [token for _, tokens in config_arguments(argv_all) for token in tokens]
 
 
 def train_args(workdir: Path, passthrough: list[str]) -> list[str]:
