@@ -6,10 +6,13 @@ import re
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import stray_processes
 from conftest import ROOT, run_train, train_env
 
 
@@ -71,6 +74,32 @@ def test_ctrl_c_reaches_every_process_and_the_job_checkpoints_once(tmp_path):
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from checkpoint step {stopped[0]} (data step {stopped[0]})" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_processes_stop_when_the_launcher_is_killed(tmp_path):
+    """A SIGKILLed launcher passes no signal on: its processes trained on, orphaned, writing the
+    checkpoints of a workdir that a relaunch resumed. Now the kernel sends each of them SIGTERM
+    when the launcher dies: they stop within seconds, checkpointed as on a preemption."""
+    workdir, log = tmp_path / "run", tmp_path / "launch.log"
+    with open(log, "w") as out:
+        job = subprocess.Popen([sys.executable, "-m", "llmjax.cli.launch", "--config=configs/tiny.py",
+                                f"--workdir={workdir}", "--cluster=local", "--num_processes=2",
+                                "--devices_per_process=1", "--config.train.steps=100000",
+                                "--config.train.log_every=1", "--config.checkpoint.every_steps=100000"],
+                               cwd=ROOT, env=train_env(tmp_path / "cache"), stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not re.search(r"^step +3/", log.read_text(), re.M) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    children = [int(pid) for pid in Path(f"/proc/{job.pid}/task/{job.pid}/children").read_text().split()]
+    assert len(children) == 2, log.read_text()[-3000:]
+    job.kill()
+    job.wait()
+    left = stray_processes.survivors(patience=20)
+    assert not left, f"still running after the launcher was killed: {left}"
+    for pid in children:  # Orphans of this test process (conftest's subreaper): reaped here.
+        os.waitpid(pid, 0)
+    assert "SIGTERM: checkpoint written" in log.read_text(), log.read_text()[-3000:]
 
 
 def test_slurm_script(tmp_path):

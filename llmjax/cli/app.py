@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from absl import app, flags, logging
 
-from llmjax import cpu_runtime
+from llmjax import child_processes, cpu_runtime
 from llmjax.errors import EXIT_FLAG_ERROR, FlagError, LlmjaxError
 from llmjax.model import registry
 
@@ -191,6 +191,7 @@ def _reporting_errors(main):
 
 
 def run(main) -> None:
+    child_processes.die_with_parent()  # A training llmjax-launch or llmjax-sweep started.
     # --help lists the main module's flags, which absl finds by the script's path: an entry
     # point's script defines none, the command's module (llmjax.cli.NAME) does.
     for flag in flags.FLAGS.get_key_flags_for_module(main.__module__):

@@ -21,6 +21,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from llmjax import child_processes
 from llmjax.cli.app import config_arguments, load_config, run as run_app
 from llmjax.cpu_runtime import with_fake_devices
 from llmjax.errors import FlagError
@@ -62,15 +63,16 @@ def free_port() -> int:
 
 
 def launch_local(workdir: Path, passthrough: list[str], processes: int, devices: int) -> int:
-    """Starts the processes, passes SIGTERM/SIGINT on to all of them, and returns the first
-    failing exit code (EXIT_PREEMPTED when all stopped cleanly on a signal)."""
+    """Starts the processes, passes SIGTERM/SIGINT on to all of them (and, if this launcher is
+    killed, the kernel sends them SIGTERM: `child_processes`), and returns the first failing
+    exit code (EXIT_PREEMPTED when all stopped cleanly on a signal)."""
     env = dict(os.environ)
     if devices:
         env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=with_fake_devices(env.get("XLA_FLAGS", ""), devices))
     port = free_port()
-    children = [subprocess.Popen([sys.executable, *train_args(workdir, passthrough),
-                                  f"--num_processes={processes}", f"--process_id={i}",
-                                  f"--coordinator_address=localhost:{port}"], env=env)
+    children = [child_processes.start([sys.executable, *train_args(workdir, passthrough),
+                                       f"--num_processes={processes}", f"--process_id={i}",
+                                       f"--coordinator_address=localhost:{port}"], env=env)
                 for i in range(processes)]
 
     def forward(signum, _frame):

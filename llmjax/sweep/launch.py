@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from llmjax import child_processes
 from llmjax.sweep.expand import CONFIG_ARG, Run, SweepError
 from llmjax.errors import EXIT_PREEMPTED
 from llmjax.rundir import RunDir, WorkdirError, identity_changes, shown_changes, write_json
@@ -102,8 +103,8 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
                 changed = shown_changes(changes[run.name], limit=None)
                 log(f"{'resume' if resumed else 'start'}  {run.name}" + (f" (changed: {changed})" if changed else ""))
                 out = open(workdir / "train.log", "a")
-                process = subprocess.Popen(train_command(experiment, workdir, run.overrides),
-                                           stdout=out, stderr=subprocess.STDOUT)
+                process = child_processes.start(train_command(experiment, workdir, run.overrides),
+                                                stdout=out, stderr=subprocess.STDOUT)
                 active[run.name] = (process, workdir, out)
             if stopping and not active:
                 break
