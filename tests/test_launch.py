@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from llmjax import workdir_lock
+from llmjax.rundir import RunDir
 
 import stray_processes
 from conftest import ROOT, run_train, train_env
@@ -100,6 +104,16 @@ def test_processes_stop_when_the_launcher_is_killed(tmp_path):
     for pid in children:  # Orphans of this test process (conftest's subreaper): reaped here.
         os.waitpid(pid, 0)
     assert "SIGTERM: checkpoint written" in log.read_text(), log.read_text()[-3000:]
+
+
+def test_a_local_launch_into_a_workdir_in_training_is_refused_before_any_process_starts(tmp_path):
+    workdir = tmp_path / "run"
+    with workdir_lock.held(RunDir(workdir)):  # This test process stands for the training there.
+        result = launch(tmp_path, f"--workdir={workdir}", "--cluster=local", "--dry_run")
+    assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
+    assert result.stderr.startswith(f"error: --workdir {workdir}: another training is running in it "
+                                    f"(pid {os.getpid()} on {socket.gethostname()}); ")
+    assert not workdir.exists()
 
 
 def test_slurm_script(tmp_path):

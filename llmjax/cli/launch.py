@@ -112,8 +112,9 @@ def tpu_command(workdir: Path, passthrough: list[str]) -> list[str]:
 def _check(config, workdir: Path) -> None:
     """What every process would find wrong, found once, here, before any process starts or a
     job is queued: the flags, the config (with the mesh where the device count is known) and
-    the workdir."""
+    the workdir, and for a local job whether another training holds it now."""
     from llmjax import config as config_lib  # noqa: PLC0415 - only after flags, so --help is instant.
+    from llmjax import workdir_lock  # noqa: PLC0415
     from llmjax.rundir import RunDir  # noqa: PLC0415
 
     for name, flag in (("num_processes", _PROCESSES), ("nodes", _NODES), ("tasks_per_node", _TASKS)):
@@ -129,6 +130,8 @@ def _check(config, workdir: Path) -> None:
     else:
         config_lib.check_fields(config)
     RunDir(workdir).check(config)
+    if _CLUSTER.value == "local":  # A job queued elsewhere may start once the running one ends.
+        workdir_lock.check_free(RunDir(workdir))
 
 
 def main(argv) -> None:
