@@ -1,9 +1,16 @@
 """`llmjax-train` end to end, as a user runs it: real subprocesses, real files."""
 
 import json
+import re
+import socket
 import subprocess
+import time
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from llmjax.cli.app import config_overrides
 
 from conftest import ROOT, run_train, train_command, train_env, untouched
 
@@ -104,3 +111,53 @@ def test_accelerator_extras_name_extras_the_installed_jax_has():
         (requirement,) = extras[name]
         wanted = re.fullmatch(r"jax\[(\w+)\]>=0\.12", requirement)
         assert wanted and wanted.group(1) in provided, (name, requirement, sorted(provided))
+
+
+def test_config_overrides_are_read_in_every_form_absl_accepts(monkeypatch):
+    """What llmjax-sweep applies to every run: each override the command line gave, in whichever
+    form absl parsed it (`--noconfig.KEY` was not read, so the runs kept KEY's default)."""
+    flag_values = flags.FlagValues()
+    config_flag = config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values)
+    argv = ["llmjax-sweep", "experiments/seeds.py", "--config", str(ROOT / "configs" / "tiny.py"),
+            "--config.train.steps", "7", "--config.train.log_every=3", "-config.seed=5",
+            "--noconfig.model.fp32_logits", "--config.checkpoint.required", "-noconfig.checkpoint.async_save",
+            "--config.data.seq_len=32"]
+    monkeypatch.setattr("sys.argv", argv)  # Where ml_collections reads the overrides from.
+    flag_values(argv)
+    assert config_overrides(argv[1:], config_flag.value, flag_values) == {
+        "train.steps": 7, "train.log_every": 3, "seed": 5, "model.fp32_logits": False,
+        "checkpoint.required": True, "checkpoint.async_save": False, "data.seq_len": 32}
+
+
+@pytest.mark.slow
+def test_a_second_training_of_a_busy_workdir_is_refused_at_once(tmp_path):
+    """Two trainings of one workdir interleaved their logs and raced each other's checkpoint
+    deletions; the second is now refused before it writes anything, naming who holds it."""
+    workdir, log = tmp_path / "run", tmp_path / "first.log"
+    with open(log, "w") as out:
+        first = subprocess.Popen(train_command(workdir, "--config.train.steps=1500", "--config.train.log_every=1",
+                                               "--config.checkpoint.every_steps=100"),
+                                 cwd=ROOT, env=train_env(tmp_path / "cache"), stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not re.search(r"^step +5/", log.read_text(), re.M) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    second = run_train(workdir, "--config.train.steps=1500", cache=tmp_path / "cache")
+    assert second.returncode == 2 and second.stdout == "" and second.stderr == (
+        f"error: --workdir {workdir}: another training is running in it (pid {first.pid} on "
+        f"{socket.gethostname()}); wait for it to end or kill {first.pid} on {socket.gethostname()} "
+        f"(it checkpoints on SIGTERM), or train in another --workdir.\n"), second.stderr[-2000:]
+    assert first.poll() is None, "the first training ended before the second was refused; give it more steps"
+    assert first.wait(timeout=600) == 0, log.read_text()[-3000:]
+    steps = [r["step"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+             if r["split"] == "train"]
+    assert steps == list(range(1, 1501))  # One writer: every step once, in order.
+    assert json.loads((workdir / "status.json").read_text())["state"] == "done"
+    assert (workdir / "summary.json").exists() and (workdir / "checkpoints" / "1500").is_dir()
+    assert not (workdir / "train.lock").exists()
+
+
+def test_a_run_that_fails_before_its_first_write_leaves_no_lock_or_workdir(tmp_path):
+    workdir = tmp_path / "new" / "run"
+    result = run_train(workdir, f"--config.data.source={tmp_path / 'missing'}", cache=tmp_path / "cache")
+    assert result.returncode == 2 and result.stderr.startswith("error:"), result.stderr[-2000:]
+    assert not (tmp_path / "new").exists()

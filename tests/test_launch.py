@@ -4,12 +4,19 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from llmjax import workdir_lock
+from llmjax.rundir import RunDir
+
+import stray_processes
 from conftest import ROOT, run_train, train_env
 
 
@@ -73,6 +80,42 @@ def test_ctrl_c_reaches_every_process_and_the_job_checkpoints_once(tmp_path):
     assert f"resuming from checkpoint step {stopped[0]} (data step {stopped[0]})" in resumed.stdout
 
 
+@pytest.mark.slow
+def test_processes_stop_when_the_launcher_is_killed(tmp_path):
+    """A SIGKILLed launcher passes no signal on: its processes trained on, orphaned, writing the
+    checkpoints of a workdir that a relaunch resumed. Now the kernel sends each of them SIGTERM
+    when the launcher dies: they stop within seconds, checkpointed as on a preemption."""
+    workdir, log = tmp_path / "run", tmp_path / "launch.log"
+    with open(log, "w") as out:
+        job = subprocess.Popen([sys.executable, "-m", "llmjax.cli.launch", "--config=configs/tiny.py",
+                                f"--workdir={workdir}", "--cluster=local", "--num_processes=2",
+                                "--devices_per_process=1", "--config.train.steps=100000",
+                                "--config.train.log_every=1", "--config.checkpoint.every_steps=100000"],
+                               cwd=ROOT, env=train_env(tmp_path / "cache"), stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not re.search(r"^step +3/", log.read_text(), re.M) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    children = [int(pid) for pid in Path(f"/proc/{job.pid}/task/{job.pid}/children").read_text().split()]
+    assert len(children) == 2, log.read_text()[-3000:]
+    job.kill()
+    job.wait()
+    left = stray_processes.survivors(patience=20)
+    assert not left, f"still running after the launcher was killed: {left}"
+    for pid in children:  # Orphans of this test process (conftest's subreaper): reaped here.
+        os.waitpid(pid, 0)
+    assert "SIGTERM: checkpoint written" in log.read_text(), log.read_text()[-3000:]
+
+
+def test_a_local_launch_into_a_workdir_in_training_is_refused_before_any_process_starts(tmp_path):
+    workdir = tmp_path / "run"
+    with workdir_lock.held(RunDir(workdir)):  # This test process stands for the training there.
+        result = launch(tmp_path, f"--workdir={workdir}", "--cluster=local", "--dry_run")
+    assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
+    assert result.stderr.startswith(f"error: --workdir {workdir}: another training is running in it "
+                                    f"(pid {os.getpid()} on {socket.gethostname()}); ")
+    assert not workdir.exists()
+
+
 def test_slurm_script(tmp_path):
     result = launch(tmp_path, f"--workdir={tmp_path / 'run'}", "--cluster=slurm", "--dry_run", "--nodes=2",
                     "--tasks_per_node=4", "--gpus_per_node=4", "--partition=gpu", "--account=lab",
@@ -96,3 +139,18 @@ def test_tpu_command(tmp_path):
     assert "--auto_distributed" in result.stdout
     missing = launch(tmp_path, f"--workdir={tmp_path / 'run'}", "--cluster=tpu", "--dry_run")
     assert missing.returncode == 1 and "needs --tpu_name and --zone" in missing.stderr
+
+
+# Every form absl's parser accepts for a --config override, each setting another key.
+OVERRIDE_FORMS = ("--config.train.steps", "7", "--config.train.log_every=3", "-config.seed=5",
+                  "--noconfig.model.fp32_logits", "--config.checkpoint.required", "-noconfig.checkpoint.async_save")
+
+
+@pytest.mark.parametrize("cluster", ["local", "slurm"])
+def test_every_form_of_config_override_reaches_the_processes(tmp_path, cluster):
+    """The launcher validates the config with all its overrides applied; each process must build
+    that config, so each must get every override as given (`--noconfig.KEY` was dropped)."""
+    result = launch(tmp_path, f"--workdir={tmp_path / 'run'}", f"--cluster={cluster}", "--dry_run", *OVERRIDE_FORMS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    command = [line for line in result.stdout.splitlines() if "llmjax.cli.train" in line][0]
+    assert "-m llmjax.cli.train --config=configs/tiny.py " + " ".join(OVERRIDE_FORMS) + " --workdir=" in command

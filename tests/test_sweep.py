@@ -759,3 +759,19 @@ def test_a_sweep_that_dies_of_an_error_stops_its_trainings(tmp_path, monkeypatch
         for process in started:
             process.kill()
             process.wait()
+
+
+def test_a_sweep_launched_here_beside_a_training_of_one_of_its_runs_is_refused(tmp_path):
+    """A second launch would start that run's trainer, which the workdir lock refuses, and
+    record the running run as failed: the sweep refuses first. A SLURM launch, whose job may
+    start after the training ends, is not refused for it."""
+    from llmjax import workdir_lock  # noqa: PLC0415
+
+    experiment = _experiment(tmp_path, {"grid": {"optimizer.learning_rate": [1e-3, 3e-3]}})
+    sweep_dir = tmp_path / "sweep"
+    runs = _finished_sweep(sweep_dir, experiment, {})
+    with workdir_lock.held(RunDir(launch.run_dir(sweep_dir, runs[1]))):
+        with pytest.raises(SweepError, match=f"run {runs[1].name}: --workdir .* another training is running in it"):
+            launch.check_workdirs(sweep_dir, runs)
+        launch.check_workdirs(sweep_dir, runs, local=False)
+    launch.check_workdirs(sweep_dir, runs)

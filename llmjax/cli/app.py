@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from absl import app, flags, logging
 
-from llmjax import cpu_runtime
+from llmjax import child_processes, cpu_runtime
 from llmjax.errors import EXIT_FLAG_ERROR, FlagError, LlmjaxError
 from llmjax.model import registry
 
@@ -98,13 +98,40 @@ def family_hint(key: str) -> str:
             f"config of that family to use it.)")
 
 
-def config_overrides(argv: list[str], config) -> dict:
-    """{dotted key: typed value} of the --config.KEY=VALUE arguments in `argv`, read back from
-    the config they were applied to (so their types are ml_collections' own parsing)."""
+def config_arguments(argv: list[str], flag_values=flags.FLAGS) -> list[tuple[str, list[str]]]:
+    """(flag name, its arguments as given) of every --config flag in `argv`, found as absl's
+    parser finds flags: `--config FILE` and `--config=FILE` (named "config"), and the overrides
+    (named "config.KEY"): `--config.KEY=V`, `--config.KEY V`, and for a boolean KEY `--config.KEY`
+    and `--noconfig.KEY`, each also with one dash, also from a --flagfile. What llmjax-launch
+    passes on to its processes and llmjax-sweep applies to its runs: matching a `--config.`
+    prefix alone dropped `--noconfig.KEY`, which the command itself had applied."""
+    found, args = [], iter(flag_values.read_flags_from_files(argv, force_gnu=False))
+    for arg in args:
+        if arg == "--":  # The end of the flags.
+            break
+        if not arg.startswith("-"):
+            continue  # A positional argument: absl's GNU mode reads on past it.
+        name = arg[2 if arg.startswith("--") else 1:].split("=", 1)[0]
+        if name not in flag_values and name.startswith("no") and name[2:] in flag_values:
+            name = name[2:]  # --noKEY, which absl accepts for a boolean KEY only.
+        if name not in flag_values:
+            continue
+        tokens = [arg]
+        if not flag_values[name].boolean and "=" not in arg:
+            tokens.append(next(args, ""))  # `--flag VALUE`: the value is the next argument.
+        if name == "config" or name.startswith("config."):
+            found.append((name, tokens))
+    return found
+
+
+def config_overrides(argv: list[str], config, flag_values=flags.FLAGS) -> dict:
+    """{dotted key: typed value} of the --config.KEY overrides in `argv` (`config_arguments`),
+    read back from the config they were applied to (so their types are ml_collections' own
+    parsing)."""
     overrides = {}
-    for arg in argv:
-        if arg.startswith("--config."):
-            key = arg[len("--config."):].split("=", 1)[0]
+    for name, _ in config_arguments(argv, flag_values):
+        if name != "config":
+            key = name[len("config."):]
             value = config
             for part in key.split("."):
                 value = value[part]
@@ -164,6 +191,7 @@ def _reporting_errors(main):
 
 
 def run(main) -> None:
+    child_processes.die_with_parent()  # A training llmjax-launch or llmjax-sweep started.
     # --help lists the main module's flags, which absl finds by the script's path: an entry
     # point's script defines none, the command's module (llmjax.cli.NAME) does.
     for flag in flags.FLAGS.get_key_flags_for_module(main.__module__):

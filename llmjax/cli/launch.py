@@ -21,7 +21,8 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from llmjax.cli.app import load_config, run as run_app
+from llmjax import child_processes
+from llmjax.cli.app import config_arguments, load_config, run as run_app
 from llmjax.cpu_runtime import with_fake_devices
 from llmjax.errors import FlagError
 from llmjax.slurm import sbatch_script
@@ -46,21 +47,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def config_args(argv_all: list[str]) -> list[str]:
-    """The --config and --config.* arguments exactly as given, to pass on to each process,
-    with the value of each one given after a space (`--config.train.steps 6`, which absl
-    accepts for any flag but a boolean one)."""
-    out, take_next = [], False
-    for arg in argv_all:
-        if take_next:
-            out.append(arg)
-            take_next = False
-        elif arg == "--config" or arg.startswith("--config."):
-            out.append(arg)
-            name = arg[2:]
-            take_next = "=" not in arg and not (name in flags.FLAGS and flags.FLAGS[name].boolean)
-        elif arg.startswith("--config="):
-            out.append(arg)
-    return out
+    """The --config file and overrides, in every form absl accepts (`config_arguments`), exactly
+    as given: what each process needs to build the config this launcher validated."""
+    return [token for _, tokens in config_arguments(argv_all) for token in tokens]
 
 
 def train_args(workdir: Path, passthrough: list[str]) -> list[str]:
@@ -74,15 +63,16 @@ def free_port() -> int:
 
 
 def launch_local(workdir: Path, passthrough: list[str], processes: int, devices: int) -> int:
-    """Starts the processes, passes SIGTERM/SIGINT on to all of them, and returns the first
-    failing exit code (EXIT_PREEMPTED when all stopped cleanly on a signal)."""
+    """Starts the processes, passes SIGTERM/SIGINT on to all of them (and, if this launcher is
+    killed, the kernel sends them SIGTERM: `child_processes`), and returns the first failing
+    exit code (EXIT_PREEMPTED when all stopped cleanly on a signal)."""
     env = dict(os.environ)
     if devices:
         env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=with_fake_devices(env.get("XLA_FLAGS", ""), devices))
     port = free_port()
-    children = [subprocess.Popen([sys.executable, *train_args(workdir, passthrough),
-                                  f"--num_processes={processes}", f"--process_id={i}",
-                                  f"--coordinator_address=localhost:{port}"], env=env)
+    children = [child_processes.start([sys.executable, *train_args(workdir, passthrough),
+                                       f"--num_processes={processes}", f"--process_id={i}",
+                                       f"--coordinator_address=localhost:{port}"], env=env)
                 for i in range(processes)]
 
     def forward(signum, _frame):
@@ -122,8 +112,9 @@ def tpu_command(workdir: Path, passthrough: list[str]) -> list[str]:
 def _check(config, workdir: Path) -> None:
     """What every process would find wrong, found once, here, before any process starts or a
     job is queued: the flags, the config (with the mesh where the device count is known) and
-    the workdir."""
+    the workdir, and for a local job whether another training holds it now."""
     from llmjax import config as config_lib  # noqa: PLC0415 - only after flags, so --help is instant.
+    from llmjax import workdir_lock  # noqa: PLC0415
     from llmjax.rundir import RunDir  # noqa: PLC0415
 
     for name, flag in (("num_processes", _PROCESSES), ("nodes", _NODES), ("tasks_per_node", _TASKS)):
@@ -139,6 +130,8 @@ def _check(config, workdir: Path) -> None:
     else:
         config_lib.check_fields(config)
     RunDir(workdir).check(config)
+    if _CLUSTER.value == "local":  # A job queued elsewhere may start once the running one ends.
+        workdir_lock.check_free(RunDir(workdir))
 
 
 def main(argv) -> None:

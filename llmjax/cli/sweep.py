@@ -51,7 +51,7 @@ def main(argv) -> None:
         print(f"{len(runs)} runs of {experiment} in {sweep_dir}/runs (each: the base config with):")
         for run in runs:
             print(f"  {run.name:40} {run.overrides}")
-    changes = launch.check_workdirs(sweep_dir, runs)
+    changes = launch.check_workdirs(sweep_dir, runs, local=_CLUSTER.value == "local")
     slurm = {"partition": _PARTITION.value, "account": _ACCOUNT.value, "time": _TIME.value,
              "gpus": _GPUS.value, "config_args": [f"--config.{k}={v}" for k, v in overrides.items()]}
     if _CLUSTER.value == "slurm":

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from llmjax import child_processes, workdir_lock
 from llmjax.sweep import SweepError
 from llmjax.sweep.expand import CONFIG_ARG, Run
 from llmjax.errors import EXIT_PREEMPTED, FlagError
@@ -40,10 +41,11 @@ def run_dir(sweep_dir: Path, run: Run) -> Path:
     return sweep_dir / "runs" / run.name
 
 
-def check_workdirs(sweep_dir: Path, runs: list[Run]) -> dict[str, dict]:
+def check_workdirs(sweep_dir: Path, runs: list[Run], local: bool = True) -> dict[str, dict]:
     """{run name: its config changes against the run already in its workdir ({} for none)};
     refuses a workdir that holds another model, objective, data or seed, or that `RunDir.check`
-    refuses."""
+    refuses, and (`local`: trained here, now) one a training holds: a second launch of a sweep
+    would record its running runs as failed. A queued SLURM job may start once they end."""
     changes = {}
     for run in runs:
         run_directory = RunDir(run_dir(sweep_dir, run))
@@ -53,6 +55,8 @@ def check_workdirs(sweep_dir: Path, runs: list[Run]) -> dict[str, dict]:
                              f"--workdir, or launch with the experiment and overrides it ran with.")
         try:
             changes[run.name] = run_directory.check(run.config)
+            if local:
+                workdir_lock.check_free(run_directory)
         except WorkdirError as error:
             raise SweepError(f"run {run.name}: {error}") from None
     return changes
@@ -134,8 +138,8 @@ def run_local(experiment: str, sweep_dir: Path, runs: list[Run], parallel: int, 
                 log(f"{'resume' if resumed else 'start'}  {run.name}" + (f" (changed: {changed})" if changed else ""))
                 launched[run.name] = RunDir(workdir).status()
                 out = open(workdir / "train.log", "a")
-                process = subprocess.Popen(train_command(experiment, workdir, run.overrides),
-                                           stdout=out, stderr=subprocess.STDOUT)
+                process = child_processes.start(train_command(experiment, workdir, run.overrides),
+                                                stdout=out, stderr=subprocess.STDOUT)
                 active[run.name] = (process, workdir, out)
             if stopping and not active:
                 break

@@ -1,20 +1,22 @@
 """The effectful shell around the pure step: data in, compiled steps, then the hooks
 (`llmjax.train.hooks`) for everything a step's result is used for.
 
-Order matters for failing fast: the config, workdir and `init_from` are checked first, then
-the corpus is prepared and the steps are compiled against abstract shapes; only then is the
-first file written to the workdir and any state allocated.
+Order matters for failing fast: the config and workdir are checked first, then the workdir is
+locked against a second training (`llmjax.workdir_lock`), `init_from` is checked, the corpus is
+prepared and the steps are compiled against abstract shapes; only then is the first file
+written to the workdir and any state allocated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 
 import jax
 
 from llmjax import config as config_lib
-from llmjax import flops
+from llmjax import flops, workdir_lock
 from llmjax.checkpoint import Checkpointer, check_same_model, check_same_optimizer
 from llmjax.data.dataset import cache_dir, check_tokenizer, given_tokenizer, resolve
 from llmjax.finetune import EXTRA_KEYS
@@ -67,17 +69,23 @@ def train(config, workdir: str, log=functools.partial(print, flush=True),
     parameter lives on the mesh and returns without training. SIGTERM/SIGINT are caught from
     the start: one that arrives while the data is prepared or the steps compile (minutes, for a
     large model: when schedulers preempt) stops the run after its first step, checkpointed."""
-    with PreemptionFlag() as preemption:
-        return _train(config, workdir, log, print_sharding, preemption)
+    with PreemptionFlag() as preemption, contextlib.ExitStack() as lock:
+        return _train(config, workdir, log, print_sharding, preemption, lock)
 
 
-def _train(config, workdir: str, log, print_sharding: bool, preemption: PreemptionFlag) -> dict | None:
+def _train(config, workdir: str, log, print_sharding: bool, preemption: PreemptionFlag,
+           lock: contextlib.ExitStack) -> dict | None:
+    """`train`; the primary process enters the workdir's lock into `lock` (held until `train`
+    returns) once the config and workdir are checked, before anything is read that a training
+    already running there may be writing, or written."""
     config_lib.validate(config, jax.device_count(), jax.process_count())
     if not distributed.is_primary():
         log = lambda *_, **__: None  # noqa: E731 - one process speaks for the job.
     config = objectives.of(config).impl().resolve(config, log)
     run_dir = RunDir(workdir)
     changes = run_dir.check(config)
+    if distributed.is_primary() and not print_sharding:  # Which writes nothing.
+        lock.enter_context(workdir_lock.held(run_dir))
     init_source = parse_init_from(config.checkpoint.init_from)
     t, seq = config.train, config.data.seq_len
     log(f"config:\n{config}")
