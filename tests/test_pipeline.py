@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 from llmjax.config import default_config
 from llmjax.data.dataset import open_dataset, resolve
-from llmjax.data.pipeline import GlobalBatches, PackedWindows, eval_batches, mixture_rows, train_rows
+from llmjax.data.pipeline import GlobalBatches, PackedWindows, eval_batches, mixture_rows, shuffle_seed, train_rows
 from llmjax.data.prepare import PrepareOptions, prepare
 
 EOS, PAD = 2, 0
@@ -78,7 +78,7 @@ def test_batches_are_a_seeded_function_of_the_step():
             np.testing.assert_array_equal(a[step][key], b[step][key])
     assert not np.array_equal(a[0]["index"], other[0]["index"])
     # One epoch visits every window exactly once, in an order that is not the identity.
-    rows = train_rows(tokens, 8, EOS, seed=0)
+    rows = train_rows(tokens, 8, EOS, shuffle_seed=0)
     seen = [int(rows[i]["index"]) for i in range(n)]
     assert sorted(seen) == list(range(n)) and seen != list(range(n))
     # Batches hold exactly the windows they claim.
@@ -92,7 +92,7 @@ def test_each_seed_has_its_own_orders_not_a_neighbours_one_epoch_later():
     n = len(PackedWindows(tokens, 8, EOS))
 
     def epochs(seed, count=3):
-        rows = train_rows(tokens, 8, EOS, seed)
+        rows = train_rows(tokens, 8, EOS, shuffle_seed(seed))
         return [tuple(int(rows[e * n + i]["index"]) for i in range(n)) for e in range(count)]
     orders = [order for seed in range(6) for order in epochs(seed)]
     assert len(set(orders)) == len(orders)  # 6 seeds x 3 epochs, no order twice.

@@ -59,27 +59,30 @@ class PackedWindows:
         }
 
 
-def train_rows(tokens, seq_len: int, eos_id: int, seed: int, pad_id: int | None = None) -> grain.MapDataset:
-    """`ds[i]` is the i-th sequence of the endless, per-epoch reshuffled stream."""
-    return reshuffled(grain.MapDataset.source(PackedWindows(tokens, seq_len, eos_id, pad_id)), seed)
+def train_rows(tokens, seq_len: int, eos_id: int, shuffle_seed: int, pad_id: int | None = None) -> grain.MapDataset:
+    """`ds[i]` is the i-th sequence of the endless stream, reshuffled every epoch (Grain draws
+    epoch e's order with `shuffle_seed` + e)."""
+    source = grain.MapDataset.source(PackedWindows(tokens, seq_len, eos_id, pad_id))
+    return source.shuffle(seed=shuffle_seed).repeat()
 
 
 _WEYL = 0x9E3779B1  # Odd: multiplying by it permutes the 32-bit seeds.
 
 
-def reshuffled(source: grain.MapDataset, seed: int) -> grain.MapDataset:
-    """`source` repeated endlessly, each epoch in its own seeded order. Grain shuffles epoch e
-    with seed + e, so seeds s and s + 1 would train on the same orders one epoch apart: a sweep
-    over seeds would not be independent runs. Spread by the golden-ratio multiplier, seeds up to
-    16,384 apart are over 80,000 epochs apart; seed 0 keeps Grain's own orders."""
-    return source.shuffle(seed=seed * _WEYL % 2**32).repeat()
+def shuffle_seed(seed: int) -> int:
+    """The Grain shuffle seed of a run's `seed`. Grain draws epoch e with seed + e, so seeds s
+    and s + 1 would train on the same orders one epoch apart: a sweep over seeds would not be
+    independent runs. Spread by the golden-ratio multiplier, seeds up to 16,384 apart are over
+    80,000 epochs apart; seed 0 keeps Grain's own orders (and a mixture's components, whose
+    seeds SeedSequence draws apart, keep theirs)."""
+    return seed * _WEYL % 2**32
 
 
 def mixture_rows(datasets, seq_len: int, seed: int) -> grain.MapDataset:
     """Rows of several (Dataset, weight) pairs; each row says which dataset it came from."""
     if len(datasets) == 1:
         dataset = datasets[0][0]
-        return train_rows(dataset.stream("train"), seq_len, dataset.eos_id, seed, dataset.pad_id)
+        return train_rows(dataset.stream("train"), seq_len, dataset.eos_id, shuffle_seed(seed), dataset.pad_id)
     parts = []
     for k, (dataset, _) in enumerate(datasets):
         component_seed = int(np.random.SeedSequence([seed, k]).generate_state(1)[0])

@@ -111,7 +111,7 @@ class TaskObjective:
     def train_rows(self, datasets, config, token_ids: dict):
         del datasets
         rows = token_ids["train"]
-        return pipeline.reshuffled(grain.MapDataset.source(rows), config.seed)
+        return grain.MapDataset.source(rows).shuffle(seed=pipeline.shuffle_seed(config.seed)).repeat()
 
     def eval_sets(self, datasets, config, token_ids: dict, batch_size: int, max_batches: int, rows: list[int]):
         """The held-out rows in order, padded with weightless copies of the first to whole
