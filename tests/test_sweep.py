@@ -775,3 +775,13 @@ def test_a_sweep_launched_here_beside_a_training_of_one_of_its_runs_is_refused(t
             launch.check_workdirs(sweep_dir, runs)
         launch.check_workdirs(sweep_dir, runs, local=False)
     launch.check_workdirs(sweep_dir, runs)
+
+
+def test_runs_a_manifest_does_not_record_keep_their_names(tmp_path):
+    """Without sweep.json (deleted to be written anew, or a --run_index launch, which writes
+    none) a run directory is the run its name says: planned again, it resumes, not retrains."""
+    experiment = _experiment(tmp_path, {"grid": {"optimizer.learning_rate": [1e-3, 3e-3]}, "seeds": [0, 1]})
+    sweep_dir = tmp_path / "sweep"
+    old = [r.name for r in _finished_sweep(sweep_dir, experiment, {})]
+    (sweep_dir / "sweep.json").unlink()
+    assert [r.name for r in plan(experiment, 1, None, manifest.existing(sweep_dir))[1]] == old

@@ -55,14 +55,14 @@ def _swept(runs: list[dict]) -> list[dict]:
 
 
 def existing(sweep_dir: Path) -> Existing | None:
-    """What `sweep_dir` already holds, for `expand.plan`; None for a new sweep directory."""
+    """The runs `sweep_dir`'s manifest records, for `expand.plan`; None without one. A run
+    directory the manifest does not record (a --run_index launch writes none; a manifest deleted
+    to be written anew) is the run its name says: a planned run of that name resumes it."""
     manifest = read(sweep_dir)
-    runs_dir = Path(sweep_dir) / "runs"
-    present = {p.name for p in runs_dir.iterdir()} if runs_dir.is_dir() else set()
-    if manifest is None and not present:
+    if manifest is None:
         return None
-    runs = _swept(manifest["runs"]) if manifest else []
-    return Existing(runs, present | {r["name"] for r in runs})
+    runs = _swept(manifest["runs"])
+    return Existing(runs, {r["name"] for r in runs})
 
 
 def write(sweep_dir: Path, experiment: str, runs: list, sweep: dict) -> None:

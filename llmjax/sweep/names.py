@@ -27,8 +27,8 @@ MISSING = object()  # The value of a key the config does not have.
 
 @dataclasses.dataclass(frozen=True)
 class Existing:
-    """What a sweep directory already holds: `sweep.json`'s runs, each {"name", "overrides",
-    "swept": the keys its sweep set}, and every name in use (theirs and the directories in runs/)."""
+    """What a sweep directory's `sweep.json` records: its runs, each {"name", "overrides",
+    "swept": the keys its sweep set}, and their names, which no other run may take."""
     runs: list[dict]
     taken: set[str]
 
