@@ -655,6 +655,18 @@ def test_a_trainer_that_refuses_to_start_leaves_a_finished_run_done(tmp_path, mo
     states = launch.run_local(experiment, sweep_dir, [run], 1, {run.name: {"train.steps": (80, 90)}}, logged.append)
     assert states == {run.name: "failed"} and f"failed  {run.name}: error: config.x=1: refused" in logged
     assert (launch.run_dir(sweep_dir, run) / "status.json").read_text() == status
+    # A preempted run whose trainer fails before its loop (which would record it) is recorded
+    # failed, with the error; one that another training holds by then keeps that one's status.
+    RunDir(launch.run_dir(sweep_dir, run)).write_status("preempted", 40)
+    launch.run_local(experiment, sweep_dir, [run], 1, {run.name: {}}, logged.append)
+    status = RunDir(launch.run_dir(sweep_dir, run)).status()
+    assert (status["state"], status["error"]) == ("failed", "error: config.x=1: refused"), status
+    from llmjax import workdir_lock  # noqa: PLC0415
+
+    RunDir(launch.run_dir(sweep_dir, run)).write_status("running", 50)
+    with workdir_lock.held(RunDir(launch.run_dir(sweep_dir, run))):
+        launch.run_local(experiment, sweep_dir, [run], 1, {run.name: {}}, logged.append)
+        assert RunDir(launch.run_dir(sweep_dir, run)).status()["state"] == "running"
 
 
 def _rewrite(experiment, sweep):

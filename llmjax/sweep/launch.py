@@ -68,20 +68,23 @@ def _last_error_line(log: Path) -> str:
     return (errors or lines or ["no output"])[-1].strip()
 
 
-KEPT_STATES = ("done", "preempted", "failed")  # A record that a trainer which refused to start leaves as it was.
-
-
 def _record_failure(workdir: Path, code: int, launched: dict) -> str:
     """The error of a training that exited with `code`, recorded in its status.json unless the
-    trainer did so itself or never started: the trainer records its own failures, a crash may
-    not have, and one that refused to start (e.g. asked for fewer steps than the run has) wrote
-    nothing, so a finished run stays done and its results stay in the report."""
+    trainer did so itself, or it left a finished run (it refused to start, e.g. asked for fewer
+    steps than the run has: the run stays done and its results stay in the report), or another
+    training holds the workdir (started there since the sweep's check: the status is that
+    training's). A crash before the trainer's loop writes nothing, so a preempted or failed run
+    is recorded failed with this error."""
     status = RunDir(workdir).status()
     error = f"killed by {signal.Signals(-code).name}" if code < 0 else _last_error_line(workdir / "train.log")
+    try:
+        workdir_lock.check_free(RunDir(workdir))
+    except WorkdirError:
+        return error
     untouched = status == launched
     if status["state"] == "failed" and not untouched:
         return status.get("error", error)
-    if not (untouched and status["state"] in KEPT_STATES):
+    if not (untouched and status["state"] == "done"):
         RunDir(workdir).write_status("failed", status["step"], error)
     return error
 
