@@ -490,6 +490,9 @@ def test_final_loss_is_plotted_per_weight_decay_against_the_learning_rate(tmp_pa
     drawn = [{"overrides": {"optimizer.learning_rate": 1e-3 * (1 + i), "model.num_layers": 1 + i % 2}} for i in range(4)]
     assert report.categories(drawn, "model.num_layers") == [] and report.categories(drawn, "optimizer.learning_rate") == [
         "model.num_layers"]
+    # Drawn at random, each draw repeats over the seeds: still no line per draw.
+    seeded = [{"overrides": r["overrides"] | {"seed": seed}} for r in drawn for seed in (0, 1)]
+    assert report.categories(seeded, "model.num_layers", drawn=("optimizer.learning_rate",)) == []
 
 
 def _synthetic_run(workdir, overrides, state, step, train, val):

@@ -182,27 +182,28 @@ def plot_task_metric(rows, metric: str, path: Path) -> None:
     plt.close(fig)
 
 
-def categories(rows, key: str) -> list[str]:
+def categories(rows, key: str, drawn=()) -> list[str]:
     """The other overrides, numeric or not, that take more than one value and repeat them (an
     optimizer's name, a grid's weight decay): one line each when final loss is plotted against
     `key`, since a mean over them can favour another `key` than any of them does. Seeds are
-    repeats, averaged; values no two runs share (random draws) would make a line per run."""
+    repeats, averaged; keys `drawn` at random, whose draws repeat only across seeds and grid
+    values, and values no two runs share, would make a line per run."""
     found = []
     for other in dict.fromkeys(k for r in rows for k in r["overrides"]):
         values = [json.dumps(r["overrides"].get(other)) for r in rows]
-        if other not in (key, "seed") and 1 < len(set(values)) < len(values):
+        if other not in (key, "seed", *drawn) and 1 < len(set(values)) < len(values):
             found.append(other)
     return found
 
 
-def plot_final_vs(rows, key: str, path: Path) -> dict[str, list[tuple]]:
+def plot_final_vs(rows, key: str, path: Path, drawn=()) -> dict[str, list[tuple]]:
     """Final val loss of the finished runs against `key`: the runs and their mean, one line per
     combination of the categorical overrides; returns each line's label and (x, loss) points.
     An unfinished run's loss is of another step and a train loss of another thing: neither
     belongs among the others, so such runs are left out (`report` lists them)."""
     plt, fig, ax = _figure()
     rows = [r for r in rows if math.isfinite(r["final_val_loss"]) and key in r["overrides"]]
-    groups = categories(rows, key)
+    groups = categories(rows, key, drawn)
     by_group = collections.defaultdict(list)
     for r in rows:
         label = ", ".join(f"{g.split('.')[-1]}={format_value(r['overrides'].get(g))}" for g in groups) or "mean"
@@ -273,7 +274,7 @@ def report(sweep_dir: Path, log=print) -> tuple[str, list[Path]]:
         if (key != "seed" and len(values) > 1 and numeric and not sweep.get("scaling")
                 and any(key in r["overrides"] for r in final)):
             plots.append(sweep_dir / f"final_loss_vs_{key.split('.')[-1]}.png")
-            plot_final_vs(rows, key, plots[-1])
+            plot_final_vs(rows, key, plots[-1], drawn=tuple(sweep.get("random", {})))
     if sweep.get("scaling") and sum(1 for r in final if r.get("compute")) >= 2:
         plots.append(sweep_dir / "scaling.png")
         exponent, fitted = plot_scaling(rows, plots[-1])
