@@ -158,9 +158,7 @@ def _open_or_prepare(spec: str, data_config, vocab_size: int, cache_dir: Path, l
     if not root.is_dir():
         raise DatasetError(f"data source {spec!r} is not a directory; give 'stdlib', a directory of "
                            f"text files or a dataset prepared by llmjax-prepare.")
-    if data_config.tokenizer:  # A given tokenizer (e.g. an imported model's) is checked before any work.
-        given = TextTokenizer(Path(data_config.tokenizer).expanduser(), data_config.eos_id)
-        _check_vocab(given.vocab_size, given.fingerprint, vocab_size)
+    given_tokenizer(data_config, vocab_size)  # A given one (e.g. an imported model's) is checked before any work.
     options = PrepareOptions(inputs=(str(root),), pattern=data_config.glob, vocab_size=vocab_size,
                              tokenizer=data_config.tokenizer, eos_id=data_config.eos_id,
                              val_percent=data_config.val_percent, max_files=data_config.max_files,

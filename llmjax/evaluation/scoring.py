@@ -18,12 +18,13 @@ from llmjax import model
 from llmjax.evaluation.loading import EvaluationError, LoadedRun
 from llmjax.sample.generate import Settings, bucket, generate
 from llmjax.sample.select import Sampling
+from llmjax.train import objectives
 
 def _target_logprobs(params, inputs_BT, targets_BT, prefix_BT, *, config):
     """(log-probability of each target given the inputs up to it [B, T], whether it is the
     most likely token there [B, T]): all that leaves the devices, not [B, T, V] logits. A
     prefix LM reads the context (`prefix_BT`) both ways, as it was trained to."""
-    prefix = {"prefix": prefix_BT} if config.objective.name == "prefix_lm" else {}
+    prefix = {"prefix": prefix_BT} if objectives.of(config).prompt_is_prefix else {}
     logits_BTV = model.forward(params, {"inputs": inputs_BT, **prefix}, config=config)
     logp_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
     target_BT = jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1)[..., 0]

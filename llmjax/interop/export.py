@@ -33,6 +33,7 @@ from llmjax.interop.tensor_map import InteropError
 from llmjax.interop.safetensors_io import write_safetensors
 from llmjax.interop.run_files import special_ids, write_hf_tokenizer
 from llmjax.rundir import TOKENIZER, TOKENIZER_CONFIG, RunDir
+from llmjax.train import objectives
 
 MARKER = "llmjax_export.json"  # What an export directory was made from, to recognise a rerun.
 ADAPTER, BASE = "adapter", "base"  # A LoRA run's PEFT adapter and the model it adapts (subdirectories).
@@ -131,7 +132,7 @@ def export_hf(workdir: Path, out: Path, step: int | None = None, dtype: str | No
         raise
     if "task_head" in params:
         log(f"note: {run.path}'s task head is not exported (the export is the model without it)")
-    if config.objective.name == "prefix_lm":
+    if objectives.of(config).prompt_is_prefix:
         log(f"note: {run.path} was trained as a prefix LM; transformers reads a prompt causally, so its "
             f"logits differ from llmjax-sample's, which reads the prompt as the prefix")
     log(f"exported {run.path} step {step} ({dtype}) to {out}: {', '.join(files)}")

@@ -14,6 +14,7 @@ from llmjax.finetune.params import backbone
 from llmjax.sample import cached
 from llmjax.sample.search import Settings, search
 from llmjax.sample.select import SampleError
+from llmjax.train import objectives
 
 
 SMALLEST_BUCKET = 16
@@ -107,7 +108,7 @@ def prepare(params, config, prompts, settings: Settings, *, eos_ids, pad_id: int
     eos = jnp.asarray(tuple(eos_ids) or (-1,), jnp.int32)
     static = {"decoder": cached.inference_decoder(config), "settings": settings,
               "cache_length": tokens.shape[1] + settings.max_new_tokens, "keep_logits": keep_logits,
-              "prompt_is_prefix": config.objective.name == "prefix_lm"}
+              "prompt_is_prefix": objectives.of(config).prompt_is_prefix}
     loop = _run_one_row if len(prompts) * settings.num_beams == 1 else _run
     return loop, (params, tokens, mask, jax.random.key(seed), eos, jnp.int32(pad_id)), static
 

@@ -114,8 +114,8 @@ def evaluate_run(workdir, step: int | None, data: str, max_batches: int | None, 
     if glob:
         overrides["data.glob"] = glob
     config = apply_overrides(config, overrides)
-    if task:  # Its task is tokenized with the run's own tokenizer: no corpus is read.
-        datasets, tokenizer = [], given_tokenizer(config.data, config.model.vocab_size, run_dir.path)
+    if task:  # Its task is tokenized with the run's own tokenizer (saved with it): no corpus is read.
+        datasets, tokenizer = [], load_from_dir(run_dir.path) or given_tokenizer(config.data, config.model.vocab_size)
     if not task or tokenizer is None:
         datasets = resolve(config.data, config.model.vocab_size, cache_dir(config), log,
                            objectives.of(config).special_tokens)

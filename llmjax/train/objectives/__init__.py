@@ -40,6 +40,8 @@ class Objective:
     # Checks of the objective's own fields and of lengths against the mesh, (config, mesh
     # shape) -> None, raising ConfigError.
     check_fields: Callable[[object, dict], None] | None = None
+    # Trains a decoder to read its prompt both ways (prefix LM): sampling and scoring read it so.
+    prompt_is_prefix: bool = False
 
     def defaults(self) -> dict:
         return {"name": self.name, **self.fields}
@@ -111,7 +113,7 @@ def _check_mlm_rates(config, mesh_shape: dict[str, int]) -> None:
 
 
 register(Objective("causal_lm", _load("llmjax.train.objectives.causal_lm")))
-register(Objective("prefix_lm", _load("llmjax.train.objectives.prefix_lm")))
+register(Objective("prefix_lm", _load("llmjax.train.objectives.prefix_lm"), prompt_is_prefix=True))
 register(Objective("mlm", _load("llmjax.train.objectives.mlm"), special_tokens=(MASK,), check_fields=_check_mlm_rates, fields={
     "mask_rate": 0.15,  # Of the text tokens, the fraction chosen for prediction.
     "mask_token_rate": 0.8,  # Of the chosen, the fraction replaced by the mask token ...
