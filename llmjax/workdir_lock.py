@@ -37,6 +37,9 @@ def check_free(run_dir: RunDir) -> None:
         fd = os.open(run_dir.path / LOCK, os.O_RDWR)  # Read-write: NFS locks only those exclusively.
     except FileNotFoundError:
         return
+    except PermissionError:
+        raise WorkdirError(f"--workdir {run_dir.given}: cannot open its {LOCK} to see whether a training holds it "
+                           f"(another user's?); give it write permission, or train in another --workdir.") from None
     try:
         if _lock(fd, run_dir):
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -161,3 +161,20 @@ def test_a_run_that_fails_before_its_first_write_leaves_no_lock_or_workdir(tmp_p
     result = run_train(workdir, f"--config.data.source={tmp_path / 'missing'}", cache=tmp_path / "cache")
     assert result.returncode == 2 and result.stderr.startswith("error:"), result.stderr[-2000:]
     assert not (tmp_path / "new").exists()
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_error_line(tmp_path, monkeypatch):
+    """Another user's train.lock (read-only to this one; root, running the tests, would open
+    it anyway, hence the stand-in) is a WorkdirError naming the fix, not a traceback."""
+    import os  # noqa: PLC0415
+
+    from llmjax import workdir_lock  # noqa: PLC0415
+    from llmjax.rundir import RunDir, WorkdirError  # noqa: PLC0415
+
+    (tmp_path / workdir_lock.LOCK).write_text("1 elsewhere")
+
+    def refused(*_):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(WorkdirError, match="cannot open its train.lock .* give it write permission"):
+        workdir_lock.check_free(RunDir(tmp_path))
