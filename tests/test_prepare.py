@@ -746,3 +746,26 @@ def test_a_jsonl_file_starting_with_a_utf8_bom_is_read(tmp_path):
     (tmp_path / "d.jsonl").write_bytes(lines + b"\xef\xbb\xbf" + lines)  # Not at the start: still an error.
     with pytest.raises(DataError, match=r"d.jsonl:3: not valid JSON"):
         list(sources.read_documents(sources.find_inputs([str(tmp_path / "d.jsonl")])[0], "text", sources.ReadStats()))
+
+
+def test_workers_ignore_ctrl_c_from_their_start(tmp_path):
+    """Spawned workers run their initializer only after importing llmjax (seconds on a loaded
+    machine): a Ctrl-C to the group before it printed a worker's traceback. Started in
+    `_workers_ignore_interrupts`, they ignore it from exec on, and the parent's own handler is
+    back after the block. (A fresh process: pytest-xdist's workers ignore SIGINT.)"""
+    script = tmp_path / "pool.py"
+    script.write_text(
+        "import multiprocessing, signal\n"
+        "from llmjax.data import prepare\n"
+        "def ignores(_):\n"
+        "    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN\n"
+        "if __name__ == '__main__':\n"
+        "    spawn = multiprocessing.get_context('spawn')\n"
+        "    with prepare._workers_ignore_interrupts():\n"
+        "        pool = spawn.Pool(1)\n"
+        "    with pool, spawn.Pool(1) as plain:\n"
+        "        print(pool.map(ignores, [0]), plain.map(ignores, [0]), signal.getsignal(signal.SIGINT).__name__)\n")
+    restore = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    result = subprocess.run([sys.executable, "-c", restore, sys.executable, str(script)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[True] [False] default_int_handler", result.stdout + result.stderr

@@ -13,6 +13,7 @@ index), which opening the dataset checks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,6 +21,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -350,7 +352,9 @@ def _run(jobs, workers: int):
         yield from map(_tokenize_unit, jobs)
         return
     # spawn, not fork: the caller may be a training process with JAX's threads running.
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_leave_interrupts) as pool:
+    with _workers_ignore_interrupts():
+        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_leave_interrupts)
+    with pool:
         yield from pool.imap_unordered(_tokenize_unit, jobs)
 
 
@@ -358,6 +362,23 @@ def _leave_interrupts() -> None:
     """A worker leaves Ctrl-C (which reaches the whole process group) to the parent, which stops
     the pool: one message, not a traceback per worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _workers_ignore_interrupts():
+    """Processes started in the block ignore Ctrl-C from their first instruction: an ignored
+    signal stays ignored across exec. Their initializer comes only after spawn has imported this
+    module (seconds, on a loaded machine), and a Ctrl-C before it printed a worker's traceback.
+    The parent ignores one too for the block's milliseconds (it cannot be held for later: the
+    pool's threads would take and drop it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def _tokenizer(options, files, plan, out: Path, log) -> TextTokenizer:
